@@ -1,0 +1,48 @@
+"""Shared fixtures. Real models load once per session through interp's converted-model cache."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+import torch
+
+torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M-Instruct (float32) as a TransformerBridge."""
+    from interp import load_model
+
+    return load_model("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def gemma():
+    """Gemma-3-270M, skipped when its optional packages are not installed."""
+    from interp import load_model
+    from interp.errors import ModelNotInstalledError
+
+    try:
+        return load_model("gemma3-270m")
+    except ModelNotInstalledError as e:  # pragma: no cover - depends on the machine
+        pytest.skip(str(e))
+
+
+@pytest.fixture(scope="session")
+def toy_model():
+    """Factory: ``toy_model("toy-induction")`` loads (and memoises) a zoo model."""
+    from interp import load_model
+
+    cache: dict[str, object] = {}
+
+    def _load(name: str):
+        if name not in cache:
+            cache[name] = load_model(name)
+        return cache[name]
+
+    return _load
