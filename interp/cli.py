@@ -1,0 +1,331 @@
+"""The ``interp`` command line (typer).
+
+Commands::
+
+    interp report [MODEL] --out reports/ [--prompts FILE.jsonl] [--only a,b] [--skip c] [--seed N]
+    interp sections                        # list report sections
+    interp sinks|heads|rope|probe|circuit [MODEL] [--json] [--prompts FILE.jsonl]
+    interp capture [MODEL] [--hooks PATTERNS] [--out DIR] [--json]
+    interp zoo ...                         # the toy-model zoo (list, train)
+
+Exit codes: 0 success; 1 an analysis failed (or a requested section failed or could not run);
+2 usage or bad input (unknown option, model, section or hook, unreadable prompt file).
+Errors print as one line on stderr (``error: ...``); ``--debug`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import typer  # noqa: E402
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+DEFAULT_MODEL = "smollm2-135m"
+
+app = typer.Typer(
+    name="interp", add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="Position-aware mechanistic interpretability on TransformerLens: reports, sinks, heads, "
+         "RoPE, probes, circuits. Exit codes: 0 ok, 1 analysis failure, 2 usage/bad input.",
+)
+
+T = TypeVar("T")
+
+
+class BadInput(Exception):
+    """An input problem found before the analysis starts (exit code 2)."""
+
+
+def _is_bad_input(e: BaseException) -> bool:
+    try:
+        from interp.errors import InterpError
+    except ImportError:  # pragma: no cover
+        InterpError = ()  # type: ignore[assignment,misc]
+    return isinstance(e, (BadInput, InterpError, FileNotFoundError, KeyError, ValueError))
+
+
+def _die(msg: str, code: int) -> NoReturn:
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+def _guard(debug: bool, phase: str, fn: Callable[[], T]) -> T:
+    """Run ``fn``; map exceptions to one clear line and an exit code.
+
+    ``phase="input"``: bad input (ValueError, KeyError, FileNotFoundError, interp errors) → 2,
+    anything else → 1. ``phase="analysis"``: every exception → 1.
+    """
+    try:
+        return fn()
+    except typer.Exit:
+        raise
+    except KeyboardInterrupt:
+        _die("interrupted", 130)
+    except BaseException as e:  # noqa: BLE001
+        if debug:
+            traceback.print_exc()
+        code = EXIT_USAGE if phase == "input" and _is_bad_input(e) else EXIT_FAILED
+        if isinstance(e, BadInput):
+            msg = str(e)
+        elif isinstance(e, KeyError) and e.args:
+            msg = f"{type(e).__name__}: {e.args[0]}"
+        else:
+            msg = f"{type(e).__name__}: {e}"
+        _die(msg.strip().splitlines()[0] if msg.strip() else type(e).__name__, code)
+
+
+def _split(s: str | None) -> list[str]:
+    return [x.strip() for x in (s or "").split(",") if x.strip()]
+
+
+def _slug(name: str) -> str:
+    base = Path(name).name if os.sep in name or name.endswith(".gguf") else name
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", base).strip("-") or "model"
+
+
+def _load_model(name: str, debug: bool, dtype: str = "float32") -> Any:
+    def load() -> Any:
+        import torch
+
+        from interp import load_model
+
+        if dtype not in ("float32", "bfloat16", "float16"):
+            raise BadInput(f"unknown --dtype {dtype!r}; use float32, bfloat16 or float16")
+        typer.echo(f"loading {name} ({dtype})…", err=True)
+        return load_model(name, dtype=getattr(torch, dtype))
+
+    return _guard(debug, "input", load)
+
+
+def _load_prompts(path: Path | None, debug: bool) -> list[Any] | None:
+    if path is None:
+        return None
+
+    def load() -> list[Any]:
+        from interp.reports.prompts import load_prompts
+
+        return load_prompts(path)
+
+    return _guard(debug, "input", load)
+
+
+# ---------------------------------------------------------------------------------------------
+# shared options
+
+ModelArg = typer.Argument(DEFAULT_MODEL, help="load_model name or path (e.g. smollm2-135m, toy-induction).")
+PromptsOpt = typer.Option(None, "--prompts", help="JSONL prompt file: one {\"text\": ..., \"domain\": ...} per line.")
+SeedOpt = typer.Option(0, "--seed", help="Random seed (same seed, same numbers).")
+NoBosOpt = typer.Option(False, "--no-bos", help="Do not prepend BOS (the default prepends it).")
+DebugOpt = typer.Option(False, "--debug", help="Show tracebacks.")
+DtypeOpt = typer.Option("float32", "--dtype", help="float32 (default), bfloat16 or float16.")
+
+
+@app.callback()
+def _root() -> None:
+    """interp: position-aware interpretability toolkit."""
+
+
+@app.command()
+def report(
+    model: str = ModelArg,
+    out: Path = typer.Option(Path("reports"), "--out", help="Output directory; writes <model>.html and <model>.json."),
+    prompts: Path | None = PromptsOpt,
+    only: str | None = typer.Option(None, "--only", help="Comma-separated sections to run (see `interp sections`)."),
+    skip: str | None = typer.Option(None, "--skip", help="Comma-separated sections to leave out."),
+    seed: int = SeedOpt,
+    no_bos: bool = NoBosOpt,
+    dtype: str = DtypeOpt,
+    no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
+    debug: bool = DebugOpt,
+) -> None:
+    """Run the analysis sections and write one self-contained HTML file plus a JSON with every number."""
+    from interp.reports import build_report, choose_sections
+
+    only_l, skip_l = _split(only), _split(skip)
+    _guard(debug, "input", lambda: choose_sections(only_l, skip_l))  # unknown section → exit 2 before loading
+    prompt_list = _load_prompts(prompts, debug)
+    m = _load_model(model, debug, dtype)
+    rep = _guard(debug, "analysis", lambda: build_report(
+        m, model_name=model, prompts=prompt_list, only=only_l, skip=skip_l, seed=seed,
+        prepend_bos=not no_bos, debug=debug, progress=not no_progress, argv=sys.argv))
+    html_path, json_path = _guard(debug, "analysis", lambda: rep.save(out, stem=_slug(model)))
+    for r in rep.results:
+        line = f"  {r.status:8s} {r.name:10s} {r.seconds:6.1f}s"
+        typer.echo(line + (f"  ({r.reason})" if r.reason else ""), err=True)
+    typer.echo(f"wrote {html_path}", err=True)
+    typer.echo(f"wrote {json_path}", err=True)
+    if rep.failed:
+        if debug:
+            for r in rep.results:
+                if r.traceback:
+                    typer.echo(r.traceback, err=True)
+        _die(f"section(s) failed: {', '.join(rep.failed)} (reasons in the report)", EXIT_FAILED)
+    requested_skipped = [r.name for r in rep.results if r.status == "skipped" and r.name in only_l]
+    if requested_skipped:
+        _die(f"requested section(s) could not run: {', '.join(requested_skipped)}", EXIT_FAILED)
+
+
+@app.command()
+def sections(json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List the report sections (name, default, required modules)."""
+    from interp.reports import available_sections
+
+    secs = available_sections()
+    if json_out:
+        typer.echo(json.dumps([{"name": s.name, "title": s.title, "default": s.default,
+                                "requires": list(s.requires), "description": s.description} for s in secs],
+                              indent=1))
+        return
+    for s in secs:
+        typer.echo(f"{s.name:10s} {'default' if s.default else 'opt-in ':8s} {s.title}")
+
+
+def _run_one(section_name: str, model: str, prompts: Path | None, seed: int, no_bos: bool, json_out: bool,
+             html: Path | None, debug: bool, options: dict[str, Any] | None = None, dtype: str = "float32") -> None:
+    """Run one report section as a command: JSON (``--json``) or a readable summary on stdout."""
+    from interp.reports import build_report
+
+    prompt_list = _load_prompts(prompts, debug)
+    m = _load_model(model, debug, dtype)
+    rep = _guard(debug, "analysis", lambda: build_report(
+        m, model_name=model, prompts=prompt_list, only=[section_name], seed=seed, prepend_bos=not no_bos,
+        debug=debug, progress=False, options=options, argv=sys.argv))
+    res = rep.results[0]
+    if html is not None:
+        _guard(debug, "analysis", lambda: rep.save(html.parent if html.suffix else html,
+                                                     stem=html.stem if html.suffix else _slug(model)))
+    if res.status != "ok":
+        if debug and res.traceback:
+            typer.echo(res.traceback, err=True)
+        _die(f"{section_name} {res.status}: {res.reason}", EXIT_FAILED)
+    doc = res.to_json()
+    if json_out:
+        typer.echo(json.dumps({"meta": rep.to_json()["meta"], **doc}, indent=1, allow_nan=False))
+        return
+    typer.echo(f"{res.title} — {model} ({res.seconds:.1f} s)")
+    for note in doc["notes"]:
+        typer.echo(f"  {note}")
+    for t in doc["tables"]:
+        typer.echo(f"\n{t['caption']}")
+        typer.echo("  " + " | ".join(t["columns"]))
+        for row in t["rows"]:
+            typer.echo("  " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
+
+
+JsonOpt = typer.Option(False, "--json", help="Print every number as JSON on stdout.")
+HtmlOpt = typer.Option(None, "--html", help="Also write an HTML+JSON report (file path or directory).")
+TopOpt = typer.Option(10, "--top", help="How many top entries to list.")
+
+
+@app.command()
+def sinks(model: str = ModelArg, prompts: Path | None = PromptsOpt, top: int = TopOpt, seed: int = SeedOpt,
+          no_bos: bool = NoBosOpt, json_out: bool = JsonOpt, html: Path | None = HtmlOpt,
+          dtype: str = DtypeOpt, debug: bool = DebugOpt) -> None:
+    """Attention sinks and extreme tokens (α_k, Sink_k^ε, massive activations, value drains)."""
+    _run_one("sinks", model, prompts, seed, no_bos, json_out, html, debug, {"top": top}, dtype)
+
+
+@app.command()
+def heads(model: str = ModelArg, prompts: Path | None = PromptsOpt, top: int = TopOpt, seed: int = SeedOpt,
+          no_bos: bool = NoBosOpt, json_out: bool = JsonOpt, html: Path | None = HtmlOpt,
+          dtype: str = DtypeOpt, debug: bool = DebugOpt) -> None:
+    """Positional heads (previous-token, self, first-token, offsets, induction) and positional neurons."""
+    _run_one("heads", model, prompts, seed, no_bos, json_out, html, debug, {"top": top}, dtype)
+
+
+@app.command()
+def rope(model: str = ModelArg, prompts: Path | None = PromptsOpt, top: int = TopOpt, seed: int = SeedOpt,
+         no_bos: bool = NoBosOpt, json_out: bool = JsonOpt, html: Path | None = HtmlOpt,
+         dtype: str = DtypeOpt, debug: bool = DebugOpt) -> None:
+    """RoPE frequency usage per layer and head, and the base bound B(m)."""
+    _run_one("rope", model, prompts, seed, no_bos, json_out, html, debug, {"top": top}, dtype)
+
+
+@app.command()
+def probe(model: str = ModelArg, prompts: Path | None = PromptsOpt, seed: int = SeedOpt,
+          no_bos: bool = NoBosOpt, json_out: bool = JsonOpt, html: Path | None = HtmlOpt,
+          dtype: str = DtypeOpt, debug: bool = DebugOpt) -> None:
+    """Linear probes for absolute position per layer, with a control task."""
+    _run_one("probes", model, prompts, seed, no_bos, json_out, html, debug, None, dtype)
+
+
+@app.command()
+def circuit(model: str = ModelArg, prompts: Path | None = PromptsOpt, seed: int = SeedOpt,
+            no_bos: bool = NoBosOpt, json_out: bool = JsonOpt, html: Path | None = HtmlOpt,
+            dtype: str = DtypeOpt, debug: bool = DebugOpt) -> None:
+    """Position-aware IOI circuit (EAP over schema spans) and its faithfulness curve."""
+    _run_one("circuit", model, prompts, seed, no_bos, json_out, html, debug, None, dtype)
+
+
+@app.command("capture")
+def capture_cmd(
+    model: str = ModelArg,
+    prompts: Path | None = PromptsOpt,
+    hooks: str = typer.Option("blocks.*.hook_resid_post", "--hooks",
+                              help="Comma-separated hook names or globs (used with --out)."),
+    out: Path | None = typer.Option(None, "--out", help="Write an activation store (safetensors shards) here."),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    seed: int = SeedOpt, no_bos: bool = NoBosOpt, json_out: bool = JsonOpt, html: Path | None = HtmlOpt,
+    dtype: str = DtypeOpt, debug: bool = DebugOpt,
+) -> None:
+    """Capture activations: without --out, a summary (residual norms, attention entropy);
+    with --out DIR, an activation store on disk (resumable)."""
+    if out is None:
+        _run_one("capture", model, prompts, seed, no_bos, json_out, html, debug, None, dtype)
+        return
+    from interp.reports.prompts import default_prompts
+
+    prompt_list = _load_prompts(prompts, debug) or default_prompts()
+    m = _load_model(model, debug, dtype)
+    hook_list = _split(hooks)
+    if not hook_list:
+        _die("--hooks is empty; pass e.g. 'blocks.*.hook_resid_post'", EXIT_USAGE)
+
+    def run() -> Any:
+        from interp import capture
+
+        return capture(m, [p.text for p in prompt_list], hook_list, batch_size=batch_size, out=out)
+
+    store = _guard(debug, "input", run)
+    info: dict[str, Any] = {"out": str(out), "n_prompts": len(prompt_list), "hooks": hook_list}
+    for attr in ("hooks", "hook_names", "n_examples", "complete"):
+        if hasattr(store, attr):
+            from interp.reports import jsonable
+
+            info[f"store.{attr}"] = jsonable(getattr(store, attr))
+    typer.echo(json.dumps(info, indent=1) if json_out else f"wrote activation store to {out}")
+
+
+def _mount_zoo() -> None:
+    try:
+        from interp.zoo.cli import app as zoo_app
+    except Exception as e:  # noqa: BLE001 - zoo absent or broken: say so when used
+        reason = f"{type(e).__name__}: {e}"
+
+        @app.command("zoo", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+        def zoo_missing() -> None:
+            """The toy-model zoo (not available in this installation)."""
+            _die(f"interp.zoo.cli is not available ({reason})", EXIT_FAILED)
+
+        return
+    app.add_typer(zoo_app, name="zoo", help="The toy-model zoo: list and train toy models with planted mechanisms.")
+
+
+_mount_zoo()
+
+
+def main() -> None:  # pragma: no cover - console entry point alternative
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,66 @@
+"""The built-in prompt set of ``interp report`` and the JSONL prompt-file reader.
+
+JSONL format: one JSON object per line with ``"text"`` (or ``"prompt"``) and an optional
+``"domain"`` (default ``"prose"``); other keys are kept as per-prompt metadata. A line may also
+be a bare JSON string. Blank lines and lines starting with ``#`` are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from interp.reports._core import Prompt
+
+DEFAULT_PROMPTS: tuple[Prompt, ...] = (
+    Prompt("The old lighthouse keeper climbed the spiral stairs every evening to light the lamp. "
+           "Ships passing in the night relied on its steady beam to avoid the rocks below the cliff.", "prose"),
+    Prompt("In 1969, two astronauts walked on the Moon while a third orbited above them. Millions of "
+           "people watched the grainy television pictures and listened to the crackling voices.", "prose"),
+    Prompt("She opened the letter slowly, afraid of what it might say. The handwriting was familiar, "
+           "but the words inside were cold, formal and strangely distant.", "prose"),
+    Prompt("Photosynthesis converts light energy into chemical energy. Plants take in carbon dioxide "
+           "and water, and with sunlight they produce glucose and release oxygen.", "prose"),
+    Prompt("def fibonacci(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n"
+           "    return a\n\nprint(fibonacci(10))\n", "code"),
+    Prompt("import os\n\nfor root, dirs, files in os.walk('.'):\n    for name in files:\n"
+           "        if name.endswith('.py'):\n            print(os.path.join(root, name))\n", "code"),
+    Prompt("SELECT name, COUNT(*) AS n\nFROM orders\nWHERE created_at > '2024-01-01'\n"
+           "GROUP BY name\nORDER BY n DESC\nLIMIT 10;\n", "code"),
+)
+
+
+def default_prompts() -> list[Prompt]:
+    """A copy of the built-in prompt set (prose and code, a few dozen tokens each)."""
+    return [Prompt(p.text, p.domain, dict(p.meta)) for p in DEFAULT_PROMPTS]
+
+
+def load_prompts(path: str | Path) -> list[Prompt]:
+    """Read prompts from a JSONL file; raises ``FileNotFoundError``/``ValueError`` naming the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompt file {str(path)!r} does not exist; pass a JSONL file with one "
+                                '{"text": ..., "domain": ...} object per line')
+    prompts: list[Prompt] = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        try:
+            obj = json.loads(s)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{i}: not valid JSON ({e.msg}); each line must be one JSON object") from None
+        if isinstance(obj, str):
+            obj = {"text": obj}
+        if not isinstance(obj, dict):
+            raise ValueError(f"{path}:{i}: expected a JSON object with a 'text' field, got {type(obj).__name__}")
+        text = obj.pop("text", None)
+        if text is None:
+            text = obj.pop("prompt", None)
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{path}:{i}: missing or empty 'text' (or 'prompt') field")
+        domain = obj.pop("domain", "prose")
+        prompts.append(Prompt(text, str(domain), obj))
+    if not prompts:
+        raise ValueError(f"prompt file {str(path)!r} holds no prompts")
+    return prompts

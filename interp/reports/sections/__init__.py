@@ -1,0 +1,3 @@
+"""Built-in report sections; importing this package registers them."""
+
+from interp.reports.sections import capture, model  # noqa: F401
