@@ -84,6 +84,29 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _compress_hooks(hooks: Sequence[str]) -> str:
+    """``blocks.{0..29}.hook_resid_post``-style summary of a hook list (full list in the JSON)."""
+    import re
+    from collections import defaultdict
+
+    groups: dict[str, list[int]] = defaultdict(list)
+    for h in hooks:
+        m = re.match(r"blocks\.(\d+)\.(.+)", h)
+        if m:
+            groups[f"blocks.{{L}}.{m.group(2)}"].append(int(m.group(1)))
+        else:
+            groups[h] = []
+    parts = []
+    for k, ls in groups.items():
+        if not ls:
+            parts.append(k)
+            continue
+        ls = sorted(set(ls))
+        rng = f"{ls[0]}..{ls[-1]}" if ls == list(range(ls[0], ls[-1] + 1)) and len(ls) > 1 else ",".join(map(str, ls))
+        parts.append(k.replace("{L}", "{" + rng + "}"))
+    return ", ".join(parts)
+
+
 def render_table(t: Table) -> str:
     head = "".join(f"<th>{_esc(c)}</th>" for c in t.columns)
     body = []
@@ -153,7 +176,7 @@ def render_html(results: Sequence[SectionResult], meta: dict[str, Any], section_
             ("prepend BOS", meta.get("prepend_bos")), ("seed", meta.get("seed")),
             ("prompts", meta.get("n_prompts")), ("created (UTC)", meta.get("created_utc")),
             ("versions", ", ".join(f"{k}={v}" for k, v in versions.items())),
-            ("hooks", ", ".join(meta.get("hooks", [])) or "—"),
+            ("hooks", _compress_hooks(meta.get("hooks", [])) or "—"),
         ]
     )
     prompt_rows = "".join(
@@ -179,7 +202,7 @@ def render_html(results: Sequence[SectionResult], meta: dict[str, Any], section_
 <div id="js-error-banner"></div>
 <h1>{_esc(title)}</h1>
 <p class="muted">{len(results)} sections: {len(results) - n_fail - n_skip} ok, {n_fail} failed, {n_skip} skipped.
-Every number shown here is also in <code>report.json</code>.</p>
+Every number shown here is also in the JSON file written beside this page.</p>
 <table><thead><tr><th>section</th><th>status</th><th>seconds</th><th>reason</th></tr></thead>
 <tbody>{summary_rows}</tbody></table>
 <table>{meta_rows}</table>

@@ -19,29 +19,24 @@ def token_label(i: int, tok: str) -> str:
 
 
 def tokens_for(model: Any, text: str, prepend_bos: bool) -> tuple[torch.Tensor, list[str]]:
-    """``[1, pos]`` token ids and their strings for one prompt under the BOS policy."""
-    tokens = model.to_tokens(text, prepend_bos=prepend_bos)
-    strs = [str(s) for s in model.to_str_tokens(tokens[0])]
-    return tokens, strs
+    """``[1, pos]`` token ids and their strings for one prompt under the BOS policy (``interp.tokenize``)."""
+    from interp.tokens import tokenize
+
+    batch = tokenize(model, [text], prepend_bos=prepend_bos)
+    return batch.tokens, [str(s) for s in batch.str_tokens[0]]
 
 
 def layer_head_labels(n_heads: int) -> list[str]:
     return [f"H{h}" for h in range(n_heads)]
 
 
-def heatmap_layer_head(z: Any, *, title: str, colorbar: str, diverging: bool = False) -> Any:
-    """Layer × head heatmap with ``L{l}H{h}`` hover labels."""
-    import plotly.graph_objects as go
+def heatmap_layer_head(z: Any, *, title: str, colorbar: str, diverging: bool | None = None) -> Any:
+    """Layer × head heatmap with ``L{l}H{h}`` labels (``interp.plots.layer_head_heatmap``)."""
+    from interp.plots import layer_head_heatmap
 
-    zt = torch.as_tensor(z, dtype=torch.float32)
-    n_layers, n_heads = zt.shape
-    text = [[f"L{l}H{h}" for h in range(n_heads)] for l in range(n_layers)]
-    kw: dict[str, Any] = {"colorscale": "RdBu", "zmid": 0} if diverging else {"colorscale": "Viridis"}
-    fig = go.Figure(go.Heatmap(
-        z=zt.tolist(), x=layer_head_labels(n_heads), y=list(range(n_layers)), text=text,
-        hovertemplate="%{text}: %{z:.3g}<extra></extra>", colorbar={"title": colorbar}, **kw,
-    ))
-    fig.update_layout(title=title, xaxis_title="head", yaxis_title="layer", height=max(300, 18 * n_layers + 120))
+    fig = layer_head_heatmap(torch.as_tensor(z, dtype=torch.float32), title=title, colorbar_title=colorbar,
+                             diverging=diverging)
+    fig.update_layout(height=max(320, 16 * int(torch.as_tensor(z).shape[0]) + 140))
     return fig
 
 
