@@ -46,3 +46,27 @@ def toy_model():
         return cache[name]
 
     return _load
+
+
+@pytest.fixture(scope="session")
+def random_toy(tmp_path_factory):
+    """Factory: ``random_toy("toy-induction", seed=0)`` — a zoo *architecture* with random
+    weights (no training), booted as a TransformerBridge. Fast stand-in for structure tests."""
+    from interp import load_model
+    from interp.zoo import TOY_MODELS
+    from interp.zoo._train import build_model, build_tokenizer
+
+    cache: dict[tuple[str, int], object] = {}
+
+    def _load(name: str, seed: int = 0):
+        if (name, seed) not in cache:
+            info = TOY_MODELS[name]
+            hf = build_model(info, seed=seed)
+            tok = build_tokenizer(int(info.task_params["n_vocab"]), int(info.model["n_ctx"]))
+            d = tmp_path_factory.mktemp(f"random-{name}-{seed}")
+            hf.save_pretrained(d)
+            tok.save_pretrained(d)
+            cache[(name, seed)] = load_model(str(d))
+        return cache[(name, seed)]
+
+    return _load
