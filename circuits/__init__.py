@@ -1,0 +1,55 @@
+"""circuits — position-aware circuit discovery on TransformerBridge models.
+
+Public API (imported lazily)::
+
+    PatchableModel, Activations          # circuits._forward: functional forward with edge patching
+    AttributionGraph, Edge               # circuits.graph: edge scores per position / span
+    attribute                            # circuits.attribution: EAP, EAP-IG (positional, spans)
+    logit_diff, prob_diff, kl_to_clean   # circuits.metrics
+    tasks                                # circuits.tasks: IOI, induction, position task, JSONL
+    select, Circuit                      # circuits.select / circuits.circuit (selection)
+    faithfulness, faithfulness_curve     # circuits.faithfulness / circuits.curves
+
+Definitions and citations: ``shared/REFERENCES.md`` §1–2 (Haklay et al. 2025; Hanna et al. 2024).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "PatchableModel": "circuits._forward",
+    "Activations": "circuits._forward",
+    "AttributionGraph": "circuits.graph",
+    "Edge": "circuits.graph",
+    "attribute": "circuits.attribution",
+    "logit_diff": "circuits.metrics",
+    "prob_diff": "circuits.metrics",
+    "kl_to_clean": "circuits.metrics",
+    "Metric": "circuits.metrics",
+    "select": "circuits.select",
+    "Circuit": "circuits.circuit",
+    "faithfulness": "circuits.faithfulness",
+    "faithfulness_curve": "circuits.curves",
+}
+_SUBMODULES = {"tasks", "graph", "attribution", "metrics", "select", "circuit", "faithfulness",
+               "curves"}
+
+__all__ = sorted(_EXPORTS) + sorted(_SUBMODULES)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        module = importlib.import_module(f"circuits.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'circuits' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

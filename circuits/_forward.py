@@ -1,0 +1,609 @@
+"""A patchable functional forward pass over the graph of senders and receivers.
+
+:class:`PatchableModel` re-implements a TransformerBridge's forward pass from its HF weights so
+that every *edge* of the computational graph of Haklay et al. (2025) can be ablated on its own
+(see ``../shared/REFERENCES.md`` §1):
+
+* **senders** (outputs written into the residual stream): ``"embed"`` (token + learned position
+  embeddings), ``"L{l}H{h}"`` (head output :math:`z_h W_O[h]`, :math:`z_h = A_h V_h`), ``"M{l}"``
+  (MLP output). Bias terms that do not depend on the input (attention ``b_O`` and the MLP output
+  bias) are constants added to the residual stream: they are never ablated.
+* **receivers** (inputs read from the residual stream): ``"L{l}H{h}.q"``, ``"L{l}KV{g}.k"``,
+  ``"L{l}KV{g}.v"``, ``"M{l}"`` (MLP input) and ``"logits"`` (input of the final norm). Under
+  GQA/MQA the key and value receivers belong to KV head ``g`` that query heads
+  ``g·(H/G) … (g+1)·(H/G)−1`` share, so one k/v receiver feeds several heads.
+
+Each receiver's input at position p is the sum of the outputs at position p of all senders
+strictly upstream (plus the constant biases); each receiver normalises its own input (its own
+copy of ``ln1``/``ln2``/``ln_final``), so q, k and v can be patched independently:
+
+.. math:: x_r[p] = \\sum_s \\mathrm{keep}[p,s,r]\\, z_s[p] + (1-\\mathrm{keep}[p,s,r])\\, z^*_s[p]
+
+where :math:`z` are the sender outputs of the *current* (patched) run and :math:`z^*` the fixed
+ablated ones. **Crossing edges** live inside one query head h at query position t: its query
+:math:`q_t` and the key :math:`k_{t'}` / value :math:`v_{t'}` of every position t' ≤ t.
+``keep_cross[b, l, h, kind, t, t']`` False (kind 0 = q, 1 = k, 2 = v) replaces, for that one
+(t, t') pair only, :math:`q_t` (kind q) or :math:`k_{t'}` (kind k) in the score
+:math:`q_t\\cdot k_{t'}/\\sqrt{d}` by the ablated one, or :math:`v_{t'}` in the weighted sum
+of query t (kind v): :math:`z_t = \\sum_{t'} A_{tt'}(M_{tt'} v_{t'} + (1-M_{tt'}) v^*_{t'})`.
+All of it is vectorised over positions (four score combinations chosen by mask).
+
+Supported families: Llama-style (RMSNorm, RoPE, GQA, gated MLP: SmolLM2, Llama, Mistral, Qwen2
+and RoPE/NoPE toys) and GPT-2 (LayerNorm, learned positions, biases). Anything else (e.g.
+Gemma 3, whose post-attention norm mixes heads non-linearly) raises
+:class:`NotImplementedError`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+__all__ = ["Activations", "PatchableModel", "sender_names", "receiver_names"]
+
+
+# ----------------------------------------------------------------------------------------------
+# graph vocabulary
+# ----------------------------------------------------------------------------------------------
+def sender_names(n_layers: int, n_heads: int) -> list[str]:
+    """``["embed", "L0H0", …, "L0H{H-1}", "M0", "L1H0", …, "M{L-1}"]`` (residual order)."""
+    out = ["embed"]
+    for l in range(n_layers):
+        out += [f"L{l}H{h}" for h in range(n_heads)] + [f"M{l}"]
+    return out
+
+
+def receiver_names(n_layers: int, n_heads: int, n_kv_heads: int) -> list[str]:
+    """Per layer: q of every head, k then v of every KV head, the MLP input; then ``"logits"``."""
+    out: list[str] = []
+    for l in range(n_layers):
+        out += [f"L{l}H{h}.q" for h in range(n_heads)]
+        out += [f"L{l}KV{g}.k" for g in range(n_kv_heads)]
+        out += [f"L{l}KV{g}.v" for g in range(n_kv_heads)]
+        out += [f"M{l}"]
+    return out + ["logits"]
+
+
+# ----------------------------------------------------------------------------------------------
+# cached activations
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Activations:
+    """Sender outputs and per-head q/k/v/z/pattern of one run (the ablation source).
+
+    ``q`` and ``k`` are post-rotary (what enters :math:`q\\cdot k`). A batch of 1 broadcasts
+    over any batch (mean and zero ablations).
+    """
+
+    senders: Float[Tensor, "batch pos sender d_model"]
+    q: Float[Tensor, "batch layer pos head d_head"]
+    k: Float[Tensor, "batch layer pos kv_head d_head"]
+    v: Float[Tensor, "batch layer pos kv_head d_head"]
+    z: Float[Tensor, "batch layer pos head d_head"]
+    pattern: Float[Tensor, "batch layer head qpos kpos"]
+    attention_mask: Int[Tensor, "batch pos"]
+
+    @property
+    def batch(self) -> int:
+        return self.senders.shape[0]
+
+    @property
+    def n_pos(self) -> int:
+        return self.senders.shape[1]
+
+    def _map(self, fn: Any) -> Activations:
+        return Activations(**{f.name: fn(f.name, getattr(self, f.name)) for f in fields(self)})
+
+    def to(self, device: torch.device | str) -> Activations:
+        return self._map(lambda _n, t: t.to(device))
+
+    def detach(self) -> Activations:
+        return self._map(lambda _n, t: t.detach())
+
+    def select(self, index: slice | Tensor) -> Activations:
+        """Examples ``index`` (a slice or index tensor) of the batch; a batch of 1 is kept."""
+        if self.batch == 1:
+            return self
+        return self._map(lambda _n, t: t[index])
+
+    def zeros_like(self) -> Activations:
+        """Zero ablation: every sender output and every q/k/v zero (pattern kept for shape)."""
+        return self._map(lambda n, t: t if n in ("attention_mask", "pattern") else torch.zeros_like(t))
+
+    def mean(self) -> Activations:
+        """Mean ablation: mean over examples at each position (padding excluded), batch of 1.
+
+        Positions no example reaches get zeros.
+        """
+        m = self.attention_mask.to(self.senders.dtype)  # [b p]
+        cnt = m.sum(0).clamp(min=1)
+
+        def avg(name: str, t: Tensor) -> Tensor:
+            if name == "attention_mask":
+                return (self.attention_mask.sum(0, keepdim=True) > 0).to(t.dtype)
+            if name == "pattern":
+                return t.mean(0, keepdim=True)
+            if name == "senders":
+                w, c = m[:, :, None, None], cnt.view(1, -1, 1, 1)
+            else:  # [b layer pos n e]
+                w, c = m[:, None, :, None, None], cnt.view(1, 1, -1, 1, 1)
+            return (t * w).sum(0, keepdim=True) / c
+
+        return self._map(avg)
+
+    def align(self, position_map: Int[Tensor, "batch pos_new"]) -> Activations:
+        """Re-index positions: entry ``[b, p]`` of the result comes from position
+        ``position_map[b, p]`` of this run (e.g. counterfactual tokens of another length,
+        aligned through a schema). Patterns are re-indexed on both axes."""
+        b, p = position_map.shape
+        if self.batch not in (1, b):
+            raise ValueError(f"position_map has batch {b} but the activations have {self.batch}")
+        pm = position_map.to(self.senders.device).long()
+        if self.batch == 1 and b != 1:
+            src = self._map(lambda _n, t: t.expand(b, *t.shape[1:]))
+        else:
+            src = self
+
+        def g(name: str, t: Tensor) -> Tensor:
+            if name == "attention_mask":
+                return torch.gather(t, 1, pm)
+            if name == "senders":
+                idx = pm[:, :, None, None].expand(b, p, *t.shape[2:])
+                return torch.gather(t, 1, idx)
+            if name == "pattern":
+                i1 = pm[:, None, None, :, None].expand(b, *t.shape[1:3], p, t.shape[4])
+                t1 = torch.gather(t, 3, i1)
+                i2 = pm[:, None, None, None, :].expand(b, *t.shape[1:3], p, p)
+                return torch.gather(t1, 4, i2)
+            idx = pm[:, None, :, None, None].expand(b, t.shape[1], p, *t.shape[3:])
+            return torch.gather(t, 2, idx)
+
+        return src._map(g)
+
+
+# ----------------------------------------------------------------------------------------------
+# weights
+# ----------------------------------------------------------------------------------------------
+def _w(mod: Any) -> Tensor:
+    return mod.weight.detach()
+
+
+def _b(mod: Any) -> Tensor | None:
+    b = getattr(mod, "bias", None)
+    return None if b is None else b.detach()
+
+
+@dataclass
+class _Layer:
+    ln1_w: Tensor
+    ln1_b: Tensor | None
+    W_Q: Tensor  # [H d e]
+    W_K: Tensor  # [G d e]
+    W_V: Tensor  # [G d e]
+    b_Q: Tensor | None  # [H e]
+    b_K: Tensor | None
+    b_V: Tensor | None
+    W_O: Tensor  # [H e d]
+    b_O: Tensor | None  # [d]
+    ln2_w: Tensor
+    ln2_b: Tensor | None
+    W_gate: Tensor | None  # [d m] (gated MLPs)
+    b_gate: Tensor | None
+    W_in: Tensor  # [d m]
+    b_in: Tensor | None
+    W_out: Tensor  # [m d]
+    b_out: Tensor | None
+
+
+class PatchableModel:
+    """Functional forward pass of a TransformerBridge with edge-level patching.
+
+    Exact to the bridge's logits (fp32, eager attention) for the supported families. Build
+    once per model (it only references the weights) and reuse::
+
+        pm = PatchableModel(bridge)
+        logits = pm.run(tokens, mask)                       # plain forward
+        acts = pm.activations(corrupt_tokens, corrupt_mask)  # ablation source
+        logits = pm.run(tokens, mask, ablated=acts, keep=keep, keep_cross=keep_cross)
+
+    Position ids are ``cumsum(attention_mask) − 1`` so left padding gives the same numbers as
+    no padding.
+    """
+
+    def __init__(self, bridge: Any) -> None:
+        hf = getattr(bridge, "original_model", bridge)
+        cfg = hf.config
+        self.bridge = bridge
+        self.hf = hf
+        self.model_type: str = getattr(cfg, "model_type", "?")
+        self.model_name: str = str(getattr(getattr(bridge, "cfg", None), "model_name", None)
+                                   or getattr(cfg, "_name_or_path", self.model_type))
+        if self.model_type in ("llama", "mistral", "qwen2", "smollm3"):
+            self._init_llama(hf, cfg)
+        elif self.model_type == "gpt2":
+            self._init_gpt2(hf, cfg)
+        else:
+            raise NotImplementedError(
+                f"circuits.PatchableModel supports Llama-family (llama, mistral, qwen2) and GPT-2 "
+                f"models; got model_type={self.model_type!r}. Gemma 3 is not supported yet: its "
+                f"post-attention/post-MLP norms mix head outputs non-linearly, so head outputs "
+                f"are not additive residual senders.")
+        self.senders = sender_names(self.n_layers, self.n_heads)
+        self.receivers = receiver_names(self.n_layers, self.n_heads, self.n_kv_heads)
+        self.sender_index = {s: i for i, s in enumerate(self.senders)}
+        self.receiver_index = {r: i for i, r in enumerate(self.receivers)}
+        self.valid = self._valid()
+
+    # ---------------------------------------------------------------------------- init helpers
+    def _init_llama(self, hf: Any, cfg: Any) -> None:
+        self.arch = "llama"
+        core = hf.model
+        self.n_layers = cfg.num_hidden_layers
+        self.n_heads = cfg.num_attention_heads
+        self.n_kv_heads = getattr(cfg, "num_key_value_heads", None) or self.n_heads
+        self.d_model = cfg.hidden_size
+        self.d_head = getattr(cfg, "head_dim", None) or self.d_model // self.n_heads
+        self.eps = float(getattr(cfg, "rms_norm_eps", 1e-6))
+        self.W_E = _w(core.embed_tokens)
+        self.W_pos = None
+        H, G, e, d = self.n_heads, self.n_kv_heads, self.d_head, self.d_model
+        self.layers: list[_Layer] = []
+        for blk in core.layers:
+            at, mlp = blk.self_attn, blk.mlp
+            if hasattr(at, "q_norm") or hasattr(blk, "post_feedforward_layernorm"):
+                raise NotImplementedError("q/k norms and sandwich norms are not supported")
+
+            def heads(lin: Any, n: int) -> tuple[Tensor, Tensor | None]:
+                w = _w(lin).view(n, e, d).transpose(1, 2).contiguous()  # [n d e]
+                b = _b(lin)
+                return w, None if b is None else b.view(n, e)
+
+            W_Q, b_Q = heads(at.q_proj, H)
+            W_K, b_K = heads(at.k_proj, G)
+            W_V, b_V = heads(at.v_proj, G)
+            W_O = _w(at.o_proj).view(d, H, e).permute(1, 2, 0).contiguous()  # [H e d]
+            self.layers.append(_Layer(
+                ln1_w=_w(blk.input_layernorm), ln1_b=None, W_Q=W_Q, W_K=W_K, W_V=W_V,
+                b_Q=b_Q, b_K=b_K, b_V=b_V, W_O=W_O, b_O=_b(at.o_proj),
+                ln2_w=_w(blk.post_attention_layernorm), ln2_b=None,
+                W_gate=_w(mlp.gate_proj).T.contiguous(), b_gate=_b(mlp.gate_proj),
+                W_in=_w(mlp.up_proj).T.contiguous(), b_in=_b(mlp.up_proj),
+                W_out=_w(mlp.down_proj).T.contiguous(), b_out=_b(mlp.down_proj)))
+        self.scale = float(getattr(core.layers[0].self_attn, "scaling", self.d_head ** -0.5))
+        self.lnf_w, self.lnf_b = _w(core.norm), None
+        self.W_U = _w(hf.lm_head).T  # [d vocab]
+        self.b_U = _b(hf.lm_head)
+        self.act = _act(getattr(cfg, "hidden_act", "silu"))
+        self.rotary = core.rotary_emb
+        self.use_rope = not bool(getattr(cfg, "nope", False))
+
+    def _init_gpt2(self, hf: Any, cfg: Any) -> None:
+        self.arch = "gpt2"
+        core = hf.transformer
+        self.n_layers = cfg.n_layer
+        self.n_heads = cfg.n_head
+        self.n_kv_heads = self.n_heads
+        self.d_model = cfg.n_embd
+        self.d_head = self.d_model // self.n_heads
+        self.eps = float(cfg.layer_norm_epsilon)
+        self.W_E = _w(core.wte)
+        self.W_pos = _w(core.wpe)
+        H, e, d = self.n_heads, self.d_head, self.d_model
+        self.layers = []
+        for blk in core.h:
+            at, mlp = blk.attn, blk.mlp
+            Wc, bc = _w(at.c_attn), _b(at.c_attn)  # Conv1D: [d, 3d]
+            if Wc.shape[0] != d:  # some wrappers store nn.Linear layout
+                Wc = Wc.T
+            Wq, Wk, Wv = Wc.split(d, dim=1)
+            bq, bk, bv = (None, None, None) if bc is None else bc.split(d)
+
+            def hw(w: Tensor) -> Tensor:
+                return w.reshape(d, H, e).permute(1, 0, 2).contiguous()
+
+            def hb(b: Tensor | None) -> Tensor | None:
+                return None if b is None else b.reshape(H, e)
+
+            Wp = _w(at.c_proj)
+            if Wp.shape[0] != d:
+                Wp = Wp.T
+            Wfc, Wfp = _w(mlp.c_fc), _w(mlp.c_proj)
+            if Wfc.shape[0] != d:
+                Wfc, Wfp = Wfc.T, Wfp.T
+            self.layers.append(_Layer(
+                ln1_w=_w(blk.ln_1), ln1_b=_b(blk.ln_1), W_Q=hw(Wq), W_K=hw(Wk), W_V=hw(Wv),
+                b_Q=hb(bq), b_K=hb(bk), b_V=hb(bv), W_O=Wp.reshape(H, e, d).contiguous(),
+                b_O=_b(at.c_proj), ln2_w=_w(blk.ln_2), ln2_b=_b(blk.ln_2), W_gate=None,
+                b_gate=None, W_in=Wfc.contiguous(), b_in=_b(mlp.c_fc), W_out=Wfp.contiguous(),
+                b_out=_b(mlp.c_proj)))
+        self.scale = (1.0 / math.sqrt(self.d_head)) if getattr(cfg, "scale_attn_weights", True) else 1.0
+        if getattr(cfg, "scale_attn_by_inverse_layer_idx", False) or getattr(cfg, "reorder_and_upcast_attn", False):
+            raise NotImplementedError("GPT-2 scale_attn_by_inverse_layer_idx/reorder_and_upcast_attn")
+        self.lnf_w, self.lnf_b = _w(core.ln_f), _b(core.ln_f)
+        self.W_U = _w(hf.lm_head).T
+        self.b_U = _b(hf.lm_head)
+        self.act = _act(getattr(cfg, "activation_function", "gelu_new"))
+        self.rotary = None
+        self.use_rope = False
+
+    def _valid(self) -> Bool[Tensor, "sender receiver"]:
+        S, R = len(self.senders), len(self.receivers)
+        v = torch.zeros(S, R, dtype=torch.bool)
+        H = self.n_heads
+        per = H + 2 * self.n_kv_heads + 1
+        for l in range(self.n_layers):
+            r0 = l * per
+            v[: self.n_upstream(l, "attn"), r0: r0 + per - 1] = True
+            v[: self.n_upstream(l, "mlp"), r0 + per - 1] = True
+        v[:, R - 1] = True
+        return v
+
+    # ---------------------------------------------------------------------------- index helpers
+    @property
+    def device(self) -> torch.device:
+        return self.W_E.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.W_E.dtype
+
+    def n_upstream(self, layer: int, kind: str) -> int:
+        """Number of senders upstream of layer ``layer``'s attention (``"attn"``) or MLP input."""
+        base = 1 + layer * (self.n_heads + 1)
+        return base if kind == "attn" else base + self.n_heads
+
+    def receiver_slice(self, layer: int) -> slice:
+        """Receivers of layer ``layer``: H q, G k, G v, then the MLP input."""
+        per = self.n_heads + 2 * self.n_kv_heads + 1
+        return slice(layer * per, (layer + 1) * per)
+
+    def sender_slice(self, layer: int) -> slice:
+        """Senders of layer ``layer``: its H heads, then its MLP."""
+        s0 = 1 + layer * (self.n_heads + 1)
+        return slice(s0, s0 + self.n_heads + 1)
+
+    # ---------------------------------------------------------------------------- primitives
+    def _norm(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+        if self.arch == "gpt2":
+            return F.layer_norm(x, (x.shape[-1],), w, b, self.eps)
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return w * y.to(x.dtype)
+
+    def _rope(self, x: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor]:
+        cos, sin = self.rotary(x, position_ids)  # [b p e]
+        return cos.to(x.dtype), sin.to(x.dtype)
+
+    @staticmethod
+    def _rot(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        # x [b p n e], cos/sin [b p e]; NeoX/Llama pairing (i, i + e/2)
+        half = x.shape[-1] // 2
+        x1, x2 = x[..., :half], x[..., half:]
+        rot = torch.cat((-x2, x1), dim=-1)
+        return x * cos[:, :, None, :] + rot * sin[:, :, None, :]
+
+    def embed(self, tokens: Int[Tensor, "batch pos"],
+              position_ids: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
+        """The ``"embed"`` sender: token embeddings (+ learned positions for GPT-2)."""
+        x = self.W_E[tokens]
+        if self.W_pos is not None:
+            x = x + self.W_pos[position_ids]
+        return x
+
+    @staticmethod
+    def position_ids(attention_mask: Tensor) -> Tensor:
+        return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+    # ---------------------------------------------------------------------------- public API
+    @torch.no_grad()
+    def run(
+        self,
+        tokens: Int[Tensor, "batch pos"],
+        attention_mask: Int[Tensor, "batch pos"] | Bool[Tensor, "batch pos"] | None = None,
+        *,
+        ablated: Activations | None = None,
+        keep: Bool[Tensor, "batch pos sender receiver"] | None = None,
+        keep_cross: Bool[Tensor, "batch layer head kind qpos kpos"] | None = None,
+    ) -> Float[Tensor, "batch pos vocab"]:
+        """Logits with edges ``keep == False`` fed from ``ablated`` (see module docstring).
+
+        ``ablated`` must be in the same position coordinates as ``tokens`` (use
+        :meth:`Activations.align` for counterfactuals of other lengths) with batch 1 or batch.
+        """
+        if (keep is not None or keep_cross is not None) and ablated is None:
+            raise ValueError("keep/keep_cross need `ablated` activations (from .activations(), "
+                             ".mean() or .zeros_like())")
+        return self.forward(tokens, attention_mask, ablated=ablated, keep=keep,
+                            keep_cross=keep_cross)["logits"]
+
+    @torch.no_grad()
+    def activations(
+        self,
+        tokens: Int[Tensor, "batch pos"],
+        attention_mask: Int[Tensor, "batch pos"] | Bool[Tensor, "batch pos"] | None = None,
+    ) -> Activations:
+        """Sender outputs, q/k/v/z and patterns of a clean run (an ablation source)."""
+        return self.forward(tokens, attention_mask, record=True)["activations"]
+
+    def forward(
+        self,
+        tokens: Tensor | None,
+        attention_mask: Tensor | None = None,
+        *,
+        embeds: Tensor | None = None,
+        ablated: Activations | None = None,
+        keep: Tensor | None = None,
+        keep_cross: Tensor | None = None,
+        record: bool = False,
+        grad_nodes: bool = False,
+    ) -> dict[str, Any]:
+        """The forward pass. Returns a dict with ``"logits"`` and, on request:
+
+        * ``record``: ``"activations"`` (:class:`Activations`);
+        * ``grad_nodes``: ``"recv"`` (list per layer of the attention receiver inputs
+          ``[b p H+2G d]``), ``"mlp_in"`` (list ``[b p d]``), ``"logits_in"`` ``[b p d]`` and
+          ``"z"`` (list ``[b p H e]``) — tensors in the autograd graph to differentiate at.
+
+        ``embeds`` (``[b p d]``) replaces the ``"embed"`` sender's output (EAP-IG).
+        """
+        if tokens is None and embeds is None:
+            raise ValueError("need tokens or embeds")
+        ref = tokens if tokens is not None else embeds[..., 0]
+        b, p = ref.shape[:2]
+        dev = self.device
+        if attention_mask is None:
+            attention_mask = torch.ones(b, p, dtype=torch.long, device=dev)
+        mask = attention_mask.to(dev).long()
+        pos_ids = self.position_ids(mask)
+        x_embed = self.embed(tokens.to(dev), pos_ids) if embeds is None else embeds
+        H, G, L, d, e = self.n_heads, self.n_kv_heads, self.n_layers, self.d_model, self.d_head
+        S = len(self.senders)
+        rep = H // G
+        # attention mask [b 1 q k]: causal & real key; a padding query with no key sees itself
+        causal = torch.ones(p, p, dtype=torch.bool, device=dev).tril()
+        allowed = causal[None] & mask.bool()[:, None, :]
+        allowed = allowed | (torch.eye(p, dtype=torch.bool, device=dev)[None] & ~allowed.any(-1, keepdim=True))
+        allowed = allowed[:, None]
+        cos = sin = None
+        if self.use_rope and self.rotary is not None:
+            cos, sin = self._rope(x_embed, pos_ids)
+
+        patch = keep is not None
+        if ablated is not None:
+            if ablated.batch not in (1, b) or ablated.n_pos != p:
+                raise ValueError(f"ablated activations have batch {ablated.batch}, {ablated.n_pos} "
+                                 f"positions; the run has batch {b}, {p} positions. Align them "
+                                 f"with Activations.align(position_map) first.")
+            abl_s = ablated.senders.to(dev)
+        if patch:
+            if keep.shape != (b, p, S, len(self.receivers)):
+                raise ValueError(f"keep must be [batch pos sender receiver] = {(b, p, S, len(self.receivers))}, got {tuple(keep.shape)}")
+            drop = (~keep.to(dev)).to(x_embed.dtype)
+            delta = x_embed.new_zeros(b, p, S, d)  # z_current - z_ablated, filled as we go
+            delta[:, :, 0] = x_embed - abl_s[:, :, 0]
+
+        resid = x_embed
+        rec_s: list[Tensor] = [x_embed[:, :, None]]
+        rec: dict[str, list[Tensor]] = {k: [] for k in ("q", "k", "v", "z", "pattern")}
+        out: dict[str, Any] = {"recv": [], "mlp_in": [], "z": []}
+        for l, W in enumerate(self.layers):
+            rs = self.receiver_slice(l)
+            nA = self.n_upstream(l, "attn")
+            x = resid[:, :, None, :].expand(b, p, H + 2 * G, d)
+            if patch:
+                corr = torch.einsum("bpsr,bpsd->bprd", drop[:, :, :nA, rs.start: rs.stop - 1], delta[:, :, :nA])
+                x = x - corr
+            if grad_nodes:
+                out["recv"].append(x)
+            xn = self._norm(x, W.ln1_w, W.ln1_b)
+            q = torch.einsum("bphd,hde->bphe", xn[:, :, :H], W.W_Q)
+            k = torch.einsum("bphd,hde->bphe", xn[:, :, H: H + G], W.W_K)
+            v = torch.einsum("bphd,hde->bphe", xn[:, :, H + G:], W.W_V)
+            if W.b_Q is not None:
+                q = q + W.b_Q
+            if W.b_K is not None:
+                k = k + W.b_K
+            if W.b_V is not None:
+                v = v + W.b_V
+            if cos is not None:
+                q = self._rot(q, cos, sin)
+                k = self._rot(k, cos, sin)
+            kh = k.repeat_interleave(rep, dim=2) if rep > 1 else k
+            vh = v.repeat_interleave(rep, dim=2) if rep > 1 else v
+            kc = None if keep_cross is None else keep_cross[:, l].to(dev)  # [b H 3 q k]
+            if kc is not None:
+                qa = ablated.q[:, l].to(dev)
+                ka = ablated.k[:, l].to(dev)
+                va = ablated.v[:, l].to(dev)
+                kha = ka.repeat_interleave(rep, dim=2) if rep > 1 else ka
+                vha = va.repeat_interleave(rep, dim=2) if rep > 1 else va
+                Mq, Mk, Mv = kc[:, :, 0], kc[:, :, 1], kc[:, :, 2]
+                s_qk = torch.einsum("bqhe,bkhe->bhqk", q, kh)
+                s_aq = torch.einsum("bqhe,bkhe->bhqk", qa.expand_as(q), kh)
+                s_ak = torch.einsum("bqhe,bkhe->bhqk", q, kha.expand_as(kh))
+                s_aa = torch.einsum("bqhe,bkhe->bhqk", qa.expand_as(q), kha.expand_as(kh))
+                scores = torch.where(Mq, torch.where(Mk, s_qk, s_ak), torch.where(Mk, s_aq, s_aa))
+            else:
+                scores = torch.einsum("bqhe,bkhe->bhqk", q, kh)
+            scores = (scores * self.scale).masked_fill(~allowed, float("-inf"))
+            A = torch.softmax(scores, dim=-1)
+            if kc is not None:
+                Mv_f = Mv.to(A.dtype)
+                z = (torch.einsum("bhqk,bkhe->bqhe", A * Mv_f, vh)
+                     + torch.einsum("bhqk,bkhe->bqhe", A * (1 - Mv_f), vha.expand_as(vh)))
+            else:
+                z = torch.einsum("bhqk,bkhe->bqhe", A, vh)
+            if grad_nodes:
+                out["z"].append(z)
+            head_out = torch.einsum("bqhe,hed->bqhd", z, W.W_O)
+            resid = resid + head_out.sum(2)
+            if W.b_O is not None:
+                resid = resid + W.b_O
+            ss = self.sender_slice(l)
+            if patch:
+                delta[:, :, ss.start: ss.stop - 1] = head_out - abl_s[:, :, ss.start: ss.stop - 1]
+            # MLP
+            nM = self.n_upstream(l, "mlp")
+            xm = resid
+            if patch:
+                xm = xm - torch.einsum("bps,bpsd->bpd", drop[:, :, :nM, rs.stop - 1], delta[:, :, :nM])
+            if grad_nodes:
+                out["mlp_in"].append(xm)
+            hm = self._norm(xm, W.ln2_w, W.ln2_b)
+            pre = hm @ W.W_in
+            if W.b_in is not None:
+                pre = pre + W.b_in
+            if W.W_gate is not None:
+                g = hm @ W.W_gate
+                if W.b_gate is not None:
+                    g = g + W.b_gate
+                act = self.act(g) * pre
+            else:
+                act = self.act(pre)
+            mlp_out = act @ W.W_out
+            resid = resid + mlp_out
+            if W.b_out is not None:
+                resid = resid + W.b_out
+            if patch:
+                delta[:, :, ss.stop - 1] = mlp_out - abl_s[:, :, ss.stop - 1]
+            if record:
+                rec_s += [head_out, mlp_out[:, :, None]]
+                rec["q"].append(q)
+                rec["k"].append(k)
+                rec["v"].append(v)
+                rec["z"].append(z)
+                rec["pattern"].append(A)
+        xf = resid
+        if patch:
+            xf = xf - torch.einsum("bps,bpsd->bpd", drop[:, :, :, -1], delta)
+        out["logits_in"] = xf
+        logits = self._norm(xf, self.lnf_w, self.lnf_b) @ self.W_U
+        if self.b_U is not None:
+            logits = logits + self.b_U
+        out["logits"] = logits
+        if record:
+            out["activations"] = Activations(
+                senders=torch.cat(rec_s, dim=2),
+                q=torch.stack(rec["q"], 1), k=torch.stack(rec["k"], 1), v=torch.stack(rec["v"], 1),
+                z=torch.stack(rec["z"], 1), pattern=torch.stack(rec["pattern"], 1),
+                attention_mask=mask)
+        return out
+
+    def __repr__(self) -> str:
+        return (f"PatchableModel({self.model_name!r}, arch={self.arch}, layers={self.n_layers}, "
+                f"heads={self.n_heads}, kv_heads={self.n_kv_heads}, senders={len(self.senders)}, "
+                f"receivers={len(self.receivers)})")
+
+
+def _act(name: str) -> Any:
+    from transformers.activations import ACT2FN
+
+    if name not in ACT2FN:
+        raise NotImplementedError(f"activation {name!r}")
+    return ACT2FN[name]
