@@ -1,0 +1,269 @@
+"""Shared engine of :mod:`interp.heads` and :mod:`interp.sinks`: streaming attention statistics.
+
+One forward pass per mini-batch with hooks on ``blocks.{l}.attn.hook_pattern`` (and, for the sink
+analysis, on ``hook_resid_post`` / ``attn.hook_v``); each hook reduces the ``[batch head q k]``
+pattern to small per-prompt statistics at once, so no pattern is ever stored. Prompts are right
+padded: a valid query ``t < len`` only sees keys ``≤ t``, which are all real tokens.
+
+Private module (owned by the sinks/heads author); the public API lives in ``interp.heads``,
+``interp.sinks`` and ``interp.neurons``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+__all__ = [
+    "PromptBatch",
+    "as_batch",
+    "random_like",
+    "repeated_random",
+    "check_attention_model",
+    "model_name",
+    "n_kv_heads",
+    "PatternAccumulator",
+    "run_streaming",
+]
+
+
+@dataclass
+class PromptBatch:
+    """Right-padded tokens with their real lengths and labels (BOS policy recorded)."""
+
+    tokens: Int[Tensor, "batch pos"]
+    attention_mask: Int[Tensor, "batch pos"]
+    lengths: list[int]
+    str_tokens: list[list[str]]
+    prepend_bos: bool
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+
+def model_name(model: Any) -> str:
+    info = getattr(model, "interp_info", None)
+    if info is not None:
+        return str(info.name)
+    return str(getattr(model.cfg, "model_name", type(model).__name__))
+
+
+def n_kv_heads(model: Any) -> int:
+    cfg = model.cfg
+    n = getattr(cfg, "n_key_value_heads", None)
+    return int(n) if n else int(cfg.n_heads)
+
+
+def check_attention_model(model: Any) -> None:
+    """Raise a clear error if ``model`` does not expose attention patterns through hooks."""
+    hook_dict = getattr(model, "hook_dict", None)
+    cfg = getattr(model, "cfg", None)
+    if hook_dict is None or cfg is None:
+        raise TypeError(
+            f"Expected a TransformerBridge (from interp.load_model), got {type(model).__name__}."
+        )
+    missing = [l for l in range(int(cfg.n_layers)) if f"blocks.{l}.attn.hook_pattern" not in hook_dict]
+    if missing:
+        raise ValueError(
+            f"Model {model_name(model)!r} exposes no attention patterns: hook "
+            f"'blocks.{missing[0]}.attn.hook_pattern' is missing (layers {missing[:5]}...). "
+            "Attention-pattern analyses need a softmax attention model loaded through "
+            "interp.load_model (eager attention)."
+        )
+
+
+def as_batch(model: Any, prompts: Any, *, prepend_bos: bool, min_len: int = 1) -> PromptBatch:
+    """Tokenise ``prompts`` (str, list of str, or a ``TokenBatch``) into a right-padded batch."""
+    from interp.tokens import TokenBatch, tokenize
+
+    if isinstance(prompts, PromptBatch):
+        batch = prompts
+    else:
+        if isinstance(prompts, TokenBatch):
+            tb = prompts
+            if tb.padding_side != "right":
+                raise ValueError("Pass a right-padded TokenBatch (tokenize(..., padding_side='right')).")
+        else:
+            tb = tokenize(model, prompts, prepend_bos=prepend_bos, padding_side="right")
+        batch = PromptBatch(tb.tokens, tb.attention_mask, list(tb.lengths), tb.str_tokens, tb.prepend_bos)
+    short = [i for i, n in enumerate(batch.lengths) if n < min_len]
+    if short:
+        raise ValueError(
+            f"Prompt {short[0]} has {batch.lengths[short[0]]} tokens (BOS included) but this "
+            f"analysis needs at least {min_len}: use longer prompts or smaller offsets."
+        )
+    return batch
+
+
+def _content_ids(model: Any) -> Tensor:
+    tok = model.tokenizer
+    special = set(int(i) for i in (tok.all_special_ids or []))
+    vocab = min(int(model.cfg.d_vocab), len(tok))
+    ids = torch.tensor([i for i in range(vocab) if i not in special], dtype=torch.long)
+    if ids.numel() < 2:
+        raise ValueError("The tokenizer has fewer than 2 non-special tokens: cannot draw random tokens.")
+    return ids
+
+
+def random_like(model: Any, batch: PromptBatch, *, seed: int) -> PromptBatch:
+    """Same lengths and BOS policy, every non-BOS token replaced by a uniform random content token."""
+    ids = _content_ids(model)
+    g = torch.Generator().manual_seed(seed)
+    toks = batch.tokens.detach().cpu().clone()
+    draw = ids[torch.randint(0, ids.numel(), toks.shape, generator=g)]
+    keep = torch.zeros_like(toks, dtype=torch.bool)
+    if batch.prepend_bos:
+        keep[:, 0] = True
+    mask = batch.attention_mask.detach().cpu().bool()
+    toks = torch.where(mask & ~keep, draw, toks)
+    return _relabel(model, toks.to(batch.tokens.device), batch)
+
+
+def repeated_random(model: Any, n: int, seg_len: int, *, prepend_bos: bool, seed: int) -> PromptBatch:
+    """``n`` prompts ``[BOS] r r`` with ``r`` a random content sequence of ``seg_len`` tokens."""
+    ids = _content_ids(model)
+    g = torch.Generator().manual_seed(seed)
+    seg = ids[torch.randint(0, ids.numel(), (n, seg_len), generator=g)]
+    toks = torch.cat([seg, seg], dim=1)
+    if prepend_bos:
+        from interp.tokens import bos_token_id
+
+        toks = torch.cat([torch.full((n, 1), bos_token_id(model), dtype=torch.long), toks], dim=1)
+    dev = getattr(model.cfg, "device", None) or "cpu"
+    mask = torch.ones_like(toks)
+    b = PromptBatch(toks, mask, [toks.shape[1]] * n, [], prepend_bos)
+    return _relabel(model, toks.to(dev), b)
+
+
+def _relabel(model: Any, toks: Tensor, like: PromptBatch) -> PromptBatch:
+    from interp.tokens import _display
+
+    rows = [toks[i, :n].tolist() for i, n in enumerate(like.lengths)]
+    str_tokens = [[_display(t) for t in model.tokenizer.convert_ids_to_tokens(r)] for r in rows]
+    return PromptBatch(toks, like.attention_mask.to(toks.device), list(like.lengths), str_tokens,
+                       like.prepend_bos)
+
+
+Hook = tuple[str, Callable[..., Any]]
+
+
+def run_streaming(
+    model: Any,
+    batch: PromptBatch,
+    make_hooks: Callable[[int, Int[Tensor, "b pos"], list[int]], Sequence[Hook]],
+    *,
+    batch_size: int,
+    return_logits: bool = False,
+    on_logits: Callable[[int, Tensor], None] | None = None,
+) -> None:
+    """Run the model over ``batch`` in mini-batches, trimming padding per mini-batch.
+
+    ``make_hooks(offset, tokens, lengths)`` returns the forward hooks for the mini-batch starting
+    at prompt ``offset``; ``on_logits(offset, logits)`` receives logits when ``return_logits``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    n = len(batch)
+    for start in range(0, n, batch_size):
+        stop = min(n, start + batch_size)
+        lengths = batch.lengths[start:stop]
+        width = max(lengths)
+        toks = batch.tokens[start:stop, :width]
+        mask = batch.attention_mask[start:stop, :width]
+        hooks = list(make_hooks(start, toks, lengths))
+        kwargs: dict[str, Any] = {}
+        if min(lengths) < width:
+            kwargs["attention_mask"] = mask
+        with torch.no_grad():
+            out = model.run_with_hooks(
+                toks, fwd_hooks=hooks, return_type="logits" if return_logits else None, **kwargs
+            )
+        if return_logits and on_logits is not None:
+            on_logits(start, out)
+
+
+class PatternAccumulator:
+    """Per-prompt reductions of every layer's attention pattern, computed inside the hook.
+
+    For prompt ``b`` of length ``T`` and head ``(l, h)`` with pattern ``A[t, s]`` (rows sum to 1):
+
+    * ``alpha[b, l, h, k] = (1/(T−k)) Σ_{t≥k} A[t, k]`` (Gu et al. 2025); NaN for ``k ≥ T``;
+    * ``mul[b, l, h, name] = Σ(A ⊙ P_name)/ΣA`` with TransformerLens ``head_detector`` patterns
+      ``P``: previous-token (``s = t−1``), self (``s = t``), first-token (``s = 0``), duplicate-token
+      (``s < t``, ``x_s = x_t``) and induction (``1 ≤ s ≤ t``, ``s−1 < t``, ``x_{s−1} = x_t``);
+      ``ΣA = T`` since each row sums to 1;
+    * ``rel_sum[l, h, Δ]``, ``rel_count[Δ]``: pooled sums of ``A[t, t−Δ]`` over prompts and
+      queries ``t ≥ Δ`` (A(Δ) = rel_sum/rel_count).
+    """
+
+    NAMES = ("previous_token", "self", "first_token", "duplicate_token", "induction")
+
+    def __init__(self, n_prompts: int, n_layers: int, n_heads: int, max_len: int,
+                 keep_alpha: bool = True) -> None:
+        self.alpha = torch.full((n_prompts, n_layers, n_heads, max_len), float("nan")) if keep_alpha else None
+        self.mul = torch.zeros(n_prompts, n_layers, n_heads, len(self.NAMES))
+        self.rel_sum = torch.zeros(n_layers, n_heads, max_len, dtype=torch.float64)
+        self.rel_count = torch.zeros(max_len, dtype=torch.float64)
+        self._counted: set[int] = set()
+        self.n_layers = n_layers
+
+    def hooks(self, offset: int, toks: Tensor, lengths: list[int]) -> list[Hook]:
+        b, width = toks.shape
+        dev = toks.device
+        lens = torch.tensor(lengths, device=dev)
+        pos = torch.arange(width, device=dev)
+        qv = pos[None, :] < lens[:, None]  # [b, t] valid query
+        causal = pos[None, :] <= pos[:, None]  # [t, s]
+        same = toks[:, :, None] == toks[:, None, :]  # [b, t, s]
+        dup = same & (pos[None, :] < pos[:, None])[None] & qv[:, :, None]
+        prev_same = torch.zeros_like(same)
+        prev_same[:, :, 1:] = same[:, :, :-1]  # x_{s-1} == x_t
+        ind = prev_same & causal[None] & (pos[None, :] >= 1)[None] & qv[:, :, None]
+        ind = ind & ((pos[None, :] - 1) < pos[:, None])[None]
+        dupf, indf = dup.float(), ind.float()
+        rows = lens.float()
+        # relative offsets: rel[b,h,t,Δ] = A[b,h,t,t-Δ]
+        delta = torch.arange(width, device=dev)
+        src = pos[:, None] - delta[None, :]  # [t, Δ]
+        rel_ok = (src >= 0)[None] & qv[:, :, None]  # [b, t, Δ]
+        idx = src.clamp(min=0)
+        key_count = (lens[:, None] - pos[None, :]).clamp(min=0).float()  # [b, k] = T−k
+        count_delta = rel_ok.sum(dim=(0, 1)).double().cpu()
+        acc = self
+
+        def hook(pattern: Tensor, hook: Any) -> None:
+            layer = int(hook.name.split(".")[1])
+            A = pattern.detach().float() * qv[:, None, :, None]  # zero padded query rows
+            colsum = A.sum(dim=2)  # [b, h, k]
+            if acc.alpha is not None:
+                alpha = colsum / key_count[:, None, :].clamp(min=1)
+                alpha = torch.where((key_count > 0)[:, None, :], alpha, torch.nan)
+                acc.alpha[offset:offset + b, layer, :, :width] = alpha.cpu()
+            diag_prev = torch.diagonal(A, offset=-1, dim1=-2, dim2=-1).sum(-1)
+            diag_self = torch.diagonal(A, dim1=-2, dim2=-1).sum(-1)
+            first = colsum[..., 0]
+            d = torch.einsum("bhts,bts->bh", A, dupf)
+            i = torch.einsum("bhts,bts->bh", A, indf)
+            scores = torch.stack([diag_prev, diag_self, first, d, i], dim=-1) / rows[:, None, None]
+            acc.mul[offset:offset + b, layer] = scores.cpu()
+            gi = idx[None, None].expand(b, A.shape[1], width, width)
+            rel = torch.gather(A, -1, gi) * rel_ok[:, None].float()
+            acc.rel_sum[layer, :, :width] += rel.sum(dim=(0, 2)).double().cpu()
+            if layer == 0:
+                acc.rel_count[:width] += count_delta
+            return None
+
+        return [(f"blocks.{l}.attn.hook_pattern", hook) for l in range(self.n_layers)]
+
+    def mean_scores(self) -> Float[Tensor, "layer head score"]:
+        return self.mul.mean(dim=0)
+
+    def rel_curve(self) -> Float[Tensor, "layer head delta"]:
+        cnt = self.rel_count.clamp(min=1)
+        out = (self.rel_sum / cnt).float()
+        out[:, :, self.rel_count == 0] = float("nan")
+        return out

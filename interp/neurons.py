@@ -1,0 +1,214 @@
+"""Positional MLP neurons (Voita, Ferrando & Nalmpantis 2024): mutual information between a
+neuron's firing and the token position.
+
+Three lines in a notebook::
+
+    m = interp.load_model()
+    r = interp.neurons.positional_neurons(m, interp.heads.DEFAULT_PROMPTS)
+    r.top(10); r.plot(); r.plot_curves()
+
+With ``fr(pos)`` the firing rate at position ``pos`` (share of prompts having that position where
+the neuron fires) and ``fr`` the overall rate (all tokens pooled),
+
+    I(act; pos) = (1/T) Σ_pos [ fr(pos) log(fr(pos)/fr) + (1 − fr(pos)) log((1 − fr(pos))/(1 − fr)) ]
+
+in nats (``0 log 0 = 0``); a neuron is positional when ``I > threshold`` (0.05). With the same
+number of prompts at every position this is exactly the mutual information between a uniform
+position and the binary firing variable.
+
+**Activation rule.** Voita et al. study OPT (ReLU): a neuron fires when its activation is > 0.
+For SiLU/GELU (and gated SwiGLU/GeGLU MLPs) we use the sign of the *input of the nonlinearity*
+``mlp.hook_pre`` (the gate pre-activation in gated MLPs): ``fires ⇔ pre > 0``. For ReLU this is
+the same rule; for SiLU and GELU ``act(x) > 0 ⇔ x > 0`` and the negative branch is bounded
+(SiLU ≥ −0.28, GELU ≥ −0.17), so "fires" means the neuron is on its growing, unbounded branch.
+In gated MLPs the up projection only scales (and signs) the output; it does not switch the neuron
+on or off, so it is not part of the rule. ``rule="quantile"`` is the alternative: fires when
+``|mlp.hook_post|`` is above the neuron's ``quantile`` over the tokens of the first mini-batch
+(robust to neurons that are almost always on).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
+
+import plotly.graph_objects as go
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from interp._attnstats import as_batch, model_name, run_streaming
+from interp.plots import lines
+from interp.results import Result
+
+__all__ = ["PositionalNeuronsResult", "positional_neurons", "position_mutual_information"]
+
+
+def position_mutual_information(
+    fires: Float[Tensor, "*neuron pos"], totals: Float[Tensor, " pos"]
+) -> Float[Tensor, "*neuron"]:
+    """Voita et al.'s ``I(act; pos)`` from firing counts per position and tokens per position.
+
+    ``fires[..., p]``: how many tokens at position ``p`` fired; ``totals[p]``: tokens at ``p``.
+    Positions with ``totals == 0`` are skipped; ``T`` is the number of positions kept.
+    """
+    keep = totals > 0
+    if not bool(keep.any()):
+        raise ValueError("No position has any token.")
+    f = fires[..., keep].double()
+    n = totals[keep].double()
+    fr_pos = f / n
+    fr = f.sum(-1, keepdim=True) / n.sum()
+
+    def term(p: Tensor, q: Tensor) -> Tensor:
+        return torch.where(p > 0, p * torch.log(p / q.clamp(min=1e-300)), torch.zeros_like(p))
+
+    info = term(fr_pos, fr) + term(1 - fr_pos, 1 - fr)
+    return info.mean(-1).float()
+
+
+@dataclass
+class PositionalNeuronsResult(Result):
+    """``info[l, n]`` = I(act; pos) of MLP neuron ``n`` in layer ``l``; ``firing_rate[l, n, p]``
+    = fr(pos); ``overall_rate[l, n]`` = fr; ``tokens_per_position[p]``."""
+
+    model: str
+    prepend_bos: bool
+    rule: str
+    threshold: float
+    info: Float[Tensor, "layer neuron"]
+    firing_rate: Float[Tensor, "layer neuron pos"]
+    overall_rate: Float[Tensor, "layer neuron"]
+    tokens_per_position: Float[Tensor, " pos"]
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def positional(self) -> Float[Tensor, "layer neuron"]:
+        """1 where ``I > threshold``."""
+        return (self.info > self.threshold).float()
+
+    def count_per_layer(self) -> list[int]:
+        return [int(x) for x in self.positional().sum(1)]
+
+    def top(self, n: int = 10) -> list[tuple[str, float]]:
+        """The ``n`` most positional neurons as ``[("L{l}N{i}", I), ...]``."""
+        flat = torch.nan_to_num(self.info.flatten(), nan=-1.0)
+        vals, idx = flat.topk(min(n, flat.numel()))
+        N = self.info.shape[1]
+        return [(f"L{int(i) // N}N{int(i) % N}", float(v)) for v, i in zip(vals, idx)]
+
+    def to_json(self) -> dict[str, Any]:
+        """Summary JSON: info for every neuron, firing curves only for the top 50 (size)."""
+        from interp.results import to_jsonable
+
+        top = self.top(50)
+        curves = {}
+        for name, _ in top:
+            l, n = (int(x) for x in name[1:].split("N"))
+            curves[name] = self.firing_rate[l, n]
+        return {"type": type(self).__name__, "model": self.model, "prepend_bos": self.prepend_bos,
+                "rule": self.rule, "threshold": self.threshold, "info": to_jsonable(self.info),
+                "positional_per_layer": self.count_per_layer(), "top": top,
+                "firing_rate_top": to_jsonable(curves), "tokens_per_position": to_jsonable(self.tokens_per_position),
+                "params": to_jsonable(self.params)}
+
+    def plot(self) -> go.Figure:
+        """Number of positional neurons per layer and the max I per layer."""
+        L = self.info.shape[0]
+        fig = go.Figure()
+        fig.add_trace(go.Bar(x=list(range(L)), y=self.count_per_layer(), name=f"# I > {self.threshold}"))
+        fig.add_trace(go.Scatter(x=list(range(L)), y=[float(v) for v in self.info.amax(1)], name="max I",
+                                 yaxis="y2", mode="lines+markers"))
+        fig.update_layout(title=f"Positional neurons per layer ({self.rule} rule) — {self.model}",
+                          xaxis_title="layer", yaxis_title="count",
+                          yaxis2=dict(title="max I(act; pos) (nats)", overlaying="y", side="right"))
+        return fig
+
+    def plot_curves(self, neurons: Sequence[str] | None = None) -> go.Figure:
+        """Firing-rate curves fr(pos) of chosen neurons (``"L{l}N{i}"``, default the top 6)."""
+        names = [n for n, _ in self.top(6)] if neurons is None else list(neurons)
+        series = {}
+        for name in names:
+            try:
+                l, n = (int(x) for x in name.upper()[1:].split("N"))
+            except ValueError as e:
+                raise ValueError(f"Neuron label {name!r} is not of the form 'L{{layer}}N{{index}}'.") from e
+            series[f"{name} (I={float(self.info[l, n]):.3f})"] = [float(v) for v in self.firing_rate[l, n]]
+        return lines(list(range(self.firing_rate.shape[-1])), series,
+                     title=f"Firing rate by position — {self.model}", xaxis_title="position",
+                     yaxis_title="fr(pos)")
+
+
+def positional_neurons(
+    model: Any,
+    prompts: Any = None,
+    *,
+    rule: Literal["positive", "quantile"] = "positive",
+    quantile: float = 0.9,
+    threshold: float = 0.05,
+    prepend_bos: bool = True,
+    batch_size: int = 8,
+    layers: Sequence[int] | None = None,
+) -> PositionalNeuronsResult:
+    """I(act; pos) for every MLP neuron (see the module docstring for the rule and formula)."""
+    if rule not in ("positive", "quantile"):
+        raise ValueError(f"rule must be 'positive' or 'quantile', got {rule!r}.")
+    if not 0.0 < quantile < 1.0:
+        raise ValueError(f"quantile must be in (0, 1), got {quantile}.")
+    if not 0.0 <= threshold <= math.log(2):
+        raise ValueError(f"threshold must be in [0, log 2] nats (the maximum of I for a binary variable), got {threshold}.")
+    L = int(model.cfg.n_layers)
+    layers = list(range(L)) if layers is None else list(layers)
+    hook_name = "mlp.hook_pre" if rule == "positive" else "mlp.hook_post"
+    for l in layers:
+        if not 0 <= l < L:
+            raise ValueError(f"layer {l} outside 0..{L - 1}.")
+        if f"blocks.{l}.{hook_name}" not in model.hook_dict:
+            raise ValueError(f"Model {model_name(model)!r} has no 'blocks.{l}.{hook_name}' hook (no MLP?).")
+    if prompts is None:
+        from interp.heads import DEFAULT_PROMPTS
+
+        prompts = DEFAULT_PROMPTS
+    batch = as_batch(model, prompts, prepend_bos=prepend_bos, min_len=2)
+    Tm = max(batch.lengths)
+    fires: dict[int, Tensor] = {}
+    totals = torch.zeros(Tm, dtype=torch.float64)
+    thresholds: dict[int, Tensor] = {}
+
+    def make(offset: int, toks: Tensor, lengths: list[int]):
+        width = max(lengths)
+        valid = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None])
+        totals[:width] += valid.sum(0).double()
+
+        def hook(x: Tensor, hook: Any) -> None:
+            l = int(hook.name.split(".")[1])
+            x = x.detach().float().cpu()
+            if rule == "positive":
+                on = x > 0
+            else:
+                a = x.abs()
+                if l not in thresholds:
+                    thresholds[l] = torch.quantile(a[valid], quantile, dim=0)
+                on = a > thresholds[l]
+            cnt = (on & valid[:, :, None]).sum(0).T.double()  # [neuron t]
+            if l not in fires:
+                fires[l] = torch.zeros(x.shape[-1], Tm, dtype=torch.float64)
+            fires[l][:, :width] += cnt
+
+        return [(f"blocks.{l}.{hook_name}", hook) for l in layers]
+
+    run_streaming(model, batch, make, batch_size=batch_size)
+    d_mlp = next(iter(fires.values())).shape[0]
+    info = torch.full((L, d_mlp), float("nan"))
+    fr_pos = torch.full((L, d_mlp, Tm), float("nan"))
+    fr = torch.full((L, d_mlp), float("nan"))
+    n = totals.clamp(min=1)
+    for l, f in fires.items():
+        info[l] = position_mutual_information(f.float(), totals.float())
+        fr_pos[l] = (f / n).float()
+        fr[l] = (f.sum(-1) / totals.sum()).float()
+    return PositionalNeuronsResult(
+        model=model_name(model), prepend_bos=batch.prepend_bos, rule=rule, threshold=threshold, info=info,
+        firing_rate=fr_pos, overall_rate=fr, tokens_per_position=totals.float(),
+        params=dict(quantile=quantile, layers=layers, hook=hook_name, n_prompts=len(batch),
+                    lengths=list(batch.lengths)))

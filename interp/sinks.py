@@ -1,0 +1,773 @@
+"""Attention sinks and extreme tokens: sink importance, massive activations, value drains,
+residual peaks, active/dormant heads and the repeated-token check.
+
+Three lines in a notebook::
+
+    m = interp.load_model()
+    r = interp.sinks.sink_analysis(m, interp.heads.DEFAULT_PROMPTS)
+    r.plot(); r.sink_rate(k=0); r.discover().top(5); r.massive.top(5)
+
+Definitions (see ``shared/REFERENCES.md`` §3):
+
+* **Sink importance** (Gu et al., ICLR 2025): for head ``(l, h)`` and key ``k`` of a prompt of
+  ``T`` tokens, ``α_k = (1/(T−k)) Σ_{t≥k} A[t, k]``. ``Sink_k^ε`` is the share of heads with
+  ``α_k > ε`` (strict), averaged over prompts (ε = 0.3 by default; 0-indexed ``k``, so the paper's
+  ``Sink_1`` is ``k = 0``).
+* **Massive activations** (Sun et al. 2024): a residual entry ``x[t, d]`` of layer ``l``'s output
+  with ``|x| > abs_threshold`` (100) and ``|x| > ratio · median|x|`` (1000), the median over all
+  positions and dimensions of that prompt's hidden state at that layer.
+* **Value-state drains** (Guo et al. 2024): ``‖v_j W_O^h‖`` per head and source position ``j``; under
+  GQA query head ``h`` reads KV head ``h // (n_heads / n_kv_heads)``, pushed through its own
+  ``W_O^h`` slice. Computed as ``sqrt(v_jᵀ (W_O^h W_O^hᵀ) v_j)``.
+* **Residual-state peaks**: ``‖resid_post_l[t]‖`` per position; the peak ratio is the norm at the
+  sink position over the largest norm elsewhere.
+* **Active/dormant heads** (Guo et al. 2024): the loss change when a head is zero-ablated
+  (``hook_z`` of the head set to 0) or its attention is moved to the sink (pattern rows set to the
+  one-hot at the sink position), compared across prompt domains (prose vs code by default).
+* **Repeated-token check** (Gu et al. 2025): ``Sink_0^ε`` on one token repeated ``T`` times; it
+  vanishes in RoPE/NoPE models without a BOS token and survives with learned absolute positions.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
+
+import plotly.graph_objects as go
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from interp._attnstats import (
+    PatternAccumulator,
+    PromptBatch,
+    as_batch,
+    check_attention_model,
+    model_name,
+    n_kv_heads,
+    run_streaming,
+)
+from interp.plots import layer_head_heatmap, lines
+from interp.results import Result, head_label
+
+__all__ = [
+    "DOMAINS",
+    "SinkResult",
+    "SinkDiscovery",
+    "MassiveActivationsResult",
+    "RepeatedTokenResult",
+    "ActiveDormantResult",
+    "sink_analysis",
+    "massive_activations",
+    "repeated_token_sink",
+    "active_dormant",
+    "sink_rate",
+]
+
+DOMAINS: dict[str, list[str]] = {
+    "prose": [
+        "The old lighthouse keeper climbed the narrow stairs every evening to light the lamp, "
+        "and the ships that passed in the night trusted its steady beam.",
+        "She opened the letter slowly, read the first line twice, and then sat down by the "
+        "window without saying a word to anyone in the quiet house.",
+        "The committee met on Tuesday to review the budget. After a long discussion, the "
+        "members agreed to postpone the vote until the auditors had finished.",
+        "Mix the flour, sugar and salt in a large bowl, then rub in the butter until the "
+        "mixture looks like fine crumbs and stir in the milk.",
+    ],
+    "code": [
+        "def mean(values):\n    total = 0\n    for v in values:\n        total += v\n"
+        "    return total / len(values)\n",
+        "import os\n\nfor name in sorted(os.listdir('.')):\n    if name.endswith('.py'):\n"
+        "        print(name)\n",
+        "class Stack:\n    def __init__(self):\n        self.items = []\n\n"
+        "    def push(self, x):\n        self.items.append(x)\n",
+        "x = [i * i for i in range(10)]\ny = {k: v for k, v in zip('abc', x)}\n"
+        "assert len(y) == 3\nprint(sum(x), y)\n",
+    ],
+}
+
+_DELIM = re.compile(r"^\s*[.,;:!?\-—()\[\]{}\"']+\s*$")
+
+
+def _check_eps(eps: float) -> None:
+    if not (0.0 <= eps < 1.0):
+        raise ValueError(f"eps must be in [0, 1) (attention is a probability), got {eps}.")
+
+
+def sink_rate(alpha: Float[Tensor, "prompt layer head key"], k: int = 0, eps: float = 0.3) -> float:
+    """``Sink_k^ε``: share of heads with ``α_k > ε``, averaged over the prompts that have key ``k``."""
+    _check_eps(eps)
+    if not 0 <= k < alpha.shape[-1]:
+        raise ValueError(f"key position {k} outside 0..{alpha.shape[-1] - 1}.")
+    a = alpha[..., k]  # [prompt layer head]
+    ok = ~torch.isnan(a[:, 0, 0])
+    if not bool(ok.any()):
+        raise ValueError(f"No prompt is longer than {k} tokens.")
+    share = (a[ok] > eps).float().mean(dim=(1, 2))
+    return float(share.mean())
+
+
+# ---------------------------------------------------------------------------- results
+
+
+@dataclass
+class MassiveActivationsResult(Result):
+    """Per layer, the largest residual magnitudes with dimension and token, and the flagged ones.
+
+    ``top_values[l, i]`` is the i-th largest ``|resid_post_l|`` over all prompts/positions/dims and
+    ``top_dims``, ``top_positions``, ``top_prompts``, ``top_tokens`` where it sits;
+    ``median[l]`` the mean over prompts of the per-prompt median magnitude; ``n_flagged[l]`` how
+    many entries pass both rules; ``flagged_dims[l]`` their dimensions with counts.
+    """
+
+    model: str
+    prepend_bos: bool
+    abs_threshold: float
+    ratio: float
+    top_values: Float[Tensor, "layer k"]
+    top_ratio: Float[Tensor, "layer k"]
+    top_dims: list[list[int]]
+    top_positions: list[list[int]]
+    top_prompts: list[list[int]]
+    top_tokens: list[list[str]]
+    median: Float[Tensor, " layer"]
+    n_flagged: list[int]
+    flagged_dims: list[dict[int, int]]
+    flagged_tokens: list[dict[str, int]]
+
+    def top(self, n: int = 10) -> list[dict[str, Any]]:
+        """The ``n`` largest activations over all layers (layer, dim, position, token, value, ratio)."""
+        rows = []
+        for l in range(self.top_values.shape[0]):
+            for i in range(self.top_values.shape[1]):
+                rows.append(dict(layer=l, dim=self.top_dims[l][i], position=self.top_positions[l][i],
+                                 prompt=self.top_prompts[l][i], token=self.top_tokens[l][i],
+                                 value=float(self.top_values[l, i]), ratio_to_median=float(self.top_ratio[l, i]),
+                                 massive=bool(abs(float(self.top_values[l, i])) > self.abs_threshold
+                                              and float(self.top_ratio[l, i]) > self.ratio)))
+        rows.sort(key=lambda r: -abs(r["value"]))
+        return rows[:n]
+
+    def massive_layers(self) -> list[int]:
+        return [l for l, n in enumerate(self.n_flagged) if n > 0]
+
+    def plot(self) -> go.Figure:
+        """Top-1/2/3 magnitude and the median per layer (log scale), massive ones annotated."""
+        L = self.top_values.shape[0]
+        series = {f"top {i + 1}": [abs(float(v)) for v in self.top_values[:, i]] for i in range(min(3, self.top_values.shape[1]))}
+        series["median"] = [float(v) for v in self.median]
+        fig = lines(list(range(L)), series, title=f"Largest residual magnitudes per layer — {self.model}",
+                    xaxis_title="layer", yaxis_title="|activation|")
+        fig.update_yaxes(type="log")
+        for l in range(L):
+            if self.n_flagged[l]:
+                fig.add_annotation(x=l, y=math.log10(max(abs(float(self.top_values[l, 0])), 1e-9)),
+                                   text=f"d{self.top_dims[l][0]} '{self.top_tokens[l][0]}'", showarrow=False,
+                                   yshift=10, font=dict(size=9))
+        return fig
+
+
+@dataclass
+class SinkDiscovery(Result):
+    """Which positions and tokens act as sinks: share of heads with ``α_k > ε`` per occurrence.
+
+    ``categories``: per category (``position 0``, ``first token after BOS``, ``first delimiter``,
+    ``newline``, ``other``) the number of occurrences and mean/max share of heads;
+    ``tokens``: per token string, same statistics, sorted by mean share.
+    """
+
+    eps: float
+    min_queries: int
+    prepend_bos: bool
+    categories: dict[str, dict[str, float]]
+    tokens: list[dict[str, Any]]
+    positions: list[dict[str, Any]]
+
+    def top(self, n: int = 10) -> list[dict[str, Any]]:
+        return self.tokens[:n]
+
+
+@dataclass
+class SinkResult(Result):
+    """Sink importance of every key for every head, plus drains, peaks and massive activations.
+
+    ``alpha[b, l, h, k]``: α_k of prompt ``b`` (NaN for ``k ≥ T_b``); ``alpha_mean[l, h, k]``: mean
+    over the prompts having key ``k``. ``value_norm[l, h, k]``: mean ``‖v_k W_O^h‖``;
+    ``resid_norm[l, k]``: mean ``‖resid_post_l[k]‖``; ``drain_ratio[l, h]``: value norm at
+    ``sink_position`` over the mean value norm at the other positions (< 1 = drain);
+    ``resid_peak_ratio[l]``: per-prompt ‖resid‖ at the sink over the largest norm elsewhere, averaged.
+    """
+
+    model: str
+    prepend_bos: bool
+    eps: float
+    sink_position: int
+    n_kv_heads: int
+    alpha: Float[Tensor, "prompt layer head key"]
+    alpha_mean: Float[Tensor, "layer head key"]
+    str_tokens: list[list[str]]
+    value_norm: Float[Tensor, "layer head key"] | None = None
+    drain_ratio: Float[Tensor, "layer head"] | None = None
+    resid_norm: Float[Tensor, "layer key"] | None = None
+    resid_peak_ratio: Float[Tensor, " layer"] | None = None
+    massive: MassiveActivationsResult | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def sink_rate(self, k: int = 0, eps: float | None = None) -> float:
+        """``Sink_k^ε`` (share of heads with ``α_k > ε``, mean over prompts)."""
+        return sink_rate(self.alpha, k, self.eps if eps is None else eps)
+
+    def sink_curve(self, eps: float | None = None) -> list[float]:
+        """``Sink_k^ε`` for every key position ``k`` (NaN where no prompt has ``k``)."""
+        out = []
+        for k in range(self.alpha.shape[-1]):
+            try:
+                out.append(self.sink_rate(k, eps))
+            except ValueError:
+                out.append(float("nan"))
+        return out
+
+    def head_sink_share(self, k: int = 0, eps: float | None = None) -> Float[Tensor, "layer head"]:
+        """Per head, the share of prompts where ``α_k > ε``."""
+        e = self.eps if eps is None else eps
+        _check_eps(e)
+        a = self.alpha[..., k]
+        ok = ~torch.isnan(a[:, 0, 0])
+        return (a[ok] > e).float().mean(0)
+
+    def top(self, n: int = 10, k: int | None = None) -> list[tuple[str, float]]:
+        """Heads ranked by mean ``α_k`` (``k`` = ``sink_position`` by default)."""
+        kk = self.sink_position if k is None else k
+        s = torch.nan_to_num(self.alpha_mean[:, :, kk], nan=-1.0)
+        vals, idx = s.flatten().topk(min(n, s.numel()))
+        H = s.shape[1]
+        return [(head_label(int(i) // H, int(i) % H), float(v)) for v, i in zip(vals, idx)]
+
+    def discover(self, eps: float | None = None, *, min_queries: int = 4) -> SinkDiscovery:
+        """Which positions/tokens are sinks. Keys with fewer than ``min_queries`` queries after
+        them (``T − k < min_queries``) are skipped: their α is dominated by self-attention."""
+        e = self.eps if eps is None else eps
+        _check_eps(e)
+        share = (self.alpha > e).float().mean(dim=(1, 2))  # [prompt key]
+        cats: dict[str, list[float]] = {c: [] for c in ("position 0", "first token after BOS", "first delimiter", "newline", "other")}
+        toks: dict[str, list[float]] = {}
+        positions: list[dict[str, Any]] = []
+        for b, st in enumerate(self.str_tokens):
+            T = len(st)
+            first_delim = next((k for k in range(1, T) if _DELIM.match(st[k]) and "\\n" not in st[k]), None)
+            for k in range(T):
+                if T - k < min_queries:
+                    continue
+                s = float(share[b, k])
+                t = st[k]
+                if k == 0:
+                    cat = "position 0"
+                elif k == 1 and self.prepend_bos:
+                    cat = "first token after BOS"
+                elif k == first_delim:
+                    cat = "first delimiter"
+                elif "\\n" in t:
+                    cat = "newline"
+                else:
+                    cat = "other"
+                cats[cat].append(s)
+                toks.setdefault(t, []).append(s)
+                positions.append(dict(prompt=b, position=k, token=t, category=cat, share=s))
+        stat = lambda v: dict(count=len(v), mean_share=float(sum(v) / len(v)) if v else float("nan"),
+                              max_share=max(v) if v else float("nan"))
+        tok_rows = [dict(token=t, **stat(v)) for t, v in toks.items()]
+        tok_rows.sort(key=lambda r: -r["mean_share"])
+        positions.sort(key=lambda r: -r["share"])
+        return SinkDiscovery(eps=e, min_queries=min_queries, prepend_bos=self.prepend_bos,
+                             categories={c: stat(v) for c, v in cats.items()}, tokens=tok_rows,
+                             positions=positions[:50])
+
+    # ---------------------------------------------------------------- plots
+    def plot(self, k: int | None = None) -> go.Figure:
+        """Layer × head heatmap of mean ``α_k`` (``k`` = sink position by default)."""
+        kk = self.sink_position if k is None else k
+        share = self.head_sink_share(kk)
+        hover = [[f"share of prompts α>{self.eps}: {float(share[l, h]):.2f}" for h in range(share.shape[1])]
+                 for l in range(share.shape[0])]
+        return layer_head_heatmap(
+            self.alpha_mean[:, :, kk], title=f"Sink importance α_{kk} — {self.model}, "
+            f"Sink_{kk}^{self.eps}={self.sink_rate(kk):.3f}, BOS={'yes' if self.prepend_bos else 'no'}",
+            colorbar_title=f"α_{kk}", diverging=False, zmin=0.0, zmax=1.0, hover_extra=hover)
+
+    def plot_sink_curve(self, eps: float | None = None) -> go.Figure:
+        c = self.sink_curve(eps)
+        return lines(list(range(len(c))), {f"Sink_k^{self.eps if eps is None else eps}": c},
+                     title=f"Share of sink heads per key position — {self.model}",
+                     xaxis_title="key position k", yaxis_title="Sink_k^ε")
+
+    def plot_drains(self) -> go.Figure:
+        if self.drain_ratio is None:
+            raise ValueError("Value drains were not computed (drains=False).")
+        return layer_head_heatmap(
+            self.drain_ratio, title=f"Value-state drain: ‖v W_O‖ at position {self.sink_position} / mean elsewhere — {self.model}",
+            colorbar_title="ratio", diverging=False)
+
+    def plot_resid_peaks(self) -> go.Figure:
+        if self.resid_norm is None:
+            raise ValueError("Residual norms were not computed (peaks=False).")
+        L, T = self.resid_norm.shape
+        fig = go.Figure(go.Heatmap(z=self.resid_norm.numpy(), x=list(range(T)), y=[f"L{l}" for l in range(L)],
+                                   colorscale="Viridis", colorbar=dict(title="‖resid‖"),
+                                   hovertemplate="layer %{y}<br>position %{x}<br>‖resid‖=%{z:.1f}<extra></extra>"))
+        fig.update_layout(title=f"Residual-state norms per position — {self.model}", xaxis_title="position",
+                          yaxis_title="layer", yaxis_autorange="reversed")
+        return fig
+
+
+def sink_analysis(
+    model: Any,
+    prompts: Any = None,
+    *,
+    eps: float = 0.3,
+    prepend_bos: bool = True,
+    sink_position: int = 0,
+    batch_size: int = 8,
+    drains: bool = True,
+    peaks: bool = True,
+    massive: bool = True,
+    massive_threshold: float = 100.0,
+    massive_ratio: float = 1000.0,
+    top_k: int = 5,
+) -> SinkResult:
+    """α_k for every head and key, value drains, residual peaks and massive activations, one pass.
+
+    Args:
+        prompts: strings, a right-padded ``TokenBatch``, or ``None`` (``heads.DEFAULT_PROMPTS``).
+        eps: sink threshold ε in [0, 1) (strict ``α > ε``).
+        sink_position: the position used for drain and peak ratios (0 = BOS/first token).
+        massive_threshold, massive_ratio: Sun et al.'s rules ``|x| > 100`` and ``|x| > 1000·median``.
+        top_k: largest activations kept per layer.
+
+    Memory: ``alpha`` holds ``prompts × layers × heads × max_len`` floats.
+    """
+    check_attention_model(model)
+    _check_eps(eps)
+    if massive_threshold < 0 or massive_ratio < 1:
+        raise ValueError(f"massive_threshold must be >= 0 and massive_ratio >= 1, got {massive_threshold}, {massive_ratio}.")
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}.")
+    if prompts is None:
+        from interp.heads import DEFAULT_PROMPTS
+
+        prompts = DEFAULT_PROMPTS
+    batch = as_batch(model, prompts, prepend_bos=prepend_bos, min_len=sink_position + 2)
+    L, H = int(model.cfg.n_layers), int(model.cfg.n_heads)
+    N, Tm = len(batch), max(batch.lengths)
+    acc = PatternAccumulator(N, L, H, Tm, keep_alpha=True)
+    vn = _ValueNorms(model, N, Tm) if drains else None
+    rn = _ResidStats(N, L, Tm, batch, top_k, massive_threshold, massive_ratio) if (peaks or massive) else None
+
+    def make(offset: int, toks: Tensor, lengths: list[int]):
+        hooks = acc.hooks(offset, toks, lengths)
+        if vn is not None:
+            hooks += vn.hooks(offset, lengths)
+        if rn is not None:
+            hooks += rn.hooks(offset, lengths)
+        return hooks
+
+    run_streaming(model, batch, make, batch_size=batch_size)
+    alpha = acc.alpha
+    assert alpha is not None
+    res = SinkResult(
+        model=model_name(model), prepend_bos=batch.prepend_bos, eps=eps, sink_position=sink_position,
+        n_kv_heads=n_kv_heads(model), alpha=alpha, alpha_mean=torch.nanmean(alpha, dim=0),
+        str_tokens=batch.str_tokens,
+        params=dict(batch_size=batch_size, lengths=list(batch.lengths), massive_threshold=massive_threshold,
+                    massive_ratio=massive_ratio),
+    )
+    if vn is not None:
+        res.value_norm = vn.mean()
+        res.drain_ratio = _ratio_elsewhere(res.value_norm, sink_position)
+    if rn is not None:
+        if peaks:
+            res.resid_norm = rn.mean_norm()
+            res.resid_peak_ratio = rn.peak_ratio(sink_position)
+        if massive:
+            res.massive = rn.massive_result(model_name(model), batch.prepend_bos)
+    return res
+
+
+def _ratio_elsewhere(v: Float[Tensor, "layer head key"], k: int) -> Float[Tensor, "layer head"]:
+    others = torch.cat([v[..., :k], v[..., k + 1:]], dim=-1)
+    return v[..., k] / torch.nanmean(others, dim=-1).clamp(min=1e-12)
+
+
+class _ValueNorms:
+    """Streams ``‖v_j W_O^h‖`` for every layer, query head and source position (GQA aware)."""
+
+    def __init__(self, model: Any, n: int, Tm: int) -> None:
+        W_O = model.W_O.detach().float()  # [layer head d_head d_model]
+        self.gram = torch.einsum("lhdm,lhem->lhde", W_O, W_O)
+        self.L, self.H = W_O.shape[0], W_O.shape[1]
+        self.group = self.H // n_kv_heads(model)
+        self.sum = torch.zeros(self.L, self.H, Tm, dtype=torch.float64)
+        self.count = torch.zeros(Tm, dtype=torch.float64)
+
+    def hooks(self, offset: int, lengths: list[int]):
+        width = max(lengths)
+        dev_lens = torch.tensor(lengths)
+        valid = (torch.arange(width)[None, :] < dev_lens[:, None])  # [b, t]
+        self.count[:width] += valid.sum(0).double()
+
+        def hook(v: Tensor, hook: Any) -> None:
+            l = int(hook.name.split(".")[1])
+            vq = v.detach().float().repeat_interleave(self.group, dim=2)  # [b t head d]
+            g = self.gram[l].to(vq.device)
+            sq = torch.einsum("bthd,hde,bthe->bth", vq, g, vq).clamp(min=0).sqrt()
+            sq = sq * valid.to(sq.device)[:, :, None]
+            self.sum[l, :, :width] += sq.sum(0).T.double().cpu()
+
+        return [(f"blocks.{l}.attn.hook_v", hook) for l in range(self.L)]
+
+    def mean(self) -> Float[Tensor, "layer head key"]:
+        out = (self.sum / self.count.clamp(min=1)).float()
+        out[:, :, self.count == 0] = float("nan")
+        return out
+
+
+class _ResidStats:
+    """Streams residual norms per position and the largest residual entries per layer."""
+
+    def __init__(self, n: int, L: int, Tm: int, batch: PromptBatch, top_k: int, thr: float, ratio: float) -> None:
+        self.L, self.top_k, self.thr, self.ratio = L, top_k, thr, ratio
+        self.batch = batch
+        self.norm_sum = torch.zeros(L, Tm, dtype=torch.float64)
+        self.count = torch.zeros(Tm, dtype=torch.float64)
+        self.norms: list[list[Tensor]] = [[torch.empty(0)] * n for _ in range(L)]
+        self.cands: list[list[tuple[float, float, int, int, int]]] = [[] for _ in range(L)]
+        self.medians = torch.zeros(L, n)
+        self.n_flagged = [0] * L
+        self.flag_dims: list[dict[int, int]] = [{} for _ in range(L)]
+        self.flag_toks: list[dict[str, int]] = [{} for _ in range(L)]
+
+    def hooks(self, offset: int, lengths: list[int]):
+        width = max(lengths)
+        valid = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
+        self.count[:width] += valid.sum(0).double()
+
+        def hook(x: Tensor, hook: Any) -> None:
+            l = int(hook.name.split(".")[1])
+            x = x.detach().float().cpu()
+            nrm = x.norm(dim=-1) * valid  # [b t]
+            self.norm_sum[l, :width] += nrm.sum(0).double()
+            for i, T in enumerate(lengths):
+                b = offset + i
+                self.norms[l][b] = nrm[i, :T].clone()
+                a = x[i, :T].abs()
+                med = float(a.median())
+                self.medians[l, b] = med
+                flat = a.flatten()
+                vals, idx = flat.topk(min(self.top_k, flat.numel()))
+                d = x.shape[-1]
+                for v, j in zip(vals.tolist(), idx.tolist()):
+                    t, dim = divmod(j, d)
+                    self.cands[l].append((float(x[i, t, dim]), v / max(med, 1e-12), b, t, dim))
+                flagged = (a > self.thr) & (a > self.ratio * med)
+                if bool(flagged.any()):
+                    ts, ds = flagged.nonzero(as_tuple=True)
+                    self.n_flagged[l] += int(ts.numel())
+                    for t, dim in zip(ts.tolist(), ds.tolist()):
+                        self.flag_dims[l][dim] = self.flag_dims[l].get(dim, 0) + 1
+                        tok = self.batch.str_tokens[b][t]
+                        self.flag_toks[l][tok] = self.flag_toks[l].get(tok, 0) + 1
+            self.cands[l] = sorted(self.cands[l], key=lambda c: -abs(c[0]))[: self.top_k]
+
+        return [(f"blocks.{l}.hook_resid_post", hook) for l in range(self.L)]
+
+    def mean_norm(self) -> Float[Tensor, "layer key"]:
+        return (self.norm_sum / self.count.clamp(min=1)).float()
+
+    def peak_ratio(self, k: int) -> Float[Tensor, " layer"]:
+        out = torch.zeros(self.L)
+        for l in range(self.L):
+            r = [float(n[k] / torch.cat([n[:k], n[k + 1:]]).max().clamp(min=1e-12)) for n in self.norms[l]]
+            out[l] = sum(r) / len(r)
+        return out
+
+    def massive_result(self, name: str, prepend_bos: bool) -> MassiveActivationsResult:
+        K = min(len(c) for c in self.cands)
+        return MassiveActivationsResult(
+            model=name, prepend_bos=prepend_bos, abs_threshold=self.thr, ratio=self.ratio,
+            top_values=torch.tensor([[c[0] for c in cs[:K]] for cs in self.cands]),
+            top_ratio=torch.tensor([[c[1] for c in cs[:K]] for cs in self.cands]),
+            top_dims=[[c[4] for c in cs[:K]] for cs in self.cands],
+            top_positions=[[c[3] for c in cs[:K]] for cs in self.cands],
+            top_prompts=[[c[2] for c in cs[:K]] for cs in self.cands],
+            top_tokens=[[self.batch.str_tokens[c[2]][c[3]] for c in cs[:K]] for cs in self.cands],
+            median=self.medians.mean(1), n_flagged=list(self.n_flagged),
+            flagged_dims=self.flag_dims, flagged_tokens=self.flag_toks,
+        )
+
+
+def massive_activations(
+    model: Any, prompts: Any = None, *, threshold: float = 100.0, ratio: float = 1000.0,
+    prepend_bos: bool = True, top_k: int = 5, batch_size: int = 8,
+) -> MassiveActivationsResult:
+    """Sun et al. (2024) massive activations of every layer's residual output (see module doc)."""
+    r = sink_analysis(model, prompts, prepend_bos=prepend_bos, batch_size=batch_size, drains=False,
+                      peaks=False, massive=True, massive_threshold=threshold, massive_ratio=ratio, top_k=top_k)
+    assert r.massive is not None
+    return r.massive
+
+
+# ---------------------------------------------------------------------- repeated token
+
+
+@dataclass
+class RepeatedTokenResult(Result):
+    """Sink on one token repeated ``T`` times: ``alpha[l, h, k]``, ``Sink_0^ε`` and per-head α₀."""
+
+    model: str
+    token: str
+    token_id: int
+    length: int
+    prepend_bos: bool
+    eps: float
+    sink_rate: float
+    alpha: Float[Tensor, "layer head key"]
+    reference_sink_rate: float | None = None  # Sink_0^ε on natural text with the same BOS policy
+
+    def top(self, n: int = 10) -> list[tuple[str, float]]:
+        s = self.alpha[:, :, 0]
+        vals, idx = s.flatten().topk(min(n, s.numel()))
+        return [(head_label(int(i) // s.shape[1], int(i) % s.shape[1]), float(v)) for v, i in zip(vals, idx)]
+
+    def plot(self) -> go.Figure:
+        return layer_head_heatmap(
+            self.alpha[:, :, 0], title=f"α₀ on '{self.token}'×{self.length} (BOS={'yes' if self.prepend_bos else 'no'}) "
+            f"— Sink_0^{self.eps}={self.sink_rate:.3f} — {self.model}", colorbar_title="α₀", diverging=False,
+            zmin=0.0, zmax=1.0)
+
+
+def repeated_token_sink(
+    model: Any, token: str | int | None = None, *, length: int = 64, prepend_bos: bool = False,
+    eps: float = 0.3, reference_prompts: Any = None,
+) -> RepeatedTokenResult:
+    """The repeated-token check of Gu et al. (2025): ``Sink_0^ε`` on ``[BOS?] x x … x`` (``length`` x's).
+
+    ``token``: a string (its first token is used), a token id, or ``None`` (the token of " the",
+    else the first non-special id). ``reference_prompts``: optional natural prompts measured with
+    the same BOS policy for comparison.
+    """
+    check_attention_model(model)
+    _check_eps(eps)
+    if length < 2:
+        raise ValueError(f"length must be >= 2, got {length}.")
+    tok = model.tokenizer
+    if token is None:
+        ids = tok(" the", add_special_tokens=False)["input_ids"] or tok("the", add_special_tokens=False)["input_ids"]
+        tid = int(ids[0]) if ids else next(i for i in range(len(tok)) if i not in set(tok.all_special_ids))
+    elif isinstance(token, str):
+        ids = tok(token, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ValueError(f"Token string {token!r} encodes to no tokens.")
+        tid = int(ids[0])
+    else:
+        tid = int(token)
+    if not 0 <= tid < int(model.cfg.d_vocab):
+        raise ValueError(f"token id {tid} outside the vocabulary (0..{int(model.cfg.d_vocab) - 1}).")
+    toks = torch.full((1, length), tid, dtype=torch.long)
+    if prepend_bos:
+        from interp.tokens import bos_token_id
+
+        toks = torch.cat([torch.tensor([[bos_token_id(model)]]), toks], dim=1)
+    from interp.tokens import _display
+
+    T = toks.shape[1]
+    dev = getattr(model.cfg, "device", None) or "cpu"
+    strs = [_display(t) for t in tok.convert_ids_to_tokens(toks[0].tolist())]
+    pb = PromptBatch(toks.to(dev), torch.ones_like(toks).to(dev), [T], [strs], prepend_bos)
+    L, H = int(model.cfg.n_layers), int(model.cfg.n_heads)
+    acc = PatternAccumulator(1, L, H, T, keep_alpha=True)
+    run_streaming(model, pb, acc.hooks, batch_size=1)
+    assert acc.alpha is not None
+    ref = None
+    if reference_prompts is not None:
+        ref = sink_analysis(model, reference_prompts, eps=eps, prepend_bos=prepend_bos, drains=False,
+                            peaks=False, massive=False).sink_rate(0)
+    return RepeatedTokenResult(model=model_name(model), token=_display(tok.convert_ids_to_tokens([tid])[0]),
+                               token_id=tid, length=length, prepend_bos=prepend_bos, eps=eps,
+                               sink_rate=sink_rate(acc.alpha, 0, eps), alpha=acc.alpha[0],
+                               reference_sink_rate=ref)
+
+
+# ----------------------------------------------------------------------- active / dormant
+
+
+@dataclass
+class ActiveDormantResult(Result):
+    """Loss change from ablating each head, per prompt domain (Guo et al. 2024).
+
+    ``delta_loss[d, l, h]`` = loss(head ablated) − loss(clean) on domain ``domains[d]`` (mean
+    next-token cross-entropy in nats); ``sink_attention[d, l, h]`` = mean attention of the head to
+    ``sink_position`` (the first-token score); ``base_loss[d]``. A head is *active* on a domain
+    when ``Δloss ≥ active_threshold`` and *dormant* when ``Δloss < dormant_threshold`` and its
+    sink attention is ``> eps``. NaN where a layer was not measured.
+    """
+
+    model: str
+    prepend_bos: bool
+    method: str
+    domains: list[str]
+    base_loss: list[float]
+    delta_loss: Float[Tensor, "domain layer head"]
+    sink_attention: Float[Tensor, "domain layer head"]
+    active_threshold: float
+    dormant_threshold: float
+    eps: float
+    sink_position: int = 0
+
+    def active(self) -> Float[Tensor, "domain layer head"]:
+        return (self.delta_loss >= self.active_threshold).float()
+
+    def dormant(self) -> Float[Tensor, "domain layer head"]:
+        return ((self.delta_loss < self.dormant_threshold) & (self.sink_attention > self.eps)).float()
+
+    def switching(self) -> list[dict[str, Any]]:
+        """Heads dormant on one domain and active on another, with the numbers."""
+        act, dor = self.active().bool(), self.dormant().bool()
+        out = []
+        L, H = self.delta_loss.shape[1:]
+        for l in range(L):
+            for h in range(H):
+                a = [self.domains[d] for d in range(len(self.domains)) if act[d, l, h]]
+                z = [self.domains[d] for d in range(len(self.domains)) if dor[d, l, h]]
+                if a and z:
+                    out.append(dict(head=head_label(l, h), active_on=a, dormant_on=z,
+                                    delta_loss={self.domains[d]: float(self.delta_loss[d, l, h]) for d in range(len(self.domains))},
+                                    sink_attention={self.domains[d]: float(self.sink_attention[d, l, h]) for d in range(len(self.domains))}))
+        out.sort(key=lambda r: -(max(r["delta_loss"].values()) - min(r["delta_loss"].values())))
+        return out
+
+    def top(self, n: int = 10, domain: str | None = None) -> list[tuple[str, float]]:
+        """Heads with the largest loss change (on ``domain``, default the max over domains)."""
+        s = self.delta_loss[self.domains.index(domain)] if domain else torch.nan_to_num(self.delta_loss, nan=-math.inf).amax(0)
+        s = torch.nan_to_num(s, nan=-math.inf)
+        vals, idx = s.flatten().topk(min(n, s.numel()))
+        return [(head_label(int(i) // s.shape[1], int(i) % s.shape[1]), float(v)) for v, i in zip(vals, idx)]
+
+    def plot(self, domain: str | None = None) -> go.Figure:
+        """Heatmap of Δloss for one domain, or of the difference between the first two domains."""
+        if domain is not None:
+            z, title = self.delta_loss[self.domains.index(domain)], f"Δloss ({self.method}-ablation) on {domain}"
+        elif len(self.domains) >= 2:
+            z = self.delta_loss[1] - self.delta_loss[0]
+            title = f"Δloss({self.domains[1]}) − Δloss({self.domains[0]}) ({self.method}-ablation)"
+        else:
+            z, title = self.delta_loss[0], f"Δloss ({self.method}-ablation) on {self.domains[0]}"
+        return layer_head_heatmap(z, title=f"{title} — {self.model}", colorbar_title="Δloss (nats)")
+
+
+def _token_loss(logits: Tensor, toks: Tensor, lengths: list[int]) -> Tensor:
+    """Mean next-token cross-entropy per prompt over its real positions: ``[b]``."""
+    lp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    nll = -lp.gather(-1, toks[:, 1:, None]).squeeze(-1)
+    valid = torch.arange(toks.shape[1] - 1, device=toks.device)[None, :] < (torch.tensor(lengths, device=toks.device)[:, None] - 1)
+    return (nll * valid).sum(1) / valid.sum(1).clamp(min=1)
+
+
+def active_dormant(
+    model: Any,
+    domains: dict[str, Any] | None = None,
+    *,
+    method: Literal["zero", "sink"] = "zero",
+    layers: Sequence[int] | None = None,
+    prepend_bos: bool = True,
+    sink_position: int = 0,
+    active_threshold: float = 0.02,
+    dormant_threshold: float = 0.005,
+    eps: float = 0.3,
+    batch_size: int = 4,
+) -> ActiveDormantResult:
+    """Δloss of ablating each head on each domain (zero ``hook_z`` of the head, or ``method="sink"``:
+    every query row of the head's pattern replaced by the one-hot at ``sink_position``).
+
+    All heads of one layer are ablated in one forward pass (the batch is replicated per head).
+    Cost: ``len(layers)`` forwards of ``n_heads ×`` the batch per domain.
+
+    Args:
+        domains: ``{"name": prompts}`` with ≥ 2 domains (default :data:`DOMAINS`: prose, code).
+        layers: layers to measure (default all); unmeasured layers are NaN.
+    """
+    check_attention_model(model)
+    _check_eps(eps)
+    if method not in ("zero", "sink"):
+        raise ValueError(f"method must be 'zero' or 'sink', got {method!r}.")
+    if dormant_threshold < 0 or active_threshold < dormant_threshold:
+        raise ValueError("Need 0 <= dormant_threshold <= active_threshold "
+                         f"(got {dormant_threshold}, {active_threshold}).")
+    domains = DOMAINS if domains is None else domains
+    if len(domains) < 2:
+        raise ValueError("Give at least two prompt domains to compare, e.g. {'prose': [...], 'code': [...]}.")
+    L, H = int(model.cfg.n_layers), int(model.cfg.n_heads)
+    layers = list(range(L)) if layers is None else list(layers)
+    if any(not 0 <= l < L for l in layers):
+        raise ValueError(f"layers must be within 0..{L - 1}, got {layers}.")
+    names = list(domains)
+    delta = torch.full((len(names), L, H), float("nan"))
+    sinkatt = torch.zeros(len(names), L, H)
+    base: list[float] = []
+    for d, name in enumerate(names):
+        batch = as_batch(model, domains[name], prepend_bos=prepend_bos, min_len=max(2, sink_position + 2))
+        acc = PatternAccumulator(len(batch), L, H, max(batch.lengths), keep_alpha=True)
+        losses: list[Tensor] = []
+        run_streaming(model, batch, acc.hooks, batch_size=batch_size, return_logits=True,
+                      on_logits=lambda off, lg: losses.append(
+                          _token_loss(lg, batch.tokens[off:off + lg.shape[0], :lg.shape[1]], batch.lengths[off:off + lg.shape[0]])))
+        clean = torch.cat(losses)
+        base.append(float(clean.mean()))
+        assert acc.alpha is not None
+        sinkatt[d] = torch.nanmean(acc.alpha[..., sink_position], dim=0)
+        for l in layers:
+            abl = _ablated_losses(model, batch, l, H, method, sink_position, batch_size)  # [H, n]
+            delta[d, l] = (abl - clean[None]).mean(1)
+    return ActiveDormantResult(
+        model=model_name(model), prepend_bos=prepend_bos, method=method, domains=names, base_loss=base,
+        delta_loss=delta, sink_attention=sinkatt, active_threshold=active_threshold,
+        dormant_threshold=dormant_threshold, eps=eps, sink_position=sink_position)
+
+
+def _ablated_losses(model: Any, batch: PromptBatch, layer: int, H: int, method: str, sink_pos: int,
+                    batch_size: int) -> Tensor:
+    n = len(batch)
+    out = torch.zeros(H, n)
+    for start in range(0, n, batch_size):
+        stop = min(n, start + batch_size)
+        lengths = batch.lengths[start:stop]
+        width = max(lengths)
+        b = stop - start
+        toks = batch.tokens[start:stop, :width].repeat(H, 1)  # replica h = rows h*b .. h*b+b
+        mask = batch.attention_mask[start:stop, :width].repeat(H, 1)
+        head_of_row = torch.arange(H).repeat_interleave(b)
+
+        if method == "zero":
+            def hook(z: Tensor, hook: Any) -> Tensor:
+                z = z.clone()
+                z[torch.arange(z.shape[0]), :, head_of_row.to(z.device)] = 0.0
+                return z
+            name = f"blocks.{layer}.attn.hook_z"
+        else:
+            def hook(p: Tensor, hook: Any) -> Tensor:
+                p = p.clone()
+                rows = torch.arange(p.shape[0], device=p.device)
+                hr = head_of_row.to(p.device)
+                new = torch.zeros_like(p[rows, hr])
+                new[:, :, sink_pos] = 1.0
+                new[:, :sink_pos] = p[rows, hr][:, :sink_pos]  # queries before the sink keep theirs
+                p[rows, hr] = new
+                return p
+            name = f"blocks.{layer}.attn.hook_pattern"
+        kwargs: dict[str, Any] = {"attention_mask": mask} if min(lengths) < width else {}
+        with torch.no_grad():
+            lg = model.run_with_hooks(toks, fwd_hooks=[(name, hook)], return_type="logits", **kwargs)
+        loss = _token_loss(lg, toks, lengths * H)
+        out[:, start:stop] = loss.view(H, b)
+    return out
