@@ -189,36 +189,43 @@ def sections(json_out: bool = typer.Option(False, "--json", help="Print JSON."))
         typer.echo(f"{s.name:10s} {'default' if s.default else 'opt-in ':8s} {s.title}")
 
 
-def _run_one(section_name: str, model: str, prompts: Path | None, seed: int, no_bos: bool, json_out: bool,
-             html: Path | None, debug: bool, options: dict[str, Any] | None = None, dtype: str = "float32") -> None:
-    """Run one report section as a command: JSON (``--json``) or a readable summary on stdout."""
-    from interp.reports import build_report
+def _run_one(section_names: str | list[str], model: str, prompts: Path | None, seed: int, no_bos: bool,
+             json_out: bool, html: Path | None, debug: bool, options: dict[str, Any] | None = None,
+             dtype: str = "float32") -> None:
+    """Run report section(s) as a command: ``{"meta": ..., "sections": [...]}`` JSON with ``--json``,
+    else a readable summary on stdout. Exit 1 when a section failed or could not run."""
+    from interp.reports import build_report, choose_sections
 
+    names = [section_names] if isinstance(section_names, str) else list(section_names)
+    _guard(debug, "input", lambda: choose_sections(names))
     prompt_list = _load_prompts(prompts, debug)
     m = _load_model(model, debug, dtype)
     rep = _guard(debug, "analysis", lambda: build_report(
-        m, model_name=model, prompts=prompt_list, only=[section_name], seed=seed, prepend_bos=not no_bos,
+        m, model_name=model, prompts=prompt_list, only=names, seed=seed, prepend_bos=not no_bos,
         debug=debug, progress=False, options=options, argv=sys.argv))
-    res = rep.results[0]
     if html is not None:
         _guard(debug, "analysis", lambda: rep.save(html.parent if html.suffix else html,
                                                      stem=html.stem if html.suffix else _slug(model)))
-    if res.status != "ok":
-        if debug and res.traceback:
-            typer.echo(res.traceback, err=True)
-        _die(f"{section_name} {res.status}: {res.reason}", EXIT_FAILED)
-    doc = res.to_json()
+    doc = rep.to_json()
     if json_out:
-        typer.echo(json.dumps({"meta": rep.to_json()["meta"], **doc}, indent=1, allow_nan=False))
-        return
-    typer.echo(f"{res.title} — {model} ({res.seconds:.1f} s)")
-    for note in doc["notes"]:
-        typer.echo(f"  {note}")
-    for t in doc["tables"]:
-        typer.echo(f"\n{t['caption']}")
-        typer.echo("  " + " | ".join(t["columns"]))
-        for row in t["rows"]:
-            typer.echo("  " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
+        typer.echo(json.dumps(doc, indent=1, allow_nan=False))
+    else:
+        for res, sec in zip(rep.results, doc["sections"]):
+            typer.echo(f"{res.title} — {model}: {res.status} ({res.seconds:.1f} s)")
+            for note in sec["notes"]:
+                typer.echo(f"  {note}")
+            for t in sec["tables"]:
+                typer.echo(f"\n{t['caption']}")
+                typer.echo("  " + " | ".join(t["columns"]))
+                for row in t["rows"]:
+                    typer.echo("  " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
+    bad = [r for r in rep.results if r.status != "ok"]
+    if bad:
+        if debug:
+            for r in bad:
+                if r.traceback:
+                    typer.echo(r.traceback, err=True)
+        _die("; ".join(f"{r.name} {r.status}: {r.reason}" for r in bad), EXIT_FAILED)
 
 
 JsonOpt = typer.Option(False, "--json", help="Print every number as JSON on stdout.")

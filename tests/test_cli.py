@@ -136,11 +136,13 @@ def test_subcommand_json_output(fake_sections, fake_model):
     out = run("zgood", True)
     assert out.exit_code == 0, out.stderr
     doc = json.loads(out.stdout)
-    assert doc["status"] == "ok" and doc["data"]["n_prompts"] == 7 and doc["meta"]["model"] == "m"
+    sec = doc["sections"][0]
+    assert sec["status"] == "ok" and sec["data"]["n_prompts"] == 7 and doc["meta"]["model"] == "m"
     out = run("zgood", False)
     assert out.exit_code == 0 and "numbers" in out.stdout and "a | 1.5" in out.stdout
     out = run("zbad", True)
     assert out.exit_code == 1 and "zbad failed: RuntimeError: the analysis broke" in _one_line_error(out.stderr)
+    assert json.loads(out.stdout)["sections"][0]["status"] == "failed"  # the JSON still comes out
     out = run("zabsent", True)
     assert out.exit_code == 1 and "zabsent skipped" in _one_line_error(out.stderr)
 
@@ -183,7 +185,9 @@ def test_capture_json_on_smollm2(monkeypatch, smollm2, tmp_path):
     res = _invoke("capture", "--prompts", str(p), "--json")
     assert res.exit_code == 0, res.stderr
     doc = json.loads(res.stdout)
-    assert doc["status"] == "ok" and doc["meta"]["model"] == "smollm2-135m"
-    norms = doc["data"]["resid_norm_mean"]
+    sec = doc["sections"][0]
+    assert sec["status"] == "ok" and doc["meta"]["model"] == "smollm2-135m"
+    norms = sec["data"]["resid_norm_mean"]
     assert len(norms) == smollm2.cfg.n_layers
-    assert len(doc["data"]["attention_entropy"][0]) == smollm2.cfg.n_heads
+    assert len(sec["data"]["attention_entropy"][0]) == smollm2.cfg.n_heads
+    assert doc["meta"]["n_prompts"] == 2 and doc["meta"]["prepend_bos"] is True

@@ -34,12 +34,38 @@ def _summary_from_cfg(model: Any) -> dict[str, Any]:
     }
 
 
+def _rope_rows(spec: Any) -> tuple[list[list[Any]], Any]:
+    """Rows describing the RoPE spec per layer type, and a wavelength figure."""
+    import plotly.graph_objects as go
+
+    rope = spec.rope
+    rows: list[list[Any]] = []
+    fig = go.Figure()
+    for lt in rope.distinct_layer_types:
+        layers = rope.layers_of_type(lt)
+        l0 = layers[0]
+        wl = rope.wavelengths(l0)
+        slow = int((rope.rotations_within(spec.n_ctx, l0) < 1).sum())
+        rows.append([lt, f"{len(layers)} layers ({layers[0]}..{layers[-1]})" if len(layers) > 1 else f"layer {l0}",
+                     rope.base(l0), rope.rotary_dim, rope.pairing, rope.n_chunks,
+                     f"{float(wl.min()):.3g} … {float(wl.max()):.3g}", slow])
+        fig.add_trace(go.Scatter(x=list(range(rope.n_chunks)), y=wl.tolist(), mode="lines+markers",
+                                 name=f"{lt} (base {rope.base(l0):g})"))
+    fig.add_hline(y=spec.n_ctx, line_dash="dot", annotation_text=f"context {spec.n_ctx}")
+    fig.update_layout(title="RoPE wavelength 2π/θ_k per rotary chunk (from the HF config)",
+                      xaxis_title="rotary chunk k (0 = highest frequency)", yaxis_title="wavelength (tokens)",
+                      yaxis_type="log", height=420)
+    return rows, fig
+
+
 @section("model", "Model summary",
          "Architecture read from interp.model_spec (layers, query and KV heads, head dim, positional "
          "encoding, RoPE bases per layer from the Hugging Face config, BOS token).", order=10)
 def run(ctx: ReportContext) -> SectionOutput:
     model = ctx.model
     notes: list[str] = []
+    tables: list[Table] = []
+    figures: list[Any] = []
     try:
         from interp.spec import model_spec
     except ImportError:
@@ -47,18 +73,16 @@ def run(ctx: ReportContext) -> SectionOutput:
         notes.append("interp.model_spec is not available; summary read from model.cfg and the HF config.")
     else:
         spec = model_spec(model)
-        spec_dict = jsonable(spec)
-        if not isinstance(spec_dict, dict):
-            spec_dict = {"spec": spec_dict}
-        spec_dict = {"source": "interp.model_spec", **spec_dict}
+        spec_dict = {"source": "interp.model_spec", **jsonable(spec)}
+        if spec.rope is not None:
+            rows, fig = _rope_rows(spec)
+            tables.append(Table("rotary position embedding per layer type",
+                                ["layer type", "layers", "base", "rotary dim", "pairing", "chunks",
+                                 "wavelengths (tokens)", "chunks < 1 rotation in context"], rows))
+            figures.append(fig)
     n_params = sum(p.numel() for p in model.parameters())
     spec_dict["n_parameters"] = n_params
     spec_dict["prepend_bos (report policy)"] = ctx.prepend_bos
-    rows = []
-    for k, v in spec_dict.items():
-        if isinstance(v, (list, dict)):
-            s = str(v)
-            v = s if len(s) <= 160 else s[:157] + "…"
-        rows.append([k, v])
-    return SectionOutput(data=spec_dict, tables=[Table("model specification", ["field", "value"], rows)],
-                         notes=notes)
+    rows = [[k, v] for k, v in spec_dict.items() if not isinstance(v, (list, dict))]
+    tables.insert(0, Table("model specification", ["field", "value"], rows))
+    return SectionOutput(data=spec_dict, tables=tables, figures=figures, notes=notes)
