@@ -447,7 +447,7 @@ class PatchableModel:
 
         * ``record``: ``"activations"`` (:class:`Activations`);
         * ``grad_nodes``: ``"recv"`` (list per layer of the attention receiver inputs
-          ``[b p H+2G d]``), ``"mlp_in"`` (list ``[b p d]``), ``"logits_in"`` ``[b p d]`` and
+          ``[b p H+2G d]``), ``"mlp_in"`` (list ``[b p 1 d]``), ``"logits_in"`` ``[b p 1 d]`` and
           ``"z"`` (list ``[b p H e]``) — tensors in the autograd graph to differentiate at.
 
         ``embeds`` (``[b p d]``) replaces the ``"embed"`` sender's output (EAP-IG).
@@ -550,11 +550,12 @@ class PatchableModel:
                 delta[:, :, ss.start: ss.stop - 1] = head_out - abl_s[:, :, ss.start: ss.stop - 1]
             # MLP
             nM = self.n_upstream(l, "mlp")
-            xm = resid
+            xm = resid.unsqueeze(2)  # a view of its own: its gradient is the MLP input's only
             if patch:
-                xm = xm - torch.einsum("bps,bpsd->bpd", drop[:, :, :nM, rs.stop - 1], delta[:, :, :nM])
+                xm = xm - torch.einsum("bps,bpsd->bpd", drop[:, :, :nM, rs.stop - 1], delta[:, :, :nM]).unsqueeze(2)
             if grad_nodes:
                 out["mlp_in"].append(xm)
+            xm = xm[:, :, 0]
             hm = self._norm(xm, W.ln2_w, W.ln2_b)
             pre = hm @ W.W_in
             if W.b_in is not None:
@@ -579,10 +580,11 @@ class PatchableModel:
                 rec["v"].append(v)
                 rec["z"].append(z)
                 rec["pattern"].append(A)
-        xf = resid
+        xf = resid.unsqueeze(2)
         if patch:
-            xf = xf - torch.einsum("bps,bpsd->bpd", drop[:, :, :, -1], delta)
+            xf = xf - torch.einsum("bps,bpsd->bpd", drop[:, :, :, -1], delta).unsqueeze(2)
         out["logits_in"] = xf
+        xf = xf[:, :, 0]
         logits = self._norm(xf, self.lnf_w, self.lnf_b) @ self.W_U
         if self.b_U is not None:
             logits = logits + self.b_U

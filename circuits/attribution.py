@@ -1,0 +1,633 @@
+"""Position-aware edge attribution: EAP and EAP-IG over positions and schema spans.
+
+For an edge u → v (sender u, receiver v) of the graph of :mod:`circuits._forward` at position
+p, with clean sender output :math:`z_u`, ablated output :math:`z^*_u` (counterfactual, mean or
+zero) and metric M (Haklay et al. 2025; Syed et al. 2023; ``../shared/REFERENCES.md`` §1–2):
+
+* **EAP**: :math:`g(u\\to v) = (z^*_u - z_u)\\cdot \\partial M/\\partial x_v` at the clean run —
+  one forward on the counterfactual, one forward + backward on the clean input, all edges at once.
+* **EAP-IG** (Hanna et al. 2024): the gradient is averaged over m runs whose input embeddings
+  are interpolated, :math:`e_k = e^* + \\tfrac{k}{m}(e - e^*)`, k = 0 … m−1.
+* **Crossing edges** (inside query head h at query t, from key position t' ≤ t) are exact in
+  the attention, linear only in the head output: the change :math:`\\Delta z_t` of the head's
+  mixed value at t is computed in closed form from cached q/k/v/patterns and dotted with
+  :math:`\\partial M/\\partial z_t` (averaged over the IG points for EAP-IG):
+
+  - v: :math:`\\Delta z_t = A_{tt'}(v^*_{t'} - v_{t'})`;
+  - k or q: one score :math:`s_{tt'}` moves by :math:`\\delta` (:math:`q_t\\cdot(k^*_{t'}-k_{t'})/\\sqrt d`
+    or :math:`(q^*_t-q_t)\\cdot k_{t'}/\\sqrt d`); re-normalising the softmax gives
+    :math:`\\Delta z_t = c\\,(v_{t'} - z_t)` with :math:`c = A_{tt'}(e^\\delta-1)/(1+A_{tt'}(e^\\delta-1))`.
+
+Scores are **means over examples** of per-example sums (granularity ``"position"``: per token
+position of the example's own coordinates; ``"span"``: summed inside schema spans,
+:math:`g_S(e) = \\frac1{|D|}\\sum_x\\sum_{e'\\in f(e)} g_x(e')`; ``"none"``: summed over all
+positions — the non-positional baseline, exactly the sum of the ``"position"`` scores).
+Sign: a score approximates M(ablated edge) − M(clean).
+
+Variable lengths: clean and counterfactual prompts may differ in length when a schema is given;
+token j of span s of the clean prompt takes its counterfactual from token min(j, |s*|−1) of the
+same span of the counterfactual prompt. Without a schema the per-example lengths must match.
+Mean ablation averages the ablation split per token position (own coordinates).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Literal, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from circuits._forward import Activations, PatchableModel
+from circuits.graph import GRAPH_VERSION, AttributionGraph
+from circuits.metrics import Metric, MetricBatch, as_metric
+
+__all__ = ["attribute", "patchable", "exact_node_scores", "exact_edge_score", "AlignedData",
+           "prepare"]
+
+Method = Literal["eap", "eap-ig"]
+Ablation = Literal["counterfactual", "mean", "zero"]
+Granularity = Literal["none", "position", "span"]
+
+
+# ----------------------------------------------------------------------------------------------
+# inputs
+# ----------------------------------------------------------------------------------------------
+def patchable(model: Any) -> PatchableModel:
+    """The (cached) :class:`PatchableModel` of a bridge; a PatchableModel is returned as is."""
+    if isinstance(model, PatchableModel):
+        return model
+    pm = getattr(model, "_circuits_patchable", None)
+    if pm is None:
+        pm = PatchableModel(model)
+        try:
+            object.__setattr__(model, "_circuits_patchable", pm)
+        except Exception:  # pragma: no cover - exotic wrappers
+            pass
+    return pm
+
+
+@dataclass
+class _Batch:
+    tokens: Tensor  # [n p] right-padded
+    mask: Tensor  # [n p]
+    lengths: list[int]
+    prepend_bos: bool | None
+    str_tokens: list[list[str]] | None
+    source: Any  # TokenBatch or None
+
+
+def _as_batch(pm: PatchableModel, x: Any, what: str) -> _Batch:
+    from interp.tokens import TokenBatch, tokenize
+
+    if isinstance(x, (list, tuple)) and x and all(isinstance(s, str) for s in x):
+        x = tokenize(pm.bridge, list(x), prepend_bos=True, padding_side="right")
+    if isinstance(x, str):
+        raise TypeError(f"{what} must be a list of prompts, a TokenBatch or a token tensor, not one string")
+    if isinstance(x, TokenBatch):
+        toks, mask = x.tokens.clone(), x.attention_mask.clone()
+        if x.padding_side == "left":  # canonicalise to right padding (own coordinates = columns)
+            for i, n in enumerate(x.lengths):
+                s = x.start(i)
+                toks[i, :n] = x.tokens[i, s: s + n]
+                mask[i] = 0
+                mask[i, :n] = 1
+                toks[i, n:] = x.tokens[i, :s] if s else toks[i, n:]
+        return _Batch(toks, mask, list(x.lengths), x.prepend_bos, [list(s) for s in x.str_tokens], x)
+    if isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], Tensor):
+        toks, mask = x[0], x[1].long()
+        lengths = mask.sum(1).tolist()
+        for i, n in enumerate(lengths):
+            if not bool(mask[i, :n].all()):
+                raise ValueError(f"{what}: (tokens, attention_mask) must be right-padded; pass a "
+                                 f"TokenBatch from interp.tokenize for left padding")
+        return _Batch(toks, mask, [int(n) for n in lengths], None, None, None)
+    if isinstance(x, Tensor):
+        if x.dim() != 2:
+            raise ValueError(f"{what} tokens must be [batch pos], got {tuple(x.shape)}")
+        return _Batch(x, torch.ones_like(x), [x.shape[1]] * x.shape[0], None, None, None)
+    raise TypeError(f"{what} must be a list of prompts, a TokenBatch, a [batch pos] token tensor or "
+                    f"a (tokens, attention_mask) pair; got {type(x).__name__}")
+
+
+def _spans_of(schema: Any, batch: _Batch, pm: PatchableModel, what: str) -> Any:
+    """SchemaSpans of a batch (schema may be a Schema or an already applied SchemaSpans)."""
+    from interp.schema import Schema, SchemaSpans
+
+    if isinstance(schema, SchemaSpans):
+        spans = schema
+    elif isinstance(schema, Schema):
+        if batch.source is None:
+            raise ValueError(f"to apply a Schema, give {what} as prompts or a TokenBatch (not raw "
+                             f"token ids), or pass already applied SchemaSpans")
+        spans = schema.apply(batch.source)
+    else:
+        raise TypeError(f"schema must be an interp.Schema or SchemaSpans, got {type(schema).__name__}")
+    spans.raise_for_failures()
+    if len(spans) != batch.tokens.shape[0] or list(spans.lengths) != list(batch.lengths):
+        raise ValueError(f"the schema spans do not describe the {what} batch (lengths differ)")
+    return spans
+
+
+@dataclass
+class AlignedData:
+    """Clean/ablation data prepared for attribution (right-padded, own coordinates).
+
+    ``position_map[i, t]``: column of the counterfactual example i that clean token t takes its
+    ablated value from; ``group[i, t]``: abstract position (token index, span id or 0) of clean
+    token t, −1 on padding.
+    """
+
+    clean: _Batch
+    corrupt: _Batch | None
+    position_map: Int[Tensor, "example pos"] | None
+    group: Int[Tensor, "example pos"]
+    positions: list[str]
+    granularity: str
+    span_names: list[str] | None
+
+
+def prepare(
+    pm: PatchableModel,
+    clean: Any,
+    corrupt: Any,
+    *,
+    ablation: Ablation,
+    granularity: Granularity,
+    schema: Any = None,
+) -> AlignedData:
+    """Tokenise/canonicalise the inputs, align counterfactual positions and build the position
+    groups of the requested granularity (see the module docstring)."""
+    if granularity not in ("none", "position", "span"):
+        raise ValueError(f"granularity must be 'none', 'position' or 'span', got {granularity!r}")
+    if ablation not in ("counterfactual", "mean", "zero"):
+        raise ValueError(f"ablation must be 'counterfactual', 'mean' or 'zero', got {ablation!r}")
+    cb = _as_batch(pm, clean, "clean")
+    n, P = cb.tokens.shape
+    xb = None
+    if ablation == "counterfactual":
+        if corrupt is None:
+            raise ValueError("ablation='counterfactual' needs `corrupt` prompts (one per clean prompt)")
+        xb = _as_batch(pm, corrupt, "corrupt")
+        if xb.tokens.shape[0] != n:
+            raise ValueError(f"{n} clean but {xb.tokens.shape[0]} corrupt examples: give one "
+                             f"counterfactual per clean prompt")
+    elif ablation == "mean" and corrupt is not None:
+        xb = _as_batch(pm, corrupt, "ablation split")
+    spans_c = spans_x = None
+    if schema is not None:
+        if isinstance(schema, tuple):
+            spans_c = _spans_of(schema[0], cb, pm, "clean")
+            spans_x = _spans_of(schema[1], xb, pm, "corrupt") if xb is not None else None
+        else:
+            spans_c = _spans_of(schema, cb, pm, "clean")
+            if xb is not None and ablation == "counterfactual":
+                spans_x = _spans_of(schema, xb, pm, "corrupt")
+    elif granularity == "span":
+        raise ValueError("granularity='span' needs a schema (interp.Schema.from_template(...))")
+    # counterfactual position map
+    pmap = None
+    if ablation == "counterfactual":
+        assert xb is not None
+        if spans_x is not None and spans_c is not None:
+            pmap = torch.zeros(n, P, dtype=torch.long)
+            for i in range(n):
+                for j, ((s, e), (s2, e2)) in enumerate(zip(spans_c.spans[i], spans_x.spans[i])):
+                    off = torch.arange(e - s).clamp(max=e2 - s2 - 1)
+                    pmap[i, s:e] = s2 + off
+        else:
+            if cb.lengths != xb.lengths:
+                bad = [i for i, (a, b) in enumerate(zip(cb.lengths, xb.lengths)) if a != b][:5]
+                raise ValueError(
+                    f"clean and corrupt prompts differ in token length (examples {bad}: "
+                    f"{[cb.lengths[i] for i in bad]} vs {[xb.lengths[i] for i in bad]}). Pass "
+                    f"schema=interp.Schema.from_template(...) to align them span by span, or use "
+                    f"counterfactuals of equal length.")
+            pmap = torch.arange(P).expand(n, P).clone()
+            Px = xb.tokens.shape[1]
+            pmap = pmap.clamp(max=Px - 1)
+    # groups
+    real = cb.mask.bool()
+    if granularity == "none":
+        group = torch.where(real, 0, -1)
+        positions = ["all"]
+    elif granularity == "position":
+        group = torch.where(real, torch.arange(P).expand(n, P), -1)
+        positions = []
+        for t in range(P):
+            toks = {cb.str_tokens[i][t] for i in range(n) if cb.str_tokens and t < cb.lengths[i]}
+            positions.append(f"{t}:{next(iter(toks))}" if len(toks) == 1 else f"{t}")
+    else:
+        assert spans_c is not None
+        group = spans_c.span_index("right", width=P)
+        positions = list(spans_c.names)
+    return AlignedData(cb, xb, pmap, group.long(), positions, granularity,
+                       list(spans_c.names) if spans_c is not None else None)
+
+
+# ----------------------------------------------------------------------------------------------
+# crossing edges
+# ----------------------------------------------------------------------------------------------
+def _softmax_shift(a: Tensor, delta: Tensor) -> Tensor:
+    """c = a(e^δ−1)/(1+a(e^δ−1)): the weight moved onto v_{t'} − z_t when one score moves by δ."""
+    a = a.double()
+    d = delta.double().clamp(-700, 700)
+    u = a * torch.expm1(d)
+    c = u / (1 + u)
+    # large positive δ: u/(1+u) = sigmoid(log u), stable form
+    big = d > 30
+    if big.any():
+        logu = torch.log(a.clamp(min=1e-300)) + d + torch.log(-torch.expm1(-d))
+        c = torch.where(big, torch.sigmoid(logu), c)
+    return torch.where(a > 0, c, torch.zeros_like(c))
+
+
+def crossing_scores(
+    pm: PatchableModel,
+    clean: Activations,
+    ablated: Activations,
+    grad_z: Float[Tensor, "batch layer pos head d_head"],
+    attention_mask: Int[Tensor, "batch pos"],
+) -> Float[Tensor, "batch layer head kind qpos kpos"]:
+    """Per-example crossing-edge scores :math:`\\Delta z_t\\cdot\\partial M/\\partial z_t`
+    (kinds q, k, v; closed forms in the module docstring), vectorised over all (t, t')."""
+    rep = pm.n_heads // pm.n_kv_heads
+    f64 = torch.float64
+
+    def kv(t: Tensor) -> Tensor:
+        return (t.repeat_interleave(rep, dim=3) if rep > 1 else t).to(f64)
+
+    q, kh, vh, z = clean.q.to(f64), kv(clean.k), kv(clean.v), clean.z.to(f64)
+    b = q.shape[0]
+    qa = ablated.q.to(f64).expand_as(q)
+    kha, vha = kv(ablated.k).expand_as(kh), kv(ablated.v).expand_as(vh)
+    g = grad_z.to(f64)
+    A = clean.pattern.to(f64)  # [b L H q k]
+    Gv = torch.einsum("blqhe,blkhe->blhqk", g, vh)
+    Gva = torch.einsum("blqhe,blkhe->blhqk", g, vha)
+    Go = torch.einsum("blqhe,blqhe->blhq", g, z)
+    s_v = A * (Gva - Gv)
+    dk = pm.scale * torch.einsum("blqhe,blkhe->blhqk", q, kha - kh)
+    dq = pm.scale * torch.einsum("blqhe,blkhe->blhqk", qa - q, kh)
+    move = Gv - Go[..., None]
+    s_k = _softmax_shift(A, dk) * move
+    s_q = _softmax_shift(A, dq) * move
+    out = torch.stack([s_q, s_k, s_v], dim=3)  # [b L H 3 q k]
+    p = attention_mask.shape[1]
+    m = attention_mask.bool().to(out.device)
+    ok = torch.ones(p, p, dtype=torch.bool, device=out.device).tril()[None] & m[:, :, None] & m[:, None, :]
+    out = out * ok[:, None, None, None]
+    return out.to(grad_z.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# ablation sources
+# ----------------------------------------------------------------------------------------------
+def _mean_activations(pm: PatchableModel, xb: _Batch, batch_size: int) -> Activations:
+    n = xb.tokens.shape[0]
+    tot: Activations | None = None
+    cnt = torch.zeros(xb.tokens.shape[1])
+    for s in range(0, n, batch_size):
+        a = pm.activations(xb.tokens[s: s + batch_size], xb.mask[s: s + batch_size])
+        m = a.attention_mask.to(a.senders.dtype)
+        c = m.sum(0)
+        mu = a.mean()
+        w = c.clamp(min=0)
+
+        def scale(name: str, t: Tensor) -> Tensor:
+            if name == "attention_mask":
+                return t
+            if name == "pattern":
+                return t * m.shape[0]
+            if name == "senders":
+                return t * w.view(1, -1, 1, 1)
+            return t * w.view(1, 1, -1, 1, 1)
+
+        part = mu._map(scale)
+        if tot is None:
+            tot = part
+        else:
+            tot = tot._map(lambda name, t: torch.maximum(t, getattr(part, name))
+                           if name == "attention_mask" else t + getattr(part, name))
+        cnt += c
+    assert tot is not None
+    cc = cnt.clamp(min=1)
+
+    def div(name: str, t: Tensor) -> Tensor:
+        if name == "attention_mask":
+            return t
+        if name == "pattern":
+            return t / n
+        if name == "senders":
+            return t / cc.view(1, -1, 1, 1)
+        return t / cc.view(1, 1, -1, 1, 1)
+
+    return tot._map(div)
+
+
+def _fit_width(a: Activations, p: int) -> Activations:
+    """Slice a batch-1 (mean) activation set to width p."""
+    if a.n_pos < p:
+        raise ValueError(f"the mean-ablation split has {a.n_pos} positions but clean prompts have "
+                         f"{p}: use an ablation split with prompts at least as long")
+    if a.n_pos == p:
+        return a
+
+    def sl(name: str, t: Tensor) -> Tensor:
+        if name in ("attention_mask",):
+            return t[:, :p]
+        if name == "senders":
+            return t[:, :p]
+        if name == "pattern":
+            return t[..., :p, :p]
+        return t[:, :, :p]
+
+    return a._map(sl)
+
+
+# ----------------------------------------------------------------------------------------------
+# the main entry point
+# ----------------------------------------------------------------------------------------------
+def attribute(
+    model: Any,
+    clean: Any,
+    corrupt: Any = None,
+    metric: Metric | Callable[..., Tensor] | None = None,
+    *,
+    method: Method = "eap",
+    ig_steps: int = 5,
+    ablation: Ablation = "counterfactual",
+    granularity: Granularity = "position",
+    schema: Any = None,
+    batch_size: int = 8,
+    task: str | None = None,
+    progress: bool = False,
+) -> AttributionGraph:
+    """Score every edge of the position-aware graph (module docstring has the formulas).
+
+    Args:
+        model: a TransformerBridge (or a :class:`PatchableModel`).
+        clean: prompts, a ``TokenBatch``, a ``[batch pos]`` token tensor, a right-padded
+            ``(tokens, attention_mask)`` pair — or a :class:`circuits.tasks.Task` (then corrupt,
+            metric and schema come from it unless given).
+        corrupt: counterfactual prompts (one per clean prompt) for ``ablation="counterfactual"``;
+            for ``"mean"`` the ablation split (default: the clean prompts); unused for ``"zero"``.
+        metric: :class:`~circuits.metrics.Metric` or callable ``f(logits, batch) -> [batch]``.
+        method: ``"eap"`` or ``"eap-ig"`` (``ig_steps`` interpolation points k/m, k = 0 … m−1).
+        granularity: ``"position"`` (own token coordinates), ``"span"`` (needs ``schema``) or
+            ``"none"`` (the non-positional baseline: sum over positions).
+        schema: ``interp.Schema`` (applied to clean and corrupt), ``SchemaSpans``, or a pair of
+            SchemaSpans (clean, corrupt). Needed for spans and for clean/corrupt of different
+            lengths.
+        batch_size: examples per forward/backward (results do not depend on it).
+
+    Returns:
+        :class:`~circuits.graph.AttributionGraph` with mean-over-examples scores.
+    """
+    from circuits.tasks import Task
+
+    if isinstance(clean, Task):
+        t = clean
+        clean = t.clean
+        corrupt = t.corrupt if corrupt is None else corrupt
+        metric = t.metric if metric is None else metric
+        schema = t.schema if schema is None else schema
+        task = t.name if task is None else task
+    if metric is None:
+        raise ValueError("attribute needs a metric (e.g. circuits.logit_diff(correct, wrong))")
+    if method not in ("eap", "eap-ig"):
+        raise ValueError(f"method must be 'eap' or 'eap-ig', got {method!r}")
+    if method == "eap-ig" and ig_steps < 1:
+        raise ValueError(f"ig_steps must be >= 1, got {ig_steps}")
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    met = as_metric(metric)
+    pm = patchable(model)
+    t0 = time.perf_counter()
+    data = prepare(pm, clean, corrupt, ablation=ablation, granularity=granularity, schema=schema)
+    cb = data.clean
+    n, P = cb.tokens.shape
+    K = len(data.positions)
+    S, R, L, H = len(pm.senders), len(pm.receivers), pm.n_layers, pm.n_heads
+    dev, dt = pm.device, pm.dtype
+    same = torch.zeros(K, S, R, dtype=torch.float64, device=dev)
+    cross = torch.zeros(L, H, 3, K, K, dtype=torch.float64, device=dev)
+    sizes = torch.zeros(K, dtype=torch.float64, device=dev)
+    pairs = torch.zeros(K, K, dtype=torch.float64, device=dev)
+    valid = pm.valid.to(dev)
+    mean_acts = None
+    if ablation == "mean":
+        mean_acts = _mean_activations(pm, data.corrupt if data.corrupt is not None else cb, batch_size)
+    metric_total = 0.0
+    it = range(0, n, batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc=f"{method} attribution")
+    for s0 in it:
+        idx = torch.arange(s0, min(n, s0 + batch_size))
+        w = int(cb.mask[idx].sum(1).max())
+        toks = cb.tokens[idx, :w].to(dev)
+        mask = cb.mask[idx, :w].to(dev)
+        grp = data.group[idx, :w].to(dev)
+        # ablation source in clean coordinates
+        if ablation == "counterfactual":
+            xb = data.corrupt
+            assert xb is not None and data.position_map is not None
+            wx = int(xb.mask[idx].sum(1).max())
+            ax = pm.activations(xb.tokens[idx, :wx].to(dev), xb.mask[idx, :wx].to(dev))
+            abl = ax.align(data.position_map[idx, :w].clamp(max=wx - 1).to(dev))
+        elif ablation == "mean":
+            assert mean_acts is not None
+            abl = _fit_width(mean_acts, w)
+        else:
+            abl = None  # zeros, built from the clean activations below
+        with torch.no_grad():
+            pos_ids = pm.position_ids(mask)
+            e_clean = pm.embed(toks, pos_ids)
+        needs_clean_logits = met.needs_clean
+        if method == "eap":
+            emb = e_clean.clone().requires_grad_(True)
+            with torch.enable_grad():
+                out = pm.forward(None, mask, embeds=emb, grad_nodes=True, record=True)
+                acts = out["activations"].detach()
+                mb = MetricBatch.from_mask(mask, idx.to(dev),
+                                           out["logits"].detach() if needs_clean_logits else None)
+                mval = met(out["logits"], mb)
+                metric_total += float(mval.detach().sum())
+                targets = out["recv"] + out["mlp_in"] + [out["logits_in"]] + out["z"]
+                grads = torch.autograd.grad(mval.sum(), targets, allow_unused=True)
+            grads = [torch.zeros_like(t) if g is None else g for t, g in zip(targets, grads)]
+            if abl is None:
+                abl = acts.zeros_like()
+        else:
+            with torch.no_grad():
+                out0 = pm.forward(toks, mask, record=True)
+            acts = out0["activations"]
+            clean_logits = out0["logits"] if needs_clean_logits else None
+            mb = MetricBatch.from_mask(mask, idx.to(dev), clean_logits)
+            metric_total += float(met(out0["logits"], mb).sum())
+            if abl is None:
+                abl = acts.zeros_like()
+            e_abl = abl.senders[:, :, 0].expand_as(e_clean)
+            grads = None
+            for k in range(ig_steps):
+                alpha = k / ig_steps
+                emb = (e_abl + alpha * (e_clean - e_abl)).detach().requires_grad_(True)
+                with torch.enable_grad():
+                    o = pm.forward(None, mask, embeds=emb, grad_nodes=True)
+                    mval = met(o["logits"], mb)
+                    targets = o["recv"] + o["mlp_in"] + [o["logits_in"]] + o["z"]
+                    gk = torch.autograd.grad(mval.sum(), targets, allow_unused=True)
+                gk = [torch.zeros_like(t) if g is None else g.detach() for t, g in zip(targets, gk)]
+                grads = gk if grads is None else [a + b for a, b in zip(grads, gk)]
+            assert grads is not None
+            grads = [g / ig_steps for g in grads]
+        # ---- same-position edges
+        g_recv = []
+        for l in range(L):
+            g_recv += [grads[l], grads[L + l]]  # [b p H+2G d], [b p 1 d]
+        g_recv.append(grads[2 * L])  # logits [b p 1 d]
+        gR = torch.cat(g_recv, dim=2)  # [b p R d]
+        delta = (abl.senders.expand_as(acts.senders) - acts.senders)  # [b p S d]
+        b_, p_ = toks.shape
+        sc = torch.bmm(delta.reshape(b_ * p_, S, -1), gR.reshape(b_ * p_, R, -1).transpose(1, 2))
+        onehot = torch.zeros(b_ * p_, K, dtype=sc.dtype, device=dev)
+        gflat = grp.reshape(-1)
+        real = gflat >= 0
+        onehot[real.nonzero().squeeze(1), gflat[real]] = 1.0
+        same += (onehot.T @ sc.reshape(b_ * p_, S * R)).reshape(K, S, R).double()
+        # ---- crossing edges
+        gz = torch.stack(grads[2 * L + 1:], dim=1)  # [b L p H e]
+        cs = crossing_scores(pm, acts, abl, gz, mask)  # [b L H 3 p p]
+        oh = onehot.view(b_, p_, K).double()
+        cross += torch.einsum("blhxqk,bqi,bkj->lhxij", cs.double(), oh, oh)
+        sizes += oh.sum((0, 1))
+        tril = torch.ones(p_, p_, dtype=torch.float64, device=dev).tril()
+        pairs += torch.einsum("bqi,qk,bkj->ij", oh, tril, oh)
+    same = (same / n).to(dt) * valid
+    cross = (cross / n).to(dt)
+    sizes = (sizes / n).to(dt)
+    pairs = (pairs / n).to(dt)
+    cross_valid = pairs > 0
+    if granularity == "none":
+        cross_valid = torch.ones(1, 1, dtype=torch.bool, device=dev)
+    cross = cross * cross_valid
+    info = getattr(pm.bridge, "interp_info", None)
+    meta = {
+        "version": GRAPH_VERSION,
+        "method": method,
+        "ig_steps": ig_steps if method == "eap-ig" else None,
+        "ablation": ablation,
+        "metric": met.name,
+        "metric_clean_mean": metric_total / n,
+        "granularity": granularity,
+        "schema_spans": data.span_names,
+        "prepend_bos": cb.prepend_bos,
+        "model": getattr(info, "name", None) or pm.model_name,
+        "task": task,
+        "n_examples": n,
+        "batch_size": batch_size,
+        "position_alignment": "schema spans (offset clipped to span)" if data.span_names and ablation == "counterfactual" else "identity",
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    return AttributionGraph(list(pm.senders), list(pm.receivers), list(data.positions),
+                            same.cpu(), valid.cpu(), cross.cpu(), cross_valid.cpu(), sizes.cpu(),
+                            pairs.cpu(), meta)
+
+
+# ----------------------------------------------------------------------------------------------
+# exact patching (the reference the attribution scores are validated against)
+# ----------------------------------------------------------------------------------------------
+def _setup_exact(model: Any, clean: Any, corrupt: Any, metric: Any, ablation: Ablation,
+                 schema: Any) -> tuple[PatchableModel, AlignedData, Metric, Activations, Tensor]:
+    met = as_metric(metric)
+    pm = patchable(model)
+    data = prepare(pm, clean, corrupt, ablation=ablation, granularity="position", schema=schema)
+    cb = data.clean
+    toks, mask = cb.tokens.to(pm.device), cb.mask.to(pm.device)
+    acts = pm.activations(toks, mask)
+    if ablation == "counterfactual":
+        xb = data.corrupt
+        assert xb is not None and data.position_map is not None
+        abl = pm.activations(xb.tokens.to(pm.device), xb.mask.to(pm.device)).align(data.position_map.to(pm.device))
+    elif ablation == "mean":
+        abl = _fit_width(_mean_activations(pm, data.corrupt or cb, 64), toks.shape[1])
+    else:
+        abl = acts.zeros_like()
+    return pm, data, met, abl, toks
+
+
+def _metric_mean(pm: PatchableModel, met: Metric, logits: Tensor, mask: Tensor, clean_logits: Tensor) -> float:
+    mb = MetricBatch.from_mask(mask, None, clean_logits if met.needs_clean else None)
+    return float(met(logits, mb).mean())
+
+
+@torch.no_grad()
+def exact_node_scores(
+    model: Any,
+    clean: Any,
+    corrupt: Any,
+    metric: Any,
+    *,
+    ablation: Ablation = "counterfactual",
+    senders: Sequence[str] | None = None,
+    positions: Sequence[int] | None = None,
+    schema: Any = None,
+) -> Float[Tensor, "pos sender"]:
+    """Exact activation patching of sender nodes, one (sender, position) at a time:
+    ``M(sender output at p ablated) − M(clean)``, mean over examples (own token coordinates).
+    Entries not requested are NaN. Cost: one forward per (sender, position)."""
+    pm, data, met, abl, toks = _setup_exact(model, clean, corrupt, metric, ablation, schema)
+    mask = data.clean.mask.to(pm.device)
+    n, P = toks.shape
+    S, R = len(pm.senders), len(pm.receivers)
+    base_logits = pm.run(toks, mask)
+    base = _metric_mean(pm, met, base_logits, mask, base_logits)
+    out = torch.full((P, S), float("nan"))
+    sel = list(range(S)) if senders is None else [pm.sender_index[s] for s in senders]
+    pos = list(range(P)) if positions is None else [int(p) % P for p in positions]
+    keep = torch.ones(n, P, S, R, dtype=torch.bool, device=pm.device)
+    for p in pos:
+        for s in sel:
+            keep[:, p, s, :] = False
+            lg = pm.run(toks, mask, ablated=abl, keep=keep)
+            keep[:, p, s, :] = True
+            out[p, s] = _metric_mean(pm, met, lg, mask, base_logits) - base
+    return out
+
+
+@torch.no_grad()
+def exact_edge_score(
+    model: Any,
+    clean: Any,
+    corrupt: Any,
+    metric: Any,
+    edge: Any,
+    *,
+    ablation: Ablation = "counterfactual",
+    schema: Any = None,
+) -> float:
+    """Exact patching of one edge (a :class:`~circuits.graph.Edge` at position granularity, or
+    a tuple ``(kind, sender, receiver, pos, kpos)`` with integer positions):
+    ``M(edge ablated) − M(clean)``, mean over examples."""
+    pm, data, met, abl, toks = _setup_exact(model, clean, corrupt, metric, ablation, schema)
+    mask = data.clean.mask.to(pm.device)
+    n, P = toks.shape
+    kind, snd, rcv, pos, kpos = edge[:5]
+    pos = int(str(pos).split(":")[0])
+    kpos = int(str(kpos).split(":")[0])
+    base_logits = pm.run(toks, mask)
+    base = _metric_mean(pm, met, base_logits, mask, base_logits)
+    if kind == "same":
+        keep = torch.ones(n, P, len(pm.senders), len(pm.receivers), dtype=torch.bool, device=pm.device)
+        keep[:, pos, pm.sender_index[snd], pm.receiver_index[rcv]] = False
+        lg = pm.run(toks, mask, ablated=abl, keep=keep)
+    else:
+        l, h = (int(x) for x in snd[1:].split("H"))
+        kc = torch.ones(n, pm.n_layers, pm.n_heads, 3, P, P, dtype=torch.bool, device=pm.device)
+        kc[:, l, h, "qkv".index(kind), pos, kpos] = False
+        lg = pm.run(toks, mask, ablated=abl, keep_cross=kc)
+    return _metric_mean(pm, met, lg, mask, base_logits) - base
