@@ -32,6 +32,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from interp.results import Result
+
 __all__ = ["Circuit", "GraphIndex", "RECEIVER_KINDS"]
 
 CIRCUIT_JSON_VERSION = 1
@@ -94,9 +96,9 @@ class GraphIndex:
         self.n_heads = n_heads if n_heads is not None else (max(heads) + 1 if heads else 0)
         kvs = [h for k, h in zip(rk, rh) if k in (1, 2)]
         self.n_kv_heads = max(kvs) + 1 if kvs else self.n_heads
-        if self.n_kv_heads == 0 or self.n_heads % max(self.n_kv_heads, 1):
+        if self.n_kv_heads and self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
-        self.group = self.n_heads // max(self.n_kv_heads, 1)
+        self.group = max(1, self.n_heads // max(self.n_kv_heads, 1))
         L, H, G = self.n_layers, self.n_heads, self.n_kv_heads
         self.head_sender = np.full((L, H), -1, dtype=np.int64)
         self.mlp_sender = np.full((L,), -1, dtype=np.int64)
@@ -140,7 +142,7 @@ def _tensor_to_sparse(mask: Tensor, scores: Tensor | None) -> list[list[int | fl
 
 
 @dataclass
-class Circuit:
+class Circuit(Result):
     """A circuit: edges of an attribution graph kept by :func:`circuits.select`.
 
     Attributes:
@@ -257,10 +259,6 @@ class Circuit:
             "cross_edges": _tensor_to_sparse(self.cross, self.cross_scores),
             "meta": _jsonable(self.meta),
         }
-
-    def save_json(self, path: str) -> None:
-        with open(path, "w") as f:
-            json.dump(self.to_json(), f)
 
     @classmethod
     def from_json(cls, d: dict[str, Any] | str) -> "Circuit":
