@@ -1,0 +1,102 @@
+"""Ground-truth model zoo: tiny transformers trained in-project with planted, verified mechanisms.
+
+Models (``interp.load_model("toy-...")`` loads them offline as ``TransformerBridge``s with the
+same hook names as the real models):
+
+============== ======== ========== ==========================================================
+name           arch     positions  planted mechanism
+============== ======== ========== ==========================================================
+toy-induction  Llama    RoPE, GQA  previous-token head (layer 0) → induction head (layer 1),
+               (attn                K-composition (Olsson et al. 2022)
+               only)
+toy-backcopy   Llama    RoPE       Bigram-Backcopy (Guo et al. 2024): BOS sink at non-trigger
+                                   positions (dormant), t-1 copy at triggers (active), small
+                                   BOS value norm
+toy-offset-rope Llama   RoPE       head attending to t-3 (fixed-offset copy)
+toy-offset-abs GPT-2    learned    head attending to t-3 (fixed-offset copy)
+toy-nope       GPT-2    none       Bigram-Backcopy without positional encoding; position is
+                                   linearly recoverable after layer 0 (Haviv et al. 2022)
+============== ======== ========== ==========================================================
+
+Each model ships ``interp/zoo/weights/<name>/`` (HF ``config.json``, ``model.safetensors``,
+``tokenizer.json``, ``tokenizer_config.json``) and ``manifest.json``: the measured ground truth
+(heads, roles, positions, circuit edges, accuracies, zero-ablation table, BOS policy, training
+seed and config). ``tests/test_zoo.py`` re-verifies each claim by intervention.
+
+Public API::
+
+    TOY_MODELS: dict[str, ToyInfo]
+    model_dir(name) -> Path
+    manifest(name) -> dict
+    train(name, *, out_dir=None, seed=0, steps=None) -> Path
+    tasks          # seeded data generators (induction_batch, backcopy_batch, offset_batch, ...)
+    measure        # hook-based measurements (head ablation, attention to offsets, value norms)
+    make_batch(name, n, seed) -> tasks.TaskBatch   # the task a model was trained on
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from interp.zoo import measure, tasks
+from interp.zoo._specs import TOY_MODELS, ToyInfo
+
+__all__ = ["TOY_MODELS", "ToyInfo", "model_dir", "manifest", "train", "tasks", "measure",
+           "make_batch"]
+
+_WEIGHTS = Path(__file__).parent / "weights"
+
+
+def _check(name: str) -> None:
+    if name not in TOY_MODELS:
+        raise KeyError(f"unknown toy model {name!r}; choose one of {sorted(TOY_MODELS)}")
+
+
+def model_dir(name: str) -> Path:
+    """Packaged Hugging Face directory of toy model ``name``.
+
+    Raises:
+        KeyError: unknown name.
+        FileNotFoundError: the weights are not shipped (train them: ``interp zoo train NAME``).
+    """
+    _check(name)
+    d = _WEIGHTS / name
+    if not (d / "config.json").is_file() or not (d / "model.safetensors").is_file():
+        raise FileNotFoundError(
+            f"toy model {name!r} has no packaged weights at {d}; "
+            f"run `interp zoo train {name}` (or interp.zoo.train({name!r}))."
+        )
+    return d
+
+
+@lru_cache(maxsize=None)
+def _manifest_text(name: str) -> str:
+    p = model_dir(name) / "manifest.json"
+    if not p.is_file():
+        raise FileNotFoundError(f"{p} is missing; retrain with `interp zoo train {name}`.")
+    return p.read_text()
+
+
+def manifest(name: str) -> dict[str, Any]:
+    """Ground-truth manifest of ``name`` (a fresh dict each call)."""
+    return json.loads(_manifest_text(name))
+
+
+def train(name: str, *, out_dir: str | Path | None = None, seed: int = 0,
+          steps: int | None = None, write_manifest: bool = True) -> Path:
+    """Train ``name`` deterministically (see :func:`interp.zoo._train.train`)."""
+    from interp.zoo._train import train as _train
+
+    _manifest_text.cache_clear()
+    return _train(name, out_dir=out_dir, seed=seed, steps=steps, write_manifest=write_manifest)
+
+
+def make_batch(name: str, n: int, seed: int = 0) -> tasks.TaskBatch:
+    """``n`` examples of the task ``name`` was trained on (the backcopy bigram is fixed)."""
+    _check(name)
+    from interp.zoo._train import make_batch as _mb
+
+    return _mb(TOY_MODELS[name], n, seed)

@@ -1,0 +1,95 @@
+"""Specifications of the zoo's toy models (architecture, task, training hyper-parameters)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class ToyInfo:
+    """What a zoo model is and how it is trained.
+
+    Attributes:
+        name: ``toy-...`` name accepted by ``interp.load_model``.
+        description: one line.
+        arch: ``"llama"`` (``LlamaForCausalLM``, RoPE, RMSNorm, gated MLP) or ``"gpt2"``
+            (``GPT2LMHeadModel``, learned absolute positions, LayerNorm).
+        positional: ``"rope"``, ``"absolute"`` or ``"none"`` (GPT-2 with ``wpe`` zeroed+frozen).
+        attention_only: MLPs present in the HF module (so the checkpoint loads everywhere) but
+            their output projection is zeroed and frozen, so every MLP outputs exactly 0.
+        task: generator in :mod:`interp.zoo.tasks` (``induction``, ``backcopy``, ``offset``).
+        model: architecture sizes (d_model, n_layers, n_heads, n_kv_heads, d_mlp, n_ctx, ...).
+        task_params: keyword arguments of the task generator.
+        train: steps, batch, lr, warmup, weight_decay.
+    """
+
+    name: str
+    description: str
+    arch: Literal["llama", "gpt2"]
+    positional: Literal["rope", "absolute", "none"]
+    attention_only: bool
+    task: Literal["induction", "backcopy", "offset"]
+    model: dict[str, Any] = field(default_factory=dict)
+    task_params: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_BIGRAM = dict(n_vocab=64, n_triggers=3, concentration=0.3, bigram_seed=1234, length=48)
+
+TOY_MODELS: dict[str, ToyInfo] = {
+    "toy-induction": ToyInfo(
+        name="toy-induction",
+        description="2-layer attention-only Llama (RoPE, GQA 4 query / 2 KV heads) trained on "
+                    "repeated random segments: previous-token head in layer 0, induction head "
+                    "in layer 1 (K-composition).",
+        arch="llama", positional="rope", attention_only=True, task="induction",
+        model=dict(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_mlp=8, n_ctx=64,
+                   rope_theta=10000.0),
+        task_params=dict(n_vocab=64, length=40, min_segment=6, max_segment=16),
+        train=dict(steps=3000, batch=64, lr=1e-3, warmup=100, weight_decay=0.01),
+    ),
+    "toy-backcopy": ToyInfo(
+        name="toy-backcopy",
+        description="1-layer, 1-head Llama (RoPE, with MLP) on Bigram-Backcopy (Guo et al. 2024):"
+                    " attention sink on BOS at non-trigger positions (dormant), back-copy "
+                    "attention to t-1 at trigger positions (active), small BOS value norm.",
+        arch="llama", positional="rope", attention_only=False, task="backcopy",
+        model=dict(d_model=64, n_layers=1, n_heads=1, n_kv_heads=1, d_mlp=256, n_ctx=64,
+                   rope_theta=10000.0),
+        task_params=dict(_BIGRAM),
+        train=dict(steps=3000, batch=64, lr=1e-3, warmup=100, weight_decay=0.01),
+    ),
+    "toy-offset-rope": ToyInfo(
+        name="toy-offset-rope",
+        description="1-layer attention-only Llama (RoPE, 2 heads) trained to output the token 3 "
+                    "positions back: one head attends to t-3.",
+        arch="llama", positional="rope", attention_only=True, task="offset",
+        model=dict(d_model=64, n_layers=1, n_heads=2, n_kv_heads=2, d_mlp=8, n_ctx=64,
+                   rope_theta=10000.0),
+        task_params=dict(n_vocab=32, length=32, offset=3),
+        train=dict(steps=1500, batch=64, lr=3e-3, warmup=100, weight_decay=0.01),
+    ),
+    "toy-offset-abs": ToyInfo(
+        name="toy-offset-abs",
+        description="1-layer attention-only GPT-2 (learned absolute positions, 2 heads) trained "
+                    "to output the token 3 positions back: one head attends to t-3.",
+        arch="gpt2", positional="absolute", attention_only=True, task="offset",
+        model=dict(d_model=64, n_layers=1, n_heads=2, n_kv_heads=2, d_mlp=8, n_ctx=64),
+        task_params=dict(n_vocab=32, length=32, offset=3),
+        train=dict(steps=2500, batch=64, lr=3e-3, warmup=100, weight_decay=0.01),
+    ),
+    "toy-nope": ToyInfo(
+        name="toy-nope",
+        description="2-layer GPT-2 with no positional encoding (wpe zeroed and frozen) on the "
+                    "Bigram-Backcopy language; position is still linearly recoverable from the "
+                    "residual stream after layer 0 (Haviv et al. 2022).",
+        arch="gpt2", positional="none", attention_only=False, task="backcopy",
+        model=dict(d_model=64, n_layers=2, n_heads=2, n_kv_heads=2, d_mlp=256, n_ctx=64),
+        task_params=dict(_BIGRAM),
+        train=dict(steps=3000, batch=64, lr=1e-3, warmup=100, weight_decay=0.01),
+    ),
+}
