@@ -79,33 +79,6 @@ class Faithfulness(Result):
 # ------------------------------------------------------------------------------------------
 # inputs
 # ------------------------------------------------------------------------------------------
-def _as_batch(model: Any, x: Any, prepend_bos: bool | None) -> tuple[Tensor, Tensor, bool | None, Any]:
-    """(tokens, attention_mask, prepend_bos, original) from a TokenBatch, tensor or strings."""
-    if hasattr(x, "tokens") and hasattr(x, "attention_mask"):
-        return x.tokens, x.attention_mask, getattr(x, "prepend_bos", prepend_bos), x
-    if isinstance(x, Tensor):
-        if x.dim() != 2:
-            raise ValueError(f"token tensor must be [batch pos], got shape {tuple(x.shape)}")
-        return x, torch.ones_like(x), prepend_bos, x
-    if isinstance(x, str) or (isinstance(x, Sequence) and all(isinstance(s, str) for s in x)):
-        from interp.tokens import tokenize
-
-        b = tokenize(model, x, prepend_bos=True if prepend_bos is None else prepend_bos)
-        return b.tokens, b.attention_mask, b.prepend_bos, b
-    raise TypeError(f"expected a TokenBatch, a [batch pos] token tensor or a list of prompts, got {type(x).__name__}")
-
-
-def _last_index(mask: Tensor) -> Tensor:
-    """Column of each example's last real token (right or left padding)."""
-    cols = torch.arange(mask.shape[1], device=mask.device)
-    return (mask.bool() * (cols + 1)).argmax(-1)
-
-
-def _bos_columns(mask: Tensor) -> Tensor:
-    """Column of each example's first real token."""
-    return mask.bool().long().argmax(-1)
-
-
 def position_index(
     circuit: Circuit,
     attention_mask: Int[Tensor, "batch tok"],
@@ -237,33 +210,6 @@ def expand_masks(
 # ------------------------------------------------------------------------------------------
 # metric
 # ------------------------------------------------------------------------------------------
-def _metric_values(metric: Callable[..., Any], logits: Tensor, idx: Tensor, batch: Any) -> Tensor:
-    """Per-example metric values ``[batch]``: call ``metric(logits)`` (or with the batch)."""
-    fn = getattr(metric, "per_example", None)
-    if callable(fn):
-        out = fn(logits) if batch is None else _call(fn, logits, batch)
-    else:
-        out = _call(metric, logits, batch)
-    if not isinstance(out, Tensor):
-        out = torch.as_tensor(out, dtype=torch.float32)
-    out = out.detach().float()
-    if out.dim() == 0:
-        raise ValueError("the metric returned a scalar; faithfulness needs per-example values "
-                         "(return a [batch] tensor, e.g. reduction='none')")
-    if out.shape[0] != logits.shape[0]:
-        raise ValueError(f"metric returned shape {tuple(out.shape)} for a batch of {logits.shape[0]}")
-    return out.reshape(out.shape[0], -1).mean(-1)
-
-
-def _call(fn: Callable[..., Any], logits: Tensor, batch: Any) -> Any:
-    for kwargs in ({"reduction": "none"}, {"reduce": False}, {}):
-        try:
-            return fn(logits, **kwargs)
-        except TypeError:
-            continue
-    return fn(logits)
-
-
 def _bootstrap(stat: Callable[[np.ndarray], float], n: int, n_boot: int, seed: int) -> tuple[float, float]:
     if n < 2 or n_boot <= 0:
         v = stat(np.arange(n))
@@ -285,19 +231,23 @@ class FaithfulnessEvaluator:
     activations are computed once, then each circuit costs one patched forward pass.
 
     Args:
-        model: a TransformerBridge (or a ready :class:`~circuits._forward.PatchableModel`).
-        clean, corrupt: TokenBatch / ``[batch pos]`` tokens / prompts; ``corrupt`` is the
-            counterfactual (needed for ``ablation="counterfactual"``).
-        metric: callable on logits ``[batch pos vocab]`` returning per-example values (an object
-            with ``per_example(logits)`` is used as such).
+        model: a TransformerBridge (or a :class:`~circuits._forward.PatchableModel`).
+        clean: prompts, a ``TokenBatch``, a ``[batch pos]`` token tensor, a right-padded
+            ``(tokens, attention_mask)`` pair, or a :class:`circuits.tasks.Task` (then
+            ``corrupt``, ``metric`` and ``schema`` default to the task's).
+        corrupt: the counterfactual prompts (``ablation="counterfactual"``); clean and corrupt
+            of different lengths are aligned span by span through ``schema``.
+        metric: :class:`~circuits.metrics.Metric` or callable ``f(logits, batch)`` / ``f(logits)``
+            returning one value per example.
         ablation: ``"counterfactual"``, ``"mean"`` (position-wise mean over ``ablation_prompts``,
-            default the corrupt prompts, else the clean ones) or ``"zero"``.
-        position_map: ``[batch pos]`` counterfactual position of each clean position when the
-            lengths differ (e.g. from the schema), passed to ``Activations.align``.
-        schema / span_index: per-example spans for span-granularity circuits.
-        include_bos: ablate the BOS position too (default: BOS never ablated).
-        batch_size: examples per patched forward (memory: ``keep`` is ``[b pos S R]`` bools).
-        n_boot, seed: bootstrap resamples and seed for the CIs.
+            by default the corrupt prompts, else the clean ones) or ``"zero"``.
+        schema: ``interp.Schema`` / ``SchemaSpans`` — per-example spans for span-granularity
+            circuits and alignment of counterfactuals; ``span_index`` (``[batch pos]``, right
+            padded) gives spans directly.
+        include_bos: ablate the BOS position too (default: BOS is never ablated).
+        prepend_bos: BOS policy of raw token tensors (TokenBatches carry their own).
+        batch_size: examples per patched forward (``keep`` is ``[b pos S R]`` bools).
+        n_boot, seed: bootstrap resamples and seed of the 95 % CIs.
     """
 
     def __init__(
@@ -309,7 +259,6 @@ class FaithfulnessEvaluator:
         *,
         ablation: str = "counterfactual",
         ablation_prompts: Any = None,
-        position_map: Int[Tensor, "batch pos"] | None = None,
         schema: Any = None,
         span_index: Int[Tensor, "batch pos"] | None = None,
         include_bos: bool = False,
@@ -318,102 +267,150 @@ class FaithfulnessEvaluator:
         n_boot: int = 1000,
         seed: int = 0,
     ) -> None:
+        from circuits.attribution import _fit_width, _mean_activations, patchable, prepare
+        from circuits.metrics import as_metric
+        from circuits.tasks import Task
+
+        task_name = None
+        if isinstance(clean, Task):
+            task_name = clean.name
+            corrupt = clean.corrupt if corrupt is None else corrupt
+            metric = clean.metric if metric is None else metric
+            schema = clean.schema if schema is None else schema
+            clean = clean.clean
         if metric is None:
             raise ValueError("faithfulness needs a metric: a callable on logits returning per-example values")
         if ablation not in ("counterfactual", "mean", "zero"):
             raise ValueError(f"ablation must be 'counterfactual', 'mean' or 'zero', got {ablation!r}")
-        self.pm = model if isinstance(model, PatchableModel) else PatchableModel(model)
-        bridge = self.pm.bridge
-        self.metric = metric
-        self.tokens, self.mask, pb, self.clean = _as_batch(bridge, clean, prepend_bos)
-        self.mask = self.mask.long()
-        self.prepend_bos = bool(pb) if pb is not None else False
+        if ablation == "counterfactual" and corrupt is None:
+            raise ValueError("ablation='counterfactual' needs the corrupt (counterfactual) prompts")
+        self.pm = patchable(model)
+        self.metric = as_metric(metric)
         self.ablation = ablation
         self.schema, self.span_index = schema, span_index
         self.include_bos = include_bos
-        self.batch_size = batch_size or max(1, min(len(self.tokens), 16))
         self.n_boot, self.seed = n_boot, seed
+        self.task_name = task_name
+        if ablation == "mean":
+            src = ablation_prompts if ablation_prompts is not None else corrupt
+            self.ablation_source = ("ablation_prompts" if ablation_prompts is not None
+                                    else "corrupt" if corrupt is not None else "clean")
+        else:
+            src = corrupt if ablation == "counterfactual" else None
+            self.ablation_source = "corrupt" if ablation == "counterfactual" else "none"
+        self.data = prepare(self.pm, clean, src, ablation=ablation, granularity="none",
+                            schema=schema if ablation == "counterfactual" else None)
+        cb = self.data.clean
+        self.clean = cb.source
+        self.tokens, self.mask = cb.tokens, cb.mask.long()
+        if cb.prepend_bos is None and prepend_bos is None and include_bos is False:
+            prepend_bos = False
+        self.prepend_bos = bool(cb.prepend_bos if cb.prepend_bos is not None else prepend_bos)
         B, T = self.tokens.shape
-        self.last = _last_index(self.mask)
+        self.batch_size = batch_size or min(B, 16)
+        self.last = torch.as_tensor(cb.lengths, dtype=torch.long) - 1
         self.protect = torch.zeros(B, T, dtype=torch.bool)
         if self.prepend_bos and not include_bos:
-            self.protect[torch.arange(B), _bos_columns(self.mask)] = True
-        source = "corrupt"
-        if ablation == "counterfactual":
-            if corrupt is None:
-                raise ValueError("ablation='counterfactual' needs the corrupt (counterfactual) prompts")
-            ct, cm, _, _ = _as_batch(bridge, corrupt, prepend_bos)
-            acts = self.pm.activations(ct, cm)
-            if position_map is not None:
-                acts = acts.align(position_map)
-            elif ct.shape != self.tokens.shape:
-                raise ValueError(f"clean tokens {tuple(self.tokens.shape)} and counterfactual tokens "
-                                 f"{tuple(ct.shape)} differ in shape: pass position_map=[batch pos] "
-                                 "(e.g. from the task schema) to align them")
-        elif ablation == "mean":
-            src = ablation_prompts if ablation_prompts is not None else (corrupt if corrupt is not None else clean)
-            source = "ablation_prompts" if ablation_prompts is not None else ("corrupt" if corrupt is not None else "clean")
-            at, am, _, _ = _as_batch(bridge, src, prepend_bos)
-            acts = self.pm.activations(at, am).mean()
-            acts = _fit_positions(acts, T)
-        else:
-            source = "none"
-            acts = self.pm.activations(self.tokens[:1], self.mask[:1]).zeros_like()
-        self.acts = acts
-        self.ablation_source = source
+            self.protect[:, 0] = True  # right-padded, own coordinates: BOS is column 0
+        self._mean = None
+        if ablation == "mean":
+            xb = self.data.corrupt if self.data.corrupt is not None else cb
+            self._mean = _mean_activations(self.pm, xb, self.batch_size)
+        self._fit_width = _fit_width
+        self._acts: dict[int, Activations] = {}
+        self._clean_logits: dict[int, Tensor] = {}
         # full and empty runs
         self.m_full, last_full = self._run_all(None)
         self.argmax_full = last_full.argmax(-1)
         self.m_empty, _ = self._run_all("empty")
 
     # ---------------------------------------------------------------- internals
-    def _chunks(self) -> list[slice]:
+    def _chunks(self) -> list[tuple[slice, int]]:
+        """Chunks of examples and their width (longest example in the chunk)."""
         B = len(self.tokens)
-        return [slice(i, min(B, i + self.batch_size)) for i in range(0, B, self.batch_size)]
+        out = []
+        for i in range(0, B, self.batch_size):
+            sl = slice(i, min(B, i + self.batch_size))
+            out.append((sl, int(self.mask[sl].sum(1).max())))
+        return out
+
+    def _ablated(self, sl: slice, w: int) -> Activations:
+        key = sl.start
+        if key not in self._acts:
+            if self.ablation == "counterfactual":
+                xb, pmap = self.data.corrupt, self.data.position_map
+                wx = int(xb.mask[sl].sum(1).max())
+                ax = self.pm.activations(xb.tokens[sl, :wx].to(self.pm.device), xb.mask[sl, :wx].to(self.pm.device))
+                self._acts[key] = ax.align(pmap[sl, :w].clamp(max=wx - 1).to(self.pm.device))
+            elif self.ablation == "mean":
+                self._acts[key] = self._fit_width(self._mean, w)
+            else:
+                self._acts[key] = self.pm.activations(self.tokens[sl][:1, :w], self.mask[sl][:1, :w]).zeros_like()
+        return self._acts[key]
 
     def _run_all(self, circuit: Any) -> tuple[Tensor, Tensor]:
         """Run every chunk (``circuit``: a Circuit, ``"empty"``, ``None`` = unpatched, or a
         ``(keep, keep_cross)`` pair of full-batch masks); returns per-example metric values
         ``[batch]`` and last-token logits ``[batch vocab]``."""
+        from circuits.metrics import MetricBatch
+
         metric_vals, last_logits = [], []
-        for sl in self._chunks():
-            tok, mask = self.tokens[sl], self.mask[sl]
+        dev = self.pm.device
+        for sl, w in self._chunks():
+            tok, mask = self.tokens[sl, :w].to(dev), self.mask[sl, :w].to(dev)
             if circuit is None:
                 logits = self.pm.run(tok, mask)
+                if self.metric.needs_clean:
+                    self._clean_logits[sl.start] = logits
             else:
                 if isinstance(circuit, tuple):
-                    keep, keep_cross = circuit[0][sl], circuit[1][sl]
+                    keep, keep_cross = circuit[0][sl, :w], circuit[1][sl, ..., :w, :w]
                 else:
-                    keep, keep_cross = self._masks(circuit, sl)
-                logits = self.pm.run(tok, mask, ablated=self.acts.select(sl), keep=keep,
-                                     keep_cross=keep_cross)
-            metric_vals.append(_metric_values(self.metric, logits, self.last[sl], None))
+                    keep, keep_cross = self._masks(circuit, sl, w)
+                logits = self.pm.run(tok, mask, ablated=self._ablated(sl, w), keep=keep.to(dev),
+                                     keep_cross=keep_cross.to(dev))
+            idx = torch.arange(sl.start, sl.stop, device=dev)
+            mb = MetricBatch.from_mask(mask, idx, self._clean_logits.get(sl.start))
+            vals = self.metric(logits, mb).detach().float()
+            if vals.dim() != 1 or vals.shape[0] != logits.shape[0]:
+                raise ValueError(f"metric {self.metric.name!r} returned shape {tuple(vals.shape)}; "
+                                 f"faithfulness needs one value per example ([{logits.shape[0]}])")
+            metric_vals.append(vals.cpu())
             rows = torch.arange(logits.shape[0], device=logits.device)
             last_logits.append(logits[rows, self.last[sl].to(logits.device)].float().cpu())
-        return torch.cat(metric_vals).cpu(), torch.cat(last_logits)
+        return torch.cat(metric_vals), torch.cat(last_logits)
 
-    def _masks(self, circuit: Circuit | str, sl: slice) -> tuple[Tensor, Tensor]:
+    def _masks(self, circuit: Circuit | str, sl: slice, w: int) -> tuple[Tensor, Tensor]:
         b = sl.stop - sl.start
-        T = self.tokens.shape[1]
         S, R = len(self.pm.senders), len(self.pm.receivers)
         L, H = self.pm.n_layers, self.pm.n_heads
+        prot = self.protect[sl, :w]
         if circuit == "empty":
-            keep = torch.zeros(b, T, S, R, dtype=torch.bool)
-            keep_cross = torch.zeros(b, L, H, 3, T, T, dtype=torch.bool)
-            prot = self.protect[sl]
-            keep |= prot[:, :, None, None]
-            keep_cross |= prot[:, None, None, None, :, None] | prot[:, None, None, None, None, :]
+            keep = prot[:, :, None, None].expand(b, w, S, R).clone()
+            keep_cross = (prot[:, None, None, None, :, None] | prot[:, None, None, None, None, :]).expand(
+                b, L, H, 3, w, w).clone()
             return keep, keep_cross
         assert isinstance(circuit, Circuit)
-        pi = self.position_index(circuit)[sl]
-        return expand_masks(circuit, pi, protect=self.protect[sl])
+        pi = self.position_index(circuit)[sl, :w]
+        return expand_masks(circuit, pi, protect=prot)
 
-    def position_index(self, circuit: Circuit) -> Tensor:
+    def position_index(self, circuit: Circuit) -> Int[Tensor, "batch pos"]:
+        """Abstract position of every (right-padded) token of the dataset for ``circuit``."""
         key = (circuit.granularity, tuple(map(str, circuit.positions)))
         cache = self.__dict__.setdefault("_pi_cache", {})
         if key not in cache:
-            cache[key] = position_index(circuit, self.mask.cpu(), schema=self.schema,
-                                        span_index=self.span_index, batch=self.clean)
+            span_index = self.span_index
+            if circuit.granularity == "span" and span_index is None:
+                if self.schema is None:
+                    raise ValueError("a span-granularity circuit needs the examples' spans: pass "
+                                     "schema=... (or a Task) or span_index=[batch pos]")
+                from circuits.attribution import prepare
+
+                d = prepare(self.pm, self.clean if self.clean is not None else (self.tokens, self.mask),
+                            None, ablation="zero", granularity="span",
+                            schema=self.schema[0] if isinstance(self.schema, tuple) else self.schema)
+                span_index = _map_span_ids(d.group, d.span_names or [], [str(p) for p in circuit.positions])
+            cache[key] = position_index(circuit, self.mask.cpu(), span_index=span_index, batch=self.clean)
         return cache[key]
 
     def _check(self, circuit: Circuit) -> None:
@@ -435,21 +432,28 @@ class FaithfulnessEvaluator:
 
     def evaluate_masks(self, keep: Bool[Tensor, "batch pos sender receiver"],
                        keep_cross: Bool[Tensor, "batch layer head kind qpos kpos"]) -> Faithfulness:
-        """Faithfulness of explicit concrete masks (BOS protection is *not* added)."""
+        """Faithfulness of explicit concrete masks (right-padded coordinates; BOS protection is
+        *not* added)."""
         m_c, last = self._run_all((keep, keep_cross))
         hard = last.argmax(-1) == self.argmax_full
         n = float(keep.sum() + keep_cross.sum()) / len(self.tokens)
         return self._result(m_c, hard, -1, n, {})
 
     def logits(self, circuit: Circuit) -> Float[Tensor, "batch pos vocab"]:
-        """Full patched logits of a circuit (all chunks concatenated; for inspection/tests)."""
+        """Patched logits of a circuit (chunks concatenated, padded to the full width with 0)."""
         self._check(circuit)
-        out = []
-        for sl in self._chunks():
-            keep, keep_cross = self._masks(circuit, sl)
-            out.append(self.pm.run(self.tokens[sl], self.mask[sl], ablated=self.acts.select(sl),
-                                   keep=keep, keep_cross=keep_cross))
-        return torch.cat(out)
+        B, T = self.tokens.shape
+        out = None
+        for sl, w in self._chunks():
+            keep, keep_cross = self._masks(circuit, sl, w)
+            dev = self.pm.device
+            lg = self.pm.run(self.tokens[sl, :w].to(dev), self.mask[sl, :w].to(dev),
+                             ablated=self._ablated(sl, w), keep=keep.to(dev), keep_cross=keep_cross.to(dev))
+            if out is None:
+                out = lg.new_zeros(B, T, lg.shape[-1])
+            out[sl, :w] = lg
+        assert out is not None
+        return out
 
     def _result(self, m_c: Tensor, hard: Tensor, n_edges: int, concrete: float,
                 cmeta: dict[str, Any]) -> Faithfulness:
@@ -471,6 +475,7 @@ class FaithfulnessEvaluator:
             "ablation": self.ablation, "ablation_source": self.ablation_source,
             "include_bos": self.include_bos, "prepend_bos": self.prepend_bos,
             "granularity": cmeta.get("granularity"), "method": cmeta.get("method"),
+            "metric": self.metric.name, "task": self.task_name,
             "n_examples": n, "n_boot": self.n_boot, "seed": self.seed, "model": self.pm.model_name,
         }
         return Faithfulness(
@@ -481,18 +486,6 @@ class FaithfulnessEvaluator:
             m_circuit=float(mC.mean()), m_full=float(mN.mean()), m_empty=float(mE.mean()),
             per_example=torch.stack([m_c.float(), self.m_full.float(), self.m_empty.float()]),
             hard_per_example=hard.bool(), n_edges=n_edges, concrete_edges=concrete, meta=meta)
-
-
-def _fit_positions(acts: Activations, T: int) -> Activations:
-    """Truncate or zero-pad (position-wise mean) activations to ``T`` positions."""
-    P = acts.n_pos
-    if P == T:
-        return acts
-    if P > T:
-        return acts._map(lambda n, t: t[:, :T] if n in ("senders", "attention_mask")
-                         else (t[..., :T, :T] if n == "pattern" else t[:, :, :T]))
-    raise ValueError(f"mean ablation: the ablation prompts have {P} positions but the clean batch "
-                     f"has {T}; use ablation prompts at least as long as the clean ones")
 
 
 def faithfulness(
@@ -506,7 +499,6 @@ def faithfulness(
     ablation_prompts: Any = None,
     schema: Any = None,
     span_index: Int[Tensor, "batch pos"] | None = None,
-    position_map: Int[Tensor, "batch pos"] | None = None,
     include_bos: bool = False,
     prepend_bos: bool | None = None,
     batch_size: int | None = None,
@@ -519,11 +511,12 @@ def faithfulness(
     ablated sender output (``ablation="counterfactual" | "mean" | "zero"``); BOS is never
     ablated unless ``include_bos``. Returns :class:`Faithfulness` with soft M(C)/M(N),
     normalised f = (M(C) − M(∅))/(M(N) − M(∅)) and hard (argmax agreement at the last token),
-    each with a seeded 95 % bootstrap CI over examples. For many circuits on one dataset use
+    each with a seeded 95 % bootstrap CI over examples. ``clean`` may be a
+    :class:`circuits.tasks.Task`. For many circuits on one dataset use
     :class:`FaithfulnessEvaluator` (or :func:`circuits.curves.faithfulness_curve`).
     """
     ev = FaithfulnessEvaluator(model, clean, corrupt, metric, ablation=ablation,
                                ablation_prompts=ablation_prompts, schema=schema, span_index=span_index,
-                               position_map=position_map, include_bos=include_bos,
-                               prepend_bos=prepend_bos, batch_size=batch_size, n_boot=n_boot, seed=seed)
+                               include_bos=include_bos, prepend_bos=prepend_bos, batch_size=batch_size,
+                               n_boot=n_boot, seed=seed)
     return ev(circuit)

@@ -285,7 +285,7 @@ def test_one_shot_function_bootstrap_and_errors(setup):
         faithfulness(model, c, clean, None, metric)
     with pytest.raises(ValueError, match="ablation"):
         faithfulness(model, c, clean, corrupt, metric, ablation="resample")
-    with pytest.raises(ValueError, match="position_map"):
+    with pytest.raises(ValueError, match="length"):
         faithfulness(model, c, clean, corrupt[:, :-1], metric)
     with pytest.raises(ValueError, match="scalar"):
         faithfulness(model, c, clean, corrupt, lambda lg: metric(lg).mean())
