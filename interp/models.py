@@ -14,7 +14,7 @@ GGUF files are dequantised by ``transformers`` once (tens of seconds) and the co
 (safetensors weights, config, tokenizer) is cached under ``$INTERP_CACHE_DIR`` (default
 ``~/.cache/interp/models``). A cache entry is written to a temporary folder and renamed into
 place only when complete; its manifest lists every file with size and SHA-256, so a partial or
-corrupted entry is detected and rebuilt, never half-used.
+corrupted entry is detected and rebuilt, never half-used (see ``_digest`` for what is hashed).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ __all__ = ["DEFAULT_MODEL", "ModelInfo", "known_models", "load_model", "model_in
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m"
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -239,6 +239,28 @@ def _sha256(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+_SAMPLED_ABOVE = 64 << 20  # files larger than this get a sampled digest on every load
+_SAMPLES, _SAMPLE_BYTES = 33, 1 << 20
+
+
+def _digest(path: Path) -> str:
+    """Content digest checked on every load of a cache entry.
+
+    Small files: full SHA-256. Large weight files: SHA-256 over the size and 33 evenly spaced
+    1 MiB blocks (first and last included), so a cached 1 GB model verifies in well under a
+    second while truncation, a damaged header or a zeroed region is still caught.
+    """
+    size = path.stat().st_size
+    if size <= _SAMPLED_ABOVE:
+        return _sha256(path)
+    h = hashlib.sha256(f"sampled:{size}".encode())
+    with path.open("rb") as f:
+        for i in range(_SAMPLES):
+            f.seek((size - _SAMPLE_BYTES) * i // (_SAMPLES - 1))
+            h.update(f.read(_SAMPLE_BYTES))
+    return "sampled:" + h.hexdigest()
+
+
 def _fingerprint(paths: list[Path]) -> str:
     """Cheap identity of source files (name, size, mtime): keys the cache entry."""
     h = hashlib.sha256()
@@ -338,7 +360,7 @@ def _manifest_ok(entry: Path) -> bool:
             return False
         for rel, meta in manifest["files"].items():
             p = entry / rel
-            if not p.is_file() or p.stat().st_size != meta["size"] or _sha256(p) != meta["sha256"]:
+            if not p.is_file() or p.stat().st_size != meta["size"] or _digest(p) != meta["digest"]:
                 return False
         return True
     except (OSError, ValueError, KeyError, TypeError):
@@ -356,7 +378,7 @@ def _cache_entry(entry: Path, build, *, rebuild: bool) -> Path:
     try:
         meta = build(tmp)
         files = {
-            str(p.relative_to(tmp)): {"size": p.stat().st_size, "sha256": _sha256(p)}
+            str(p.relative_to(tmp)): {"size": p.stat().st_size, "digest": _digest(p)}
             for p in sorted(tmp.rglob("*"))
             if p.is_file()
         }
@@ -385,7 +407,9 @@ def _boot(path: Path, *, name: str, hf_name: str, source: str, device, dtype, de
     if device_map is not None:
         kwargs["device_map"] = device_map
     with _offline(), _quiet():
-        tok = AutoTokenizer.from_pretrained(path)
+        # add_bos_token=True up front: TransformerLens re-loads any tokenizer without it (a
+        # second multi-second parse of tokenizer.json). interp.tokenize never relies on it.
+        tok = AutoTokenizer.from_pretrained(path, add_bos_token=True)
         hf = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         hf.eval()
         if device_map is None:
