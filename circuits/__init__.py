@@ -32,6 +32,11 @@ _EXPORTS: dict[str, str] = {
     "Circuit": "circuits.circuit",
     "faithfulness": "circuits.faithfulness",
     "faithfulness_curve": "circuits.curves",
+    "Faithfulness": "circuits.faithfulness",
+    "FaithfulnessEvaluator": "circuits.faithfulness",
+    "FaithfulnessCurve": "circuits.curves",
+    "plot_curves": "circuits.curves",
+    "MIB_GRID": "circuits.curves",
 }
 _SUBMODULES = {"tasks", "graph", "attribution", "metrics", "select", "circuit", "faithfulness",
                "curves"}
