@@ -58,3 +58,10 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return __all__
+
+
+# ``select`` and ``faithfulness`` name both a function and a submodule: bind the functions now,
+# otherwise the first ``import circuits.select`` (e.g. by circuits.curves) would set the package
+# attribute to the module and ``circuits.select(graph, ...)`` would fail.
+from circuits.faithfulness import faithfulness  # noqa: E402
+from circuits.select import select  # noqa: E402
