@@ -14,20 +14,34 @@ from probes.errors import ProbeInputError
 __all__ = ["spans_from", "probe_data_from_store"]
 
 
+def _rows_to_dicts(names: Sequence[str], rows: Sequence[Any]) -> list[dict[str, tuple[int, int]]]:
+    out = []
+    for i, row in enumerate(rows):
+        if row is None:
+            raise ProbeInputError(
+                f"example {i} does not fit the schema, so its spans are unknown; "
+                "keep only fitting examples (spans.subset(spans.valid)) or fix the prompts"
+            )
+        out.append({str(n): (int(s), int(e)) for n, (s, e) in zip(names, row)})
+    return out
+
+
 def spans_from(spans: Any) -> list[dict[str, tuple[int, int]]]:
-    """Per-prompt ``{span name: (start, end)}`` from a list of dicts or a schema-like object."""
+    """Per-prompt ``{span name: (start, end)}`` from a list of dicts, an
+    ``interp.schema.SchemaSpans`` (``Schema.apply``), or an ``ActivationStore`` captured with a schema."""
+    if hasattr(spans, "span_names") and hasattr(spans, "spans"):  # ActivationStore
+        if spans.span_names is None or spans.spans is None:
+            raise ProbeInputError("this ActivationStore was captured without a schema: pass schema= to interp.capture")
+        return _rows_to_dicts(spans.span_names, spans.spans)
+    if hasattr(spans, "names") and hasattr(spans, "spans") and not isinstance(spans, (list, tuple)):  # SchemaSpans
+        return _rows_to_dicts(spans.names, spans.spans)
+    if type(spans).__name__ == "Schema":
+        raise ProbeInputError("a Schema has no token positions yet: pass schema.apply(prompts, model) (SchemaSpans)")
     obj = spans
-    for attr in ("to_spans", "span_dicts"):
-        if hasattr(obj, attr) and callable(getattr(obj, attr)):
-            obj = getattr(obj, attr)()
-            break
-    else:
-        if hasattr(obj, "spans") and not isinstance(obj, (list, tuple)):
-            obj = obj.spans
     if not isinstance(obj, (list, tuple)):
         raise ProbeInputError(
             f"cannot read spans from {type(spans).__name__}: pass a list with one "
-            "{name: (start, end)} dict per prompt"
+            "{name: (start, end)} dict per prompt, or interp SchemaSpans"
         )
     out: list[dict[str, tuple[int, int]]] = []
     for i, d in enumerate(obj):
@@ -40,6 +54,27 @@ def spans_from(spans: Any) -> list[dict[str, tuple[int, int]]]:
     return out
 
 
-def probe_data_from_store(store: Any, hooks: Sequence[str] | None = None):
-    """``ProbeData`` from an ``interp.capture.ActivationStore``."""
-    raise NotImplementedError("ActivationStore adapter: filled in once interp.capture lands")
+def probe_data_from_store(store: Any, hooks: Sequence[str] | None = None, *, dtype: Any = None):
+    """``ProbeData`` from an ``interp.capture.ActivationStore`` (``[pos ...]`` hooks only;
+    trailing dims are flattened, e.g. ``hook_z`` becomes ``[row head*d_head]``)."""
+    import torch
+
+    from probes.data import ProbeData
+
+    names = list(hooks) if hooks is not None else [h for h in store.hooks if store.layout(h) == "pos"]
+    feats = {}
+    ex = pos = None
+    for h in names:
+        if store.layout(h) != "pos":
+            raise ProbeInputError(f"hook {h!r} is an attention pattern; probes need [pos ...] activations")
+        x, e, p = store.flat(h)
+        x = x.reshape(x.shape[0], -1)
+        feats[h] = x.to(dtype) if dtype is not None else (x.float() if x.dtype in (torch.float16, torch.bfloat16) else x)
+        ex, pos = e, p
+    if ex is None:
+        raise ProbeInputError("no hooks to read from the store")
+    tokens = torch.cat([store.tokens(i).long().cpu() for i in range(store.n_examples)])
+    model = store.model
+    meta = {"model": model.get("name", model.get("model_name", "unknown")), "hooks": names, "source": "ActivationStore",
+            "dtype": str(next(iter(feats.values())).dtype)}
+    return ProbeData(feats, ex, pos, tokens, bool(store.prepend_bos), meta=meta)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+
+from interp.results import Result
 
 __all__ = ["SweepResult"]
 
@@ -35,7 +36,7 @@ def _nanmean(x: Tensor, dim: int = -1) -> Tensor:
 
 
 @dataclass
-class SweepResult:
+class SweepResult(Result):
     """Probe scores per hook (and per position/span cell) over grouped CV folds.
 
     Attributes:
@@ -138,11 +139,6 @@ class SweepResult:
             "model": self.meta.get("model"),
         }
         return _jsonable(d)
-
-    def save_json(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.to_json()))
-        return path
 
     # ---- plots -------------------------------------------------------------------------
     def plot(self, metric: str | None = None):
