@@ -189,7 +189,7 @@ class PositionalHeadsResult(Result):
             series[name] = [_f(x) for x in self.offset[l, h, :D]]
             if self.random_offset is not None:
                 series[name + " (random tokens)"] = [_f(x) for x in self.random_offset[l, h, :min(D, self.random_offset.shape[-1])]]
-        return lines(list(range(D)), series, title=f"Attention by relative distance A(Δ) — {self.model}",
+        return lines([float(i) for i in range(D)], series, title=f"Attention by relative distance A(Δ) — {self.model}",
                      xaxis_title="Δ = query − key", yaxis_title="mean attention A(Δ)")
 
     def plot_classes(self) -> go.Figure:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import plotly.graph_objects as go
 import torch
@@ -134,7 +134,7 @@ class PositionalNeuronsResult(Result):
             except ValueError as e:
                 raise ValueError(f"Neuron label {name!r} is not of the form 'L{{layer}}N{{index}}'.") from e
             series[f"{name} (I={float(self.info[l, n]):.3f})"] = [float(v) for v in self.firing_rate[l, n]]
-        return lines(list(range(self.firing_rate.shape[-1])), series,
+        return lines([float(i) for i in range(self.firing_rate.shape[-1])], series,
                      title=f"Firing rate by position — {self.model}", xaxis_title="position",
                      yaxis_title="fr(pos)")
 
@@ -143,7 +143,7 @@ def positional_neurons(
     model: Any,
     prompts: Any = None,
     *,
-    rule: Literal["positive", "quantile"] = "positive",
+    rule: str = "positive",
     quantile: float = 0.9,
     threshold: float = 0.05,
     prepend_bos: bool = True,

@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import plotly.graph_objects as go
 import torch
@@ -159,7 +159,7 @@ class MassiveActivationsResult(Result):
         L = self.top_values.shape[0]
         series = {f"top {i + 1}": [abs(float(v)) for v in self.top_values[:, i]] for i in range(min(3, self.top_values.shape[1]))}
         series["median"] = [float(v) for v in self.median]
-        fig = lines(list(range(L)), series, title=f"Largest residual magnitudes per layer — {self.model}",
+        fig = lines([float(i) for i in range(L)], series, title=f"Largest residual magnitudes per layer — {self.model}",
                     xaxis_title="layer", yaxis_title="|activation|")
         fig.update_yaxes(type="log")
         for l in range(L):
@@ -182,7 +182,7 @@ class SinkDiscovery(Result):
     eps: float
     min_queries: int
     prepend_bos: bool
-    categories: dict[str, dict[str, float]]
+    categories: dict[str, dict[str, Any]]
     tokens: list[dict[str, Any]]
     positions: list[dict[str, Any]]
 
@@ -299,7 +299,7 @@ class SinkResult(Result):
 
     def plot_sink_curve(self, eps: float | None = None) -> go.Figure:
         c = self.sink_curve(eps)
-        return lines(list(range(len(c))), {f"Sink_k^{self.eps if eps is None else eps}": c},
+        return lines([float(i) for i in range(len(c))], {f"Sink_k^{self.eps if eps is None else eps}": c},
                      title=f"Share of sink heads per key position — {self.model}",
                      xaxis_title="key position k", yaxis_title="Sink_k^ε")
 
@@ -678,7 +678,7 @@ def active_dormant(
     model: Any,
     domains: dict[str, Any] | None = None,
     *,
-    method: Literal["zero", "sink"] = "zero",
+    method: str = "zero",
     layers: Sequence[int] | None = None,
     prepend_bos: bool = True,
     sink_position: int = 0,
