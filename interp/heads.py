@@ -57,6 +57,9 @@ __all__ = [
     "positional_heads",
     "attention_patterns",
     "attention_viewer",
+    "classify_heads",
+    "scan",
+    "ScanResult",
 ]
 
 SCORE_NAMES = PatternAccumulator.NAMES
@@ -290,11 +293,21 @@ def positional_heads(
         return acc
 
     text = measure(batch)
+    return _finish(model, batch, text, measure, max_offset=max_offset, random_control=random_control,
+                   induction_control=induction_control, induction_seg_len=induction_seg_len,
+                   threshold=threshold, induction_threshold=induction_threshold, keep_ratio=keep_ratio,
+                   seed=seed, batch_size=batch_size)
+
+
+def _finish(model: Any, batch: PromptBatch, text: PatternAccumulator, measure: Any, *, max_offset: int,
+            random_control: bool, induction_control: bool, induction_seg_len: int, threshold: float,
+            induction_threshold: float, keep_ratio: float, seed: int, batch_size: int) -> PositionalHeadsResult:
+    """Run the controls and assemble the result from the text-pass accumulator."""
     rand = measure(random_like(model, batch, seed=seed)) if random_control else None
     rep = None
     if induction_control:
         n_rep = max(4, min(len(batch), 16))
-        rep = measure(repeated_random(model, n_rep, induction_seg_len, prepend_bos=prepend_bos, seed=seed + 1))
+        rep = measure(repeated_random(model, n_rep, induction_seg_len, prepend_bos=batch.prepend_bos, seed=seed + 1))
     res = PositionalHeadsResult(
         model=model_name(model), prepend_bos=batch.prepend_bos, n_prompts=len(batch), max_offset=max_offset,
         score_names=list(SCORE_NAMES), scores=text.mean_scores(),
@@ -367,6 +380,70 @@ def classify_heads(
                     positional = ev[rk] >= keep_ratio * ev[key]
             out.append(HeadClass(l, h, label, roles, positional, ev))
     return out
+
+
+@dataclass
+class ScanResult(Result):
+    """Positional-head scores and sink statistics of the same prompts, from one forward pass."""
+
+    heads: PositionalHeadsResult
+    sinks: Any  # interp.sinks.SinkResult
+
+    def plot(self) -> dict[str, go.Figure]:
+        return {"previous_token": self.heads.plot("previous_token"), "classes": self.heads.plot_classes(),
+                "sink": self.sinks.plot()}
+
+
+def scan(
+    model: Any,
+    prompts: Any = None,
+    *,
+    max_offset: int = 8,
+    eps: float = 0.3,
+    prepend_bos: bool = True,
+    batch_size: int = 8,
+    random_control: bool = False,
+    induction_control: bool = False,
+    drains: bool = True,
+    peaks: bool = True,
+    massive: bool = True,
+    seed: int = 0,
+    **classify: float,
+) -> ScanResult:
+    """Every head score (:func:`positional_heads`) and every sink statistic
+    (:func:`interp.sinks.sink_analysis`) of ``prompts`` in a single streaming pass.
+
+    The controls (random tokens, repeated random sequences) are off by default: each costs one more
+    pass over inputs of the same size. ``classify`` takes ``threshold``, ``induction_threshold``,
+    ``keep_ratio``.
+    """
+    from interp.sinks import _sink_pass
+
+    if max_offset < 1:
+        raise ValueError(f"max_offset must be >= 1, got {max_offset}.")
+    for nm, v in classify.items():
+        if nm not in ("threshold", "induction_threshold", "keep_ratio"):
+            raise TypeError(f"Unknown classification option {nm!r}.")
+        _check_fraction(nm, v)
+    if prompts is None:
+        prompts = DEFAULT_PROMPTS
+    sres, acc, batch = _sink_pass(model, prompts, eps=eps, prepend_bos=prepend_bos, sink_position=0,
+                                  batch_size=batch_size, drains=drains, peaks=peaks, massive=massive,
+                                  massive_threshold=100.0, massive_ratio=1000.0, top_k=5,
+                                  min_len=max_offset + 1)
+    L, H = int(model.cfg.n_layers), int(model.cfg.n_heads)
+
+    def measure(b: PromptBatch) -> PatternAccumulator:
+        a = PatternAccumulator(len(b), L, H, max(b.lengths), keep_alpha=False)
+        run_streaming(model, b, a.hooks, batch_size=batch_size)
+        return a
+
+    hres = _finish(model, batch, acc, measure, max_offset=max_offset, random_control=random_control,
+                   induction_control=induction_control, induction_seg_len=20,
+                   threshold=float(classify.get("threshold", 0.4)),
+                   induction_threshold=float(classify.get("induction_threshold", 0.3)),
+                   keep_ratio=float(classify.get("keep_ratio", 0.7)), seed=seed, batch_size=batch_size)
+    return ScanResult(heads=hres, sinks=sres)
 
 
 # ---------------------------------------------------------------------- pattern viewer

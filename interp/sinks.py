@@ -348,6 +348,16 @@ def sink_analysis(
 
     Memory: ``alpha`` holds ``prompts × layers × heads × max_len`` floats.
     """
+    return _sink_pass(model, prompts, eps=eps, prepend_bos=prepend_bos, sink_position=sink_position,
+                      batch_size=batch_size, drains=drains, peaks=peaks, massive=massive,
+                      massive_threshold=massive_threshold, massive_ratio=massive_ratio, top_k=top_k)[0]
+
+
+def _sink_pass(model: Any, prompts: Any, *, eps: float, prepend_bos: bool, sink_position: int,
+               batch_size: int, drains: bool, peaks: bool, massive: bool, massive_threshold: float,
+               massive_ratio: float, top_k: int, min_len: int = 0,
+               ) -> tuple[SinkResult, PatternAccumulator, PromptBatch]:
+    """One streaming pass; also returns the pattern accumulator (head scores) and the batch."""
     check_attention_model(model)
     _check_eps(eps)
     if massive_threshold < 0 or massive_ratio < 1:
@@ -358,7 +368,7 @@ def sink_analysis(
         from interp.heads import DEFAULT_PROMPTS
 
         prompts = DEFAULT_PROMPTS
-    batch = as_batch(model, prompts, prepend_bos=prepend_bos, min_len=sink_position + 2)
+    batch = as_batch(model, prompts, prepend_bos=prepend_bos, min_len=max(min_len, sink_position + 2))
     L, H = int(model.cfg.n_layers), int(model.cfg.n_heads)
     N, Tm = len(batch), max(batch.lengths)
     acc = PatternAccumulator(N, L, H, Tm, keep_alpha=True)
@@ -392,7 +402,7 @@ def sink_analysis(
             res.resid_peak_ratio = rn.peak_ratio(sink_position)
         if massive:
             res.massive = rn.massive_result(model_name(model), batch.prepend_bos)
-    return res
+    return res, acc, batch
 
 
 def _ratio_elsewhere(v: Float[Tensor, "layer head key"], k: int) -> Float[Tensor, "layer head"]:

@@ -245,3 +245,20 @@ def test_smollm2_repeated_token_sink_reported(smollm2):
         assert math.isfinite(float(r.alpha[:, :, 0].mean()))
     assert bos.alpha.shape[-1] == 65 and no_bos.alpha.shape[-1] == 64
     assert json.dumps(no_bos.to_json())
+
+
+def test_scan_single_pass_equals_separate_calls(tiny):
+    from interp import heads
+
+    s = heads.scan(tiny, PROMPTS, max_offset=3, batch_size=1)
+    h = heads.positional_heads(tiny, PROMPTS, max_offset=3, random_control=False, induction_control=False)
+    r = sinks.sink_analysis(tiny, PROMPTS)
+    assert torch.allclose(s.heads.scores, h.scores, atol=1e-6)
+    assert torch.allclose(s.heads.offset, h.offset, atol=1e-6, equal_nan=True)
+    assert torch.allclose(s.sinks.alpha, r.alpha, atol=1e-6, equal_nan=True)
+    assert torch.allclose(s.sinks.value_norm, r.value_norm, atol=1e-5)
+    assert [c.label for c in s.heads.classes] == [c.label for c in h.classes]
+    assert set(s.plot()) == {"previous_token", "classes", "sink"}
+    assert json.dumps(s.to_json())
+    with pytest.raises(ValueError, match="at least 9"):
+        heads.scan(tiny, ["w1 w2 w3"])
