@@ -1,3 +1,3 @@
 """Built-in report sections; importing this package registers them."""
 
-from interp.reports.sections import capture, heads, model  # noqa: F401
+from interp.reports.sections import capture, heads, model, neurons, sinks  # noqa: F401
