@@ -267,3 +267,55 @@ def test_scan_single_pass_equals_separate_calls(tiny):
     assert json.dumps(s.to_json())
     with pytest.raises(ValueError, match="at least 9"):
         heads.scan(tiny, ["w1 w2 w3"])
+
+
+# ------------------------------------------------------------------------ planted toy sink
+
+
+def _backcopy_domains(n: int = 24):
+    """Back-copy sequences (triggers present) and pure-bigram sequences (triggers never sampled)."""
+    from interp.zoo import TOY_MODELS, make_batch
+    from interp.zoo.tasks import decode, make_bigram
+
+    p = TOY_MODELS["toy-backcopy"].task_params
+    bg = make_bigram(p["n_vocab"], n_triggers=p["n_triggers"], concentration=p["concentration"],
+                     seed=p["bigram_seed"])
+    trig = make_batch("toy-backcopy", n, seed=11)
+    g = torch.Generator().manual_seed(12)
+    P = bg.P.clone()
+    P[:, bg.triggers] = 0
+    P = P / P.sum(-1, keepdim=True)
+    pi = bg.pi.clone()
+    pi[bg.triggers] = 0
+    rows = []
+    for _ in range(n):
+        x = [int(torch.multinomial(pi / pi.sum(), 1, generator=g))]
+        for _t in range(int(p["length"]) - 1):
+            x.append(int(torch.multinomial(P[x[-1]], 1, generator=g)))
+        rows.append(" ".join(f"t{i}" for i in x))
+    return {"backcopy": [decode(r) for r in trig.tokens], "bigram": rows}
+
+
+def test_toy_backcopy_sink_drain_and_active_dormant(toy_model):
+    zoo = pytest.importorskip("interp.zoo")
+    try:
+        man = zoo.manifest("toy-backcopy")
+    except Exception as e:
+        pytest.skip(f"toy-backcopy unavailable: {e}")
+    m = toy_model("toy-backcopy")
+    head = man["heads"][0]
+    lab, l, h = head["label"], head["layer"], head["head"]
+    doms = _backcopy_domains()
+    r = sinks.sink_analysis(m, doms["bigram"])
+    # the planted head sinks on BOS and BOS is a value-state drain (small ‖v W_O‖)
+    assert float(r.alpha_mean[l, h, 0]) > 0.3
+    assert lab in [x for x, _ in r.top(3)]
+    vn = head["value_output_norm"]
+    assert float(r.drain_ratio[l, h]) < 1.0 and vn["bos"] < vn["content_mean"]
+    d = r.discover()
+    assert d.categories["position 0"]["mean_share"] > d.categories["other"]["mean_share"]
+    # active on back-copy text, dormant on pure bigram text
+    ad = sinks.active_dormant(m, doms, active_threshold=0.05, dormant_threshold=0.05)
+    sw = {s["head"]: s for s in ad.switching()}
+    assert lab in sw, (ad.delta_loss, ad.sink_attention)
+    assert sw[lab]["active_on"] == ["backcopy"] and sw[lab]["dormant_on"] == ["bigram"]
