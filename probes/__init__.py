@@ -28,6 +28,7 @@ from probes._models import (
     Standardizer,
     fit_logistic,
     fit_ridge,
+    fit_ridge_path,
     load_probe,
 )
 from probes.controls import control_task_labels, random_directions, shuffled_labels
@@ -36,7 +37,7 @@ from probes.errors import LabelAlignmentError, ProbeInputError
 from probes.metrics import accuracy, mae, macro_f1, r2_score, roc_auc, spearman
 from probes.results import SweepResult
 from probes.splits import group_folds, grouped_split
-from probes.sweep import cross_validate, probe_sweep
+from probes.sweep import cross_validate, probe_sweep, select_l2
 from probes.targets import (
     Target,
     absolute_position,
@@ -47,11 +48,11 @@ from probes.targets import (
 )
 
 __all__ = [
-    "LinearProbe", "LogisticProbe", "RidgeProbe", "Standardizer", "fit_logistic", "fit_ridge", "load_probe",
+    "LinearProbe", "LogisticProbe", "RidgeProbe", "Standardizer", "fit_logistic", "fit_ridge", "fit_ridge_path", "load_probe",
     "control_task_labels", "random_directions", "shuffled_labels",
     "ProbeData", "collect", "default_hooks", "hook_label",
     "LabelAlignmentError", "ProbeInputError",
     "accuracy", "mae", "macro_f1", "r2_score", "roc_auc", "spearman",
-    "SweepResult", "group_folds", "grouped_split", "cross_validate", "probe_sweep",
+    "SweepResult", "group_folds", "grouped_split", "cross_validate", "probe_sweep", "select_l2",
     "Target", "absolute_position", "labels", "relative_position", "span_identity", "token_at_offset",
 ]

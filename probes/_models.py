@@ -10,7 +10,7 @@ The logistic objective equals scikit-learn's ``C * sum_i loss_i + ||W||^2 / 2`` 
 ``C = 1 / (l2 * n)``; the ridge one equals ``sklearn.linear_model.Ridge(alpha=l2 * n)`` on the
 standardised features. Standardisation (``mu``, ``sigma``) is fitted on the training rows only and
 folded into the weights, so raw features are never copied. Logistic probes are fitted with
-L-BFGS (strong-Wolfe line search); on large inputs a warm start fitted on a random subsample
+L-BFGS (:mod:`probes._lbfgs`, Armijo backtracking); on large inputs a warm start fitted on a random subsample
 of rows (same objective, looser tolerance) comes first and the full-data L-BFGS then only
 refines it -- the optimum is unchanged, only reached in fewer full passes. Ridge is solved in
 closed form (Cholesky, float64 Gram accumulated in chunks).
@@ -28,14 +28,16 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from probes._lbfgs import lbfgs
 from probes.errors import ProbeInputError
 
 __all__ = [
@@ -45,6 +47,7 @@ __all__ = [
     "Standardizer",
     "fit_logistic",
     "fit_ridge",
+    "fit_ridge_path",
     "load_probe",
     "check_features",
 ]
@@ -86,19 +89,8 @@ class Standardizer:
         d = x.shape[1]
         if not enabled:
             return cls(torch.zeros(d, dtype=x.dtype, device=x.device), torch.ones(d, dtype=x.dtype, device=x.device))
-        x64 = x.double() if x.shape[0] * d <= 50_000_000 else None
-        if x64 is not None:
-            mean = x64.mean(0)
-            var = x64.var(0, unbiased=False)
-        else:  # chunked float64 moments without a full float64 copy
-            s = torch.zeros(d, dtype=torch.float64, device=x.device)
-            for c in x.split(65536):
-                s += c.double().sum(0)
-            mean = s / x.shape[0]
-            ss = torch.zeros(d, dtype=torch.float64, device=x.device)
-            for c in x.split(65536):
-                ss += ((c.double() - mean) ** 2).sum(0)
-            var = ss / x.shape[0]
+        var, mean = torch.var_mean(x, dim=0, correction=0)  # one stable pass in x's dtype
+        var, mean = var.double(), mean.double()
         std = var.sqrt()
         floor = eps * float(std.max()) if std.numel() else eps
         scale = torch.where(std > floor, std, torch.ones_like(std))
@@ -296,34 +288,6 @@ def _encode_classes(y: Tensor, classes: Tensor | None) -> tuple[Tensor, Tensor]:
     return idx, classes
 
 
-def _lbfgs(
-    params: list[Tensor], closure_loss, *, max_iter: int, tol: float, history: int = 20
-) -> tuple[int, bool]:
-    """Run torch L-BFGS (strong Wolfe) to max|grad| <= tol; returns (iterations, converged)."""
-    opt = torch.optim.LBFGS(
-        params,
-        lr=1.0,
-        max_iter=max_iter,
-        max_eval=int(max_iter * 1.5) + 10,
-        tolerance_grad=tol,
-        tolerance_change=1e-12,
-        history_size=history,
-        line_search_fn="strong_wolfe",
-    )
-
-    def closure():
-        opt.zero_grad(set_to_none=False)
-        loss = closure_loss()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    state = opt.state[opt._params[0]]
-    n_iter = int(state.get("n_iter", 0))
-    gmax = max(float(p.grad.abs().max()) for p in params if p.grad is not None)
-    return n_iter, gmax <= tol * 10
-
-
 def _threads_for_small(fn):
     """Decorator: run ``fn(x, ...)`` single-threaded when ``x`` is small (see above)."""
 
@@ -349,6 +313,7 @@ def fit_logistic(
     max_iter: int = 300,
     tol: float = 1e-5,
     warm_start_rows: int | None = 20_000,
+    precondition: bool = True,
     seed: int = 0,
     device: str | torch.device | None = None,
 ) -> LogisticProbe:
@@ -388,47 +353,69 @@ def fit_logistic(
     b = (prior[1:2] - prior[0:1]) if binary else prior - prior.mean()
     b = b.clone().to(dev)
     if rank is None:
-        params = [torch.zeros(n_out, d, dtype=dtype, device=dev), b]
+        shapes = [(n_out, d), (n_out,)]
+        init = [torch.zeros(n_out * d, dtype=dtype, device=dev), b]
     else:
-        a0 = torch.randn(n_out, rank, generator=gen, dtype=dtype).to(dev) * 0.01
-        b0 = torch.randn(rank, d, generator=gen, dtype=dtype).to(dev) * 0.01
-        params = [a0, b0, b]
-    for p in params:
-        p.requires_grad_(True)
+        shapes = [(n_out, rank), (rank, d), (n_out,)]
+        init = [
+            (torch.randn(n_out, rank, generator=gen, dtype=dtype) * 0.01).flatten().to(dev),
+            (torch.randn(rank, d, generator=gen, dtype=dtype) * 0.01).flatten().to(dev),
+            b,
+        ]
+    sizes = [math.prod(sh) for sh in shapes]
+    # Preconditioning: optimise V with W = V P, P = (Sigma + eps I)^(-1/2) from the standardised
+    # features' covariance (estimated on <= 4096 rows). The objective is unchanged (the penalty is
+    # still on W); only the coordinates the optimiser sees are better conditioned.
+    P = None
+    if precondition and rank is None:
+        g2 = torch.Generator(device="cpu").manual_seed(seed + 1)
+        rows = torch.randperm(n, generator=g2)[: min(n, 4096)].to(dev)
+        z = (x[rows] - std.mean) * inv
+        cov = (z.T.double() @ z.double()) / max(rows.numel() - 1, 1)
+        evals, evecs = torch.linalg.eigh(cov)
+        eps = max(10.0 * l2, 1e-3 * float(evals.clamp_min(0).mean()), 1e-8)
+        P = ((evecs * (evals.clamp_min(0) + eps).rsqrt()) @ evecs.T).to(dtype)
+    mean = std.mean
 
-    def make_loss(xs: Tensor, ys: Tensor):
+    def unpack(w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(full weight [out d], bias [out], penalty) from the flat parameter vector."""
+        parts = [p.view(sh) for p, sh in zip(torch.split(w, sizes), shapes)]
+        if rank is None:
+            W = parts[0] @ P if P is not None else parts[0]
+            return W, parts[1], 0.5 * l2 * (W * W).sum()
+        pen = 0.5 * l2 * ((parts[0] ** 2).sum() + (parts[1] ** 2).sum())
+        return parts[0] @ parts[1], parts[2], pen
+
+    def make_fg(xs: Tensor, ys: Tensor):
         ysf = ys.to(dtype)
 
-        def loss() -> Tensor:
-            if rank is None:
-                w, bias = params[0], params[1]
-                pen = 0.5 * l2 * (w * w).sum()
-            else:
-                w, bias = params[0] @ params[1], params[2]
-                pen = 0.5 * l2 * ((params[0] ** 2).sum() + (params[1] ** 2).sum())
-            wr = w * inv  # fold standardisation into the weights: no copy of x
-            logits = xs @ wr.T + (bias - wr @ std.mean)
+        def fg(w: Tensor) -> tuple[float, Tensor]:
+            w = w.detach().requires_grad_(True)
+            W, bias, pen = unpack(w)
+            wr = W * inv  # fold standardisation into the weights: no copy of x
+            logits = xs @ wr.T + (bias - wr @ mean)
             if binary:
                 ce = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0], ysf)
             else:
                 ce = torch.nn.functional.cross_entropy(logits, ys)
-            return ce + pen
+            loss = ce + pen
+            (grad,) = torch.autograd.grad(loss, w)
+            return float(loss.detach()), grad
 
-        return loss
+        return fg
 
+    w = torch.cat(init)
     n_iter_total = 0
     if warm_start_rows is not None and n > 4 * warm_start_rows:
         sub = torch.randperm(n, generator=gen)[:warm_start_rows].to(dev)
-        it, _ = _lbfgs(params, make_loss(x[sub], yi[sub]), max_iter=max_iter, tol=tol * 10)
+        w, it, _ = lbfgs(make_fg(x[sub], yi[sub]), w, max_iter=max_iter, tol=tol * 10)
         n_iter_total += it
-    it, converged = _lbfgs(params, make_loss(x, yi), max_iter=max_iter, tol=tol)
+    w, it, converged = lbfgs(make_fg(x, yi), w, max_iter=max_iter, tol=tol)
     n_iter_total += it
 
     with torch.no_grad():
-        if rank is None:
-            w, bias = params[0].detach().clone(), params[1].detach().clone()
-        else:
-            w, bias = (params[0] @ params[1]).detach(), params[2].detach().clone()
+        W, bias, _ = unpack(w)
+        w, bias = W.detach().clone(), bias.detach().clone()
     return LogisticProbe(
         kind="logistic",
         weight=w,
@@ -443,23 +430,8 @@ def fit_logistic(
     )
 
 
-@_threads_for_small
-def fit_ridge(
-    x: Float[Tensor, "row d"],
-    y: Float[Tensor, "row *out"],
-    *,
-    l2: float = 1e-3,
-    rank: int | None = None,
-    standardize: bool = True,
-    device: str | torch.device | None = None,
-    chunk: int = 32768,
-) -> RidgeProbe:
-    """Closed-form ridge probe: ``W = (Z^T Z + n l2 I)^{-1} Z^T (y - ybar)`` on centred ``Z``.
-
-    Equals ``sklearn.linear_model.Ridge(alpha=l2 * n)`` fitted on the standardised features.
-    ``y`` may be ``[row]`` (one target) or ``[row out]``. ``rank`` gives reduced-rank ridge.
-    The Gram matrix is accumulated in float64 over row chunks (no float64 copy of ``x``).
-    """
+def _ridge_stats(x: Tensor, y: Tensor, *, standardize: bool, device, chunk: int = 32768):
+    """Standardiser, target mean, Gram ``Z^T Z`` and ``Z^T (y - ybar)`` (float64) of centred ``Z``."""
     check_features(x)
     if y.shape[0] != x.shape[0]:
         raise ProbeInputError(f"{y.shape[0]} targets for {x.shape[0]} feature rows: targets are misaligned")
@@ -483,6 +455,48 @@ def fit_ridge(
         z = ((x[start : start + chunk] - m32) / s32).to(cdt)
         gram += (z.T @ z).double()
         xty += (z.T @ yc[start : start + chunk].to(cdt)).double()
+    return std, ybar, gram, xty, n, squeeze
+
+
+@_threads_for_small
+def fit_ridge_path(
+    x: Float[Tensor, "row d"],
+    y: Float[Tensor, "row *out"],
+    l2s: Sequence[float],
+    *,
+    standardize: bool = True,
+    device: str | torch.device | None = None,
+) -> list[RidgeProbe]:
+    """Ridge probes for several penalties from one eigendecomposition of the Gram matrix:
+    ``W(l2) = U diag(1 / (lambda + n l2)) U^T Z^T y`` (same solutions as :func:`fit_ridge`)."""
+    std, ybar, gram, xty, n, squeeze = _ridge_stats(x, y, standardize=standardize, device=device)
+    evals, evecs = torch.linalg.eigh(gram)
+    proj = evecs.T @ xty
+    out = []
+    for l2 in l2s:
+        w = evecs @ (proj / (evals.clamp_min(0) + n * l2)[:, None])
+        out.append(_ridge_probe(w, ybar, std, float(l2), None, n, squeeze, x.dtype))
+    return out
+
+
+@_threads_for_small
+def fit_ridge(
+    x: Float[Tensor, "row d"],
+    y: Float[Tensor, "row *out"],
+    *,
+    l2: float = 1e-3,
+    rank: int | None = None,
+    standardize: bool = True,
+    device: str | torch.device | None = None,
+    chunk: int = 32768,
+) -> RidgeProbe:
+    """Closed-form ridge probe: ``W = (Z^T Z + n l2 I)^{-1} Z^T (y - ybar)`` on centred ``Z``.
+
+    Equals ``sklearn.linear_model.Ridge(alpha=l2 * n)`` fitted on the standardised features.
+    ``y`` may be ``[row]`` (one target) or ``[row out]``. ``rank`` gives reduced-rank ridge.
+    The Gram matrix is accumulated in float64 over row chunks (no float64 copy of ``x``).
+    """
+    std, ybar, gram, xty, n, squeeze = _ridge_stats(x, y, standardize=standardize, device=device, chunk=chunk)
     gram.diagonal().add_(n * l2)
     try:
         chol = torch.linalg.cholesky(gram)
@@ -497,8 +511,12 @@ def fit_ridge(
         evals, evecs = torch.linalg.eigh(fitted)
         v = evecs[:, -rank:]
         w = w @ v @ v.T
-    weight = w.T.to(x.dtype).contiguous()
-    bias = ybar.to(x.dtype)
+    return _ridge_probe(w, ybar, std, l2, rank, n, squeeze, x.dtype)
+
+
+def _ridge_probe(w, ybar, std, l2, rank, n, squeeze, dtype) -> RidgeProbe:
+    weight = w.T.to(dtype).contiguous()
+    bias = ybar.to(dtype)
     return RidgeProbe(
         kind="ridge",
         weight=weight,

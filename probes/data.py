@@ -221,8 +221,9 @@ def collect(
 ) -> ProbeData:
     """Run ``model`` on ``prompts`` and keep the activations of ``hooks`` at every token.
 
-    Prompts are run un-padded: prompts of equal token length are batched together, so no
-    padding or attention mask ever touches the activations.
+    Prompts are batched by length and right-padded with copies of their own last token, without
+    an attention mask: under causal attention the real tokens' activations equal those of the
+    un-padded prompt (tested against one-prompt runs).
 
     Args:
         model: a TransformerBridge (or HookedTransformer).
@@ -249,24 +250,33 @@ def collect(
         seqs = [torch.as_tensor(p).long().flatten() for p in prompts]
     if not seqs:
         raise ProbeInputError("no prompts given")
-    by_len: dict[int, list[int]] = {}
     for i, s in enumerate(seqs):
         if s.numel() == 0:
             raise ProbeInputError(f"prompt {i} is empty")
-        by_len.setdefault(int(s.numel()), []).append(i)
+    # Batches of similar length, right-padded by repeating each prompt's last token and run
+    # without an attention mask: under causal attention a token never sees later positions, so
+    # the real tokens' activations are exactly those of the un-padded prompt (and no pad/BOS id
+    # is used, so nothing can infer a mask or shift positions).
+    order = sorted(range(len(seqs)), key=lambda i: int(seqs[i].numel()))
     acts: dict[int, dict[str, Tensor]] = {}
     name_set = set(names)
     dev_model = getattr(getattr(model, "cfg", None), "device", None) or "cpu"
-    for length, idx in sorted(by_len.items()):
-        for start in range(0, len(idx), batch_size):
-            chunk = idx[start : start + batch_size]
-            toks = torch.stack([seqs[i].to(torch.long) for i in chunk]).to(dev_model)
-            _, cache = model.run_with_cache(toks, names_filter=lambda n: n in name_set)
-            missing = [n for n in names if n not in cache]
-            if missing:
-                raise KeyError(f"hooks {missing} were not captured; check the names against model.hook_dict")
-            for j, i in enumerate(chunk):
-                acts[i] = {n: cache[n][j].to(device=device, dtype=dtype) for n in names}
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        width = max(int(seqs[i].numel()) for i in chunk)
+        rows = []
+        for i in chunk:
+            s = seqs[i].to(torch.long).cpu()
+            rows.append(torch.cat([s, s[-1:].expand(width - s.numel())]))
+        toks = torch.stack(rows).to(dev_model)
+        _, cache = model.run_with_cache(toks, names_filter=lambda n: n in name_set)
+        missing = [n for n in names if n not in cache]
+        if missing:
+            raise KeyError(f"hooks {missing} were not captured; check the names against model.hook_dict")
+        for j, i in enumerate(chunk):
+            L = int(seqs[i].numel())
+            acts[i] = {n: cache[n][j, :L].to(device=device, dtype=dtype) for n in names}
+        del cache
     feats = {n: torch.cat([acts[i][n].reshape(acts[i][n].shape[0], -1) for i in range(len(seqs))]) for n in names}
     groups = torch.cat([torch.full((s.numel(),), i, dtype=torch.long) for i, s in enumerate(seqs)])
     positions = torch.cat([torch.arange(s.numel()) for s in seqs])

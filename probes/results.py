@@ -48,6 +48,7 @@ class SweepResult(Result):
         ci: ``{name: [hook 2]}`` lower/upper bounds (``meta["ci"]`` says how) for each metric,
             each control's primary metric (``"control_task.accuracy"``) and ``"selectivity"``.
         confusion: ``[hook true pred]`` out-of-fold counts (classification, ``by="layer"``).
+        l2_chosen: the penalty each task fit used (chosen by inner CV when several were given).
     """
 
     target: str
@@ -66,6 +67,7 @@ class SweepResult(Result):
     confusion: Int[Tensor, "hook true pred"] | None
     class_names: list[str] | None
     meta: dict[str, Any] = field(default_factory=dict)
+    l2_chosen: Tensor | None = None  # [hook fold] (by="layer") or [hook cell fold]: penalty used per fit
 
     # ---- summaries ---------------------------------------------------------------------
     def mean(self, metric: str | None = None) -> Float[Tensor, " hook"]:
@@ -135,6 +137,7 @@ class SweepResult(Result):
             "class_names": self.class_names,
             "summary": self.table(),
             "meta": self.meta,
+            "l2_chosen": self.l2_chosen,
             "prepend_bos": self.meta.get("prepend_bos"),
             "model": self.meta.get("model"),
         }

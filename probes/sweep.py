@@ -16,7 +16,7 @@ from typing import Any, Literal, Sequence
 import torch
 from torch import Tensor
 
-from probes._models import check_features, fit_logistic, fit_ridge, Standardizer
+from probes._models import Standardizer, check_features, fit_logistic, fit_ridge, fit_ridge_path
 from probes.controls import control_task_labels, random_directions, shuffled_labels
 from probes.data import ProbeData, hook_label, hook_layer
 from probes.errors import ProbeInputError
@@ -31,10 +31,52 @@ from probes.results import SweepResult
 from probes.splits import group_folds, percentile_interval, t_interval
 from probes.targets import Target
 
-__all__ = ["probe_sweep", "cross_validate", "CONTROLS"]
+__all__ = ["probe_sweep", "cross_validate", "select_l2", "CONTROLS", "AUTO_L2"]
 
 CONTROLS = ("control_task", "shuffled", "random_direction")
 PRIMARY = {"classification": "accuracy", "regression": "r2"}
+
+
+AUTO_L2 = {"regression": (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0), "classification": (1e-4, 1e-3, 1e-2, 1e-1)}
+DEFAULT_L2 = {"classification": 1e-3}
+
+
+def _score(kind: str, y: Tensor, pred: Tensor) -> float:
+    if kind == "classification":
+        return float((pred.argmax(1) == y).double().mean())
+    from probes.metrics import r2_score
+
+    v = r2_score(y, pred)
+    return v if v == v else -1e300
+
+
+def select_l2(
+    x: Tensor, y: Tensor, groups: Tensor, l2s: Sequence[float], *, kind: str, n_classes: int,
+    rank: int | None = None, inner_folds: int = 3, seed: int = 0, fit_kw: dict[str, Any] | None = None,
+) -> float:
+    """Penalty with the best mean inner grouped-CV score (accuracy / R^2) on these rows; ties
+    go to the larger penalty. Ridge paths share one eigendecomposition per inner fold."""
+    fit_kw = fit_kw or {}
+    n_groups = int(torch.unique(groups).numel())
+    k = min(inner_folds, n_groups)
+    if k < 2 or len(l2s) == 1:
+        return float(l2s[-1] if k < 2 else l2s[0])
+    folds = group_folds(groups, k, seed=seed + 17)
+    totals = torch.zeros(len(l2s), dtype=torch.float64)
+    for f in range(k):
+        te, tr = folds == f, folds != f
+        if kind == "regression":
+            path = fit_ridge_path(x[tr], y[tr], list(l2s), device=fit_kw.get("device"))
+            for i, p in enumerate(path):
+                totals[i] += _score(kind, y[te].cpu(), p.predict(x[te]).double().cpu())
+        else:
+            for i, l2 in enumerate(l2s):
+                pred = _fit_predict(x[tr], y[tr], x[te], kind=kind, n_classes=n_classes, l2=float(l2),
+                                    rank=rank, project=None, fit_kw=fit_kw).cpu()
+                totals[i] += _score(kind, y[te].cpu(), pred)
+    best = float(totals.max())
+    idx = max(i for i in range(len(l2s)) if float(totals[i]) >= best - 1e-12)
+    return float(l2s[idx])
 
 
 def _fit_predict(
@@ -81,13 +123,17 @@ def cross_validate(
     *,
     kind: str,
     n_classes: int = 0,
-    l2: float = 1e-3,
+    l2: float | Sequence[float] = 1e-3,
     rank: int | None = None,
     project: Tensor | None = None,
     fit_kw: dict[str, Any] | None = None,
+    groups: Tensor | None = None,
+    chosen: list[float] | None = None,
 ) -> tuple[dict[str, list[float]], Tensor]:
     """k-fold CV given a fold id per row. Returns per-fold metrics and out-of-fold predictions
-    (``[row cls]`` probabilities or ``[row]`` values)."""
+    (``[row cls]`` probabilities or ``[row]`` values). With several ``l2`` values the penalty is
+    chosen inside each training fold by :func:`select_l2` (grouped by ``groups``) and appended
+    to ``chosen``."""
     fit_kw = fit_kw or {}
     names = CLASSIFICATION_METRICS if kind == "classification" else REGRESSION_METRICS
     out: dict[str, list[float]] = {m: [] for m in names}
@@ -101,7 +147,21 @@ def cross_validate(
             for m in names:
                 out[m].append(float("nan"))
             continue
-        pred = _fit_predict(x[tr], y[tr], x[te], kind=kind, n_classes=n_classes, l2=l2, rank=rank,
+        xtr, ytr = x[tr], y[tr]
+        if isinstance(l2, (int, float)):
+            lam = float(l2)
+        else:
+            if groups is None:
+                raise ProbeInputError("choosing l2 by inner CV needs the rows' groups")
+            xs = xtr
+            if project is not None:
+                st = Standardizer.fit(xtr)
+                xs = st.transform(xtr) @ project.to(xtr)
+            lam = select_l2(xs, ytr, groups[tr], list(l2), kind=kind, n_classes=n_classes, rank=rank,
+                            seed=int(fit_kw.get("seed", 0)), fit_kw=fit_kw)
+        if chosen is not None:
+            chosen.append(lam)
+        pred = _fit_predict(xtr, ytr, x[te], kind=kind, n_classes=n_classes, l2=lam, rank=rank,
                             project=project, fit_kw=fit_kw).cpu()
         oof[te.cpu()] = pred
         for m, v in _metrics(kind, y[te].cpu(), pred).items():
@@ -142,7 +202,7 @@ def probe_sweep(
     by: Literal["layer", "position", "span"] = "layer",
     spans: Any = None,
     folds: int = 5,
-    l2: float = 1e-3,
+    l2: float | Sequence[float] | Literal["auto"] | None = None,
     rank: int | None = None,
     controls: Sequence[str] = CONTROLS,
     ci: Literal["t", "bootstrap"] = "t",
@@ -168,7 +228,11 @@ def probe_sweep(
             intervals); ``"position"`` -- one probe per hook and absolute position (heatmap);
             ``"span"`` -- one probe per hook and schema span (``spans`` required).
         folds: k of the grouped k-fold CV (folds are over prompts; identical prompts share one).
-        l2: penalty (see :func:`probes.fit_logistic` / :func:`probes.fit_ridge`).
+        l2: penalty (see :func:`probes.fit_logistic` / :func:`probes.fit_ridge`): a number, a
+            list of candidates or ``"auto"`` (:data:`AUTO_L2`) -- then chosen inside every
+            training fold by an inner 3-fold grouped CV (never looking at the test fold).
+            Default: ``"auto"`` for ridge (cheap: one eigendecomposition per inner fold),
+            ``1e-3`` for logistic.
         controls: any of ``"control_task"``, ``"shuffled"``, ``"random_direction"`` (``by="layer"`` only).
         ci: ``"t"`` (t-interval over folds) or ``"bootstrap"`` (resampling prompts, ``n_boot``).
         min_rows_per_cell: skip cells (positions/spans) with fewer valid rows (NaN).
@@ -226,6 +290,14 @@ def probe_sweep(
 
     metric_names = CLASSIFICATION_METRICS if kind == "classification" else REGRESSION_METRICS
     primary = PRIMARY[kind]
+    if l2 is None:
+        l2 = DEFAULT_L2.get(kind, "auto")
+    if isinstance(l2, str):
+        if l2 != "auto":
+            raise ProbeInputError(f"l2 must be a number, a list of numbers or 'auto', got {l2!r}")
+        l2 = AUTO_L2[kind]
+    l2_arg: float | list[float] = float(l2) if isinstance(l2, (int, float)) else [float(v) for v in l2]
+    l2_chosen = torch.full((len(hooks), len(cell_names), folds), float("nan"), dtype=torch.float64)
     fit_kw = {"max_iter": max_iter, "tol": tol, "device": device, "seed": seed}
     n_h, n_c = len(hooks), len(cell_names)
     grid = {m: torch.full((n_h, n_c, folds), float("nan"), dtype=torch.float64) for m in metric_names}
@@ -259,7 +331,12 @@ def probe_sweep(
             x, yy, ff = x_full[rows.to(x_full.device)], y[rows], fold[rows]
             if kind == "regression" and float(yy.std()) == 0.0:
                 continue  # a single position has a constant absolute-position target
-            res, oof = cross_validate(x, yy, ff, kind=kind, n_classes=n_classes, l2=l2, rank=rank, fit_kw=fit_kw)
+            chosen: list[float] = []
+            res, oof = cross_validate(x, yy, ff, kind=kind, n_classes=n_classes, l2=l2_arg, rank=rank,
+                                      fit_kw=fit_kw, groups=split_groups[rows], chosen=chosen)
+            present_folds = [f for f in range(folds) if bool(((ff == f).any()) and bool((ff != f).any()))]
+            for f, lam in zip(present_folds, chosen):
+                l2_chosen[hi, ci_, f] = lam
             for m in metric_names:
                 grid[m][hi, ci_] = torch.tensor(res[m], dtype=torch.float64)
             if by != "layer":
@@ -272,11 +349,11 @@ def probe_sweep(
                 if c == "random_direction":
                     k = 1 if (kind == "regression" or n_classes == 2) else min(n_classes, x.shape[1])
                     proj = random_directions(x.shape[1], k, seed=seed + 3 + hi, dtype=x.dtype)
-                    cres, coof = cross_validate(x, yy, ff, kind=kind, n_classes=n_classes, l2=l2,
-                                                project=proj, fit_kw=fit_kw)
+                    cres, coof = cross_validate(x, yy, ff, kind=kind, n_classes=n_classes, l2=l2_arg,
+                                                project=proj, fit_kw=fit_kw, groups=split_groups[rows])
                 else:
                     cres, coof = cross_validate(x, ctrl_labels[c][rows], ff, kind=kind, n_classes=n_classes,
-                                                l2=l2, rank=rank, fit_kw=fit_kw)
+                                                l2=l2_arg, rank=rank, fit_kw=fit_kw, groups=split_groups[rows])
                 oofs[c] = coof
                 for m in metric_names:
                     ctrl[c][m][hi] = torch.tensor(cres[m], dtype=torch.float64)
@@ -310,7 +387,8 @@ def probe_sweep(
         "prepend_bos": bool(data.prepend_bos),
         "dtype": data.meta.get("dtype", str(next(iter(data.features.values())).dtype)),
         "probe": "logistic" if kind == "classification" else "ridge",
-        "l2": l2,
+        "l2": l2_arg,
+        "l2_selection": "inner 3-fold grouped CV per training fold" if isinstance(l2_arg, list) else "fixed",
         "rank": rank,
         "folds": folds,
         "ci": ci,
@@ -346,4 +424,5 @@ def probe_sweep(
         confusion=confusion,
         class_names=class_names,
         meta=meta,
+        l2_chosen=l2_chosen[:, 0, :] if by == "layer" else l2_chosen,
     )
