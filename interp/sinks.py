@@ -206,7 +206,7 @@ class SinkResult(Result):
     eps: float
     sink_position: int
     n_kv_heads: int
-    alpha: Float[Tensor, "prompt layer head key"]
+    alpha: Float[Tensor, "prompt layer head key"] = field(metadata={"json": False})
     alpha_mean: Float[Tensor, "layer head key"]
     str_tokens: list[list[str]]
     value_norm: Float[Tensor, "layer head key"] | None = None
@@ -215,6 +215,16 @@ class SinkResult(Result):
     resid_peak_ratio: Float[Tensor, " layer"] | None = None
     massive: MassiveActivationsResult | None = None
     params: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """All fields but the per-prompt ``alpha`` (large), plus ``Sink_k^ε`` for every ``k`` and
+        the sink discovery table."""
+        out = super().to_json()
+        from interp.results import to_jsonable
+
+        out["sink_rate"] = to_jsonable(self.sink_curve())
+        out["discovery"] = self.discover().to_json()
+        return out
 
     def sink_rate(self, k: int = 0, eps: float | None = None) -> float:
         """``Sink_k^ε`` (share of heads with ``α_k > ε``, mean over prompts)."""
