@@ -134,6 +134,7 @@ def faithfulness_curve(
     label: str | None = None,
     evaluator: FaithfulnessEvaluator | None = None,
     progress: bool = False,
+    skip_full: bool = True,
     **evaluator_kwargs: Any,
 ) -> FaithfulnessCurve:
     """Faithfulness at several circuit sizes selected from ``graph``.
@@ -147,6 +148,8 @@ def faithfulness_curve(
         sizes: fractions of the graph's abstract edges (default the MIB grid 0.1 % … 100 %) or,
             when every entry is an int > 1, absolute edge counts.
         method: ``"greedy"`` (one greedy order, prefixes of it) or ``"topn"``.
+        skip_full: at 100 % of edges report the full model (f = 1) without a patched run
+            (keeping every edge equals the clean run; ``tests/test_faithfulness.py`` checks it).
         evaluator_kwargs: ablation, ablation_prompts, schema, include_bos, batch_size, n_boot,
             seed … (see :class:`~circuits.faithfulness.FaithfulnessEvaluator`).
 
@@ -193,7 +196,7 @@ def faithfulness_curve(
             c = circuit_from_order(graph, order, n, {"method": "greedy", "n_requested": n})
         else:
             c = select(graph, n, method="topn")
-        r = ev(c)
+        r = ev.full_model_result(c) if c is full and skip_full else ev(c)
         cols["n_edges"].append(c.n_edges)
         cols["concrete"].append(r.concrete_edges)
         cols["f"].append(r.f)

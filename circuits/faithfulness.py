@@ -430,6 +430,14 @@ class FaithfulnessEvaluator:
         concrete = float(concrete_edge_counts(circuit.same_pos, circuit.cross, pi).mean())
         return self._result(m_c, hard, circuit.n_edges, concrete, dict(circuit.meta))
 
+    def full_model_result(self, circuit: Circuit) -> Faithfulness:
+        """Result for a circuit holding every edge of its graph without running it: keeping every
+        edge is the clean run exactly (tested), so M(C) = M(N), f = 1, hard = 1."""
+        pi = self.position_index(circuit)
+        concrete = float(concrete_edge_counts(circuit.same_pos, circuit.cross, pi).mean())
+        hard = torch.ones(len(self.m_full), dtype=torch.bool)
+        return self._result(self.m_full.clone(), hard, circuit.n_edges, concrete, dict(circuit.meta))
+
     def evaluate_masks(self, keep: Bool[Tensor, "batch pos sender receiver"],
                        keep_cross: Bool[Tensor, "batch layer head kind qpos kpos"]) -> Faithfulness:
         """Faithfulness of explicit concrete masks (right-padded coordinates; BOS protection is

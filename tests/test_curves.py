@@ -49,7 +49,8 @@ def test_area_closed_forms():
 def test_curve_end_points_areas_and_plot(data):
     model, clean, corrupt, ev = data
     gpos = random_graph(ev.pm, list(range(T)), seed=0)
-    c = faithfulness_curve(model, gpos, evaluator=ev, sizes=(0.01, 0.1, 0.5, 1.0), label="position")
+    c = faithfulness_curve(model, gpos, evaluator=ev, sizes=(0.01, 0.1, 0.5, 1.0), label="position",
+                           skip_full=False)
     assert isinstance(c, FaithfulnessCurve) and len(c.f) == 4
     assert c.f[-1] == pytest.approx(1.0, abs=1e-5)  # 100 % of edges = the full model
     assert c.concrete_fraction[-1] == pytest.approx(1.0)
