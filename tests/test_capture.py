@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-import interp.capture as cap
+import interp.capture._run as cap
 from interp.capture import (
     ActivationStore, CaptureError, IncompleteStoreError, ManifestMismatchError, UnknownHookError, capture,
     resolve_hooks,
@@ -264,3 +264,11 @@ def test_out_dir_with_different_manifest(smollm2, tmp_path):
         capture(smollm2, ["a b", "d"], "hook_embed", out=out)
     st = capture(smollm2, ["a b", "d"], "hook_embed", out=out, overwrite=True, dtype=torch.float16)
     assert st.get("hook_embed", 1).dtype == torch.float16 and st.meta["dtype"] == "float16"
+
+
+def test_capture_name_is_callable_after_package_import(smollm2):
+    import interp
+    import interp.capture  # binds the package as interp.capture
+
+    st = interp.capture(smollm2, ["a b"], "hook_embed")
+    assert isinstance(st, ActivationStore) and st.get("hook_embed", 0).shape[0] == 3
