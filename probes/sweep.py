@@ -211,8 +211,8 @@ def probe_sweep(
     min_rows_per_cell: int = 0,
     seed: int = 0,
     device: str | torch.device | None = None,
-    max_iter: int = 300,
-    tol: float = 1e-5,
+    max_iter: int = 500,
+    tol: float = 1e-4,
     progress: bool = False,
 ) -> SweepResult:
     """Fit and score a probe for ``target`` at every hook (x position / span).

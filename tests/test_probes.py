@@ -367,3 +367,14 @@ def test_bad_inputs_raise_clear_errors():
         probes.group_folds(torch.tensor([0, 0, 1, 1]), 3)
     with pytest.raises(KeyError, match="not in the data"):
         probes.probe_sweep(data, probes.absolute_position(data), hooks=["nope"], folds=2)
+
+
+@pytest.mark.parametrize("n", [40, 400])  # dual (n < d) and primal paths
+def test_ridge_path_equals_individual_fits(n: int):
+    x = _aniso(n, 60, 14)
+    y = x[:, :5].sum(1) + torch.randn(n)
+    l2s = [1e-3, 1e-1, 10.0]
+    for p, l2 in zip(probes.fit_ridge_path(x, y, l2s), l2s):
+        q = probes.fit_ridge(x, y, l2=l2)
+        assert torch.allclose(p.weight, q.weight, rtol=1e-3, atol=1e-3) and p.l2 == l2  # float32 Gram in fit_ridge
+        assert torch.allclose(p.predict(x), q.predict(x), rtol=1e-3, atol=1e-3)

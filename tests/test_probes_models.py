@@ -87,3 +87,22 @@ def test_smollm2_absolute_position_early_layers(smollm2):
     assert float(res.mean("selectivity")[1:].max()) > 0.3
     js = res.to_json()
     assert js["prepend_bos"] is True and js["model"] == "smollm2-135m"
+
+
+def test_probe_data_from_activation_store_matches_collect(random_toy):
+    from interp import capture
+    from interp.schema import Schema
+
+    model = random_toy("toy-induction")
+    prompts = ["t1 t2 t3 t4 t5", "t7 t8 t9", "t1 t2 t3 t4 t5 t6 t7"]
+    hooks = ["hook_embed", "blocks.0.hook_resid_post"]
+    store = capture(model, prompts, hooks, prepend_bos=True, schema=Schema.single("prompt"))
+    from_store = probes.ProbeData.from_store(store)
+    direct = probes.collect(model, prompts, hooks, prepend_bos=True)
+    assert torch.equal(from_store.groups, direct.groups) and torch.equal(from_store.positions, direct.positions)
+    assert torch.equal(from_store.tokens, direct.tokens) and from_store.prepend_bos
+    for h in hooks:
+        assert torch.allclose(from_store.features[h], direct.features[h], atol=1e-5)
+    sid = probes.span_identity(from_store, store)  # spans straight from the store's schema
+    assert sid.class_names == ["BOS", "prompt"]
+    assert sid.values.tolist() == [0, 1, 1, 1, 1, 1, 0, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1]
