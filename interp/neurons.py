@@ -16,6 +16,12 @@ in nats (``0 log 0 = 0``); a neuron is positional when ``I > threshold`` (0.05).
 number of prompts at every position this is exactly the mutual information between a uniform
 position and the binary firing variable.
 
+**Small-sample bias.** This plug-in estimate is biased upwards by about
+``(T − 1) / (2 N_tok)`` nats (Miller–Madow; ``N_tok`` = tokens counted, ``T`` positions), i.e.
+``≈ 1/(2·n_prompts)``: with 2 prompts almost every neuron looks positional. ``info_corrected``
+subtracts this bias and :meth:`PositionalNeuronsResult.positional` uses it by default; a warning
+is raised when the bias exceeds half the threshold (use ≥ 20–50 prompts).
+
 **Activation rule.** Voita et al. study OPT (ReLU): a neuron fires when its activation is > 0.
 For SiLU/GELU (and gated SwiGLU/GeGLU MLPs) we use the sign of the *input of the nonlinearity*
 ``mlp.hook_pre`` (the gate pre-activation in gated MLPs): ``fires ⇔ pre > 0``. For ReLU this is
@@ -30,6 +36,7 @@ on or off, so it is not part of the rule. ``rule="quantile"`` is the alternative
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -81,11 +88,17 @@ class PositionalNeuronsResult(Result):
     firing_rate: Float[Tensor, "layer neuron pos"]
     overall_rate: Float[Tensor, "layer neuron"]
     tokens_per_position: Float[Tensor, " pos"]
+    bias: float = 0.0
     params: dict[str, Any] = field(default_factory=dict)
 
-    def positional(self) -> Float[Tensor, "layer neuron"]:
-        """1 where ``I > threshold``."""
-        return (self.info > self.threshold).float()
+    @property
+    def info_corrected(self) -> Float[Tensor, "layer neuron"]:
+        """Miller–Madow corrected ``I − (T − 1)/(2 N_tok)``."""
+        return self.info - self.bias
+
+    def positional(self, corrected: bool = True) -> Float[Tensor, "layer neuron"]:
+        """1 where ``I > threshold`` (bias-corrected ``I`` by default)."""
+        return ((self.info_corrected if corrected else self.info) > self.threshold).float()
 
     def count_per_layer(self) -> list[int]:
         return [int(x) for x in self.positional().sum(1)]
@@ -108,6 +121,7 @@ class PositionalNeuronsResult(Result):
             curves[name] = self.firing_rate[l, n]
         return {"type": type(self).__name__, "model": self.model, "prepend_bos": self.prepend_bos,
                 "rule": self.rule, "threshold": self.threshold, "info": to_jsonable(self.info),
+                "bias": self.bias,
                 "positional_per_layer": self.count_per_layer(), "top": top,
                 "firing_rate_top": to_jsonable(curves), "tokens_per_position": to_jsonable(self.tokens_per_position),
                 "params": to_jsonable(self.params)}
@@ -207,8 +221,15 @@ def positional_neurons(
         info[l] = position_mutual_information(f.float(), totals.float())
         fr_pos[l] = (f / n).float()
         fr[l] = (f.sum(-1) / totals.sum()).float()
+    kept = int((totals > 0).sum())
+    bias = (kept - 1) / (2.0 * float(totals.sum()))
+    if bias > threshold / 2:
+        warnings.warn(
+            f"I(act; pos) from {len(batch)} prompts has a small-sample bias of about {bias:.3f} nats "
+            f"(threshold {threshold}); use at least {math.ceil(1 / max(threshold, 1e-3))} prompts per "
+            "position — info_corrected subtracts it.", stacklevel=2)
     return PositionalNeuronsResult(
         model=model_name(model), prepend_bos=batch.prepend_bos, rule=rule, threshold=threshold, info=info,
-        firing_rate=fr_pos, overall_rate=fr, tokens_per_position=totals.float(),
+        firing_rate=fr_pos, overall_rate=fr, tokens_per_position=totals.float(), bias=bias,
         params=dict(quantile=quantile, layers=layers, hook=hook_name, n_prompts=len(batch),
                     lengths=list(batch.lengths)))

@@ -67,7 +67,8 @@ def _bruteforce(model, prompts, hook):
 
 
 def test_positive_rule_bruteforce(tiny):
-    r = neurons.positional_neurons(tiny, PROMPTS, batch_size=2)
+    with pytest.warns(UserWarning, match="small-sample bias"):
+        r = neurons.positional_neurons(tiny, PROMPTS, batch_size=2)
     counts, totals = _bruteforce(tiny, PROMPTS, "hook_pre")
     T = r.firing_rate.shape[-1]
     assert torch.allclose(r.tokens_per_position, totals[:T])
@@ -84,9 +85,13 @@ def test_positive_rule_bruteforce(tiny):
     s = json.dumps(r.to_json())
     assert '"prepend_bos": true' in s
     assert r.plot().layout.title.text and r.plot_curves([top[0][0]]).layout.title.text
-    assert r.count_per_layer() == [int((r.info[l] > 0.05).sum()) for l in range(2)]
+    T_kept = int((totals > 0).sum())
+    assert r.bias == pytest.approx((T_kept - 1) / (2 * float(totals.sum())))
+    assert r.count_per_layer() == [int((r.info[l] - r.bias > 0.05).sum()) for l in range(2)]
+    assert torch.equal(r.positional(corrected=False), (r.info > 0.05).float())
 
 
+@pytest.mark.filterwarnings("ignore:I\\(act")
 def test_quantile_rule_and_layers(tiny):
     r = neurons.positional_neurons(tiny, PROMPTS, rule="quantile", quantile=0.8, batch_size=8, layers=[1])
     assert torch.isnan(r.info[0]).all() and not torch.isnan(r.info[1]).any()
@@ -94,6 +99,7 @@ def test_quantile_rule_and_layers(tiny):
     assert float(r.overall_rate[1].mean()) == pytest.approx(0.2, abs=0.05)
 
 
+@pytest.mark.filterwarnings("ignore:I\\(act")
 def test_gelu_gpt2(random_toy):
     try:
         m = random_toy("toy-nope")
