@@ -211,31 +211,52 @@ def test_repeated_token_closed_form_nope(random_toy):
 # ---------------------------------------------------------------------------- SmolLM2
 
 
-@pytest.mark.real_model
-def test_smollm2_first_token_alpha_matches_hf_eager(smollm2):
-    """Every head's α₀ equals the value from HF eager ``output_attentions`` within 1e-4 (GQA model,
-    two prompts of different lengths so the batched run is padded)."""
-    prompts = ["The cat sat on the mat because it was warm.", "def f(x):\n    return x + 1"]
-    r = sinks.sink_analysis(smollm2, prompts, drains=False, peaks=False, massive=False)
-    assert r.n_kv_heads == 3 and r.prepend_bos is True
-    from interp import tokenize
-
+def _alpha_vs_hf_eager(model, prompts):
+    """Max |α₀(ours) − α₀(HF eager output_attentions)| over heads, per prompt; ours batched+padded."""
     from transformers import AutoModelForCausalLM
 
+    from interp import tokenize
+
+    r = sinks.sink_analysis(model, prompts, drains=False, peaks=False, massive=False)
     # an independent HF copy (the bridge wraps original_model's attention modules)
-    hf = AutoModelForCausalLM.from_pretrained(smollm2.interp_info.path, attn_implementation="eager",
+    hf = AutoModelForCausalLM.from_pretrained(model.interp_info.path, attn_implementation="eager",
                                               dtype=torch.float32).eval()
+    errs = []
     for i, p in enumerate(prompts):
-        tb = tokenize(smollm2, [p], prepend_bos=True)
+        tb = tokenize(model, [p], prepend_bos=True)
         with torch.no_grad():
             out = hf(tb.tokens, output_attentions=True)
         att = torch.stack(out.attentions)[:, 0]  # [layer head q k]
         ref = att[..., :, 0].mean(-1)  # α₀ = mean_t A[t, 0]
         got = r.alpha[i, :, :, 0]
-        assert got.shape == ref.shape == (30, 9)
-        err = float((got - ref).abs().max())
-        print(f"\nSmolLM2 prompt {i}: max |alpha_0 - HF eager| = {err:.2e}")
-        assert err < 1e-4
+        assert got.shape == ref.shape == (model.cfg.n_layers, model.cfg.n_heads)
+        errs.append(float((got - ref).abs().max()))
+    return r, errs
+
+
+ALPHA_PROMPTS = ["The cat sat on the mat because it was warm.", "def f(x):\n    return x + 1"]
+
+
+@pytest.mark.real_model
+def test_smollm2_first_token_alpha_matches_hf_eager(smollm2):
+    """Every head's α₀ equals the value from HF eager ``output_attentions`` within 1e-4 (GQA model,
+    two prompts of different lengths so the batched run is padded)."""
+    r, errs = _alpha_vs_hf_eager(smollm2, ALPHA_PROMPTS)
+    print(f"\nSmolLM2: max |alpha_0 - HF eager| per prompt = {errs}")
+    assert r.n_kv_heads == 3 and r.prepend_bos is True
+    assert max(errs) < 1e-4
+
+
+@pytest.mark.gemma
+def test_gemma_alpha_and_scan(gemma):
+    """Gemma-3-270M (4 query / 1 KV head, sliding-window layers): α₀ vs HF eager and a scan."""
+    r, errs = _alpha_vs_hf_eager(gemma, ALPHA_PROMPTS)
+    print(f"\nGemma-3-270M: max |alpha_0 - HF eager| per prompt = {errs}")
+    assert r.n_kv_heads == 1 and max(errs) < 1e-4
+    from interp import heads
+
+    s = heads.scan(gemma, ALPHA_PROMPTS, max_offset=3, batch_size=2)
+    assert s.heads.scores.shape == (18, 4, 5) and s.sinks.value_norm.shape[:2] == (18, 4)
 
 
 @pytest.mark.real_model
