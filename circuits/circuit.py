@@ -407,6 +407,7 @@ def plot_circuit(circuit: Circuit, max_edges: int | None = 400, title: str | Non
         top = mags.max() if mags.max() > 0 else 1.0
         bins = np.clip((mags / top * 4).astype(int), 0, 3)
         widths = [0.8, 1.6, 3.0, 5.0]
+        legend_done: set[tuple[str, int]] = set()
         for kind in RECEIVER_KINDS:
             for sign in (1, -1):
                 for b in range(4):
@@ -421,8 +422,9 @@ def plot_circuit(circuit: Circuit, max_edges: int | None = 400, title: str | Non
                             x=xs, y=ys, mode="lines", hoverinfo="skip",
                             line=dict(color=_KIND_COLOURS[kind], width=widths[b],
                                       dash="solid" if sign > 0 else "dot"),
-                            opacity=0.75, legendgroup=kind,
-                            name=f"{kind} {'+' if sign > 0 else '−'}", showlegend=(b == int(bins.max()) or False)))
+                            opacity=0.75, legendgroup=f"{kind}{sign}",
+                            name=f"{kind} {'+' if sign > 0 else '−'}", showlegend=(kind, sign) not in legend_done))
+                        legend_done.add((kind, sign))
         fig.add_trace(go.Scatter(
             x=[(e[0] + e[2]) / 2 for e in edges], y=[(e[1] + e[3]) / 2 for e in edges], mode="markers",
             marker=dict(size=6, color=[_KIND_COLOURS[e[5]] for e in edges], opacity=0.35),
@@ -443,16 +445,19 @@ def plot_circuit(circuit: Circuit, max_edges: int | None = 400, title: str | Non
             marker=dict(size=7, color="#333", symbol="circle"), text=[nodes[k] for k in xy],
             hoverinfo="text", name="nodes", showlegend=False))
     L = ix.n_layers
-    tickvals = [-0.5] + [3.0 * l + 1.0 for l in range(L)] + [3.0 * l + 2.0 for l in range(L)] + [3.0 * L + 0.5]
-    ticktext = ["embed"] + [f"L{l} attn" for l in range(L)] + [f"L{l} mlp" for l in range(L)] + ["logits"]
+    # one tick per layer at its attention row (the MLP row sits just above it); hover names nodes
+    tickvals = [-0.5] + [3.0 * l + 1.0 for l in range(L)] + [3.0 * L + 0.5]
+    ticktext = ["embed"] + [f"L{l}" for l in range(L)] + ["logits"]
     shown = f"{len(edges)} of {n_total}" if len(edges) < n_total else f"{n_total}"
     fig.update_layout(
         title=title or f"Circuit: {shown} edges ({circuit.granularity} granularity, "
                        f"{circuit.meta.get('method', '?')} selection)",
         xaxis=dict(title="position / span", tickvals=[p * col_w for p in range(P)],
-                   ticktext=[str(p) for p in circuit.positions], showgrid=False, zeroline=False),
-        yaxis=dict(title="layer", tickvals=tickvals, ticktext=ticktext, showgrid=True, zeroline=False),
-        height=max(500, 28 * L + 200), width=max(700, 120 * P + 200), hovermode="closest",
+                   ticktext=[str(p) for p in circuit.positions], showgrid=False, zeroline=False,
+                   range=[-0.6, P - 0.4]),
+        yaxis=dict(title="layer (attention row; MLP just above)", tickvals=tickvals, ticktext=ticktext,
+                   showgrid=True, zeroline=False),
+        height=max(600, 36 * L + 220), width=max(900, 160 * P + 250), hovermode="closest",
         plot_bgcolor="white", legend=dict(title="receiver kind, sign"),
     )
     return fig

@@ -231,8 +231,9 @@ def plot_curves(curves: Sequence[FaithfulnessCurve], *, log_x: bool = True, targ
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    for i, c in enumerate(curves):
+    for i, c0 in enumerate(curves):
         col = _COLOURS[i % len(_COLOURS)]
+        c = _positive_x(c0) if log_x else c0  # an empty (pruned-away) circuit has no log-x place
         hover = [f"{c.label}<br>{n} abstract edges{'' if fr is None else f' ({100 * fr:g} %)'}<br>"
                  f"{x:.0f} concrete edges / example<br>f = {f:.3f} [{lo:.3f}, {hi:.3f}]<br>"
                  f"soft {s:.3f}, hard {h:.2f}"
@@ -253,5 +254,18 @@ def plot_curves(curves: Sequence[FaithfulnessCurve], *, log_x: bool = True, targ
                         f"{meta.get('ablation')} ablation, metric {meta.get('metric')})"),
         xaxis=dict(title="average concrete edges per example", type="log" if log_x else "linear"),
         yaxis=dict(title="normalised faithfulness f = (M(C) − M(∅)) / (M(N) − M(∅))"),
-        hovermode="closest", template="plotly_white", legend=dict(x=0.01, y=0.99))
+        hovermode="closest", template="plotly_white", legend=dict(x=0.01, y=0.99), height=550)
     return fig
+
+
+def _positive_x(c: FaithfulnessCurve) -> FaithfulnessCurve:
+    import dataclasses
+
+    keep = [i for i, x in enumerate(c.concrete_edges) if x > 0]
+    if len(keep) == len(c.concrete_edges):
+        return c
+    pick = lambda xs: [xs[i] for i in keep]  # noqa: E731
+    return dataclasses.replace(
+        c, fractions=pick(c.fractions), n_requested=pick(c.n_requested), n_edges=pick(c.n_edges),
+        concrete_edges=pick(c.concrete_edges), concrete_fraction=pick(c.concrete_fraction), f=pick(c.f),
+        f_lo=pick(c.f_lo), f_hi=pick(c.f_hi), soft=pick(c.soft), hard=pick(c.hard))
