@@ -36,13 +36,18 @@ def lbfgs(
     history: int = 20,
     c1: float = 1e-4,
     max_backtrack: int = 30,
+    state: dict | None = None,
 ) -> tuple[Tensor, int, bool]:
-    """Minimise ``f`` given ``fg(w) -> (f, grad)``; returns ``(w, iterations, converged)``."""
+    """Minimise ``f`` given ``fg(w) -> (f, grad)``; returns ``(w, iterations, converged)``.
+
+    ``state`` (a dict) keeps the curvature pairs between calls: a fit on a subsample of rows
+    hands its inverse-Hessian approximation to the full-data fit of the same objective."""
     w = w0.clone()
     f, g = fg(w)
-    s_hist: list[Tensor] = []
-    y_hist: list[Tensor] = []
-    rho: list[float] = []
+    state = state if state is not None else {}
+    s_hist: list[Tensor] = state.setdefault("s", [])
+    y_hist: list[Tensor] = state.setdefault("y", [])
+    rho: list[float] = state.setdefault("rho", [])
     it = 0
     if float(g.abs().max()) <= tol:
         return w, 0, True
@@ -65,7 +70,7 @@ def lbfgs(
         d = q
         gtd = _dot(g, d)
         if gtd >= 0:  # not a descent direction (numerical trouble): restart with steepest descent
-            s_hist.clear(); y_hist.clear(); rho.clear()
+            del s_hist[:], y_hist[:], rho[:]
             d = -g
             gtd = _dot(g, d)
         t = 1.0 if s_hist else min(1.0, 1.0 / max(float(g.abs().sum()), 1e-12))
