@@ -289,9 +289,9 @@ def capture_cmd(
     if out is None:
         _run_one("capture", model, prompts, seed, no_bos, json_out, html, debug, None, dtype)
         return
-    from interp.reports.prompts import default_prompts
+    from interp.reports.prompts import prompts_for_model
 
-    prompt_list = _load_prompts(prompts, debug) or default_prompts()
+    prompt_list = _load_prompts(prompts, debug) or prompts_for_model(model, seed=seed)
     m = _load_model(model, debug, dtype)
     hook_list = _split(hooks)
     if not hook_list:

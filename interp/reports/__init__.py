@@ -42,12 +42,12 @@ from interp.reports._core import (
     section,
 )
 from interp.reports._meta import atomic_write_text, build_metadata, jsonable, prompt_hash
-from interp.reports.prompts import DEFAULT_PROMPTS, default_prompts, load_prompts
+from interp.reports.prompts import DEFAULT_PROMPTS, default_prompts, load_prompts, prompts_for_model
 
 __all__ = [
     "DEFAULT_PROMPTS", "Prompt", "Report", "ReportContext", "SECTIONS", "Section", "SectionOutput",
     "SectionResult", "SectionSkipped", "Table", "available_sections", "build_report", "choose_sections",
-    "default_prompts", "jsonable", "load_prompts", "prompt_hash", "register_section", "run_section",
+    "default_prompts", "jsonable", "load_prompts", "prompts_for_model", "prompt_hash", "register_section", "run_section",
     "run_sections", "section",
 ]
 
@@ -127,17 +127,19 @@ def build_report(
     """Run the chosen sections on ``model`` and return a :class:`Report` (nothing is written).
 
     ``only``/``skip`` take section names (see :func:`available_sections`); unknown names raise
-    ``KeyError``. ``prompts`` defaults to :data:`DEFAULT_PROMPTS`.
+    ``KeyError``. ``prompts`` defaults to :func:`prompts_for_model` (:data:`DEFAULT_PROMPTS`, or task examples
+    for toy zoo models).
     """
     chosen = choose_sections(only, skip)
     if not chosen:
         raise ValueError("no sections left to run after --only/--skip")
-    prompt_list = list(prompts) if prompts is not None else default_prompts()
+    name = model_name or getattr(getattr(model, "cfg", None), "model_name", "model")
+    prompt_list = list(prompts) if prompts is not None else prompts_for_model(name, seed=seed)
     if not prompt_list:
         raise ValueError("the prompt set is empty; pass at least one prompt")
     seed_everything(seed)
     ctx = ReportContext(
-        model=model, model_name=model_name or getattr(getattr(model, "cfg", None), "model_name", "model"),
+        model=model, model_name=name,
         prompts=prompt_list, seed=seed, prepend_bos=prepend_bos, debug=debug, options=dict(options or {}),
     )
     results = run_sections(chosen, ctx, progress=progress)

@@ -35,6 +35,23 @@ def default_prompts() -> list[Prompt]:
     return [Prompt(p.text, p.domain, dict(p.meta)) for p in DEFAULT_PROMPTS]
 
 
+def prompts_for_model(model_name: str, *, n_toy: int = 6, seed: int = 0) -> list[Prompt]:
+    """The default prompt set for ``model_name``.
+
+    Real models get :data:`DEFAULT_PROMPTS`. Toy zoo models (``toy-*``) have their own word-level
+    vocabulary (``t0 t1 …``), so they get ``n_toy`` examples of the task they were trained on
+    (``interp.zoo.make_batch``), as text without BOS (domain = the task name).
+    """
+    if model_name.startswith("toy-"):
+        from interp import zoo
+
+        if model_name in zoo.TOY_MODELS:
+            batch = zoo.make_batch(model_name, n_toy, seed=seed)
+            return [Prompt(t, batch.task, {"source": f"interp.zoo.make_batch({model_name!r}, seed={seed})"})
+                    for t in batch.texts()]
+    return default_prompts()
+
+
 def load_prompts(path: str | Path) -> list[Prompt]:
     """Read prompts from a JSONL file; raises ``FileNotFoundError``/``ValueError`` naming the line."""
     path = Path(path)
