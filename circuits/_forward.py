@@ -495,16 +495,22 @@ class PatchableModel:
         for l, W in enumerate(self.layers):
             rs = self.receiver_slice(l)
             nA = self.n_upstream(l, "attn")
-            x = resid[:, :, None, :].expand(b, p, H + 2 * G, d)
-            if patch:
-                corr = torch.einsum("bpsr,bpsd->bprd", drop[:, :, :nA, rs.start: rs.stop - 1], delta[:, :, :nA])
-                x = x - corr
-            if grad_nodes:
-                out["recv"].append(x)
-            xn = self._norm(x, W.ln1_w, W.ln1_b)
-            q = torch.einsum("bphd,hde->bphe", xn[:, :, :H], W.W_Q)
-            k = torch.einsum("bphd,hde->bphe", xn[:, :, H: H + G], W.W_K)
-            v = torch.einsum("bphd,hde->bphe", xn[:, :, H + G:], W.W_V)
+            if patch or grad_nodes:  # one input per receiver (each normalised on its own)
+                x = resid[:, :, None, :].expand(b, p, H + 2 * G, d)
+                if patch:
+                    corr = torch.einsum("bpsr,bpsd->bprd", drop[:, :, :nA, rs.start: rs.stop - 1], delta[:, :, :nA])
+                    x = x - corr
+                if grad_nodes:
+                    out["recv"].append(x)
+                xn = self._norm(x, W.ln1_w, W.ln1_b)
+                q = torch.einsum("bphd,hde->bphe", xn[:, :, :H], W.W_Q)
+                k = torch.einsum("bphd,hde->bphe", xn[:, :, H: H + G], W.W_K)
+                v = torch.einsum("bphd,hde->bphe", xn[:, :, H + G:], W.W_V)
+            else:  # fast path: all receivers read the same residual
+                xn1 = self._norm(resid, W.ln1_w, W.ln1_b)
+                q = torch.einsum("bpd,hde->bphe", xn1, W.W_Q)
+                k = torch.einsum("bpd,hde->bphe", xn1, W.W_K)
+                v = torch.einsum("bpd,hde->bphe", xn1, W.W_V)
             if W.b_Q is not None:
                 q = q + W.b_Q
             if W.b_K is not None:
@@ -514,31 +520,31 @@ class PatchableModel:
             if cos is not None:
                 q = self._rot(q, cos, sin)
                 k = self._rot(k, cos, sin)
-            kh = k.repeat_interleave(rep, dim=2) if rep > 1 else k
-            vh = v.repeat_interleave(rep, dim=2) if rep > 1 else v
             kc = None if keep_cross is None else keep_cross[:, l].to(dev)  # [b H 3 q k]
+            qg = q.view(b, p, G, rep, e)
             if kc is not None:
-                qa = ablated.q[:, l].to(dev)
-                ka = ablated.k[:, l].to(dev)
-                va = ablated.v[:, l].to(dev)
-                kha = ka.repeat_interleave(rep, dim=2) if rep > 1 else ka
-                vha = va.repeat_interleave(rep, dim=2) if rep > 1 else va
+                qa = ablated.q[:, l].to(dev).expand_as(q).reshape(b, p, G, rep, e)
+                ka = ablated.k[:, l].to(dev).expand_as(k)
+                va = ablated.v[:, l].to(dev).expand_as(v)
                 Mq, Mk, Mv = kc[:, :, 0], kc[:, :, 1], kc[:, :, 2]
-                s_qk = torch.einsum("bqhe,bkhe->bhqk", q, kh)
-                s_aq = torch.einsum("bqhe,bkhe->bhqk", qa.expand_as(q), kh)
-                s_ak = torch.einsum("bqhe,bkhe->bhqk", q, kha.expand_as(kh))
-                s_aa = torch.einsum("bqhe,bkhe->bhqk", qa.expand_as(q), kha.expand_as(kh))
-                scores = torch.where(Mq, torch.where(Mk, s_qk, s_ak), torch.where(Mk, s_aq, s_aa))
+
+                def sc(qq: Tensor, kk: Tensor) -> Tensor:
+                    return torch.einsum("bqgre,bkge->bgrqk", qq, kk).reshape(b, H, p, p)
+
+                scores = torch.where(Mq, torch.where(Mk, sc(qg, k), sc(qg, ka)),
+                                     torch.where(Mk, sc(qa, k), sc(qa, ka)))
             else:
-                scores = torch.einsum("bqhe,bkhe->bhqk", q, kh)
+                scores = torch.einsum("bqgre,bkge->bgrqk", qg, k).reshape(b, H, p, p)
             scores = (scores * self.scale).masked_fill(~allowed, float("-inf"))
             A = torch.softmax(scores, dim=-1)
+            Ag = A.view(b, G, rep, p, p)
             if kc is not None:
-                Mv_f = Mv.to(A.dtype)
-                z = (torch.einsum("bhqk,bkhe->bqhe", A * Mv_f, vh)
-                     + torch.einsum("bhqk,bkhe->bqhe", A * (1 - Mv_f), vha.expand_as(vh)))
+                Mv_f = Mv.to(A.dtype).view(b, G, rep, p, p)
+                z = (torch.einsum("bgrqk,bkge->bqgre", Ag * Mv_f, v)
+                     + torch.einsum("bgrqk,bkge->bqgre", Ag * (1 - Mv_f), va))
             else:
-                z = torch.einsum("bhqk,bkhe->bqhe", A, vh)
+                z = torch.einsum("bgrqk,bkge->bqgre", Ag, v)
+            z = z.reshape(b, p, H, e)
             if grad_nodes:
                 out["z"].append(z)
             head_out = torch.einsum("bqhe,hed->bqhd", z, W.W_O)

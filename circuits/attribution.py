@@ -245,14 +245,16 @@ def _softmax_shift(a: Tensor, delta: Tensor) -> Tensor:
 
 
 def crossing_scores(
-    pm: PatchableModel,
+    pm: Any,
     clean: Activations,
     ablated: Activations,
     grad_z: Float[Tensor, "batch layer pos head d_head"],
     attention_mask: Int[Tensor, "batch pos"],
 ) -> Float[Tensor, "batch layer head kind qpos kpos"]:
     """Per-example crossing-edge scores :math:`\\Delta z_t\\cdot\\partial M/\\partial z_t`
-    (kinds q, k, v; closed forms in the module docstring), vectorised over all (t, t')."""
+    (kinds q, k, v; closed forms in the module docstring), vectorised over all (t, t').
+
+    ``pm`` needs ``n_heads``, ``n_kv_heads`` and ``scale`` (a :class:`PatchableModel`)."""
     rep = pm.n_heads // pm.n_kv_heads
     f64 = torch.float64
 
