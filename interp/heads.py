@@ -501,9 +501,7 @@ def attention_viewer(
     buttons = []
     for i, n in enumerate(names):
         vis = [j == i for j in range(len(names))]
-        lay = figs[i].layout
         buttons.append(dict(label=n, method="update", args=[{"visible": vis}, {"title": f"Attention {n} — {model_name(model)}"}]))
-        del lay
     fig.update_layout(
         title=f"Attention {names[0]} — {model_name(model)}",
         xaxis_title="key token", yaxis_title="query token", yaxis_autorange="reversed",

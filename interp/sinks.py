@@ -441,7 +441,7 @@ class _ValueNorms:
             l = int(hook.name.split(".")[1])
             vq = v.detach().float().repeat_interleave(self.group, dim=2)  # [b t head d]
             g = self.gram[l].to(vq.device)
-            sq = torch.einsum("bthd,hde,bthe->bth", vq, g, vq).clamp(min=0).sqrt()
+            sq = (torch.einsum("bthd,hde->bthe", vq, g) * vq).sum(-1).clamp(min=0).sqrt()
             sq = sq * valid.to(sq.device)[:, :, None]
             self.sum[l, :, :width] += sq.sum(0).T.double().cpu()
 
