@@ -93,8 +93,18 @@ def _common(info: ToyInfo, model: Any, record: dict[str, Any]) -> dict[str, Any]
                  "params": dict(info.task_params)},
         "eval": {"seed": EVAL_SEED, "n": EVAL_N},
         "training": record,
+        "head_ov_norm": _ov_norms(model),
         "spec": info.to_dict(),
     }
+
+
+def _ov_norms(model: Any) -> dict[str, float]:
+    """``‖W_V W_O‖_F`` per head: a head near 0 writes (almost) nothing to the residual."""
+    from interp.zoo._train import head_ov_norms
+
+    with torch.no_grad():
+        n = head_ov_norms(model.original_model)
+    return {_label(l, h): _round(n[l, h]) for l in range(n.shape[0]) for h in range(n.shape[1])}
 
 
 # ----------------------------------------------------------------------------- per task
@@ -113,13 +123,16 @@ def _induction(info: ToyInfo, model: Any) -> dict[str, Any]:
     content[:, 2:] = True  # queries t >= 2 (key t-1 is a content token)
     prev = M.attention_to_offset(pats[0], 1, content)
     ind = M.attention_to_offset(pats[1], ell - 1, b.eval_mask)
-    p_head = int(prev.argmax())
-    i_head = int(ind.argmax())
     # previous-token attention of L0 at the first-copy keys the induction head reads
     first_copy = (torch.arange(Tn)[None] >= (b.extra["second_start"] - ell)[:, None] + 1) & (
         torch.arange(Tn)[None] < b.extra["second_start"][:, None])
     prev_first = M.attention_to_offset(pats[0], 1, first_copy)
     ablate = _ablation_table(model, b, {"induction": b.eval_mask}, {"induction": b.targets})
+    # the planted head of a layer is the one whose zero-ablation hurts most (heads that attend
+    # the same way but write ~nothing, see head_ov_norm, are not part of the mechanism)
+    nh = int(model.cfg.n_heads)
+    p_head = min(range(nh), key=lambda h: ablate[_label(0, h)]["induction"])
+    i_head = min(range(nh), key=lambda h: ablate[_label(1, h)]["induction"])
 
     # K-composition: patch layer-1 q/k/v with values from a run where the prev head is ablated
     abl_hooks = M.ablate_heads_hooks([(0, p_head)])
@@ -310,14 +323,15 @@ def _offset(info: ToyInfo, model: Any) -> dict[str, Any]:
     acc = M.accuracy(base, b.targets, b.eval_mask)
     pats = M.patterns(model, b.tokens)
     per: dict[str, Any] = {}
-    best, best_v = (0, 0), -1.0
     for layer in range(int(model.cfg.n_layers)):
         a = M.attention_to_offset(pats[layer], off, b.eval_mask)
         for h, v in enumerate(a.tolist()):
             per[_label(layer, h)] = _round(v)
-            if v > best_v:
-                best, best_v = (layer, h), v
     ablate = _ablation_table(model, b, {"offset": b.eval_mask}, {"offset": b.targets})
+    # planted head = the one whose zero-ablation hurts most
+    lab_best = min(ablate, key=lambda k: ablate[k]["offset"])
+    best = tuple(int(x) for x in lab_best[1:].split("H"))
+    best_v = per[lab_best]
     lab = _label(*best)
     return {
         "accuracy": {"offset": _round(acc), "chance": _round(1 / info.task_params["n_vocab"]),

@@ -21,7 +21,9 @@ class ToyInfo:
         task: generator in :mod:`interp.zoo.tasks` (``induction``, ``backcopy``, ``offset``).
         model: architecture sizes (d_model, n_layers, n_heads, n_kv_heads, d_mlp, n_ctx, ...).
         task_params: keyword arguments of the task generator.
-        train: steps, batch, lr, warmup, weight_decay.
+        train: steps, batch, lr, warmup, weight_decay, and ``head_sparsity`` λ: weight of the
+            concave per-head penalty ``λ Σ_{l,h} sqrt(‖W_V W_O‖_F)`` that makes one head carry
+            each mechanism instead of redundant copies (see ``_train.head_sparsity_penalty``).
     """
 
     name: str
@@ -50,7 +52,8 @@ TOY_MODELS: dict[str, ToyInfo] = {
         model=dict(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_mlp=8, n_ctx=64,
                    rope_theta=10000.0),
         task_params=dict(n_vocab=64, length=40, min_segment=6, max_segment=16),
-        train=dict(steps=3000, batch=64, lr=1e-3, warmup=100, weight_decay=0.01),
+        train=dict(steps=3000, batch=64, lr=1e-3, warmup=100, weight_decay=0.01,
+                   head_sparsity=0.003),
     ),
     "toy-backcopy": ToyInfo(
         name="toy-backcopy",
@@ -71,7 +74,8 @@ TOY_MODELS: dict[str, ToyInfo] = {
         model=dict(d_model=64, n_layers=1, n_heads=2, n_kv_heads=2, d_mlp=8, n_ctx=64,
                    rope_theta=10000.0),
         task_params=dict(n_vocab=32, length=32, offset=3),
-        train=dict(steps=1500, batch=64, lr=3e-3, warmup=100, weight_decay=0.01),
+        train=dict(steps=800, batch=64, lr=3e-3, warmup=100, weight_decay=0.01,
+                   head_sparsity=0.01),
     ),
     "toy-offset-abs": ToyInfo(
         name="toy-offset-abs",
@@ -80,7 +84,8 @@ TOY_MODELS: dict[str, ToyInfo] = {
         arch="gpt2", positional="absolute", attention_only=True, task="offset",
         model=dict(d_model=64, n_layers=1, n_heads=2, n_kv_heads=2, d_mlp=8, n_ctx=64),
         task_params=dict(n_vocab=32, length=32, offset=3),
-        train=dict(steps=2500, batch=64, lr=3e-3, warmup=100, weight_decay=0.01),
+        train=dict(steps=1200, batch=64, lr=3e-3, warmup=100, weight_decay=0.01,
+                   head_sparsity=0.003),
     ),
     "toy-nope": ToyInfo(
         name="toy-nope",

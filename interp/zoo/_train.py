@@ -31,7 +31,8 @@ import torch
 from interp.zoo import tasks as T
 from interp.zoo._specs import TOY_MODELS, ToyInfo
 
-__all__ = ["train", "build_model", "build_tokenizer", "make_batch", "WEIGHTS_DIR"]
+__all__ = ["train", "build_model", "build_tokenizer", "make_batch", "head_ov_norms",
+           "head_sparsity_penalty", "WEIGHTS_DIR"]
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -128,6 +129,44 @@ def _bigram(info: ToyInfo) -> T.Bigram:
     return _BIGRAMS[key]
 
 
+def head_ov_norms(model: torch.nn.Module) -> torch.Tensor:
+    """``‖W_V^{g(h)} W_O^h‖_F`` for every layer and query head: ``[layer, head]`` (differentiable).
+
+    ``g(h)`` is the KV head of query head ``h`` (GQA)."""
+    cfg = model.config
+    rows = []
+    if hasattr(model, "model"):  # Llama: v_proj [n_kv*dh, d], o_proj [d, n_heads*dh]
+        nh, nkv = cfg.num_attention_heads, cfg.num_key_value_heads
+        for layer in model.model.layers:
+            dh = layer.self_attn.head_dim
+            wv = layer.self_attn.v_proj.weight.reshape(nkv, dh, -1)
+            wo = layer.self_attn.o_proj.weight.reshape(-1, nh, dh).permute(1, 0, 2)
+            rep = nh // nkv
+            ov = torch.einsum("hmd,hdn->hmn", wo, wv.repeat_interleave(rep, 0))
+            rows.append(ov.flatten(1).norm(dim=-1))
+    else:  # GPT-2 Conv1D: c_attn [d, 3d], c_proj [d, d] (in, out)
+        nh = cfg.n_head
+        for blk in model.transformer.h:
+            d = blk.attn.c_attn.weight.shape[0]
+            dh = d // nh
+            wv = blk.attn.c_attn.weight[:, 2 * d:].reshape(d, nh, dh).permute(1, 0, 2)
+            wo = blk.attn.c_proj.weight.reshape(nh, dh, d)
+            ov = torch.einsum("hmd,hdn->hmn", wv, wo)
+            rows.append(ov.flatten(1).norm(dim=-1))
+    return torch.stack(rows)
+
+
+def head_sparsity_penalty(model: torch.nn.Module) -> torch.Tensor:
+    """Concave group penalty ``Σ_{l,h} sqrt(‖W_V W_O‖_F)`` on per-head OV circuits.
+
+    Unlike an L1/group-lasso penalty, which is indifferent to splitting one function over
+    identical copies, the square root is concave in the norms, so gradient descent prefers one
+    head per job: without it the toys grow redundant copies (e.g. both heads of a 2-head offset
+    model attend to t-3 and ablating either one changes nothing), which makes "ablate the planted
+    head" checks meaningless."""
+    return (head_ov_norms(model) + 1e-6).sqrt().sum()
+
+
 def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
     if step < warmup:
         return lr * (step + 1) / warmup
@@ -161,8 +200,10 @@ def train_model(
                 logits.reshape(-1, logits.shape[-1]), batch.targets.reshape(-1),
                 ignore_index=T.IGNORE,
             )
+            lam = float(tr.get("head_sparsity", 0.0))
+            total = loss + lam * head_sparsity_penalty(model) if lam > 0 else loss
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            total.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             losses.append(loss.item())
