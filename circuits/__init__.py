@@ -8,7 +8,9 @@ Public API (imported lazily)::
     logit_diff, prob_diff, kl_to_clean   # circuits.metrics
     tasks                                # circuits.tasks: IOI, induction, position task, JSONL
     select, Circuit                      # circuits.select / circuits.circuit (selection)
-    faithfulness, faithfulness_curve     # circuits.faithfulness / circuits.curves
+    faithfulness, FaithfulnessEvaluator  # circuits.faithfulness
+    faithfulness_curve, plot_curves      # circuits.curves (MIB grid, CPR/CMD)
+    exact_node_scores, exact_edge_score  # circuits.attribution: exact patching references
 
 Definitions and citations: ``shared/REFERENCES.md`` §1–2 (Haklay et al. 2025; Hanna et al. 2024).
 """
@@ -28,6 +30,10 @@ _EXPORTS: dict[str, str] = {
     "prob_diff": "circuits.metrics",
     "kl_to_clean": "circuits.metrics",
     "Metric": "circuits.metrics",
+    "MetricBatch": "circuits.metrics",
+    "logprob": "circuits.metrics",
+    "exact_node_scores": "circuits.attribution",
+    "exact_edge_score": "circuits.attribution",
     "select": "circuits.select",
     "Circuit": "circuits.circuit",
     "faithfulness": "circuits.faithfulness",
