@@ -6,7 +6,10 @@ fit the probe on the rows whose prompt is not in fold ``f``, score it on the row
 is (so no prompt -- and no duplicate of a prompt -- is ever on both sides). Metrics per fold are
 stored; intervals are t-intervals over folds or a bootstrap over prompts
 (:mod:`probes.splits`). With ``by="layer"`` the controls of :mod:`probes.controls` are run on
-the same folds and ``selectivity = metric(task) - metric(control task)`` is computed per fold.
+the same folds and ``selectivity = metric(task) - metric(control task)`` is computed per fold
+(accuracy for classification, as in Hewitt & Liang 2019; for regression ``R^2(task) -
+max(R^2(control), 0)``: a control R^2 below the predict-the-mean level of 0 is clipped there, so a
+badly overfitted control cannot inflate selectivity).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any, Literal, Sequence
 import torch
 from torch import Tensor
 
-from probes._models import Standardizer, check_features, fit_logistic, fit_ridge, fit_ridge_path
+from probes._models import Standardizer, _small_problem_threads, check_features, fit_logistic, fit_ridge, fit_ridge_path
 from probes.controls import control_task_labels, random_directions, shuffled_labels
 from probes.data import ProbeData, hook_label, hook_layer
 from probes.errors import ProbeInputError
@@ -314,16 +317,7 @@ def probe_sweep(
         ctrl_labels["shuffled"] = shuffled_labels(y, torch.ones_like(y, dtype=torch.bool), seed=seed + 2)
     boot: dict[str, Tensor] = {}
 
-    it = enumerate(hooks)
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(list(it), desc=f"probe {target.name}")
-    for hi, hook in it:
-        x_full = data.features[hook][valid]
-        check_features(x_full, name=f"features[{hook!r}]")
-        if device is not None:
-            x_full = x_full.to(device)
+    def _sweep_hook(hi: int, x_full: Tensor) -> None:
         for ci_, _ in enumerate(cell_names):
             rows = (cell_of == ci_).nonzero().flatten()
             if rows.numel() < max(min_rows_per_cell, 2):
@@ -366,18 +360,36 @@ def probe_sweep(
                     bc = _bootstrap(kind, lab, oofs[c], split_groups[rows], n_boot, seed, [primary], n_classes)
                     boot.setdefault(f"{c}.{primary}", torch.full((n_h, n_boot), float("nan"), dtype=torch.float64))[hi] = bc[primary]
 
+
+    it = enumerate(hooks)
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(list(it), desc=f"probe {target.name}")
+    for hi, hook in it:
+        x_full = data.features[hook][valid]
+        check_features(x_full, name=f"features[{hook!r}]")
+        if device is not None:
+            x_full = x_full.to(device)
+        with _small_problem_threads(float(x_full.shape[0]) * float(x_full.shape[1]) * 8):
+            _sweep_hook(hi, x_full)
+
     scores = {m: g[:, 0, :] for m, g in grid.items()} if by == "layer" else {}
     selectivity = None
     if by == "layer":
         if "control_task" in ctrl_names:
-            selectivity = scores[primary] - ctrl["control_task"][primary]
+            control = ctrl["control_task"][primary]
+            if kind == "regression":  # R^2 below 0 is worse than predicting the mean: clip at chance
+                control = control.clamp_min(0.0)
+            selectivity = scores[primary] - control
         for name, arr in [*scores.items(), *((f"{c}.{primary}", ctrl[c][primary]) for c in ctrl_names)] + (
             [("selectivity", selectivity)] if selectivity is not None else []
         ):
             if ci == "bootstrap" and name in boot:
                 ci_out[name] = torch.tensor([percentile_interval(boot[name][h], level) for h in range(n_h)])
             elif ci == "bootstrap" and name == "selectivity":
-                diff = boot[primary] - boot[f"control_task.{primary}"]
+                cb = boot[f"control_task.{primary}"]
+                diff = boot[primary] - (cb.clamp_min(0.0) if kind == "regression" else cb)
                 ci_out[name] = torch.tensor([percentile_interval(diff[h], level) for h in range(n_h)])
             else:
                 ci_out[name] = torch.tensor([t_interval(arr[h], level) for h in range(n_h)])
