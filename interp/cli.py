@@ -32,7 +32,33 @@ import typer  # noqa: E402
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_MODEL = "smollm2-135m"
 
-app = typer.Typer(
+class _OneLineErrors(typer.Typer):
+    """Typer app whose usage errors (bad option, missing argument) print as one ``error:`` line."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:  # typer >= 0.16 vendors click as typer._click
+            from typer._click import exceptions as cx
+        except ImportError:  # pragma: no cover
+            import click.exceptions as cx  # type: ignore[no-redef]
+
+        kwargs["standalone_mode"] = False
+        try:
+            rv = super().__call__(*args, **kwargs)
+        except cx.ClickException as e:
+            msg = e.format_message()
+            if msg:  # (no_args_is_help has already printed the help)
+                ctx = getattr(e, "ctx", None)
+                cmd = f" {ctx.info_name}" if ctx is not None and ctx.parent is not None else ""
+                hint = f" (see 'interp{cmd} --help')" if isinstance(e, cx.UsageError) else ""
+                typer.echo(f"error: {msg}{hint}", err=True)
+            sys.exit(e.exit_code)
+        except (typer.Abort, KeyboardInterrupt):
+            typer.echo("error: aborted", err=True)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+app = _OneLineErrors(
     name="interp", add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
     help="Position-aware mechanistic interpretability on TransformerLens: reports, sinks, heads, "
          "RoPE, probes, circuits. Exit codes: 0 ok, 1 analysis failure, 2 usage/bad input.",
@@ -130,8 +156,13 @@ DtypeOpt = typer.Option("float32", "--dtype", help="float32 (default), bfloat16 
 
 
 @app.callback()
-def _root() -> None:
+def _root(threads: int | None = typer.Option(None, "--threads", min=1,
+                                             help="torch CPU threads (1 is often fastest on a busy machine).")) -> None:
     """interp: position-aware interpretability toolkit."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 @app.command()

@@ -171,9 +171,12 @@ def test_console_script_exit_code_and_one_line_error():
     if not Path(INTERP).exists():
         pytest.skip("console script not installed in this environment (pip install -e .)")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    p = subprocess.run([INTERP, "report", "--only", "nosuch"], capture_output=True, text=True, env=env, timeout=120)
-    assert p.returncode == 2
-    _one_line_error(p.stderr)
+    for args in (["report", "--only", "nosuch"], ["report", "--bogus-option"], ["--threads", "0", "sections"]):
+        p = subprocess.run([INTERP, *args], capture_output=True, text=True, env=env, timeout=120)
+        assert p.returncode == 2, (args, p.stderr)
+        _one_line_error(p.stderr)
+    p = subprocess.run([INTERP, "sections"], capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0 and "capture" in p.stdout
 
 
 @pytest.mark.real_model
