@@ -234,7 +234,8 @@ def test_disk_store_equals_memory_and_resumes(smollm2, mem_store, tmp_path, monk
         partial.get(HOOKS[0], 2)
 
     calls["n"] = 10  # no more interruptions; count the shards the resume writes
-    store = capture(smollm2, IOI_PROMPTS, HOOKS, schema=Schema.from_template(IOI), batch_size=1, out=out)
+    # (a different batch_size on resume keeps the stored shard plan)
+    store = capture(smollm2, IOI_PROMPTS, HOOKS, schema=Schema.from_template(IOI), batch_size=2, out=out)
     assert calls["n"] == 12  # only shards 1 and 2 were computed again
     man = json.loads((out / "manifest.json").read_text())
     assert man["complete"] is True and man["prepend_bos"] is True and man["hooks"] == HOOKS

@@ -97,6 +97,13 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _model_dtype(model: Any) -> torch.dtype:
+    try:
+        return next(model.parameters()).dtype
+    except (StopIteration, AttributeError, TypeError):
+        return torch.float32
+
+
 def _model_meta(model: Any) -> dict[str, Any]:
     info = getattr(model, "interp_info", None)
     cfg = model.cfg
@@ -112,7 +119,7 @@ def _model_meta(model: Any) -> dict[str, Any]:
 
 
 _FINGERPRINT_KEYS = ("model", "hooks", "dtype", "prepend_bos", "padding_side", "n_examples",
-                     "prompt_hashes", "schema", "shards")
+                     "prompt_hashes", "schema", "spans")
 
 
 def capture(
@@ -175,7 +182,7 @@ def capture(
     meta: dict[str, Any] = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "complete": False,
         "model": _model_meta(model), "versions": _versions(),
-        "dtype": str(dtype).replace("torch.", "") if dtype is not None else "model",
+        "dtype": str(dtype if dtype is not None else _model_dtype(model)).replace("torch.", ""),
         "prepend_bos": bool(prepend_bos), "padding_side": padding_side,
         "hooks": names, "layouts": {h: _layout(h) for h in names},
         "n_examples": n, "lengths": lengths, "prompt_hashes": [_prompt_hash(p) for p in prompts],
@@ -186,11 +193,13 @@ def capture(
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
+    meta = json.loads(json.dumps(meta))  # plain JSON types, so it compares equal to a stored manifest
     path: Path | None = Path(out) if out is not None else None
     if path is not None:
         done = _prepare_out_dir(path, meta, overwrite)
         if done == "complete":
             return ActivationStore.load(path)
+        plan = [(sh["start"], sh["end"]) for sh in meta["shards"]]
     memory: dict[str, list[Tensor | None]] = {h: [None] * n for h in names}
     memory_tokens: list[Tensor | None] = [None] * n
 
@@ -297,6 +306,10 @@ def _prepare_out_dir(path: Path, meta: dict[str, Any], overwrite: bool) -> str:
             raise ManifestMismatchError(f"{mpath} is not a readable activation-store manifest ({e}). "
                                         "Use another out directory, or delete this one.") from e
         diff = [k for k in _FINGERPRINT_KEYS if old.get(k) != meta.get(k)] if old.get("format") == FORMAT else ["format"]
+        if not diff:
+            # same capture: keep the stored shard plan and creation time (batch_size may differ now)
+            for k in ("shards", "batch_size", "created"):
+                meta[k] = old[k]
         if diff:
             if not overwrite:
                 detail = "; ".join(f"{k}: stored {_short(old.get(k))} vs now {_short(meta.get(k))}" for k in diff[:4])
