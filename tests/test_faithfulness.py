@@ -352,3 +352,39 @@ def test_planted_induction_circuit_is_faithful_random_ones_are_not(toy_model):
     assert r.f >= 0.9, r
     rand = [ev(_random_circuit(ev.pm, planted.n_edges, seed)).f for seed in range(5)]
     assert max(rand) < 0.9, rand
+
+
+@pytest.mark.real_model
+@pytest.mark.slow
+def test_smollm2_ioi_span_circuit_through_task_schema(smollm2):
+    """Span circuit on SmolLM2 IOI: the Task's schema maps every token to its span (BOS its own),
+    and evaluating the span circuit equals evaluating its hand-expanded concrete masks."""
+    import circuits
+    from circuits.tasks import ioi
+
+    task = ioi(smollm2, n=4, seed=3)
+    graph = circuits.attribute(smollm2, task, granularity="span")
+    circ = circuits.select(graph, 300)
+    assert circ.positions[0] == "BOS" and circ.granularity == "span"
+    ev = FaithfulnessEvaluator(smollm2, task, n_boot=100)
+    pi = ev.position_index(circ)
+    spans = task.schema.apply(task.clean)
+    for b in range(len(task)):
+        for j, (s, e) in enumerate(spans.spans[b]):
+            assert (pi[b, s:e] == circ.positions.index(spans.names[j])).all()
+    # hand expansion (loops), BOS column kept whole
+    B, T = ev.tokens.shape
+    S, R = len(ev.pm.senders), len(ev.pm.receivers)
+    keep = torch.ones(B, T, S, R, dtype=torch.bool)
+    kc = torch.ones(B, ev.pm.n_layers, ev.pm.n_heads, 3, T, T, dtype=torch.bool)
+    for b in range(B):
+        n = int(ev.mask[b].sum())
+        for t in range(1, n):
+            keep[b, t] = circ.same_pos[pi[b, t]]
+            for t2 in range(1, n):
+                kc[b, :, :, :, t, t2] = circ.cross[:, :, :, pi[b, t], pi[b, t2]]
+    r_hand = ev.evaluate_masks(keep, kc)
+    r = ev(circ)
+    assert r.f == pytest.approx(r_hand.f, abs=1e-5)
+    assert ev.m_full.mean() > ev.m_empty.mean() + 1.0  # SmolLM2 solves IOI; ABC corruption hurts
+    assert 0 < r.concrete_edges < 300 * T * T
