@@ -122,12 +122,14 @@ def main() -> None:
         "curves": {g: c.to_json() for g, c in curves.items()},
         "graphs_meta": {g: to_jsonable(gr.meta) for g, gr in graphs.items()},
     }
-    (out / "ioi_positional_vs_nonpositional.json").write_text(json.dumps(to_jsonable(result), indent=1))
-    (out / "ioi_positional_vs_nonpositional.html").write_text(
+    stem = "ioi_positional_vs_nonpositional" + ("" if (args.method, args.ablation) == ("eap", "counterfactual")
+                                                else f"_{args.method}_{args.ablation}")
+    (out / f"{stem}.json").write_text(json.dumps(to_jsonable(result), indent=1))
+    (out / f"{stem}.html").write_text(
         "<html><head><meta charset='utf-8'><title>IOI positional vs non-positional</title></head><body>"
         + "".join(html) + "</body></html>")
     print("\nsummary:", json.dumps(to_jsonable(summary | {"timings": timings}), indent=1))
-    print(f"wrote {out / 'ioi_positional_vs_nonpositional.json'} and .html")
+    print(f"wrote {out / stem}.json and .html")
 
 
 if __name__ == "__main__":

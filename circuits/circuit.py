@@ -354,7 +354,7 @@ def plot_circuit(circuit: Circuit, max_edges: int | None = 400, title: str | Non
     import plotly.graph_objects as go
 
     ix = circuit.index
-    H, G = max(ix.n_heads, 1), max(ix.n_kv_heads, 1)
+    H = max(ix.n_heads, 1)
     P = len(circuit.positions)
     col_w = 1.0
     head_dx = 0.8 / H

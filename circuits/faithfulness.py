@@ -33,7 +33,7 @@ from torch import Tensor
 
 from interp.results import Result
 
-from ._forward import Activations, PatchableModel
+from ._forward import Activations
 from .circuit import Circuit, concrete_edge_counts
 
 __all__ = ["Faithfulness", "FaithfulnessEvaluator", "faithfulness", "expand_masks", "position_index"]
