@@ -629,8 +629,8 @@ class ActiveDormantResult(Result):
     ``delta_loss[d, l, h]`` = loss(head ablated) − loss(clean) on domain ``domains[d]`` (mean
     next-token cross-entropy in nats); ``sink_attention[d, l, h]`` = mean attention of the head to
     ``sink_position`` (the first-token score); ``base_loss[d]``. A head is *active* on a domain
-    when ``Δloss ≥ active_threshold`` and *dormant* when ``Δloss < dormant_threshold`` and its
-    sink attention is ``> eps``. NaN where a layer was not measured.
+    when ``Δloss ≥ active_threshold`` and *dormant* when ``|Δloss| < dormant_threshold`` and its
+    sink attention is ``> eps`` (a head whose ablation *lowers* the loss a lot is not dormant). NaN where a layer was not measured.
     """
 
     model: str
@@ -649,7 +649,7 @@ class ActiveDormantResult(Result):
         return (self.delta_loss >= self.active_threshold).float()
 
     def dormant(self) -> Float[Tensor, "domain layer head"]:
-        return ((self.delta_loss < self.dormant_threshold) & (self.sink_attention > self.eps)).float()
+        return ((self.delta_loss.abs() < self.dormant_threshold) & (self.sink_attention > self.eps)).float()
 
     def switching(self) -> list[dict[str, Any]]:
         """Heads dormant on one domain and active on another, with the numbers."""

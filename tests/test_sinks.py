@@ -159,14 +159,15 @@ def test_active_dormant_matches_single_head_ablation(tiny, method):
 
 
 def test_switching_logic():
-    dl = torch.tensor([[[0.001, 0.5]], [[0.3, 0.0001]]])  # [domain layer head]
-    sa = torch.tensor([[[0.8, 0.1]], [[0.2, 0.9]]])
+    dl = torch.tensor([[[0.001, 0.5, -0.2]], [[0.3, 0.0001, 0.3]]])  # [domain layer head]
+    sa = torch.tensor([[[0.8, 0.1, 0.9]], [[0.2, 0.9, 0.9]]])
     r = sinks.ActiveDormantResult(model="fake", prepend_bos=True, method="zero", domains=["prose", "code"],
                                   base_loss=[1.0, 2.0], delta_loss=dl, sink_attention=sa,
                                   active_threshold=0.02, dormant_threshold=0.005, eps=0.3)
     sw = {s["head"]: s for s in r.switching()}
     assert sw["L0H0"]["dormant_on"] == ["prose"] and sw["L0H0"]["active_on"] == ["code"]
     assert sw["L0H1"]["dormant_on"] == ["code"] and sw["L0H1"]["active_on"] == ["prose"]
+    assert "L0H2" not in sw  # ablation lowering the loss by 0.2 is not dormancy
 
 
 def test_bad_input(tiny):
