@@ -5,7 +5,7 @@ Public API (imported lazily so ``import interp`` stays fast)::
     load_model, known_models            # interp.models
     tokenize, TokenBatch                # interp.tokens
     model_spec, ModelSpec, RopeSpec     # interp.spec
-    Schema                              # interp.schema
+    Schema, SchemaSpans                 # interp.schema
     capture, ActivationStore            # interp.capture
 
 Analysis modules: ``interp.sinks``, ``interp.heads``, ``interp.neurons``, ``interp.rope``,
@@ -28,6 +28,7 @@ _EXPORTS: dict[str, str] = {
     "ModelSpec": "interp.spec",
     "RopeSpec": "interp.spec",
     "Schema": "interp.schema",
+    "SchemaSpans": "interp.schema",
     "capture": "interp.capture",
     "ActivationStore": "interp.capture",
 }
