@@ -331,7 +331,8 @@ def capture_cmd(
     def run() -> Any:
         from interp import capture
 
-        return capture(m, [p.text for p in prompt_list], hook_list, batch_size=batch_size, out=out)
+        return capture(m, [p.text for p in prompt_list], hook_list, batch_size=batch_size, out=out,
+                       prepend_bos=not no_bos)
 
     store = _guard(debug, "input", run)
     info: dict[str, Any] = {"out": str(out), "n_prompts": len(prompt_list), "hooks": hook_list}

@@ -249,3 +249,56 @@ def _check_figures_are_labelled(rep: Report) -> None:
                 axis = getattr(fig.layout, ax, None)
                 if axis is not None and fig.data and fig.data[0].type not in ("pie", "table", "sankey"):
                     assert axis.title.text, f"{r.name}: {title!r} has no {ax} label"
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_toy_model_report_every_section_renders(toy_model, tmp_path):
+    """Every default section on a planted toy model (fast): ok or skipped with a reason, never
+    failed; every figure renders with no JavaScript error; screenshot saved."""
+    try:
+        model = toy_model("toy-offset-rope")
+    except FileNotFoundError as e:
+        pytest.skip(f"toy-offset-rope weights not shipped: {e}")
+    rep = build_report(model, model_name="toy-offset-rope", progress=False, options={"max_offset": 4})
+    status = {r.name: (r.status, r.reason) for r in rep.results}
+    assert not rep.failed, status
+    assert status["circuit"][0] == "skipped"  # IOI needs a natural-language model
+    for name in ("model", "capture", "heads", "sinks", "rope"):
+        assert status[name][0] == "ok", (name, status[name])
+    _check_figures_are_labelled(rep)
+    heads = rep.section("heads").output.data
+    # the planted mechanism: one head attends exactly 3 tokens back
+    offsets = torch.tensor(heads["offset"])  # [layer head delta]
+    assert float(offsets[0, :, 3].max()) > 0.5
+    html_path, json_path = rep.save(tmp_path, stem="toy-offset-rope")
+    chk = check_rendering(html_path, screenshot=SCREENSHOT_DIR / "report-toy-offset-rope.png")
+    assert chk.ok, (chk.figures, chk.rendered, chk.js_errors)
+    assert chk.figures == sum(len(r.output.figures) for r in rep.results)
+    doc = json.loads(json_path.read_text())
+    assert doc["meta"]["model"] == "toy-offset-rope" and len(doc["meta"]["prompts"]) == 6
+
+
+@pytest.mark.slow
+def test_cli_report_end_to_end_on_a_toy_model(tmp_path):
+    """`interp report` as the Makefile runs it: a subprocess, exit 0, both files written."""
+    import subprocess
+    import sys
+
+    interp_bin = Path(sys.executable).with_name("interp")
+    if not interp_bin.exists():
+        pytest.skip("console script not installed (pip install -e .)")
+    from interp import zoo
+
+    try:
+        zoo.model_dir("toy-offset-rope")
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    p = subprocess.run([str(interp_bin), "--threads", "1", "report", "toy-offset-rope", "--only", "model,capture,heads",
+                        "--out", str(tmp_path), "--no-progress"], capture_output=True, text=True, env=env,
+                       timeout=900, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["toy-offset-rope.html", "toy-offset-rope.json"]
+    doc = json.loads((tmp_path / "toy-offset-rope.json").read_text())
+    assert [s["status"] for s in doc["sections"]] == ["ok", "ok", "ok"]

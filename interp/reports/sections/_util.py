@@ -49,3 +49,17 @@ def as_list(x: Any) -> Any:
 def mean_ignore_nan(rows: Sequence[Sequence[float]]) -> list[float]:
     t = torch.tensor(rows, dtype=torch.float64)
     return torch.nanmean(t, dim=0).tolist()
+
+
+def head_scan(ctx: Any) -> Any:
+    """``interp.heads.scan`` of the report prompts (head scores + sink statistics in one streaming
+    pass, with the random-token and repeated-sequence controls), computed once per report and
+    shared by the ``sinks`` and ``heads`` sections through ``ctx.cache``."""
+    key = "heads.scan"
+    if key not in ctx.cache:
+        from interp.heads import scan
+
+        ctx.cache[key] = scan(ctx.model, ctx.texts, max_offset=int(ctx.options.get("max_offset", 8)),
+                              eps=float(ctx.options.get("eps", 0.3)), prepend_bos=ctx.prepend_bos, batch_size=4,
+                              random_control=True, induction_control=True, seed=ctx.seed)
+    return ctx.cache[key]

@@ -41,11 +41,29 @@ def run(ctx: ReportContext) -> SectionOutput:
 
     model = ctx.model
     norms_all, ents_all, strs_all = [], [], []
-    for text in ctx.texts:
-        n, e, s = per_prompt_stats(model, text, ctx.prepend_bos)
-        norms_all.append(n)
-        ents_all.append(e)
-        strs_all.append(s)
+    try:
+        from interp.capture import capture
+    except ImportError:
+        capture = None
+    if capture is not None:
+        from interp.tokens import tokenize
+
+        backend = "interp.capture (batched, padding removed)"
+        store = capture(model, ctx.texts, ["blocks.*.hook_resid_post", "blocks.*.attn.hook_pattern"],
+                        batch_size=4, prepend_bos=ctx.prepend_bos)
+        strs_all = [list(map(str, s)) for s in tokenize(model, ctx.texts, prepend_bos=ctx.prepend_bos).str_tokens]
+        for i in range(store.n_examples):
+            norms_all.append(store.stack("blocks.*.hook_resid_post", i).float().norm(dim=-1))  # [layer pos]
+            a = store.stack("blocks.*.attn.hook_pattern", i).float()  # [layer head q k]
+            h = -(a * torch.log(a.clamp_min(1e-30))).sum(-1)  # [layer head q]
+            ents_all.append(h[..., 1:].mean(-1) if h.shape[-1] > 1 else torch.zeros(h.shape[:2]))
+    else:
+        backend = "TransformerBridge.run_with_cache, one prompt at a time"
+        for text in ctx.texts:
+            n, e, s = per_prompt_stats(model, text, ctx.prepend_bos)
+            norms_all.append(n)
+            ents_all.append(e)
+            strs_all.append(s)
     n_layers = model.cfg.n_layers
     max_len = max(n.shape[1] for n in norms_all)
     padded = torch.full((len(norms_all), n_layers, max_len), float("nan"))
@@ -82,7 +100,7 @@ def run(ctx: ReportContext) -> SectionOutput:
     hooks = [f"blocks.{l}.hook_resid_post" for l in range(n_layers)] + [
         f"blocks.{l}.attn.hook_pattern" for l in range(n_layers)]
     data = {
-        "backend": "TransformerBridge.run_with_cache, one prompt at a time",
+        "backend": backend,
         "n_tokens": [len(s) for s in strs_all],
         "resid_norm_mean": mean_norm, "resid_norm_count": count,
         "resid_norm_first_position_over_rest": [

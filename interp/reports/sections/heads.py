@@ -6,6 +6,7 @@ tokens, and a rule-based classification with its evidence (Olsson et al. 2022)."
 from __future__ import annotations
 
 from interp.reports._core import ReportContext, SectionOutput, Table, section
+from interp.reports.sections._util import head_scan
 
 
 @section("heads", "Positional heads",
@@ -13,11 +14,10 @@ from interp.reports._core import ReportContext, SectionOutput, Table, section
          "(mean Σ(A⊙P)/ΣA over prompts), A(Δ) curves with the random-token control, head classes.",
          requires=("interp.heads",), order=40)
 def run(ctx: ReportContext) -> SectionOutput:
-    from interp.heads import attention_viewer, positional_heads
+    from interp.heads import attention_viewer
 
     top = int(ctx.options.get("top", 10))
-    res = positional_heads(ctx.model, ctx.texts, prepend_bos=ctx.prepend_bos, seed=ctx.seed,
-                           max_offset=int(ctx.options.get("max_offset", 8)), batch_size=4)
+    res = head_scan(ctx).heads
     figs = [res.plot("previous_token"), res.plot("induction", control="repeated")
             if res.repeated_scores is not None else res.plot("induction"),
             res.plot("first_token") if "first_token" in res.score_names else res.plot_classes(),

@@ -49,7 +49,7 @@ def run(ctx: ReportContext) -> SectionOutput:
                     ["layer type", *next(iter(summ.values())).keys()], [[t, *row.values()] for t, row in summ.items()])]
     tables.append(Table(f"heads with the largest high-frequency share (highest {fraction:g} of chunks)",
                         ["head", "share"], [[h, v] for h, v in usage.top(10, fraction)]))
-    lc = abl.loss_change()
+    lc = abl.loss_change
     tables.append(Table("band ablation: loss change (nats / token) per condition", ["condition", "loss", "Δloss"],
                         [[c, float(abl.loss[i]), float(lc[i])] for i, c in enumerate(abl.conditions)]))
     tables.append(Table("positional heads by frequency (positional score, high-frequency share)",

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from interp.reports._core import ReportContext, SectionOutput, Table, section
+from interp.reports.sections._util import head_scan
 
 
 @section("sinks", "Attention sinks and extreme tokens",
@@ -26,7 +27,7 @@ def run(ctx: ReportContext) -> SectionOutput:
 
     top = int(ctx.options.get("top", 10))
     eps = float(ctx.options.get("eps", 0.3))
-    res = sinks.sink_analysis(ctx.model, ctx.texts, eps=eps, prepend_bos=ctx.prepend_bos, batch_size=4)
+    res = head_scan(ctx).sinks
     rep = sinks.repeated_token_sink(ctx.model, length=64, prepend_bos=False, eps=eps)
     disc = res.discover()
     figs: list[Any] = [res.plot(), res.plot_sink_curve()]
