@@ -27,10 +27,9 @@ from probes._models import (
     RidgeProbe,
     Standardizer,
     fit_logistic,
-    fit_ridge,
-    fit_ridge_path,
     load_probe,
 )
+from probes._ridge import fit_ridge, fit_ridge_path
 from probes.controls import control_task_labels, random_directions, shuffled_labels
 from probes.data import ProbeData, collect, default_hooks, hook_label
 from probes.errors import LabelAlignmentError, ProbeInputError

@@ -19,7 +19,8 @@ from typing import Any, Literal, Sequence
 import torch
 from torch import Tensor
 
-from probes._models import Standardizer, _small_problem_threads, check_features, fit_logistic, fit_ridge, fit_ridge_path
+from probes._models import Standardizer, _small_problem_threads, check_features, fit_logistic
+from probes._ridge import fit_ridge, fit_ridge_path
 from probes.controls import control_task_labels, random_directions, shuffled_labels
 from probes.data import ProbeData, hook_label, hook_layer
 from probes.errors import ProbeInputError

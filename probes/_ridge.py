@@ -1,0 +1,165 @@
+"""Closed-form ridge probes (see :mod:`probes._models` for the objective and conventions).
+
+``fit_ridge``: ``W = (Z^T Z + n l2 I)^{-1} Z^T (y - ybar)`` on standardised, centred ``Z`` --
+``sklearn.linear_model.Ridge(alpha=l2 * n)`` on the standardised features. ``fit_ridge_path``:
+all penalties from one eigendecomposition (primal ``d x d``, or the ``n x n`` dual when n < d).
+Reduced-rank ridge: Mukherjee & Zhu 2011.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from probes._models import RidgeProbe, Standardizer, _threads_for_small, check_features
+from probes.errors import ProbeInputError
+
+__all__ = ["fit_ridge", "fit_ridge_path"]
+
+
+def _ridge_stats(x: Tensor, y: Tensor, *, standardize: bool, device, chunk: int = 8192):
+    """Standardiser, target mean, Gram ``Z^T Z`` and ``Z^T (y - ybar)`` (float64) of centred ``Z``."""
+    check_features(x)
+    if y.shape[0] != x.shape[0]:
+        raise ProbeInputError(f"{y.shape[0]} targets for {x.shape[0]} feature rows: targets are misaligned")
+    if y.ndim not in (1, 2):
+        raise ProbeInputError(f"ridge targets must be [row] or [row out], got {tuple(y.shape)}")
+    dev = torch.device(device) if device is not None else x.device
+    x = x.to(dev)
+    squeeze = y.ndim == 1
+    y2 = y.to(dev).double().reshape(y.shape[0], -1)
+    if not bool(torch.isfinite(y2).all()):
+        raise ProbeInputError("ridge targets contain NaN/inf")
+    n, d = x.shape
+    std = Standardizer.fit(x, enabled=standardize)
+    m32, s32 = std.mean.to(x.dtype), std.scale.to(x.dtype)
+    ybar = y2.mean(0)
+    yc = y2 - ybar
+    gram = torch.zeros(d, d, dtype=torch.float64, device=dev)
+    xty = torch.zeros(d, y2.shape[1], dtype=torch.float64, device=dev)
+    cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    syrk = _cpu_syrk(cdt) if dev.type == "cpu" else None
+    for start in range(0, n, chunk):
+        z = ((x[start : start + chunk] - m32) / s32).to(cdt)
+        gram += syrk(z) if syrk is not None else (z.T @ z).double()
+        xty += (z.T @ yc[start : start + chunk].to(cdt)).double()
+    return std, ybar, gram, xty, n, squeeze
+
+
+def _cpu_syrk(dtype: torch.dtype):
+    """``z -> z^T z`` (float64) with BLAS ``?syrk`` (half the flops of a GEMM) when scipy is
+    installed; ``None`` otherwise."""
+    try:
+        from scipy.linalg import blas
+    except ImportError:  # pragma: no cover - scipy comes with scikit-learn
+        return None
+    fn = blas.ssyrk if dtype == torch.float32 else blas.dsyrk
+
+    def syrk(z: Tensor) -> Tensor:
+        a = z.contiguous().numpy().T  # [d n], Fortran-ordered view: no copy
+        upper = torch.from_numpy(fn(1.0, a, trans=0, lower=0)).double()
+        return upper + upper.triu(1).T
+
+    return syrk
+
+
+@_threads_for_small
+def fit_ridge_path(
+    x: Float[Tensor, "row d"],
+    y: Float[Tensor, "row *out"],
+    l2s: Sequence[float],
+    *,
+    standardize: bool = True,
+    device: str | torch.device | None = None,
+) -> list[RidgeProbe]:
+    """Ridge probes for several penalties from one eigendecomposition of the Gram matrix:
+    ``W(l2) = U diag(1 / (lambda + n l2)) U^T Z^T y`` (same solutions as :func:`fit_ridge`)."""
+    if x.shape[0] < x.shape[1]:  # fewer rows than features: dual (kernel) form, n x n
+        return _ridge_path_dual(x, y, l2s, standardize=standardize, device=device)
+    std, ybar, gram, xty, n, squeeze = _ridge_stats(x, y, standardize=standardize, device=device)
+    evals, evecs = torch.linalg.eigh(gram)
+    proj = evecs.T @ xty
+    out = []
+    for l2 in l2s:
+        w = evecs @ (proj / (evals.clamp_min(0) + n * l2)[:, None])
+        out.append(_ridge_probe(w, ybar, std, float(l2), None, n, squeeze, x.dtype))
+    return out
+
+
+def _ridge_path_dual(x: Tensor, y: Tensor, l2s: Sequence[float], *, standardize: bool, device) -> list[RidgeProbe]:
+    """``W(l2) = Z^T (Z Z^T + n l2 I)^{-1} yc`` via one eigendecomposition of the n x n kernel."""
+    check_features(x)
+    if y.shape[0] != x.shape[0]:
+        raise ProbeInputError(f"{y.shape[0]} targets for {x.shape[0]} feature rows: targets are misaligned")
+    dev = torch.device(device) if device is not None else x.device
+    x = x.to(dev)
+    squeeze = y.ndim == 1
+    y2 = y.to(dev).double().reshape(y.shape[0], -1)
+    if not bool(torch.isfinite(y2).all()):
+        raise ProbeInputError("ridge targets contain NaN/inf")
+    n = x.shape[0]
+    std = Standardizer.fit(x, enabled=standardize)
+    z = std.transform(x).double()
+    ybar = y2.mean(0)
+    evals, evecs = torch.linalg.eigh(z @ z.T)
+    proj = evecs.T @ (y2 - ybar)
+    out = []
+    for l2 in l2s:
+        w = z.T @ (evecs @ (proj / (evals.clamp_min(0) + n * l2)[:, None]))
+        out.append(_ridge_probe(w, ybar, std, float(l2), None, n, squeeze, x.dtype))
+    return out
+
+
+@_threads_for_small
+def fit_ridge(
+    x: Float[Tensor, "row d"],
+    y: Float[Tensor, "row *out"],
+    *,
+    l2: float = 1e-3,
+    rank: int | None = None,
+    standardize: bool = True,
+    device: str | torch.device | None = None,
+    chunk: int = 8192,
+) -> RidgeProbe:
+    """Closed-form ridge probe: ``W = (Z^T Z + n l2 I)^{-1} Z^T (y - ybar)`` on centred ``Z``.
+
+    Equals ``sklearn.linear_model.Ridge(alpha=l2 * n)`` fitted on the standardised features.
+    ``y`` may be ``[row]`` (one target) or ``[row out]``. ``rank`` gives reduced-rank ridge.
+    The Gram matrix is accumulated in float64 over row chunks (no float64 copy of ``x``).
+    """
+    std, ybar, gram, xty, n, squeeze = _ridge_stats(x, y, standardize=standardize, device=device, chunk=chunk)
+    gram.diagonal().add_(n * l2)
+    try:
+        chol = torch.linalg.cholesky(gram)
+        w = torch.cholesky_solve(xty, chol)
+    except RuntimeError:  # pragma: no cover - l2 == 0 with singular gram
+        w = torch.linalg.lstsq(gram, xty).solution
+    if rank is not None and rank < min(w.shape):
+        # reduced-rank ridge: project onto top right-singular vectors of the fitted values
+        # (Z W)^T (Z W) = W^T (Z^T Z) W  (gram without the ridge term)
+        gram.diagonal().sub_(n * l2)
+        fitted = w.T @ gram @ w
+        evals, evecs = torch.linalg.eigh(fitted)
+        v = evecs[:, -rank:]
+        w = w @ v @ v.T
+    return _ridge_probe(w, ybar, std, l2, rank, n, squeeze, x.dtype)
+
+
+def _ridge_probe(w, ybar, std, l2, rank, n, squeeze, dtype) -> RidgeProbe:
+    weight = w.T.to(dtype).contiguous()
+    bias = ybar.to(dtype)
+    return RidgeProbe(
+        kind="ridge",
+        weight=weight,
+        bias=bias,
+        standardizer=std,
+        classes=None,
+        l2=l2,
+        rank=rank,
+        n_iter=0,
+        converged=True,
+        meta={"n_train": n, "squeeze": squeeze},
+    )
