@@ -236,6 +236,9 @@ def _backcopy_stats(model: Any, b: T.TaskBatch) -> dict[str, Any]:
                 "prev_attention_trigger": _round(M.attention_to_offset(p, 1, trig)[0]),
                 "prev_attention_non_trigger": _round(
                     M.attention_to_offset(p, 1, bim & (torch.arange(p.shape[-1]) >= 1)[None])[0]),
+                "bos_attention_non_trigger_by_query_position": [
+                    _round(float(p[:, 0, t, 0][bim[:, t]].mean()), 3) if bool(bim[:, t].any())
+                    else None for t in range(p.shape[-1])],
             }
     return out
 

@@ -45,15 +45,14 @@ _BIGRAM = dict(n_vocab=64, n_triggers=3, concentration=0.3, bigram_seed=1234, le
 TOY_MODELS: dict[str, ToyInfo] = {
     "toy-induction": ToyInfo(
         name="toy-induction",
-        description="2-layer attention-only Llama (RoPE, GQA 4 query / 2 KV heads) trained on "
+        description="2-layer attention-only Llama (RoPE, GQA 2 query / 1 KV head) trained on "
                     "repeated random segments: previous-token head in layer 0, induction head "
                     "in layer 1 (K-composition).",
         arch="llama", positional="rope", attention_only=True, task="induction",
-        model=dict(d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_mlp=8, n_ctx=64,
+        model=dict(d_model=64, n_layers=2, n_heads=2, n_kv_heads=1, d_mlp=8, n_ctx=64,
                    rope_theta=10000.0),
         task_params=dict(n_vocab=64, length=40, min_segment=6, max_segment=16),
-        train=dict(steps=3000, batch=64, lr=1e-3, warmup=100, weight_decay=0.01,
-                   head_sparsity=0.003),
+        train=dict(steps=3000, batch=64, lr=1e-3, warmup=100, weight_decay=0.01),
     ),
     "toy-backcopy": ToyInfo(
         name="toy-backcopy",
@@ -95,6 +94,6 @@ TOY_MODELS: dict[str, ToyInfo] = {
         arch="gpt2", positional="none", attention_only=False, task="backcopy",
         model=dict(d_model=64, n_layers=2, n_heads=2, n_kv_heads=2, d_mlp=256, n_ctx=64),
         task_params=dict(_BIGRAM),
-        train=dict(steps=3000, batch=64, lr=1e-3, warmup=100, weight_decay=0.01),
+        train=dict(steps=2000, batch=64, lr=1e-3, warmup=100, weight_decay=0.01),
     ),
 }

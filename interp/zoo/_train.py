@@ -201,6 +201,8 @@ def train_model(
                 ignore_index=T.IGNORE,
             )
             lam = float(tr.get("head_sparsity", 0.0))
+            start = int(tr.get("head_sparsity_start", 0))  # prune only after the circuit formed
+            lam *= min(1.0, max(0.0, (step - start) / 500.0)) if start > 0 else 1.0
             total = loss + lam * head_sparsity_penalty(model) if lam > 0 else loss
             opt.zero_grad(set_to_none=True)
             total.backward()
