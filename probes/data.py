@@ -150,7 +150,8 @@ class ProbeData:
     ) -> ProbeData:
         """Wrap plain tensors. ``features`` may be one ``[row d]`` tensor (hook name ``"x"``)
         or ``[layer row d]`` (hooks ``"layer0"``..). ``positions`` default to 0..len-1 per group;
-        ``tokens`` default to zeros (then control tasks are meaningless)."""
+        ``tokens`` default to zeros (then control tasks are meaningless and splits group by
+        prompt index, since identical prompts cannot be recognised)."""
         if isinstance(features, Tensor):
             if features.ndim == 2:
                 features = {"x": features}
@@ -164,9 +165,12 @@ class ProbeData:
             for g in torch.unique(groups):
                 sel = groups == g
                 positions[sel] = torch.arange(int(sel.sum()))
-        if tokens is None:
+        split_groups = None
+        if tokens is None:  # no token ids: duplicates cannot be detected, split by prompt index
             tokens = torch.zeros_like(groups)
-        return cls(dict(features), groups, positions.long(), tokens.long(), prepend_bos, meta=meta or {})
+            split_groups = groups
+        return cls(dict(features), groups, positions.long(), tokens.long(), prepend_bos,
+                   split_groups=split_groups, meta=meta or {})
 
     @classmethod
     def from_store(cls, store: Any, hooks: Sequence[str] | None = None) -> ProbeData:

@@ -35,7 +35,7 @@ def _nanmean(x: Tensor, dim: int = -1) -> Tensor:
     return torch.where(n > 0, s / n.clamp_min(1), torch.full_like(s, float("nan")))
 
 
-@dataclass
+@dataclass(repr=False)
 class SweepResult(Result):
     """Probe scores per hook (and per position/span cell) over grouped CV folds.
 
@@ -68,6 +68,13 @@ class SweepResult(Result):
     class_names: list[str] | None
     meta: dict[str, Any] = field(default_factory=dict)
     l2_chosen: Tensor | None = None  # [hook fold] (by="layer") or [hook cell fold]: penalty used per fit
+
+    def __repr__(self) -> str:
+        best = ", ".join(f"{k}={v:.3f}" for k, v in self.top(3))
+        return (f"SweepResult(target={self.target!r}, {self.meta.get('probe')} probe, by={self.by!r}, "
+                f"{len(self.hooks)} hooks, {self.meta.get('folds')}-fold grouped CV, "
+                f"{self.meta.get('n_rows')} rows / {self.meta.get('n_prompts')} prompts, "
+                f"prepend_bos={self.meta.get('prepend_bos')}; best {self.primary}: {best})")
 
     # ---- summaries ---------------------------------------------------------------------
     def mean(self, metric: str | None = None) -> Float[Tensor, " hook"]:

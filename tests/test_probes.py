@@ -378,3 +378,13 @@ def test_ridge_path_equals_individual_fits(n: int):
         q = probes.fit_ridge(x, y, l2=l2)
         assert torch.allclose(p.weight, q.weight, rtol=1e-3, atol=1e-3) and p.l2 == l2  # float32 Gram in fit_ridge
         assert torch.allclose(p.predict(x), q.predict(x), rtol=1e-3, atol=1e-3)
+
+
+def test_from_tensors_without_tokens_splits_by_prompt_and_repr():
+    g = torch.arange(12).repeat_interleave(4)
+    x = torch.randn(48, 3) + torch.arange(4).repeat(12)[:, None].float()
+    d = probes.ProbeData.from_tensors(x, groups=g)  # no token ids: cannot dedupe, so one group per prompt
+    assert torch.equal(d.split_groups, g)
+    r = probes.probe_sweep(d, probes.absolute_position(d), folds=3, controls=("shuffled",))
+    assert "absolute_position" in repr(r) and "3-fold" in repr(r)
+    assert r.l2_chosen is not None and r.l2_chosen.shape == (1, 3)
