@@ -292,7 +292,7 @@ def test_one_shot_function_bootstrap_and_errors(setup):
 
 
 # ------------------------------------------------------------------ planted circuit (toy zoo)
-def _planted_induction_circuit(pm, man):
+def _planted_circuit(pm, man):
     """The manifest's induction circuit at granularity "none": its listed edges, plus each
     planted head's own q/k/v inputs from the embedding and all its crossing edges."""
     heads = {h["role"]: (h["layer"], h["head"]) for h in man["heads"]}
@@ -332,7 +332,7 @@ def _random_circuit(pm, n, seed):
 
 
 @pytest.mark.slow
-def test_planted_induction_circuit_is_faithful_random_ones_are_not(toy_model):
+def test_planted_circuit_is_faithful_random_ones_are_not(toy_model):
     from circuits.metrics import logprob
 
     try:
@@ -347,7 +347,7 @@ def test_planted_induction_circuit_is_faithful_random_ones_are_not(toy_model):
     met = logprob(clean.targets.clamp(min=0), clean.eval_mask)
     ev = FaithfulnessEvaluator(model, clean.tokens, corrupt.tokens, met, prepend_bos=True, n_boot=200)
     assert ev.m_full.mean() - ev.m_empty.mean() > 1.0  # the model does induction; corrupting hurts
-    planted = _planted_induction_circuit(ev.pm, man)
+    planted = _planted_circuit(ev.pm, man)
     r = ev(planted)
     assert r.f >= 0.9, r
     rand = [ev(_random_circuit(ev.pm, planted.n_edges, seed)).f for seed in range(5)]
@@ -388,3 +388,57 @@ def test_smollm2_ioi_span_circuit_through_task_schema(smollm2):
     assert r.f == pytest.approx(r_hand.f, abs=1e-5)
     assert ev.m_full.mean() > ev.m_empty.mean() + 1.0  # SmolLM2 solves IOI; ABC corruption hurts
     assert 0 < r.concrete_edges < 300 * T * T
+
+
+def _toy_eval(toy_model, name, ablation="counterfactual"):
+    from circuits.metrics import logprob
+
+    try:
+        import interp.zoo as zoo
+
+        model = toy_model(name)
+        man = zoo.manifest(name)
+    except Exception as e:  # weights not shipped / not trained on this machine
+        pytest.skip(f"{name} not available: {e}")
+    clean = zoo.make_batch(name, 24, seed=11)
+    corrupt = zoo.make_batch(name, 24, seed=12)
+    met = logprob(clean.targets.clamp(min=0), clean.eval_mask)
+    ev = FaithfulnessEvaluator(model, clean.tokens, corrupt.tokens, met, ablation=ablation,
+                               prepend_bos=True, n_boot=200)
+    return ev, man
+
+
+@pytest.mark.parametrize("name", ["toy-offset-rope", "toy-offset-abs"])
+@pytest.mark.parametrize("ablation", ["counterfactual", "mean"])
+def test_planted_offset_circuit_is_faithful_random_ones_are_not(toy_model, name, ablation):
+    ev, man = _toy_eval(toy_model, name, ablation)
+    assert ev.m_full.mean() - ev.m_empty.mean() > 3.0
+    planted = _planted_circuit(ev.pm, man)
+    r = ev(planted)
+    assert r.f >= 0.9 and r.hard >= 0.9, r
+    rand = [ev(_random_circuit(ev.pm, planted.n_edges, seed)).f for seed in range(5)]
+    assert max(rand) < 0.9 and sum(rand) / len(rand) < 0.3, rand
+
+
+def test_positional_planted_offset_circuit(toy_model):
+    """At position granularity the offset head needs only its crossing edges from key t−3 into
+    query t: that circuit keeps f ≥ 0.9 with ~T instead of ~T²/2 crossing pairs, while the same
+    circuit wired to t−2 loses the behaviour."""
+    ev, man = _toy_eval(toy_model, "toy-offset-rope")
+    T = ev.tokens.shape[1]
+    base = _planted_circuit(ev.pm, man)
+    (l, h), = [(x["layer"], x["head"]) for x in man["heads"]]
+
+    def positional(offset):
+        same = base.same_pos.expand(T, *base.same_pos.shape[1:]).clone()
+        cross = torch.zeros(*base.cross.shape[:3], T, T, dtype=torch.bool)
+        for t in range(offset, T):
+            cross[l, h, :, t, t - offset] = True
+        return Circuit(same, cross, torch.zeros(same.shape), torch.zeros(cross.shape), base.senders,
+                       base.receivers, list(range(T)), {"granularity": "position", "method": "planted"})
+
+    r3, r2 = ev(positional(3)), ev(positional(2))
+    r_none = ev(base)
+    assert r3.f >= 0.9, r3
+    assert r2.f < 0.5, r2
+    assert r3.concrete_edges < 0.2 * r_none.concrete_edges
