@@ -40,13 +40,13 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     import circuits
-    from _ioi import get_ioi
+    from circuits.tasks import ioi
     from circuits.curves import MIB_GRID, faithfulness_curve
     from circuits.faithfulness import FaithfulnessEvaluator
     from interp import load_model
 
     model = load_model(args.model)
-    task, src = get_ioi(model, args.n, seed=0)
+    task, src = ioi(model, n=args.n, seed=0), "circuits.tasks.ioi"
     tok, mask = task.clean.tokens, task.clean.attention_mask
     print(f"IOI ({src}): {tuple(tok.shape)} tokens, torch threads = {torch.get_num_threads()}", flush=True)
     graph = circuits.attribute(model, task, granularity="span")

@@ -4,9 +4,10 @@ Haklay et al. (2025) claim positional circuits reach the same faithfulness with 
 (concrete) edges than non-positional ones. This script reproduces the comparison on
 SmolLM2-135M-Instruct:
 
-1. attribution (EAP by default, or EAP-IG) on an *attribution split* of IOI prompts at span
-   granularity (schema ``When {N1} and {N2} went to the {PLACE}, {S2} gave a {OBJ} to`` + BOS)
-   and at granularity ``"none"`` (plain EAP summed over positions);
+1. attribution (EAP by default, or EAP-IG) on an *attribution split* of IOI prompts
+   (``circuits.tasks.ioi``: ABBA and BABA, "ABC" counterfactuals, logit difference IO − S) at
+   span granularity (the task's schema: one span per template slot / literal, BOS its own) and
+   at granularity ``"none"`` (plain EAP summed over positions);
 2. greedy circuits at the MIB sizes (0.1 … 100 % of each graph's abstract edges);
 3. faithfulness of every circuit by real patching on a held-out *evaluation split*
    (counterfactual "ABC" ablation by default; BOS never ablated), x = average concrete edges per
@@ -50,7 +51,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     import circuits
-    from _ioi import get_ioi
+    from circuits.tasks import ioi
     from circuits.circuit import Circuit
     from circuits.curves import MIB_GRID, faithfulness_curve, plot_curves
     from circuits.faithfulness import FaithfulnessEvaluator
@@ -59,8 +60,9 @@ def main() -> None:
 
     t_all = time.perf_counter()
     model = load_model(args.model)
-    attr_task, src = get_ioi(model, args.n_attr, seed=0)
-    eval_task, _ = get_ioi(model, args.n_eval, seed=1)
+    src = "circuits.tasks.ioi"
+    attr_task = ioi(model, n=args.n_attr, seed=0)
+    eval_task = ioi(model, n=args.n_eval, seed=1)
     print(f"IOI from {src}: {len(attr_task)} attribution + {len(eval_task)} evaluation prompts", flush=True)
     timings: dict[str, float] = {}
     graphs = {}
