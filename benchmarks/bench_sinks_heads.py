@@ -48,8 +48,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--length", type=int, default=64)
     ap.add_argument("--controls", action="store_true")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared, oversubscribed box)")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
 
     from interp import heads, load_model, sinks
 
