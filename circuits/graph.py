@@ -251,11 +251,14 @@ class AttributionGraph(Result):
         positions: Iterable[int | str] | None = None,
         layers: Iterable[int] | None = None,
         kinds: Iterable[str] | None = None,
+        receiver_kinds: Iterable[str] | None = None,
     ) -> AttributionGraph:
         """A copy with scores outside the filters set to 0 (shapes and labels unchanged).
 
-        ``kinds``: subset of ``same``/``q``/``k``/``v`` (crossing) and ``mlp``/``logits``
-        (same-position edges into those receivers; ``same`` keeps all same-position edges).
+        Same semantics as :meth:`top_edges`: ``positions`` (query position/span), ``layers``
+        (receiver's layer / head's layer), ``kinds`` ⊆ {``same``, ``q``, ``k``, ``v``}
+        (same-position edges, crossing kinds), ``receiver_kinds`` ⊆ {``q``, ``k``, ``v``,
+        ``mlp``, ``logits``} for same-position edges.
         """
         sp = self.same_pos.clone()
         cr = self.cross.clone()
@@ -274,12 +277,18 @@ class AttributionGraph(Result):
             cr[~lm] = 0
         if kinds is not None:
             ks = set(kinds)
+            unknown = ks - {"same", "q", "k", "v"}
+            if unknown:
+                raise ValueError(f"unknown edge kinds {unknown}; use 'same', 'q', 'k', 'v'")
             if "same" not in ks:
-                r_ok = torch.tensor([receiver_kind(r) in ks for r in self.receivers])
-                sp[:, :, ~r_ok] = 0
+                sp[:] = 0
             for i, k in enumerate(KINDS):
                 if k not in ks:
                     cr[:, :, i] = 0
+        if receiver_kinds is not None:
+            rk = set(receiver_kinds)
+            r_ok = torch.tensor([receiver_kind(r) in rk for r in self.receivers])
+            sp[:, :, ~r_ok] = 0
         return AttributionGraph(list(self.senders), list(self.receivers), list(self.positions), sp,
                                 self.valid.clone(), cr, self.cross_valid.clone(),
                                 self.span_sizes.clone(), self.cross_pairs.clone(), dict(self.meta))
