@@ -53,7 +53,8 @@ def _heatmap_fig() -> go.Figure:
 
 def _ok(ctx: ReportContext) -> SectionOutput:
     return SectionOutput(data={"x": torch.tensor([1.0, float("nan")]), "n": 3}, figures=[_heatmap_fig()],
-                         tables=[Table("t", ["a", "b"], [["<b>", 1.5]])], hooks=["blocks.0.hook_resid_post"])
+                         tables=[Table("t", ["a", "b"], [["<b>", 1.5], ["nan", float("nan")]])],
+                         hooks=["blocks.0.hook_resid_post"])
 
 
 def _boom(ctx: ReportContext) -> SectionOutput:
@@ -127,6 +128,7 @@ def test_json_holds_numbers_and_metadata(tmp_path):
     good = next(s for s in doc["sections"] if s["name"] == "good")
     assert good["data"] == {"x": [1.0, None], "n": 3}  # NaN → null, JSON stays strict
     assert good["figures"] == ["a heatmap"]
+    assert good["tables"][0]["rows"] == [["<b>", 1.5], ["nan", None]]
     bad = next(s for s in doc["sections"] if s["name"] == "bad")
     assert bad["status"] == "failed" and bad["data"] == {}
 

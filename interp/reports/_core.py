@@ -123,7 +123,7 @@ class SectionResult:
             "reason": self.reason,
             "seconds": round(self.seconds, 3),
             "data": jsonable(out.data),
-            "tables": [t.to_json() for t in out.tables],
+            "tables": [jsonable(t.to_json()) for t in out.tables],
             "notes": list(out.notes),
             "hooks": sorted(set(out.hooks)),
             "figures": [_figure_title(f) for f in out.figures],

@@ -80,7 +80,8 @@ def run(ctx: ReportContext) -> SectionOutput:
         customdata=norms_all[0].tolist(), colorscale="Viridis", colorbar={"title": "log10 ‖x‖"},
         hovertemplate="layer %{y}, token %{x}<br>‖resid‖ = %{customdata:.4g}<extra></extra>"))
     fig.update_layout(title="Residual norm ‖resid_post‖ by layer and token (prompt 0, log scale)",
-                      xaxis_title="token (position:token)", yaxis_title="layer", height=520)
+                      xaxis_title="token (position:token)", yaxis_title="layer", height=520,
+                      yaxis={"dtick": 1 if n_layers <= 12 else 5})
     figs.append(fig)
 
     fig2 = go.Figure()

@@ -51,7 +51,9 @@ def _rope_rows(spec: Any) -> tuple[list[list[Any]], Any]:
                      f"{float(wl.min()):.3g} … {float(wl.max()):.3g}", slow])
         fig.add_trace(go.Scatter(x=list(range(rope.n_chunks)), y=wl.tolist(), mode="lines+markers",
                                  name=f"{lt} (base {rope.base(l0):g})"))
-    fig.add_hline(y=spec.n_ctx, line_dash="dot", annotation_text=f"context {spec.n_ctx}")
+    # a trace, not add_hline: shapes on a log axis take log10 coordinates
+    fig.add_trace(go.Scatter(x=[0, rope.n_chunks - 1], y=[spec.n_ctx, spec.n_ctx], mode="lines",
+                             line={"dash": "dot", "color": "grey"}, name=f"context length {spec.n_ctx}"))
     fig.update_layout(title="RoPE wavelength 2π/θ_k per rotary chunk (from the HF config)",
                       xaxis_title="rotary chunk k (0 = highest frequency)", yaxis_title="wavelength (tokens)",
                       yaxis_type="log", height=420)

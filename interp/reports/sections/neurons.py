@@ -23,7 +23,9 @@ def run(ctx: ReportContext) -> SectionOutput:
     tables = [Table("most positional neurons", ["neuron", "I(act; pos) (nats)"], [[n, v] for n, v in res.top(top)]),
               Table("positional neurons per layer (I > threshold)", ["layer", "count"],
                     [[l, c] for l, c in enumerate(counts)])]
-    notes = [f"{sum(counts)} positional neurons (I > {res.threshold}) over {len(counts)} layers, "
-             f"measured on {len(ctx.texts)} prompts (few prompts per position inflate I; read it as a ranking)."]
+    bias = float(getattr(res, "bias", 0.0))
+    notes = [f"{sum(counts)} positional neurons (bias-corrected I > {res.threshold}) over {len(counts)} layers, "
+             f"measured on {len(ctx.texts)} prompts; the Miller–Madow small-sample bias of I is about {bias:.3f} nats "
+             "and is subtracted before thresholding (few prompts per position: read I as a ranking)."]
     return SectionOutput(data=res.to_json(), figures=[res.plot(), res.plot_curves()], tables=tables, notes=notes,
                          hooks=[f"blocks.{l}.mlp.hook_pre" for l in range(ctx.model.cfg.n_layers)])
