@@ -340,3 +340,26 @@ def test_rope_realignment_of_shifted_counterfactual(random_toy):
     torch.testing.assert_close(al.q[:, 0], a.q[:, 0, :6], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(al.k[:, 0], a.k[:, 0, :6], atol=1e-5, rtol=1e-5)
     assert (raw.q[:, 0] - a.q[:, 0, :6]).abs().max() > 1e-2
+
+
+@pytest.mark.real_model
+@pytest.mark.slow
+def test_smollm2_tasks_and_span_attribution(smollm2):
+    from circuits import tasks
+
+    t = tasks.ioi(smollm2, 2, seed=0)
+    assert t.clean.lengths == t.corrupt.lengths
+    assert [a["order"] for a in t.answers] == ["ABBA", "BABA"]
+    gt = tasks.greater_than(smollm2, 4)
+    ind = tasks.induction(smollm2, 2, seq_len=5)
+    assert gt.clean.lengths == gt.corrupt.lengths and ind.clean.tokens.shape == (2, 11)
+    g = attribute(smollm2, t, granularity="span", batch_size=2)  # GQA: 9 query / 3 KV heads
+    assert g.positions[0] == "BOS" and g.positions[-1] == "to"
+    assert g.meta["metric_clean_mean"] > 1.0  # SmolLM2 solves IOI
+    assert torch.isfinite(g.same_pos).all() and torch.isfinite(g.cross).all()
+    # what matters flows into the logits at the final span
+    top_logit = g.top_edges(1, receiver_kinds=["logits"], kinds=["same"])[0]
+    assert top_logit.pos == "to"
+    # spans before the first name carry nothing: the counterfactual only changes names
+    assert g.same_pos[g.positions.index("When")].abs().max() == 0
+    assert "L" in g.top_edges(1)[0].sender
