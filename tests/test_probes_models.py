@@ -54,7 +54,9 @@ def test_collect_matches_single_prompt_runs(random_toy):
 
 def test_toy_nope_position_is_decodable(toy_model):
     """Haviv et al. 2022: a causal model with no positional encoding still encodes absolute
-    position; a linear probe recovers it after the first layer, not from the embeddings."""
+    position; a linear probe recovers it after the first layer, not from the embeddings.
+    Measured on a copy trained with the zoo's spec and seed (interp.zoo._train.train, out_dir):
+    R^2 embed -0.001 / L0 0.943 / L1 0.340, MAE 8.01 / 1.69 / 6.02 positions."""
     try:
         model = toy_model("toy-nope")
     except FileNotFoundError as e:
