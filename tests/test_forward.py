@@ -36,19 +36,27 @@ def test_exact_vs_bridge_toys(random_toy, name):
 
 
 def test_graph_vocabulary_gqa(random_toy):
-    pm = PatchableModel(random_toy("toy-induction"))  # 2 layers, 4 heads, 2 KV heads
-    assert pm.senders == ["embed", "L0H0", "L0H1", "L0H2", "L0H3", "M0",
-                          "L1H0", "L1H1", "L1H2", "L1H3", "M1"]
-    assert pm.receivers[:9] == ["L0H0.q", "L0H1.q", "L0H2.q", "L0H3.q", "L0KV0.k", "L0KV1.k",
-                                "L0KV0.v", "L0KV1.v", "M0"]
-    assert pm.receivers[-1] == "logits"
+    pm = PatchableModel(random_toy("toy-induction"))  # 2 layers, GQA/MQA (fewer KV than q heads)
+    H, G = pm.n_heads, pm.n_kv_heads
+    assert G < H
+    layer = lambda l: [f"L{l}H{h}" for h in range(H)] + [f"M{l}"]  # noqa: E731
+    assert pm.senders == ["embed"] + layer(0) + layer(1)
+    assert pm.receivers[: H + 2 * G + 1] == ([f"L0H{h}.q" for h in range(H)]
+                                             + [f"L0KV{g}.k" for g in range(G)]
+                                             + [f"L0KV{g}.v" for g in range(G)] + ["M0"])
+    assert len(pm.receivers) == 2 * (H + 2 * G + 1) + 1 and pm.receivers[-1] == "logits"
     v = pm.valid
     si, ri = pm.sender_index, pm.receiver_index
     assert v[si["embed"]].all()
     assert not v[si["L0H1"], ri["L0H1.q"]] and not v[si["L0H1"], ri["L0KV0.k"]]
-    assert v[si["L0H1"], ri["M0"]] and v[si["L0H1"], ri["L1KV1.v"]]
+    assert v[si["L0H1"], ri["M0"]] and v[si["L0H1"], ri[f"L1KV{G - 1}.v"]]
     assert not v[si["M0"], ri["M0"]] and v[si["M0"], ri["L1H0.q"]]
     assert not v[si["M1"], ri["M1"]] and v[si["M1"], ri["logits"]]
+    # upstream counts agree with the valid mask
+    for r, name in enumerate(pm.receivers):
+        assert int(v[:, r].sum()) == (len(pm.senders) if name == "logits" else
+                                      pm.n_upstream(int(name[1:].split("H")[0].split("K")[0]),
+                                                    "mlp" if name.startswith("M") else "attn"))
 
 
 def test_all_edges_ablated_gives_counterfactual(random_toy):
