@@ -335,13 +335,17 @@ class FaithfulnessEvaluator:
         return out
 
     def _ablated(self, sl: slice, w: int) -> Activations:
+        from circuits.attribution import _realign_rope
+
         key = sl.start
         if key not in self._acts:
             if self.ablation == "counterfactual":
                 xb, pmap = self.data.corrupt, self.data.position_map
                 wx = int(xb.mask[sl].sum(1).max())
                 ax = self.pm.activations(xb.tokens[sl, :wx].to(self.pm.device), xb.mask[sl, :wx].to(self.pm.device))
-                self._acts[key] = ax.align(pmap[sl, :w].clamp(max=wx - 1).to(self.pm.device))
+                src = pmap[sl, :w].clamp(max=wx - 1).to(self.pm.device)
+                # as in attribution: aligned counterfactual q/k re-rotated to the clean positions
+                self._acts[key] = _realign_rope(self.pm, ax.align(src), src)
             elif self.ablation == "mean":
                 self._acts[key] = self._fit_width(self._mean, w)
             else:

@@ -58,7 +58,7 @@ def test_curve_end_points_areas_and_plot(data):
     xs, fs = [0.0] + c.concrete_fraction, [0.0] + c.f
     assert c.cpr == pytest.approx(np.trapezoid(fs, xs) if hasattr(np, "trapezoid") else np.trapz(fs, xs))
     assert c.cmd == pytest.approx(area(xs, [abs(1 - f) for f in fs]))
-    assert c.edges_for(-1e9) == c.concrete_edges[0] and c.edges_for(2.0) is None
+    assert c.edges_for(-1e9) == c.concrete_edges[0] and c.edges_for(1e9) is None
     # non-positional graph on the same evaluator; both on one figure
     gnone = random_graph(ev.pm, ["all"], seed=1, granularity="none")
     c2 = faithfulness_curve(model, gnone, evaluator=ev, sizes=(0.05, 0.5, 1.0), label="none")
