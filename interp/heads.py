@@ -248,6 +248,7 @@ def positional_heads(
     random_control: bool = True,
     induction_control: bool = True,
     induction_seg_len: int = 20,
+    induction_prompts: Any = None,
     threshold: float = 0.4,
     induction_threshold: float = 0.3,
     keep_ratio: float = 0.7,
@@ -263,6 +264,8 @@ def positional_heads(
         random_control: also score on random tokens (position-versus-content test).
         induction_control: also score on repeated random sequences ``[BOS] r r`` with
             ``|r| = induction_seg_len``.
+        induction_prompts: prompts to use for the induction control instead of ``[BOS] r r``
+            (e.g. a model's own repeated-segment task data when it only copies in-distribution).
         threshold: a positional/duplicate score above it gives the head that role.
         induction_threshold: induction score (repeated random) above it marks an induction head.
         keep_ratio: positional if ``score_random ≥ keep_ratio · score_text``.
@@ -293,19 +296,26 @@ def positional_heads(
         return acc
 
     text = measure(batch)
+    ind_batch = None
+    if induction_control and induction_prompts is not None:
+        ind_batch = as_batch(model, induction_prompts, prepend_bos=prepend_bos, min_len=2)
     return _finish(model, batch, text, measure, max_offset=max_offset, random_control=random_control,
                    induction_control=induction_control, induction_seg_len=induction_seg_len,
+                   induction_batch=ind_batch,
                    threshold=threshold, induction_threshold=induction_threshold, keep_ratio=keep_ratio,
                    seed=seed, batch_size=batch_size)
 
 
 def _finish(model: Any, batch: PromptBatch, text: PatternAccumulator, measure: Any, *, max_offset: int,
             random_control: bool, induction_control: bool, induction_seg_len: int, threshold: float,
-            induction_threshold: float, keep_ratio: float, seed: int, batch_size: int) -> PositionalHeadsResult:
+            induction_threshold: float, keep_ratio: float, seed: int, batch_size: int,
+            induction_batch: PromptBatch | None = None) -> PositionalHeadsResult:
     """Run the controls and assemble the result from the text-pass accumulator."""
     rand = measure(random_like(model, batch, seed=seed)) if random_control else None
     rep = None
-    if induction_control:
+    if induction_control and induction_batch is not None:
+        rep = measure(induction_batch)
+    elif induction_control:
         n_rep = max(4, min(len(batch), 16))
         rep = measure(repeated_random(model, n_rep, induction_seg_len, prepend_bos=batch.prepend_bos, seed=seed + 1))
     res = PositionalHeadsResult(
@@ -317,7 +327,9 @@ def _finish(model: Any, batch: PromptBatch, text: PatternAccumulator, measure: A
         per_prompt=text.mul, classes=[],
         params=dict(threshold=threshold, induction_threshold=induction_threshold, keep_ratio=keep_ratio,
                     seed=seed, induction_seg_len=induction_seg_len, batch_size=batch_size,
-                    lengths=list(batch.lengths)),
+                    lengths=list(batch.lengths),
+                    induction_control=("given prompts" if induction_batch is not None else
+                                       "repeated random" if induction_control else None)),
         n_kv_heads=n_kv_heads(model),
     )
     res.classes = classify_heads(res, threshold=threshold, induction_threshold=induction_threshold,

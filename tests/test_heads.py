@@ -203,18 +203,27 @@ def _zoo_prompts(name: str, n: int = 16):
 
 
 def test_toy_induction_heads_found(toy_model):
+    """The manifest's previous-token head is classified previous-token (and positional); its
+    induction head has the top induction score on the task's repeated segments."""
     man = _zoo_manifest("toy-induction")
     m = toy_model("toy-induction")
-    r = heads.positional_heads(m, _zoo_prompts("toy-induction"), max_offset=4)
-    roles = {h["role"]: h["label"] for h in man["heads"]}
-    prev, ind = roles["previous_token"], roles["induction"]
-    assert r.top(1, "previous_token")[0][0] == prev
-    assert r.top(1, "induction", control="repeated")[0][0] == ind
+    prompts = _zoo_prompts("toy-induction")
+    # the toy copies only in its training layout (noise, A, A), so its own data is the control
+    r = heads.positional_heads(m, prompts, max_offset=4, induction_prompts=prompts,
+                               induction_threshold=0.2)
+    roles = {h["role"]: h for h in man["heads"]}
+    prev, ind = roles["previous_token"]["label"], roles["induction"]["label"]
     assert prev in r.heads_with("previous-token")
-    assert ind in r.heads_with("induction")
-    # the previous-token head is positional: it keeps its pattern on random tokens
     c = next(c for c in r.classes if c.name == prev)
-    assert c.positional is True
+    assert c.label == "previous-token" and c.positional is True  # keeps its pattern on random tokens
+    # our score and the manifest's measurement of attention to t-1 agree (different query sets)
+    l0 = man["attention"]["L0_to_prev"]
+    for name, v in l0.items():
+        lh = [int(x) for x in name[1:].split("H")]
+        assert abs(float(r.scores[lh[0], lh[1], 0]) - v) < 0.15, (name, v)
+    assert r.top(1, "induction", control="repeated")[0][0] == ind
+    assert ind in r.heads_with("induction")
+    assert r.params["induction_control"] == "given prompts"
 
 
 @pytest.mark.parametrize("name", ["toy-offset-rope", "toy-offset-abs"])
