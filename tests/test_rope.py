@@ -148,6 +148,9 @@ def test_planted_offset_head_is_high_frequency_and_needs_it(offset_rope, offset_
         json.dumps(r.to_json())
         r.plot()
     ab.plot_heads("offset_3")
+    # an empty band re-rotates the stashed pre-rotation q/k: must reproduce the intact model
+    same = R.band_ablation(offset_rope, offset_prompts[:4], bands={"none": []}, modes=("unrotate",), max_offset=4)
+    assert torch.allclose(same.scores[0], same.scores[1], atol=1e-5) and abs(same.loss_change[1]) < 1e-5
     with pytest.raises(ValueError, match="mode"):
         R.band_ablation(offset_rope, offset_prompts, modes=("rotate",))
 
@@ -180,7 +183,8 @@ def test_smollm2_pairing_and_decomposition(smollm2):
     rope = spec.rope
     wrong = dataclasses.replace(rope, pairing="adjacent")
     toks = smollm2.to_tokens(PROMPTS[:1])
-    _, cache = smollm2.run_with_cache(toks, names_filter=lambda n: n.startswith(("blocks.0.attn", "blocks.7.attn")))
+    _, cache = smollm2.run_with_cache(toks, names_filter=[f"blocks.{l}.attn.{h}" for l in (0, 7) for h in (
+        "hook_q", "hook_rot_q", "hook_rot_k", "hook_attn_scores")])
     for l in (0, 7):
         pre, rot = cache[f"blocks.{l}.attn.hook_q"], cache[f"blocks.{l}.attn.hook_rot_q"]
         assert (rope.chunks(pre).norm(dim=-1) - rope.chunks(rot).norm(dim=-1)).abs().max() < 1e-4
@@ -213,5 +217,8 @@ def test_gemma_decomposition_per_layer_type(gemma):
     # global layers rotate slower: their last chunk has a longer wavelength
     assert u.wavelengths[5, -1] > 50 * u.wavelengths[0, -1]
     assert set(u.summary()) == {"sliding_attention", "full_attention"}
+    # q/k-norm model: re-rotating the stashed hook_q_normed/hook_k_normed reproduces the model
+    same = R.band_ablation(gemma, PROMPTS[:1], bands={"none": []}, modes=("unrotate",), max_offset=2)
+    assert abs(same.loss_change[1]) < 1e-4 and torch.allclose(same.scores[0], same.scores[1], atol=1e-4)
     b = R.base_bounds(gemma, length=512, compute_min_base=False)
     assert b.layer_types == ["sliding_attention", "full_attention"] and b.bases == [1e4, 1e6]

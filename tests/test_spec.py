@@ -154,7 +154,7 @@ def test_smollm2_wrong_base_does_not_reproduce(smollm2):
     s = model_spec(smollm2)
     wrong = _synthetic(base=10000.0, d_head=64, rotary_dim=64, n_layers=30)
     toks = smollm2.to_tokens(["The cat sat on the mat and then it went to sleep."])
-    _, cache = smollm2.run_with_cache(toks, names_filter=lambda n: n.startswith("blocks.2.attn.hook_"))
+    _, cache = smollm2.run_with_cache(toks, names_filter=["blocks.2.attn.hook_q", "blocks.2.attn.hook_rot_q"])
     q = cache["blocks.2.attn.hook_q"]
     assert (wrong.apply(q, None, 2) - cache["blocks.2.attn.hook_rot_q"]).abs().max() > 1e-2
     assert (s.rope.apply(q, None, 2) - cache["blocks.2.attn.hook_rot_q"]).abs().max() < 1e-4
