@@ -16,7 +16,7 @@ from interp.reports._core import ReportContext, SectionOutput, SectionSkipped, T
 
 # a short grid (fractions of abstract edges) keeps the default report fast; the full MIB grid is
 # circuits.curves.MIB_GRID
-REPORT_GRID = (0.001, 0.005, 0.02, 0.1, 0.3, 1.0)
+REPORT_GRID = (0.002, 0.01, 0.05, 0.2, 1.0)
 
 
 @section("circuit", "Position-aware IOI circuit",
@@ -31,7 +31,7 @@ def run(ctx: ReportContext) -> SectionOutput:
     if ctx.model_name.startswith("toy-"):
         raise SectionSkipped(f"IOI needs a natural-language model; {ctx.model_name} is a toy model (its planted "
                              "circuits are tested in tests/test_attribution.py and the circuits notebook)")
-    n = int(ctx.options.get("ioi_n", 8))
+    n = int(ctx.options.get("ioi_n", 6))
     method = str(ctx.options.get("method", "eap"))
     grid = tuple(ctx.options.get("grid", REPORT_GRID))
     task = tasks.ioi(ctx.model, n=n, seed=ctx.seed, prepend_bos=ctx.prepend_bos)
