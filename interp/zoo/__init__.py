@@ -6,9 +6,9 @@ same hook names as the real models):
 ============== ======== ========== ==========================================================
 name           arch     positions  planted mechanism
 ============== ======== ========== ==========================================================
-toy-induction  Llama    RoPE, GQA  previous-token head (layer 0) → induction head (layer 1),
-               (attn                K-composition (Olsson et al. 2022)
-               only)
+toy-induction  Llama    RoPE, GQA  previous-token heads (layer 0) → induction heads (layer 1),
+               (attn    2q/1kv      K-composition (Olsson et al. 2022). Both heads of each layer
+               only)                share the role (redundant): ablate them together.
 toy-backcopy   Llama    RoPE       Bigram-Backcopy (Guo et al. 2024): BOS sink at non-trigger
                                    positions (dormant), t-1 copy at triggers (active), small
                                    BOS value norm

@@ -128,23 +128,34 @@ def _induction(info: ToyInfo, model: Any) -> dict[str, Any]:
         torch.arange(Tn)[None] < b.extra["second_start"][:, None])
     prev_first = M.attention_to_offset(pats[0], 1, first_copy)
     ablate = _ablation_table(model, b, {"induction": b.eval_mask}, {"induction": b.targets})
-    # the planted head of a layer is the one whose zero-ablation hurts most (heads that attend
-    # the same way but write ~nothing, see head_ov_norm, are not part of the mechanism)
     nh = int(model.cfg.n_heads)
-    p_head = min(range(nh), key=lambda h: ablate[_label(0, h)]["induction"])
-    i_head = min(range(nh), key=lambda h: ablate[_label(1, h)]["induction"])
-
+    # The trained model spreads each role over redundant heads: every layer-0 head with
+    # substantial previous-token attention at the first-copy keys, and every layer-1 head with
+    # induction attention > 0.5, belongs to the mechanism; they are ablated together.
+    prev_set = [h for h in range(nh) if float(prev_first[h]) > 0.3] or [int(prev_first.argmax())]
+    ind_set = [h for h in range(nh) if float(ind[h]) > 0.5] or [int(ind.argmax())]
+    p_head = max(prev_set, key=lambda h: float(prev_first[h]))
+    i_head = max(ind_set, key=lambda h: float(ind[h]))
+    joint = {
+        "previous_token_heads": _round(M.accuracy(M.logits_with(
+            model, b.tokens, M.ablate_heads_hooks([(0, h) for h in prev_set])), b.targets,
+            b.eval_mask)),
+        "induction_heads": _round(M.accuracy(M.logits_with(
+            model, b.tokens, M.ablate_heads_hooks([(1, h) for h in ind_set])), b.targets,
+            b.eval_mask)),
+    }
     # K-composition: patch layer-1 q/k/v with values from a run where the prev head is ablated
-    abl_hooks = M.ablate_heads_hooks([(0, p_head)])
+    abl_hooks = M.ablate_heads_hooks([(0, h) for h in prev_set])
     names = [f"blocks.1.attn.hook_{x}" for x in ("q", "k", "v")]
     cache = _cache_with_hooks(model, b.tokens, names, abl_hooks)
     g = M.kv_group(model, i_head)
+    groups = sorted({M.kv_group(model, h) for h in ind_set})
     patched: dict[str, Any] = {}
     for x in ("q", "k", "v"):
-        idx = i_head if x == "q" else g
+        idx = ind_set if x == "q" else groups
         name = f"blocks.1.attn.hook_{x}"
 
-        def fn(t: Tensor, hook: Any, name: str = name, idx: int = idx) -> Tensor:
+        def fn(t: Tensor, hook: Any, name: str = name, idx: list[int] = idx) -> Tensor:
             t = t.clone()
             t[:, :, idx] = cache[name][:, :, idx]
             return t
@@ -153,50 +164,63 @@ def _induction(info: ToyInfo, model: Any) -> dict[str, Any]:
         lg = M.logits_with(model, b.tokens, hooks)
         pat_name = "blocks.1.attn.hook_pattern"
         _, pc = _run_cache_hooks(model, b.tokens, [pat_name], hooks)
-        ind_att = M.attention_to_offset(pc[pat_name], ell - 1, b.eval_mask)[i_head]
+        ind_att = M.attention_to_offset(pc[pat_name], ell - 1, b.eval_mask)[ind_set].mean()
         patched[x] = {"accuracy": _round(M.accuracy(lg, b.targets, b.eval_mask)),
                       "induction_attention": _round(ind_att)}
     n_vocab = info.task_params["n_vocab"]
-    pl, il = _label(0, p_head), _label(1, i_head)
+    pls = [_label(0, h) for h in prev_set]
+    ils = [_label(1, h) for h in ind_set]
     return {
         "accuracy": {"induction": _round(acc), "chance": _round(1 / n_vocab),
                      "scored_positions": "second copy of the repeated segment, all but its last "
                                          "token (TaskBatch.eval_mask)"},
         "heads": [
-            {"layer": 0, "head": p_head, "label": pl, "role": "previous_token",
-             "positions": "every query t >= 2 attends to key t-1",
-             "attention_to_prev": _round(prev[p_head]),
-             "attention_to_prev_at_first_copy": _round(prev_first[p_head])},
-            {"layer": 1, "head": i_head, "label": il, "role": "induction",
-             "kv_head": g,
+            {"layer": 0, "head": h, "label": _label(0, h), "role": "previous_token",
+             "redundant_with": [_label(0, o) for o in prev_set if o != h],
+             "positions": "query t >= 2 attends to key t-1 (shared with the other "
+                          "previous-token heads)",
+             "attention_to_prev": _round(prev[h]),
+             "attention_to_prev_at_first_copy": _round(prev_first[h])} for h in prev_set
+        ] + [
+            {"layer": 1, "head": h, "label": _label(1, h), "role": "induction",
+             "kv_head": M.kv_group(model, h),
+             "redundant_with": [_label(1, o) for o in ind_set if o != h],
              "positions": "query t in the second copy attends to key t-ell+1 (the token after "
                           "the earlier occurrence of x_t)",
-             "induction_attention": _round(ind[i_head])},
+             "induction_attention": _round(ind[h])} for h in ind_set
         ],
+        "joint_ablation_accuracy": joint,
         "attention": {
             "L0_to_prev": {_label(0, h): _round(v) for h, v in enumerate(prev.tolist())},
             "L1_induction": {_label(1, h): _round(v) for h, v in enumerate(ind.tolist())},
         },
         "ablation_accuracy": ablate,
         "composition": {
-            "note": f"layer-1 q (head {i_head}) / k, v (KV head {g}, shared by its GQA group) "
-                    f"taken from a run with {pl} zero-ablated; everything else clean.",
+            "note": f"layer-1 q (induction heads {ind_set}) / k, v (their KV heads {groups}) "
+                    f"taken from a run with the previous-token heads {prev_set} zero-ablated; "
+                    "everything else clean. induction_attention: mean over the induction heads.",
             "patched_from_prev_head_ablation": patched,
         },
         "circuit": {
-            "nodes": ["embed", pl, il, "logits"],
+            "nodes": ["embed"] + pls + ils + ["logits"],
             "edges": [
                 {"src": "embed", "dst": pl, "input": "v",
-                 "positions": "key t-1 -> query t (token identity of the previous token)"},
+                 "positions": "key t-1 -> query t (token identity of the previous token)"}
+                for pl in pls
+            ] + [
                 {"src": pl, "dst": il, "input": "k",
                  "positions": "written at first-copy positions, read as keys by second-copy "
                               "queries (K-composition)",
-                 "effect": patched["k"]},
-                {"src": "embed", "dst": il, "input": "q", "positions": "query t (current token)"},
-                {"src": "embed", "dst": il, "input": "v",
-                 "positions": "key t-ell+1 (the token to copy)"},
+                 "effect": patched["k"]} for pl in pls for il in ils
+            ] + [
+                {"src": "embed", "dst": il, "input": x, "positions": pos}
+                for il in ils for x, pos in (("q", "query t (current token)"),
+                                             ("v", "key t-ell+1 (the token to copy)"))
+            ] + [
                 {"src": il, "dst": "logits", "input": None, "positions": "query t",
-                 "effect": {"accuracy_when_ablated": ablate[il]["induction"]}},
+                 "effect": {"accuracy_when_ablated": ablate[il]["induction"],
+                            "accuracy_when_all_induction_heads_ablated":
+                                joint["induction_heads"]}} for il in ils
             ],
         },
     }

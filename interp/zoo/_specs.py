@@ -46,13 +46,14 @@ TOY_MODELS: dict[str, ToyInfo] = {
     "toy-induction": ToyInfo(
         name="toy-induction",
         description="2-layer attention-only Llama (RoPE, GQA 2 query / 1 KV head) trained on "
-                    "repeated random segments: previous-token head in layer 0, induction head "
-                    "in layer 1 (K-composition).",
+                    "repeated random segments: previous-token heads in layer 0, induction heads "
+                    "in layer 1 (K-composition); both heads of each layer share the role.",
         arch="llama", positional="rope", attention_only=True, task="induction",
         model=dict(d_model=64, n_layers=2, n_heads=2, n_kv_heads=1, d_mlp=8, n_ctx=64,
                    rope_theta=10000.0),
         task_params=dict(n_vocab=64, length=40, min_segment=6, max_segment=16),
-        train=dict(steps=3000, batch=64, lr=1e-3, warmup=100, weight_decay=0.01),
+        train=dict(steps=3000, batch=64, lr=1e-3, warmup=100, weight_decay=0.01,
+                   head_sparsity=0.01, head_sparsity_start=1500),
     ),
     "toy-backcopy": ToyInfo(
         name="toy-backcopy",
