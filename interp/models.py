@@ -407,9 +407,12 @@ def _boot(path: Path, *, name: str, hf_name: str, source: str, device, dtype, de
     if device_map is not None:
         kwargs["device_map"] = device_map
     with _offline(), _quiet():
-        # add_bos_token=True up front: TransformerLens re-loads any tokenizer without it (a
-        # second multi-second parse of tokenizer.json). interp.tokenize never relies on it.
-        tok = AutoTokenizer.from_pretrained(path, add_bos_token=True)
+        tok = AutoTokenizer.from_pretrained(path)
+        native_bos = _tokenizer_adds_bos(tok)
+        if not native_bos and tok.bos_token is not None:
+            # TransformerLens swaps in a BOS-adding copy of any tokenizer that lacks one; load it
+            # that way ourselves so it happens once (interp.tokenize never relies on it).
+            tok = AutoTokenizer.from_pretrained(path, add_bos_token=True)
         hf = AutoModelForCausalLM.from_pretrained(path, **kwargs)
         hf.eval()
         if device_map is None:
@@ -420,8 +423,17 @@ def _boot(path: Path, *, name: str, hf_name: str, source: str, device, dtype, de
         model = TransformerBridge.boot_transformers(hf_name, **boot_kwargs)
     model.eval()
     model.interp_info = ModelInfo(name=name, hf_name=hf_name, source=source, path=str(path),
-                                  dtype=str(dtype).replace("torch.", ""))
+                                  dtype=str(dtype).replace("torch.", ""),
+                                  extra={"hf_tokenizer_adds_bos": native_bos})
     return model
+
+
+def _tokenizer_adds_bos(tok: Any) -> bool:
+    """Whether the Hugging Face tokenizer, as shipped, inserts BOS by itself."""
+    if tok.bos_token_id is None:
+        return False
+    ids = tok("a")["input_ids"]
+    return bool(ids) and int(ids[0]) == int(tok.bos_token_id)
 
 
 def _load_hub(name: str, *, device, dtype, device_map):

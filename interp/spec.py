@@ -243,7 +243,8 @@ class ModelSpec:
 
     ``positional`` is one of ``"rope"``, ``"learned"`` (absolute learned embeddings, GPT-2),
     ``"none"`` (NoPE), ``"alibi"``, ``"shortformer"`` or ``"unknown"``.
-    ``tokenizer_adds_bos``: whether the HF tokenizer inserts BOS itself;
+    ``tokenizer_adds_bos``: whether the HF tokenizer as shipped inserts BOS itself (recorded
+    by ``load_model``; TransformerLens' live tokenizer always does);
     ``default_prepend_bos``: TransformerLens' ``to_tokens`` default.
     ``attn_scale``: the factor multiplying q·k (1/√d_head, or ``query_pre_attn_scalar^-½``);
     ``attn_softcap``: tanh soft-capping of attention logits (Gemma 2) or ``None``.
@@ -450,7 +451,12 @@ def _bos(bridge: Any) -> tuple[int | None, str | None, bool]:
     bos_id = getattr(tok, "bos_token_id", None)
     bos = getattr(tok, "bos_token", None)
     adds = False
-    if bos_id is not None:
+    info = getattr(bridge, "interp_info", None)
+    if info is not None and "hf_tokenizer_adds_bos" in info.extra:
+        # the shipped HF tokenizer's own policy, recorded by load_model before TransformerLens
+        # swapped in a BOS-adding copy
+        adds = bool(info.extra["hf_tokenizer_adds_bos"])
+    elif bos_id is not None:
         try:
             ids = tok("a")["input_ids"]
             adds = len(ids) > 0 and int(ids[0]) == int(bos_id)
