@@ -121,8 +121,13 @@ def render_table(t: Table) -> str:
 
 
 def render_figure(fig: Any, div_id: str) -> str:
+    import plotly.graph_objects as go
     import plotly.io as pio
 
+    fig = go.Figure(fig)  # a copy: the section's figure keeps its own layout
+    if fig.layout.width is not None and fig.layout.width > 1100:  # fit the page; plotly resizes responsively
+        fig.layout.width = None
+        fig.layout.autosize = True
     return '<div class="figure">' + pio.to_html(
         fig, include_plotlyjs=False, full_html=False, div_id=div_id,
         config={"displaylogo": False, "responsive": True},
