@@ -5,7 +5,7 @@ PY := .venv/bin/python
 STAMP := .venv/.interp-installed
 MODEL ?= smollm2-135m
 OUT ?= reports
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= -n 2
 
 .PHONY: report test setup bench browser clean-cache
 

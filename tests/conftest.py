@@ -11,6 +11,9 @@ import pytest
 import torch
 
 torch.manual_seed(0)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one torch thread per xdist worker: two workers on two cores, no oversubscription
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
