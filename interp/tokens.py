@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-__all__ = ["TokenBatch", "tokenize", "bos_token_id"]
+__all__ = ["TokenBatch", "tokenize", "bos_token_id", "check_prompt_texts", "check_prompt_length", "context_length"]
 
 PaddingSide = Literal["left", "right"]
 
@@ -83,6 +83,33 @@ def bos_token_id(model: Any) -> int:
     return int(bos)
 
 
+def context_length(model: Any) -> int:
+    """The model's context ``cfg.n_ctx`` (unbounded when the config has none)."""
+    return int(getattr(model.cfg, "n_ctx", 0) or 10**12)
+
+
+def check_prompt_texts(
+    prompts: Sequence[Any], *, error: type[Exception] = ValueError, type_error: type[Exception] = TypeError
+) -> None:
+    """Reject an empty prompt list, non-string prompts and empty strings, naming the fix."""
+    if not prompts:
+        raise error("No prompts given: the prompt list is empty; pass at least one prompt.")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise type_error(f"Prompt {i} is a {type(p).__name__}, not a string: pass a list of strings.")
+        if p == "":
+            raise error(f"Prompt {i} is the empty string: remove it or give it text.")
+
+
+def check_prompt_length(i: int, n_tokens: int, limit: int, *, error: type[Exception] = ValueError) -> None:
+    """Reject prompt ``i`` when its ``n_tokens`` (BOS included) exceed the context ``limit``."""
+    if n_tokens > limit:
+        raise error(
+            f"Prompt {i} has {n_tokens} tokens, more than the model's context n_ctx={limit}. "
+            "Shorten it or split it."
+        )
+
+
 def tokenize(
     model: Any,
     prompts: str | Sequence[str],
@@ -106,17 +133,11 @@ def tokenize(
     if isinstance(prompts, str):
         prompts = [prompts]
     prompts = list(prompts)
-    if not prompts:
-        raise ValueError("No prompts given: pass a non-empty list of strings.")
+    check_prompt_texts(prompts)
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}.")
-    for i, p in enumerate(prompts):
-        if not isinstance(p, str):
-            raise TypeError(f"Prompt {i} is a {type(p).__name__}, not a string.")
-        if p == "":
-            raise ValueError(f"Prompt {i} is the empty string: remove it or give it text.")
     tok = model.tokenizer
-    limit = max_length if max_length is not None else int(getattr(model.cfg, "n_ctx", 10**9))
+    limit = max_length if max_length is not None else context_length(model)
     enc = tok(prompts, add_special_tokens=False, return_offsets_mapping=True)
     bos = bos_token_id(model) if prepend_bos else None
     ids: list[list[int]] = []
@@ -127,11 +148,7 @@ def tokenize(
         if bos is not None:
             row = [bos] + row
             offs = [(0, 0)] + offs
-        if len(row) > limit:
-            raise ValueError(
-                f"Prompt {i} has {len(row)} tokens, more than the model's context of {limit}. "
-                "Shorten it or split it."
-            )
+        check_prompt_length(i, len(row), limit)
         ids.append(row)
         offsets.append(offs)
     lengths = [len(r) for r in ids]

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from interp.results import atomic_write_text
 from interp.schema import Schema, SchemaSpans
+from interp.tokens import check_prompt_length, check_prompt_texts, context_length
 from interp.capture._common import (
     FORMAT, FORMAT_VERSION, MANIFEST, CaptureError, ManifestMismatchError, PaddingSide, _layout,
     resolve_hooks,
@@ -33,23 +34,15 @@ __all__ = ["capture"]
 
 def _check_prompts(model: Any, prompts: Sequence[str], prepend_bos: bool) -> list[int]:
     """Token lengths (BOS included); raise on empty list / empty string / too long."""
-    if not prompts:
-        raise CaptureError("The prompt list is empty: pass at least one prompt.")
-    for i, p in enumerate(prompts):
-        if not isinstance(p, str):
-            raise CaptureError(f"Prompt {i} is a {type(p).__name__}, not a string: pass a list of strings.")
-        if p == "":
-            raise CaptureError(f"Prompt {i} is the empty string: remove it or give it text.")
+    check_prompt_texts(prompts, error=CaptureError, type_error=CaptureError)
     tok = model.tokenizer
-    n_ctx = int(getattr(model.cfg, "n_ctx", 0) or 10**12)
+    n_ctx = context_length(model)
     lengths: list[int] = []
     for s in range(0, len(prompts), 256):
         ids = tok(list(prompts[s: s + 256]), add_special_tokens=False)["input_ids"]
         lengths.extend(len(r) + int(prepend_bos) for r in ids)
     for i, n in enumerate(lengths):
-        if n > n_ctx:
-            raise CaptureError(f"Prompt {i} has {n} tokens, more than the model's context n_ctx={n_ctx}. "
-                               "Shorten or split it.")
+        check_prompt_length(i, n, n_ctx, error=CaptureError)
         if n == 0:
             raise CaptureError(f"Prompt {i} ({prompts[i]!r}) has no tokens: give it text, or prepend_bos=True.")
     return lengths
