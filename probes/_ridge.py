@@ -20,19 +20,24 @@ from probes.errors import ProbeInputError
 __all__ = ["fit_ridge", "fit_ridge_path"]
 
 
-def _ridge_stats(x: Tensor, y: Tensor, *, standardize: bool, device, chunk: int = 8192):
-    """Standardiser, target mean, Gram ``Z^T Z`` and ``Z^T (y - ybar)`` (float64) of centred ``Z``."""
+def _ridge_inputs(x: Tensor, y: Tensor, device) -> tuple[Tensor, Tensor, bool, torch.device]:
+    """Validate features/targets; return ``x`` on the device, targets as float64 ``[row out]``,
+    whether they were 1-D, and the device."""
     check_features(x)
     if y.shape[0] != x.shape[0]:
         raise ProbeInputError(f"{y.shape[0]} targets for {x.shape[0]} feature rows: targets are misaligned")
     if y.ndim not in (1, 2):
         raise ProbeInputError(f"ridge targets must be [row] or [row out], got {tuple(y.shape)}")
     dev = torch.device(device) if device is not None else x.device
-    x = x.to(dev)
-    squeeze = y.ndim == 1
     y2 = y.to(dev).double().reshape(y.shape[0], -1)
     if not bool(torch.isfinite(y2).all()):
         raise ProbeInputError("ridge targets contain NaN/inf")
+    return x.to(dev), y2, y.ndim == 1, dev
+
+
+def _ridge_stats(x: Tensor, y: Tensor, *, standardize: bool, device, chunk: int = 8192):
+    """Standardiser, target mean, Gram ``Z^T Z`` and ``Z^T (y - ybar)`` (float64) of centred ``Z``."""
+    x, y2, squeeze, dev = _ridge_inputs(x, y, device)
     n, d = x.shape
     std = Standardizer.fit(x, enabled=standardize)
     m32, s32 = std.mean.to(x.dtype), std.scale.to(x.dtype)
@@ -91,15 +96,7 @@ def fit_ridge_path(
 
 def _ridge_path_dual(x: Tensor, y: Tensor, l2s: Sequence[float], *, standardize: bool, device) -> list[RidgeProbe]:
     """``W(l2) = Z^T (Z Z^T + n l2 I)^{-1} yc`` via one eigendecomposition of the n x n kernel."""
-    check_features(x)
-    if y.shape[0] != x.shape[0]:
-        raise ProbeInputError(f"{y.shape[0]} targets for {x.shape[0]} feature rows: targets are misaligned")
-    dev = torch.device(device) if device is not None else x.device
-    x = x.to(dev)
-    squeeze = y.ndim == 1
-    y2 = y.to(dev).double().reshape(y.shape[0], -1)
-    if not bool(torch.isfinite(y2).all()):
-        raise ProbeInputError("ridge targets contain NaN/inf")
+    x, y2, squeeze, _ = _ridge_inputs(x, y, device)
     n = x.shape[0]
     std = Standardizer.fit(x, enabled=standardize)
     z = std.transform(x).double()
