@@ -5,7 +5,7 @@ Public API (imported lazily)::
     PatchableModel, Activations          # circuits._forward: functional forward with edge patching
     AttributionGraph, Edge               # circuits.graph: edge scores per position / span
     attribute                            # circuits.attribution: EAP, EAP-IG (positional, spans)
-    logit_diff, prob_diff, kl_to_clean   # circuits.metrics
+    logit_diff, prob_diff, kl_to_clean   # circuits.metrics (also logprob, token_logit_diff)
     tasks                                # circuits.tasks: IOI, induction, position task, JSONL
     select, Circuit                      # circuits.select / circuits.circuit (selection)
     faithfulness, FaithfulnessEvaluator  # circuits.faithfulness
@@ -32,6 +32,7 @@ _EXPORTS: dict[str, str] = {
     "Metric": "circuits.metrics",
     "MetricBatch": "circuits.metrics",
     "logprob": "circuits.metrics",
+    "token_logit_diff": "circuits.metrics",
     "exact_node_scores": "circuits.attribution",
     "exact_edge_score": "circuits.attribution",
     "select": "circuits.select",
