@@ -29,9 +29,17 @@ of query t (kind v): :math:`z_t = \\sum_{t'} A_{tt'}(M_{tt'} v_{t'} + (1-M_{tt'}
 All of it is vectorised over positions (four score combinations chosen by mask).
 
 Supported families: Llama-style (RMSNorm, RoPE, GQA, gated MLP: SmolLM2, Llama, Mistral, Qwen2
-and RoPE/NoPE toys) and GPT-2 (LayerNorm, learned positions, biases). Anything else (e.g.
-Gemma 3, whose post-attention norm mixes heads non-linearly) raises
-:class:`NotImplementedError`.
+and RoPE/NoPE toys), GPT-2 (LayerNorm, learned positions, biases) and Gemma 3 (``gemma3_text``:
+sandwich norms, q/k norms, sliding-window and global layers with their own RoPE bases, MQA).
+Anything else raises :class:`NotImplementedError`.
+
+**Gemma 3 (graph definition): head senders are shares of the normalised block output.** Gemma
+normalises the *sum* of the heads (``post_attention_layernorm``), so head h's sender output is
+:math:`z_h = (1+g)\\odot o_h / \\mathrm{rms}(\\sum_{h'} o_{h'})` with :math:`o_h` its output
+through its slice of ``o_proj`` and the RMS of the *same* run: :math:`\\sum_h z_h` is exactly
+the block output in the clean, corrupt and every patched run, and ablating an edge from head h
+replaces its share (not its pre-norm output). Receivers stay the residual inputs; the MLP sender
+is the post-feed-forward-normed MLP output. Details in :mod:`circuits._gemma`.
 """
 
 from __future__ import annotations
@@ -199,6 +207,13 @@ class _Layer:
     b_in: Tensor | None
     W_out: Tensor  # [m d]
     b_out: Tensor | None
+    # Gemma 3 only (None elsewhere): q/k norms, sandwich norms, RoPE table and sliding window
+    q_norm_w: Tensor | None = None  # [e]
+    k_norm_w: Tensor | None = None
+    post_attn_w: Tensor | None = None  # [d]
+    post_mlp_w: Tensor | None = None
+    rope_key: str | None = None  # HF layer type ("sliding_attention" / "full_attention")
+    window: int | None = None  # sliding window (keys t' with t − t' < window)
 
 
 class PatchableModel:
@@ -224,16 +239,22 @@ class PatchableModel:
         self.model_type: str = getattr(cfg, "model_type", "?")
         self.model_name: str = str(getattr(getattr(bridge, "cfg", None), "model_name", None)
                                    or getattr(cfg, "_name_or_path", self.model_type))
+        self.embed_scale: Tensor | None = None
+        self.final_softcap: float | None = None
         if self.model_type in ("llama", "mistral", "qwen2", "smollm3"):
             self._init_llama(hf, cfg)
         elif self.model_type == "gpt2":
             self._init_gpt2(hf, cfg)
+        elif self.model_type in ("gemma3_text", "gemma3"):
+            from circuits._gemma import init_gemma
+
+            init_gemma(self, hf, cfg)
         else:
             raise NotImplementedError(
-                f"circuits.PatchableModel supports Llama-family (llama, mistral, qwen2) and GPT-2 "
-                f"models; got model_type={self.model_type!r}. Gemma 3 is not supported yet: its "
-                f"post-attention/post-MLP norms mix head outputs non-linearly, so head outputs "
-                f"are not additive residual senders.")
+                f"circuits.PatchableModel supports Llama-family (llama, mistral, qwen2), GPT-2 and "
+                f"Gemma 3 (gemma3_text) models; got model_type={self.model_type!r}. Add a "
+                f"re-implementation of its forward in circuits/_forward.py (see circuits/_gemma.py "
+                f"for a family with non-additive head outputs).")
         self.senders = sender_names(self.n_layers, self.n_heads)
         self.receivers = receiver_names(self.n_layers, self.n_heads, self.n_kv_heads)
         self.sender_index = {s: i for i, s in enumerate(self.senders)}
@@ -241,9 +262,9 @@ class PatchableModel:
         self.valid = self._valid()
 
     # ---------------------------------------------------------------------------- init helpers
-    def _init_llama(self, hf: Any, cfg: Any) -> None:
+    def _init_llama(self, hf: Any, cfg: Any, core: Any = None) -> None:
         self.arch = "llama"
-        core = hf.model
+        core = hf.model if core is None else core
         self.n_layers = cfg.num_hidden_layers
         self.n_heads = cfg.num_attention_heads
         self.n_kv_heads = getattr(cfg, "num_key_value_heads", None) or self.n_heads
@@ -256,8 +277,10 @@ class PatchableModel:
         self.layers: list[_Layer] = []
         for blk in core.layers:
             at, mlp = blk.self_attn, blk.mlp
-            if hasattr(at, "q_norm") or hasattr(blk, "post_feedforward_layernorm"):
-                raise NotImplementedError("q/k norms and sandwich norms are not supported")
+            if not getattr(self, "_sandwich", False) and (
+                    hasattr(at, "q_norm") or hasattr(blk, "post_feedforward_layernorm")):
+                raise NotImplementedError(f"{self.model_type}: q/k norms and sandwich norms are "
+                                          f"only supported for Gemma 3")
 
             def heads(lin: Any, n: int) -> tuple[Tensor, Tensor | None]:
                 w = _w(lin).view(n, e, d).transpose(1, 2).contiguous()  # [n d e]
@@ -279,7 +302,7 @@ class PatchableModel:
         self.lnf_w, self.lnf_b = _w(core.norm), None
         self.W_U = _w(hf.lm_head).T  # [d vocab]
         self.b_U = _b(hf.lm_head)
-        self.act = _act(getattr(cfg, "hidden_act", "silu"))
+        self.act = _act(getattr(cfg, "hidden_activation", None) or getattr(cfg, "hidden_act", "silu"))
         self.rotary = core.rotary_emb
         self.use_rope = not bool(getattr(cfg, "nope", False))
 
@@ -374,11 +397,31 @@ class PatchableModel:
             return F.layer_norm(x, (x.shape[-1],), w, b, self.eps)
         xf = x.float()
         y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.arch == "gemma3":  # Gemma: (x̂ · (1 + w)) in float32, then cast
+            return (y * (1.0 + w.float())).to(x.dtype)
         return w * y.to(x.dtype)
 
-    def _rope(self, x: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor]:
-        cos, sin = self.rotary(x, position_ids)  # [b p e]
+    def _rope(self, x: Tensor, position_ids: Tensor, layer: int = 0) -> tuple[Tensor, Tensor]:
+        key = self.layers[layer].rope_key
+        cos, sin = (self.rotary(x, position_ids) if key is None
+                    else self.rotary(x, position_ids, key))  # [b p e]
         return cos.to(x.dtype), sin.to(x.dtype)
+
+    def rerotate(self, t: Float[Tensor, "batch layer pos n d_head"],
+                 shift: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch layer pos n d_head"]:
+        """Rotate post-RoPE q or k of every layer by ``shift`` more positions (each layer with its
+        own RoPE table: Gemma's local and global layers differ). RoPE rotations compose."""
+        if not (self.use_rope and self.rotary is not None):
+            return t
+        B, L, P, n, e = t.shape
+        out = torch.empty_like(t)
+        tables: dict[Any, tuple[Tensor, Tensor]] = {}
+        for l in range(L):
+            key = self.layers[l].rope_key
+            if key not in tables:
+                tables[key] = self._rope(t[:, l], shift, l)
+            out[:, l] = self._rot(t[:, l], *tables[key])
+        return out
 
     @staticmethod
     def _rot(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -392,6 +435,8 @@ class PatchableModel:
               position_ids: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
         """The ``"embed"`` sender: token embeddings (+ learned positions for GPT-2)."""
         x = self.W_E[tokens]
+        if self.embed_scale is not None:  # Gemma: × sqrt(d_model), cast to the model dtype
+            x = x * self.embed_scale
         if self.W_pos is not None:
             x = x + self.W_pos[position_ids]
         return x
@@ -465,14 +510,21 @@ class PatchableModel:
         H, G, L, d, e = self.n_heads, self.n_kv_heads, self.n_layers, self.d_model, self.d_head
         S = len(self.senders)
         rep = H // G
-        # attention mask [b 1 q k]: causal & real key; a padding query with no key sees itself
-        causal = torch.ones(p, p, dtype=torch.bool, device=dev).tril()
-        allowed = causal[None] & mask.bool()[:, None, :]
-        allowed = allowed | (torch.eye(p, dtype=torch.bool, device=dev)[None] & ~allowed.any(-1, keepdim=True))
-        allowed = allowed[:, None]
-        cos = sin = None
+        # attention masks [b 1 q k] per sliding window (None: global): causal & real key &
+        # (q − k < window); a padding query with no key sees itself
+        allowed_by: dict[int | None, Tensor] = {}
+        for win in {W.window for W in self.layers}:
+            causal = torch.ones(p, p, dtype=torch.bool, device=dev).tril()
+            if win is not None:
+                causal = causal & ~torch.ones(p, p, dtype=torch.bool, device=dev).tril(-win)
+            allowed = causal[None] & mask.bool()[:, None, :]
+            allowed = allowed | (torch.eye(p, dtype=torch.bool, device=dev)[None] & ~allowed.any(-1, keepdim=True))
+            allowed_by[win] = allowed[:, None]
+        rope_by: dict[str | None, tuple[Tensor, Tensor]] = {}
         if self.use_rope and self.rotary is not None:
-            cos, sin = self._rope(x_embed, pos_ids)
+            for l, W in enumerate(self.layers):
+                if W.rope_key not in rope_by:
+                    rope_by[W.rope_key] = self._rope(x_embed, pos_ids, l)
 
         patch = keep is not None
         if ablated is not None:
@@ -517,7 +569,11 @@ class PatchableModel:
                 k = k + W.b_K
             if W.b_V is not None:
                 v = v + W.b_V
-            if cos is not None:
+            if W.q_norm_w is not None:  # Gemma: per-head RMSNorm of q and k before RoPE
+                q = self._norm(q, W.q_norm_w, None)
+                k = self._norm(k, W.k_norm_w, None)
+            if W.rope_key in rope_by:
+                cos, sin = rope_by[W.rope_key]
                 q = self._rot(q, cos, sin)
                 k = self._rot(k, cos, sin)
             kc = None if keep_cross is None else keep_cross[:, l].to(dev)  # [b H 3 q k]
@@ -535,7 +591,7 @@ class PatchableModel:
                                      torch.where(Mk, sc(qa, k), sc(qa, ka)))
             else:
                 scores = torch.einsum("bqgre,bkge->bgrqk", qg, k).reshape(b, H, p, p)
-            scores = (scores * self.scale).masked_fill(~allowed, float("-inf"))
+            scores = (scores * self.scale).masked_fill(~allowed_by[W.window], float("-inf"))
             A = torch.softmax(scores, dim=-1)
             Ag = A.view(b, G, rep, p, p)
             if kc is not None:
@@ -548,9 +604,17 @@ class PatchableModel:
             if grad_nodes:
                 out["z"].append(z)
             head_out = torch.einsum("bqhe,hed->bqhd", z, W.W_O)
-            resid = resid + head_out.sum(2)
-            if W.b_O is not None:
-                resid = resid + W.b_O
+            if W.post_attn_w is not None:  # Gemma: shares of the normalised sum (module doc)
+                from circuits._gemma import head_shares
+
+                head_out, bias_share = head_shares(head_out, W.b_O, W.post_attn_w, self.eps)
+                resid = resid + head_out.sum(2)
+                if bias_share is not None:
+                    resid = resid + bias_share
+            else:
+                resid = resid + head_out.sum(2)
+                if W.b_O is not None:
+                    resid = resid + W.b_O
             ss = self.sender_slice(l)
             if patch:
                 delta[:, :, ss.start: ss.stop - 1] = head_out - abl_s[:, :, ss.start: ss.stop - 1]
@@ -574,9 +638,13 @@ class PatchableModel:
             else:
                 act = self.act(pre)
             mlp_out = act @ W.W_out
-            resid = resid + mlp_out
-            if W.b_out is not None:
+            if W.post_mlp_w is not None:  # Gemma: the MLP sender is the post-norm output
+                if W.b_out is not None:
+                    mlp_out = mlp_out + W.b_out
+                mlp_out = self._norm(mlp_out, W.post_mlp_w, None)
+            elif W.b_out is not None:
                 resid = resid + W.b_out
+            resid = resid + mlp_out
             if patch:
                 delta[:, :, ss.stop - 1] = mlp_out - abl_s[:, :, ss.stop - 1]
             if record:
@@ -594,6 +662,8 @@ class PatchableModel:
         logits = self._norm(xf, self.lnf_w, self.lnf_b) @ self.W_U
         if self.b_U is not None:
             logits = logits + self.b_U
+        if self.final_softcap is not None:
+            logits = torch.tanh(logits / self.final_softcap) * self.final_softcap
         out["logits"] = logits
         if record:
             out["activations"] = Activations(

@@ -245,15 +245,9 @@ def _realign_rope(pm: PatchableModel, acts: Activations, source_pos: Tensor) -> 
     shift = torch.arange(p, device=source_pos.device)[None] - source_pos
     if not bool(shift.any()):
         return acts
-    cos, sin = pm._rope(acts.q[:, 0], shift)
-
-    def rot(t: Tensor) -> Tensor:  # [b L p n e]
-        B, L, P_, n, e = t.shape
-        x = t.permute(0, 2, 1, 3, 4).reshape(B, P_, L * n, e)
-        return pm._rot(x, cos, sin).reshape(B, P_, L, n, e).permute(0, 2, 1, 3, 4)
-
-    return Activations(acts.senders, rot(acts.q), rot(acts.k), acts.v, acts.z, acts.pattern,
-                       acts.attention_mask)
+    # per layer: Gemma's sliding and global layers have different RoPE tables
+    return Activations(acts.senders, pm.rerotate(acts.q, shift), pm.rerotate(acts.k, shift),
+                       acts.v, acts.z, acts.pattern, acts.attention_mask)
 
 
 # ----------------------------------------------------------------------------------------------

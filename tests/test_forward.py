@@ -199,9 +199,9 @@ def test_mean_zero_align(random_toy):
     assert isinstance(al, Activations)
 
 
-def test_gemma_refused_clearly():
+def test_unknown_family_refused_clearly():
     class Cfg:
-        model_type = "gemma3_text"
+        model_type = "mamba"
 
     class HF:
         config = Cfg()
@@ -209,8 +209,224 @@ def test_gemma_refused_clearly():
     class Bridge:
         original_model = HF()
 
-    with pytest.raises(NotImplementedError, match="Gemma"):
+    with pytest.raises(NotImplementedError, match="model_type='mamba'"):
         PatchableModel(Bridge())
+
+
+# ---------------------------------------------------------------------------------- Gemma 3
+LOCAL, GLOBAL = "sliding_attention", "full_attention"
+
+
+def _tiny_gemma(layer_types=(LOCAL, GLOBAL, LOCAL), window=3, attn_cap=None, final_cap=None, seed=0):
+    """A randomly initialised 3-layer Gemma3ForCausalLM (4 query / 1 KV head, tiny sliding
+    window, different local/global RoPE bases, random norm weights so ``1 + w`` matters)."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    cfg = Gemma3TextConfig(
+        vocab_size=61, hidden_size=32, intermediate_size=48, num_hidden_layers=len(layer_types),
+        num_attention_heads=4, num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=24,
+        sliding_window=window, layer_types=list(layer_types), max_position_embeddings=64,
+        rope_parameters={LOCAL: {"rope_type": "default", "rope_theta": 10.0},
+                         GLOBAL: {"rope_type": "default", "rope_theta": 1000.0}},
+        attn_logit_softcapping=attn_cap, final_logit_softcapping=final_cap,
+        attn_implementation="eager", pad_token_id=0, bos_token_id=2)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        m = Gemma3ForCausalLM(cfg).eval()
+        with torch.no_grad():
+            for n, w in m.named_parameters():
+                if "norm" in n:
+                    w.normal_(0, 0.5)
+    return m
+
+
+def _tiny_toks(b=3, p=11, seed=0):
+    t = torch.randint(3, 61, (b, p), generator=torch.Generator().manual_seed(seed))
+    t[:, 0] = 2
+    return t
+
+
+@pytest.mark.parametrize("caps", [(None, None), (2.0, 0.2)])
+def test_gemma_tiny_exact_vs_hf_with_sliding_window(caps):
+    """Independent reference: HF eager Gemma3ForCausalLM, padded batch, prompts 4x the window.
+    With softcaps set: final logits are capped; HF's Gemma 3 attention ignores its attention cap
+    (never passed to the attention function), and so does PatchableModel."""
+    hf = _tiny_gemma(attn_cap=caps[0], final_cap=caps[1])
+    pm = PatchableModel(hf)
+    assert pm.arch == "gemma3" and (pm.n_heads, pm.n_kv_heads, pm.d_head) == (4, 1, 16)
+    assert [W.window for W in pm.layers] == [3, None, 3]
+    assert pm.rope_theta == {LOCAL: 10.0, GLOBAL: 1000.0} and pm.scale == 24 ** -0.5
+    toks = _tiny_toks()
+    mask = torch.ones_like(toks)
+    mask[1, 6:] = 0
+    with torch.no_grad():
+        ref = hf(toks, attention_mask=mask).logits
+    out = pm.run(toks, mask)
+    assert ((ref - out).abs() * mask[..., None]).max() < 1e-5
+    # the test can fail: without the sliding window (or with one RoPE table) the logits differ
+    for W in pm.layers:
+        W.window = None
+    assert ((pm.run(toks, mask) - ref).abs() * mask[..., None]).max() > 1e-3
+    pm2 = PatchableModel(hf)
+    for W in pm2.layers:
+        W.rope_key = GLOBAL
+    assert ((pm2.run(toks, mask) - ref).abs() * mask[..., None]).max() > 1e-3
+
+
+def _capture(mods, pre=False):
+    """Forward (pre-)hooks saving each module's output (input) in a dict keyed by position."""
+    saved, handles = {}, []
+    for i, mod in enumerate(mods):
+        def f(_m, args, out=None, i=i):
+            saved[i] = (args[0] if pre else out).detach().clone()
+        handles.append(mod.register_forward_pre_hook(f) if pre else mod.register_forward_hook(f))
+    return saved, handles
+
+
+def test_gemma_tiny_head_shares_sum_to_block_output():
+    """Σ_h share_h = post_attention_layernorm output and M{l} = post_feedforward_layernorm output
+    of HF, in the clean and the corrupt run."""
+    hf = _tiny_gemma()
+    pm = PatchableModel(hf)
+    layers = hf.model.layers
+    for seed in (1, 2):
+        toks = _tiny_toks(2, 9, seed)
+        attn, h1 = _capture([blk.post_attention_layernorm for blk in layers])
+        mlp, h2 = _capture([blk.post_feedforward_layernorm for blk in layers])
+        with torch.no_grad():
+            hf(toks)
+        for h in h1 + h2:
+            h.remove()
+        acts = pm.activations(toks)
+        emb = hf.model.embed_tokens(toks)
+        torch.testing.assert_close(acts.senders[:, :, 0], emb, atol=1e-6, rtol=1e-6)
+        for l in range(pm.n_layers):
+            ss = pm.sender_slice(l)
+            torch.testing.assert_close(acts.senders[:, :, ss.start: ss.stop - 1].sum(2), attn[l],
+                                       atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(acts.senders[:, :, ss.stop - 1], mlp[l], atol=1e-5, rtol=1e-5)
+
+
+def test_gemma_tiny_all_edges_ablated_gives_counterfactual():
+    hf = _tiny_gemma()
+    pm = PatchableModel(hf)
+    b, p = 2, 10
+    clean, corrupt = _tiny_toks(b, p, 3), _tiny_toks(b, p, 4)
+    acts = pm.activations(corrupt)
+    ref = pm.run(corrupt)
+    with torch.no_grad():
+        assert (ref - hf(corrupt).logits).abs().max() < 1e-5
+    kc = torch.zeros(b, pm.n_layers, pm.n_heads, 3, p, p, dtype=torch.bool)
+    for cross in (None, kc):
+        out = pm.run(clean, ablated=acts, keep=_full_keep(pm, b, p, False), keep_cross=cross)
+        assert (out - ref).abs().max() < 1e-5
+    out = pm.run(clean, ablated=acts, keep=_full_keep(pm, b, p, True), keep_cross=torch.ones_like(kc))
+    assert (out - pm.run(clean)).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("l,h,pos", [(0, 1, 4), (1, 3, 7), (2, 0, 9)])
+def test_gemma_tiny_head_share_patch_vs_hf_hooks(l, h, pos):
+    """Ablating every edge out of head h at pos = adding share*_h − share_h to HF's
+    post_attention_layernorm output, the shares computed by hand from HF's o_proj input:
+    share_h = (1 + g) ⊙ o_h / rms(o_proj output)."""
+    hf = _tiny_gemma()
+    pm = PatchableModel(hf)
+    b, p = 2, 10
+    clean, corrupt = _tiny_toks(b, p, 5), _tiny_toks(b, p, 6)
+    blk = hf.model.layers[l]
+    at, g, eps = blk.self_attn, blk.post_attention_layernorm.weight, hf.config.rms_norm_eps
+    e = pm.d_head
+
+    def share(toks):
+        zin, hz = _capture([at.o_proj], pre=True)
+        with torch.no_grad():
+            hf(toks)
+        hz[0].remove()
+        z = zin[0]  # [b p H*e]
+        with torch.no_grad():
+            total = at.o_proj(z)
+            o_h = z[..., h * e:(h + 1) * e] @ at.o_proj.weight[:, h * e:(h + 1) * e].T
+        return (1 + g) * o_h * torch.rsqrt(total.pow(2).mean(-1, keepdim=True) + eps)
+
+    diff = (share(corrupt) - share(clean))[:, pos].detach()
+
+    def add(_m, _args, out):
+        out = out.clone()
+        out[:, pos] += diff
+        return out
+
+    hk = blk.post_attention_layernorm.register_forward_hook(add)
+    with torch.no_grad():
+        ref = hf(clean).logits
+    hk.remove()
+    s = pm.sender_index[f"L{l}H{h}"]
+    keep = _full_keep(pm, b, p)
+    keep[:, pos, s, pm.valid[s]] = False  # every edge out of the head, receiver by receiver
+    out = pm.run(clean, ablated=pm.activations(corrupt), keep=keep)
+    assert (out - ref).abs().max() < 1e-5
+    assert (out - pm.run(clean)).abs().max() > 1e-4  # the patch did something
+
+
+@pytest.mark.parametrize("l,pos", [(0, 3), (2, 8)])
+def test_gemma_tiny_receivers_are_residual_inputs(l, pos):
+    """All q/k/v receivers of layer l at pos fed from the corrupt run = replacing the input of
+    HF's input_layernorm (the residual stream stays clean): q_norm/k_norm/RoPE come after the
+    receiver. Same for the MLP receiver (pre_feedforward_layernorm input) and the logits (norm)."""
+    hf = _tiny_gemma()
+    pm = PatchableModel(hf)
+    b, p = 2, 10
+    clean, corrupt = _tiny_toks(b, p, 7), _tiny_toks(b, p, 8)
+    acts = pm.activations(corrupt)
+    blk = hf.model.layers[l]
+    rs = pm.receiver_slice(l)
+    for mod, recv in ((blk.input_layernorm, slice(rs.start, rs.stop - 1)),
+                      (blk.pre_feedforward_layernorm, slice(rs.stop - 1, rs.stop)),
+                      (hf.model.norm, slice(len(pm.receivers) - 1, None))):
+        xin, hx = _capture([mod], pre=True)
+        with torch.no_grad():
+            hf(corrupt)
+        hx[0].remove()
+
+        def swap(_m, args, saved=xin[0]):
+            x = args[0].clone()
+            x[:, pos] = saved[:, pos]
+            return (x,)
+
+        hk = mod.register_forward_pre_hook(swap)
+        with torch.no_grad():
+            ref = hf(clean).logits
+        hk.remove()
+        keep = _full_keep(pm, b, p)
+        keep[:, pos, :, recv] = False
+        out = pm.run(clean, ablated=acts, keep=keep)
+        assert (out - ref).abs().max() < 1e-5
+        assert (out - pm.run(clean)).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("types", [(LOCAL, GLOBAL), (GLOBAL, LOCAL)])
+def test_gemma_tiny_rerotate_per_layer_rope(types):
+    """Re-rotating layer-0 q/k by k positions (each layer with its own RoPE base) equals the q/k
+    of the same token k positions later (layer-0 q/k depend only on the token and position)."""
+    hf = _tiny_gemma(layer_types=types, window=4)
+    pm = PatchableModel(hf)
+    toks = _tiny_toks(2, 6, 9)
+    k = 3
+    shifted = torch.cat([toks[:, :1].expand(2, k), toks], dim=1)
+    a, a2 = pm.activations(toks), pm.activations(shifted)
+    shift = torch.full((2, 6), k)
+    for name in ("q", "k"):
+        x = getattr(a, name)[:, :1]
+        want = getattr(a2, name)[:, :1, k:]
+        torch.testing.assert_close(pm.rerotate(x, shift), want, atol=1e-5, rtol=1e-5)
+        assert (x - want).abs().max() > 1e-3
+    # every layer with its own table: HF's rotary module and apply_rotary_pos_emb per layer type
+    from transformers.models.gemma3.modeling_gemma3 import apply_rotary_pos_emb
+
+    got = pm.rerotate(a.k, shift)
+    for l, kind in enumerate(types):
+        cos, sin = hf.model.rotary_emb(a.k, shift, kind)
+        want, _ = apply_rotary_pos_emb(a.k[:, l], a.k[:, l], cos, sin, unsqueeze_dim=2)
+        torch.testing.assert_close(got[:, l], want, atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.real_model
