@@ -365,3 +365,40 @@ def test_smollm2_tasks_and_span_attribution(smollm2):
     # spans before the first name carry nothing: the counterfactual only changes names
     assert g.same_pos[g.positions.index("When")].abs().max() == 0
     assert "L" in g.top_edges(1)[0].sender
+
+
+@pytest.mark.gemma
+def test_gemma_ioi_eap_vs_exact_and_faithfulness(gemma):
+    """Gemma-3-270M (18 layers, MQA 4 q / 1 KV, sliding + global layers): IOI end to end, EAP node
+    scores at the last token vs exact node patching of a handful of nodes, faithfulness runs."""
+    from circuits import faithfulness, select, tasks
+
+    t = tasks.ioi(gemma, 2, seed=0)
+    assert t.clean.lengths == t.corrupt.lengths
+    g = attribute(gemma, t, method="eap", batch_size=2)
+    assert g.meta["metric_clean_mean"] > 2.0  # Gemma solves IOI (measured 5.48)
+    assert torch.isfinite(g.same_pos).all() and torch.isfinite(g.cross).all()
+    clean, corrupt = t.clean.tokens, t.corrupt.tokens
+    eap = attribute(gemma, clean, corrupt, t.metric, method="eap").node_scores()[-1]  # [sender]
+    order = eap.abs().argsort(descending=True)
+    rest = order[6:][torch.randperm(len(order) - 6, generator=torch.Generator().manual_seed(0))[:6]]
+    pick = torch.cat([order[:6], rest])
+    pm = patchable(gemma)
+    senders = [pm.senders[i] for i in pick.tolist()]
+    exact = exact_node_scores(gemma, clean, corrupt, t.metric, senders=senders, positions=[-1])[-1]
+    r = _spearman(exact[pick], eap[pick])
+    RESULTS["gemma ioi node eap (12 nodes, last token)"] = r
+    print(f"gemma IOI: node Spearman EAP {r:.3f} over {senders}")
+    # measured: 0.92 (all 91 senders at the last token: 0.97; at the S2 token: 0.99)
+    assert r >= 0.8
+    # faithfulness on Gemma: full model and empty circuit are exact, a selected circuit runs
+    c = select(g, n_edges=300)
+    res = faithfulness(gemma, c, t, n_boot=50)
+    mb = MetricBatch.from_mask(t.clean.attention_mask, None, None)
+    with torch.no_grad():
+        m_clean = float(t.metric(pm.run(clean, t.clean.attention_mask), mb).mean())
+        m_corrupt = float(t.metric(pm.run(corrupt, t.corrupt.attention_mask), mb).mean())
+    assert abs(res.m_full - m_clean) < 1e-3 and abs(res.m_empty - m_corrupt) < 1e-3
+    assert res.m_full > res.m_empty and torch.isfinite(torch.tensor(res.f))
+    RESULTS["gemma ioi faithfulness f (300 edges, span)"] = res.f
+    print(f"gemma IOI: circuit of {c.n_edges} span edges, f = {res.f:.3f}")

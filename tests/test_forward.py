@@ -447,3 +447,89 @@ def test_exact_vs_bridge_smollm2_padding(smollm2):
     single = pm.run(lb.tokens[1:, lb.columns(1)])
     assert (outl[1, lb.columns(1)] - single[0]).abs().max() < ATOL
     assert (outl[0] - out[0]).abs().max() < ATOL
+
+
+@pytest.mark.gemma
+def test_exact_vs_hf_gemma(gemma):
+    """Gemma-3-270M: PatchableModel logits = HF original_model (eager) logits, padded prompts of
+    different lengths and one prompt longer than the 512-token sliding window."""
+    from interp import tokenize
+
+    hf = gemma.original_model
+    cfg = hf.config
+    assert cfg._attn_implementation == "eager"
+    pm = PatchableModel(gemma)
+    assert (pm.n_layers, pm.n_heads, pm.n_kv_heads, pm.d_head) == (18, 4, 1, 256)
+    assert pm.rope_theta == {k: v["rope_theta"] for k, v in cfg.rope_parameters.items()}
+    assert pm.rope_theta["sliding_attention"] != pm.rope_theta["full_attention"]
+    assert [W.window is None for W in pm.layers] == [k == "full_attention" for k in cfg.layer_types]
+    prompts = ["When Mary and John went to the store, John gave a drink to", "Hello world",
+               "The capital of France is"]
+    rb = tokenize(gemma, prompts, prepend_bos=True, padding_side="right")
+    with torch.no_grad():
+        ref = hf(rb.tokens, attention_mask=rb.attention_mask).logits
+    out = pm.run(rb.tokens, rb.attention_mask)
+    m = rb.attention_mask.bool()
+    assert (ref - out).abs()[m].max() < ATOL  # measured 2.7e-5 (logits up to ~30)
+    lb = tokenize(gemma, prompts[:2], prepend_bos=True, padding_side="left")
+    outl = pm.run(lb.tokens, lb.attention_mask)
+    assert (outl[1, lb.columns(1)] - out[1, : rb.lengths[1]]).abs().max() < ATOL
+    # beyond the sliding window: positions >= 512 of sliding layers no longer see BOS
+    n = cfg.sliding_window + 8
+    toks = torch.randint(10, 20000, (1, n), generator=torch.Generator().manual_seed(0))
+    toks[0, 0] = gemma.tokenizer.bos_token_id
+    with torch.no_grad():
+        ref = hf(toks, logits_to_keep=16).logits
+    out = pm.run(toks)[:, -16:]
+    assert (ref - out).abs().max() < ATOL  # measured 5.4e-5; without the window: 5.7
+
+
+@pytest.mark.gemma
+def test_gemma_patching_exact(gemma):
+    """Gemma-3-270M: all edges ablated = the counterfactual run, none = the clean run, and one
+    head's share patched = HF with that share swapped at post_attention_layernorm."""
+    from circuits import tasks
+
+    t = tasks.ioi(gemma, 2, seed=0)
+    clean, corrupt = t.clean.tokens, t.corrupt.tokens
+    b, p = clean.shape
+    pm = PatchableModel(gemma)
+    acts = pm.activations(corrupt)
+    ref = pm.run(corrupt)
+    kc = torch.zeros(b, pm.n_layers, pm.n_heads, 3, p, p, dtype=torch.bool)
+    out = pm.run(clean, ablated=acts, keep=_full_keep(pm, b, p, False), keep_cross=kc)
+    assert (out - ref).abs().max() < ATOL
+    base = pm.run(clean)
+    out = pm.run(clean, ablated=acts, keep=_full_keep(pm, b, p, True), keep_cross=~kc)
+    assert (out - base).abs().max() < ATOL
+    # head L5H2 (a global layer) at the last token: its share of the normalised block output
+    hf = gemma.original_model
+    l, h, pos, e = 5, 2, p - 1, pm.d_head
+    blk = hf.model.layers[l]
+    at, g, eps = blk.self_attn, blk.post_attention_layernorm.weight, hf.config.rms_norm_eps
+
+    def share(toks):
+        zin, hz = _capture([at.o_proj], pre=True)
+        with torch.no_grad():
+            hf(toks)
+            hz[0].remove()
+            z = zin[0]
+            o_h = z[..., h * e:(h + 1) * e] @ at.o_proj.weight[:, h * e:(h + 1) * e].T
+            return (1 + g) * o_h * torch.rsqrt(at.o_proj(z).pow(2).mean(-1, keepdim=True) + eps)
+
+    diff = (share(corrupt) - share(clean))[:, pos]
+
+    def add(_m, _args, out):
+        out = out.clone()
+        out[:, pos] += diff
+        return out
+
+    hk = blk.post_attention_layernorm.register_forward_hook(add)
+    with torch.no_grad():
+        ref = hf(clean).logits
+    hk.remove()
+    keep = _full_keep(pm, b, p)
+    keep[:, pos, pm.sender_index[f"L{l}H{h}"]] = False
+    out = pm.run(clean, ablated=acts, keep=keep)
+    assert (out - ref).abs().max() < ATOL
+    assert (out - base).abs().max() > 1e-3
