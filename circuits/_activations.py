@@ -20,8 +20,8 @@ __all__ = ["Activations"]
 class Activations:
     """Sender outputs and per-head q/k/v/z/pattern of one run (the ablation source).
 
-    ``q`` and ``k`` are post-rotary (what enters :math:`q\\cdot k`). A batch of 1 broadcasts
-    over any batch (mean and zero ablations).
+    ``q`` and ``k`` are post-rotary (Gemma: after q_norm/k_norm too), what enters
+    :math:`q\\cdot k`. A batch of 1 broadcasts over any batch (mean and zero ablations).
     """
 
     senders: Float[Tensor, "batch pos sender d_model"]

@@ -389,7 +389,7 @@ def test_gemma_ioi_eap_vs_exact_and_faithfulness(gemma):
     r = _spearman(exact[pick], eap[pick])
     RESULTS["gemma ioi node eap (12 nodes, last token)"] = r
     print(f"gemma IOI: node Spearman EAP {r:.3f} over {senders}")
-    # measured: 0.92 (all 91 senders at the last token: 0.97; at the S2 token: 0.99)
+    # measured: 0.92 (all 91 senders at the last token: 0.97; at the " a" token, P−3: 0.99)
     assert r >= 0.8
     # faithfulness on Gemma: full model and empty circuit are exact, a selected circuit runs
     c = select(g, n_edges=300)
