@@ -167,7 +167,7 @@ class PatchableModel:
         self.valid = self._valid()
 
     # ---------------------------------------------------------------------------- init helpers
-    def _init_llama(self, hf: Any, cfg: Any, core: Any = None) -> None:
+    def _init_llama(self, hf: Any, cfg: Any, core: Any = None, sandwich: bool = False) -> None:
         self.arch = "llama"
         core = hf.model if core is None else core
         self.n_layers = cfg.num_hidden_layers
@@ -182,8 +182,7 @@ class PatchableModel:
         self.layers: list[_Layer] = []
         for blk in core.layers:
             at, mlp = blk.self_attn, blk.mlp
-            if not getattr(self, "_sandwich", False) and (
-                    hasattr(at, "q_norm") or hasattr(blk, "post_feedforward_layernorm")):
+            if not sandwich and (hasattr(at, "q_norm") or hasattr(blk, "post_feedforward_layernorm")):
                 raise NotImplementedError(f"{self.model_type}: q/k norms and sandwich norms are "
                                           f"only supported for Gemma 3")
 

@@ -67,8 +67,7 @@ def init_gemma(pm: Any, hf: Any, cfg: Any) -> None:
     if getattr(cfg, "use_bidirectional_attention", False):
         raise NotImplementedError("Gemma 3 with use_bidirectional_attention=True (an encoder) is "
                                   "not supported by circuits.PatchableModel: it is not causal")
-    pm._sandwich = True
-    pm._init_llama(hf, cfg, core=core)
+    pm._init_llama(hf, cfg, core=core, sandwich=True)  # then the Gemma-specific parts
     pm.arch = "gemma3"
     types = list(getattr(cfg, "layer_types", None) or ["full_attention"] * pm.n_layers)
     window = getattr(cfg, "sliding_window", None)
