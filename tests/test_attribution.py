@@ -367,6 +367,50 @@ def test_smollm2_tasks_and_span_attribution(smollm2):
     assert "L" in g.top_edges(1)[0].sender
 
 
+def test_gemma_tiny_eap_is_the_derivative_of_exact_patching():
+    """Tiny random Gemma 3 (float64; sandwich norms, q/k norms, sliding window, MQA): each EAP
+    edge score equals the derivative of exact edge patching along the ablation direction,
+    d/dε M(edge fed z + ε(z* − z)) at ε = 0 (central differences) — same-position edges (through
+    the head-share normalisation) and crossing q/k/v edges."""
+    from test_forward import _tiny_gemma
+
+    pm = patchable(_tiny_gemma().double())
+    g = torch.Generator().manual_seed(0)
+    n, p = 3, 8
+    clean = torch.randint(3, 61, (n, p), generator=g)
+    clean[:, 0] = 2
+    corrupt = clean.clone()
+    corrupt[:, 2:5] = torch.randint(3, 61, (n, 3), generator=g)
+    met = logit_diff(torch.randint(3, 61, (n,), generator=g), torch.randint(3, 61, (n,), generator=g))
+    graph = attribute(pm, clean, corrupt, met, method="eap")
+    c, x = pm.activations(clean), pm.activations(corrupt)
+    mb = MetricBatch.from_mask(torch.ones(n, p, dtype=torch.long), None, None)
+
+    def toward(eps):
+        f = lambda a, b: a + eps * (b - a)  # noqa: E731
+        return Activations(f(c.senders, x.senders), f(c.q, x.q), f(c.k, x.k), f(c.v, x.v), c.z,
+                           c.pattern, c.attention_mask)
+
+    eps = 1e-3
+    edges = graph.top_edges(10, kinds=["same"]) + graph.top_edges(5, kinds=["q", "k", "v"])
+    assert {e.kind for e in edges} >= {"same", "v"} and any(e.receiver == "logits" for e in edges)
+    for e in edges:
+        pos, kpos = int(e.pos.split(":")[0]), int(e.kpos.split(":")[0])
+        if e.kind == "same":
+            keep = torch.ones(n, p, len(pm.senders), len(pm.receivers), dtype=torch.bool)
+            keep[:, pos, pm.sender_index[e.sender], pm.receiver_index[e.receiver]] = False
+            kw = {"keep": keep}
+        else:
+            l, h = (int(v) for v in e.sender[1:].split("H"))
+            kc = torch.ones(n, pm.n_layers, pm.n_heads, 3, p, p, dtype=torch.bool)
+            kc[:, l, h, "qkv".index(e.kind), pos, kpos] = False
+            kw = {"keep_cross": kc}
+        up = met(pm.run(clean, ablated=toward(eps), **kw), mb).mean()
+        down = met(pm.run(clean, ablated=toward(-eps), **kw), mb).mean()
+        fd = float(up - down) / (2 * eps)
+        assert abs(fd - e.score) <= 1e-2 * abs(e.score) + 1e-6, (e, fd)
+
+
 @pytest.mark.gemma
 def test_gemma_ioi_eap_vs_exact_and_faithfulness(gemma):
     """Gemma-3-270M (18 layers, MQA 4 q / 1 KV, sliding + global layers): IOI end to end, EAP node
