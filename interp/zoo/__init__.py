@@ -6,9 +6,10 @@ same hook names as the real models):
 ============== ======== ========== ==========================================================
 name           arch     positions  planted mechanism
 ============== ======== ========== ==========================================================
-toy-induction  Llama    RoPE, GQA  previous-token heads (layer 0) → induction heads (layer 1),
-               (attn    2q/1kv      K-composition (Olsson et al. 2022). Both heads of each layer
-               only)                share the role (redundant): ablate them together.
+toy-induction  Llama    RoPE, GQA  previous-token head (layer 0) → induction head (layer 1),
+               (attn    2q/1kv      K-composition (Olsson et al. 2022). The other query head of
+               only)                each layer was pruned during training (writes 0): the
+                                   ablation control.
 toy-backcopy   Llama    RoPE       Bigram-Backcopy (Guo et al. 2024): BOS sink at non-trigger
                                    positions (dormant), t-1 copy at triggers (active), small
                                    BOS value norm

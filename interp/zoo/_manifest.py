@@ -129,11 +129,17 @@ def _induction(info: ToyInfo, model: Any) -> dict[str, Any]:
     prev_first = M.attention_to_offset(pats[0], 1, first_copy)
     ablate = _ablation_table(model, b, {"induction": b.eval_mask}, {"induction": b.targets})
     nh = int(model.cfg.n_heads)
-    # The trained model spreads each role over redundant heads: every layer-0 head with
+    # Heads pruned during training (output projection exactly 0) write nothing: no role.
+    ov = _ov_norms(model)
+    pruned = [(l, h) for l in range(2) for h in range(nh) if ov[_label(l, h)] == 0.0]
+    live = {l: [h for h in range(nh) if (l, h) not in pruned] for l in range(2)}
+    # A role may be spread over several live heads (redundant copies): every layer-0 head with
     # substantial previous-token attention at the first-copy keys, and every layer-1 head with
     # induction attention > 0.5, belongs to the mechanism; they are ablated together.
-    prev_set = [h for h in range(nh) if float(prev_first[h]) > 0.3] or [int(prev_first.argmax())]
-    ind_set = [h for h in range(nh) if float(ind[h]) > 0.5] or [int(ind.argmax())]
+    prev_set = ([h for h in live[0] if float(prev_first[h]) > 0.3]
+                or [max(live[0], key=lambda h: float(prev_first[h]))])
+    ind_set = ([h for h in live[1] if float(ind[h]) > 0.5]
+               or [max(live[1], key=lambda h: float(ind[h]))])
     p_head = max(prev_set, key=lambda h: float(prev_first[h]))
     i_head = max(ind_set, key=lambda h: float(ind[h]))
     joint = {
@@ -177,8 +183,10 @@ def _induction(info: ToyInfo, model: Any) -> dict[str, Any]:
         "heads": [
             {"layer": 0, "head": h, "label": _label(0, h), "role": "previous_token",
              "redundant_with": [_label(0, o) for o in prev_set if o != h],
-             "positions": "query t >= 2 attends to key t-1 (shared with the other "
-                          "previous-token heads)",
+             "positions": "query t >= 2 attends to key t-1, sharpest at the first copy whose "
+                          "t-1 the induction head reads as keys"
+                          + (" (shared with the other previous-token heads)"
+                             if len(prev_set) > 1 else ""),
              "attention_to_prev": _round(prev[h]),
              "attention_to_prev_at_first_copy": _round(prev_first[h])} for h in prev_set
         ] + [
@@ -188,6 +196,14 @@ def _induction(info: ToyInfo, model: Any) -> dict[str, Any]:
              "positions": "query t in the second copy attends to key t-ell+1 (the token after "
                           "the earlier occurrence of x_t)",
              "induction_attention": _round(ind[h])} for h in ind_set
+        ] + [
+            {"layer": l, "head": h, "label": _label(l, h), "role": "pruned",
+             "kv_head": M.kv_group(model, h),
+             "positions": None,
+             "note": "pruned during training (output projection zeroed and kept at 0 from step "
+                     f"{info.train.get('prune_at')}): it still computes a pattern from the "
+                     "shared KV head but writes nothing; the ablation control."}
+            for l, h in pruned
         ],
         "joint_ablation_accuracy": joint,
         "attention": {

@@ -21,7 +21,10 @@ class ToyInfo:
         task: generator in :mod:`interp.zoo.tasks` (``induction``, ``backcopy``, ``offset``).
         model: architecture sizes (d_model, n_layers, n_heads, n_kv_heads, d_mlp, n_ctx, ...).
         task_params: keyword arguments of the task generator.
-        train: steps, batch, lr, warmup, weight_decay, and ``head_sparsity`` λ: weight of the
+        train: steps, batch, lr, warmup, weight_decay; ``prune_at``/``prune_keep``: at that
+            step keep the ``prune_keep`` most important heads of each layer (loss increase when
+            zero-ablated) and zero the others' output projection for the rest of training
+            (``_train._prune_heads``); ``head_sparsity`` λ: weight of the
             concave per-head penalty ``λ Σ_{l,h} sqrt(‖W_V W_O‖_F)`` that makes one head carry
             each mechanism instead of redundant copies (see ``_train.head_sparsity_penalty``).
     """
@@ -45,15 +48,16 @@ _BIGRAM = dict(n_vocab=64, n_triggers=3, concentration=0.3, bigram_seed=1234, le
 TOY_MODELS: dict[str, ToyInfo] = {
     "toy-induction": ToyInfo(
         name="toy-induction",
-        description="2-layer attention-only Llama (RoPE, GQA 2 query / 1 KV head) trained on "
-                    "repeated random segments: previous-token heads in layer 0, induction heads "
-                    "in layer 1 (K-composition); both heads of each layer share the role.",
+        description="2-layer attention-only Llama (RoPE, GQA: 2 query heads share 1 KV head per "
+                    "layer) trained on repeated random segments: a previous-token head in layer "
+                    "0 and an induction head in layer 1 (K-composition); the other query head "
+                    "of each layer was pruned during training (writes 0), the ablation control.",
         arch="llama", positional="rope", attention_only=True, task="induction",
         model=dict(d_model=64, n_layers=2, n_heads=2, n_kv_heads=1, d_mlp=8, n_ctx=64,
                    rope_theta=10000.0),
         task_params=dict(n_vocab=64, length=40, min_segment=6, max_segment=16),
         train=dict(steps=3000, batch=64, lr=1e-3, warmup=100, weight_decay=0.01,
-                   head_sparsity=0.01, head_sparsity_start=1500),
+                   prune_at=1000, prune_keep=1),
     ),
     "toy-backcopy": ToyInfo(
         name="toy-backcopy",

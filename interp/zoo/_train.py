@@ -167,6 +167,73 @@ def head_sparsity_penalty(model: torch.nn.Module) -> torch.Tensor:
     return (head_ov_norms(model) + 1e-6).sqrt().sum()
 
 
+def _o_proj_slices(model: torch.nn.Module, layer: int, head: int) -> tuple[torch.Tensor, slice]:
+    """The output projection weight of ``layer`` and the input columns of query head ``head``."""
+    if hasattr(model, "model"):  # Llama o_proj: [d_model, n_heads * d_head]
+        attn = model.model.layers[layer].self_attn
+        dh = attn.head_dim
+        return attn.o_proj.weight, slice(head * dh, (head + 1) * dh)
+    raise NotImplementedError("head pruning is implemented for the Llama-style toys only")
+
+
+def _zero_heads(model: torch.nn.Module, heads: list[tuple[int, int]]) -> None:
+    """Zero the output-projection columns of ``heads`` (re-applied after every optimiser step,
+    so Adam's momentum cannot revive them): a pruned head computes its pattern but writes 0."""
+    with torch.no_grad():
+        for layer, head in heads:
+            w, cols = _o_proj_slices(model, layer, head)
+            w[:, cols] = 0.0
+
+
+def head_ablation_losses(model: torch.nn.Module, tokens: torch.Tensor,
+                         targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy with each head's output zeroed (input columns of ``o_proj``), minus the
+    clean cross-entropy: ``[layer, head]``. Llama-style models."""
+    cfg = model.config
+    nl, nh = cfg.num_hidden_layers, cfg.num_attention_heads
+
+    def ce() -> float:
+        lg = model(tokens).logits
+        return float(torch.nn.functional.cross_entropy(
+            lg.reshape(-1, lg.shape[-1]), targets.reshape(-1), ignore_index=T.IGNORE))
+
+    out = torch.zeros(nl, nh)
+    with torch.no_grad():
+        base = ce()
+        for layer in range(nl):
+            attn = model.model.layers[layer].self_attn
+            dh = attn.head_dim
+            for head in range(nh):
+                def pre(mod: Any, args: tuple[Any, ...], head: int = head, dh: int = dh) -> Any:
+                    x = args[0].clone()
+                    x[..., head * dh:(head + 1) * dh] = 0.0
+                    return (x,)
+
+                hnd = attn.o_proj.register_forward_pre_hook(pre)
+                try:
+                    out[layer, head] = ce() - base
+                finally:
+                    hnd.remove()
+    return out
+
+
+def _prune_heads(model: torch.nn.Module, info: ToyInfo, seed: int, *,
+                 keep: int = 1) -> list[tuple[int, int]]:
+    """Keep the ``keep`` heads of each layer whose zero-ablation raises the loss most (measured on
+    a fixed batch); zero the output projection of the others from now on. Makes one head carry
+    each mechanism instead of redundant copies sharing it (e.g. two layer-0 heads each putting
+    ~0.5 on t-1), so that "ablate the planted head" is a meaningful check."""
+    batch = make_batch(info, 256, seed=7_777_777 + seed)
+    was = model.training
+    model.eval()
+    imp = head_ablation_losses(model, batch.tokens, batch.targets)
+    model.train(was)
+    order = imp.argsort(dim=1, descending=True)
+    pruned = sorted((l, int(h)) for l in range(imp.shape[0]) for h in order[l, keep:])
+    _zero_heads(model, pruned)
+    return pruned
+
+
 def _lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
     if step < warmup:
         return lr * (step + 1) / warmup
@@ -190,8 +257,14 @@ def train_model(
         opt = torch.optim.AdamW(params, lr=tr["lr"], weight_decay=tr["weight_decay"],
                                 betas=(0.9, 0.98))
         losses: list[float] = []
+        pruned: list[tuple[int, int]] = []
+        prune_at = int(tr.get("prune_at", 0))
         t0 = time.time()
         for step in range(tr["steps"]):
+            if prune_at and step == prune_at:
+                pruned = _prune_heads(model, info, seed, keep=int(tr.get("prune_keep", 1)))
+                if log is not None:
+                    log(f"{info.name} step {step}: pruned heads {pruned}")
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step, tr["steps"], tr["lr"], tr["warmup"])
             batch = make_batch(info, tr["batch"], seed=1_000_003 * (seed + 1) + step)
@@ -208,6 +281,8 @@ def train_model(
             total.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
+            if pruned:
+                _zero_heads(model, pruned)
             losses.append(loss.item())
             if log is not None and (step % 250 == 0 or step == tr["steps"] - 1):
                 log(f"{info.name} step {step} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
@@ -215,6 +290,7 @@ def train_model(
         record = dict(
             seed=seed, **tr, optimizer="AdamW(betas=(0.9, 0.98)), grad clip 1.0, warm-up + cosine",
             final_loss=sum(losses[-50:]) / min(50, len(losses)), seconds=round(time.time() - t0, 1),
+            pruned_heads=[f"L{l}H{h}" for l, h in pruned],
             torch=torch.__version__,
         )
         return model, record
