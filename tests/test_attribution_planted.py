@@ -99,31 +99,87 @@ def test_induction_previous_token_head_feeds_induction_keys():
     assert all(int(e.kpos.split(":")[0]) in first and int(e.pos.split(":")[0]) >= s2 for e in ck), ck
 
 
-def test_trained_toys_node_scores_vs_exact_patching():
-    """Trained, saturated toys: EAP's gradient at the clean run nearly vanishes (log-probs ≈ 0),
-    so its ranking is poor; EAP-IG recovers exact patching's ranking (Spearman >= 0.7)."""
-    from scipy.stats import spearmanr
-
-    from circuits import exact_node_scores
-    from circuits.metrics import logprob
+def _graded(name, n=8):
+    """Trained toy on its own task, with *graded* corruption: example i replaces i+1 random
+    tokens (offset: anywhere in the first 10; induction: in the first copy). Node effects then
+    spread over a range of sizes, so a rank correlation with exact patching is well posed
+    (corrupting the same tokens in every example makes the large effects near-ties and the
+    ranking among them noise)."""
     from interp.zoo import tasks as T
 
-    def sp(a, b):
-        a, b = a.flatten(), b.flatten()
-        ok = ~torch.isnan(a) & ((a.abs() + b.abs()) > 0)
-        return float(spearmanr(a[ok].numpy(), b[ok].numpy()).statistic)
+    model, man = _zoo(name)
+    V = man["task"]["params"]["n_vocab"]
+    g = torch.Generator().manual_seed(0)
+    if man["task"]["name"] == "offset":
+        b = T.offset_batch(n, n_vocab=V, length=14, offset=man["task"]["params"]["offset"], seed=3)
+        where = [1 + torch.randperm(10, generator=g)[: i + 1] for i in range(n)]
+    elif man["task"]["name"] == "induction":
+        ell = 10
+        b = T.induction_batch(n, n_vocab=V, length=40, min_segment=ell, max_segment=ell, seed=5)
+        s2 = int(b.extra["second_start"][0])
+        where = [s2 - ell + torch.randperm(ell, generator=g)[: i + 1] for i in range(n)]
+    else:  # backcopy: scored at the trigger positions (deterministic back-copy targets)
+        from interp.zoo import make_batch
 
-    out = {}
-    model, _ = _zoo("toy-induction")
-    ell = 10
-    b = T.induction_batch(6, n_vocab=64, length=40, min_segment=ell, max_segment=ell, seed=5)
-    s2 = int(b.extra["second_start"][0])
+        b = make_batch(name, n, seed=3)
+        b.eval_mask = b.extra["trigger_mask"]
+        where = [1 + torch.randperm(b.tokens.shape[1] - 2, generator=g)[: 2 * (i + 1)]
+                 for i in range(n)]
     clean, corrupt = b.tokens, b.tokens.clone()
-    corrupt[:, s2 - ell: s2] = (clean[:, s2 - ell: s2] - T.N_SPECIAL + 31) % 64 + T.N_SPECIAL
-    met = logprob(b.targets.clamp(min=0), b.eval_mask)
-    ex = exact_node_scores(model, clean, corrupt, met)
-    for method in ("eap", "eap-ig"):
-        out[method] = sp(ex, attribute(model, clean, corrupt, met, method=method).node_scores())
-    print(f"trained toy-induction node Spearman: EAP {out['eap']:.3f}, EAP-IG {out['eap-ig']:.3f}")
-    # measured: EAP 0.12, EAP-IG 0.78
-    assert out["eap-ig"] >= 0.7 and out["eap-ig"] >= out["eap"]
+    for i, idx in enumerate(where):
+        corrupt[i, idx] = (clean[i, idx] - T.N_SPECIAL + 7) % V + T.N_SPECIAL
+    with torch.no_grad():  # wrong answer: what the counterfactual run predicts
+        wrong = model.original_model(corrupt).logits.argmax(-1)
+    return model, clean, corrupt, b.targets.clamp(min=0), wrong, b.eval_mask
+
+
+def _sp(a, b):
+    from scipy.stats import spearmanr
+
+    a, b = a.flatten(), b.flatten()
+    ok = ~torch.isnan(a) & ((a.abs() + b.abs()) > 0)
+    return float(spearmanr(a[ok].numpy(), b[ok].numpy()).statistic)
+
+
+@pytest.mark.parametrize("name", ["toy-induction", "toy-offset-rope", "toy-offset-abs"])
+def test_trained_toys_scores_vs_exact_patching(name):
+    """Trained zoo models: node scores (every sender × position) and edge scores (25 top + 35
+    random edges of all kinds, each patched exactly) against exact patching.
+
+    With the per-position logit difference both EAP and EAP-IG reach Spearman >= 0.7 and EAP-IG
+    is at least as close. With log-probabilities the clean run is saturated (log p ≈ 0), EAP's
+    gradient nearly vanishes and its ranking is poor, while EAP-IG's interpolated gradients
+    recover exact patching (Hanna et al. 2024).
+
+    toy-induction is the exception for EAP: its induction head's attention is saturated (0.97
+    on the right key), so the gradient through that softmax — the K-composition path from the
+    previous-token head — nearly vanishes and EAP under-ranks it (measured node 0.41, edge
+    0.68); EAP-IG stays >= 0.7 (0.95 / 0.89). Measured on the offset toys: EAP 0.97 / 0.97
+    (rope) and 0.93 / 0.92 (abs), EAP-IG 0.99 / 0.99 and 0.95 / 0.94 (node / edge)."""
+    from circuits import exact_node_scores
+    from circuits.metrics import logprob, token_logit_diff
+
+    model, clean, corrupt, tc, wrong, w = _graded(name)
+    out = {}
+    for mname, met in (("logit_diff", token_logit_diff(tc, wrong, w)), ("logprob", logprob(tc, w))):
+        ex = exact_node_scores(model, clean, corrupt, met)
+        graphs = {m: attribute(model, clean, corrupt, met, method=m) for m in ("eap", "eap-ig")}
+        for m, gr in graphs.items():
+            out[f"{mname} node {m}"] = _sp(ex, gr.node_scores())
+        if mname == "logit_diff":
+            edges = graphs["eap-ig"].top_edges(None)
+            gen = torch.Generator().manual_seed(0)
+            pick = edges[:25] + [edges[i] for i in torch.randperm(len(edges), generator=gen)[:35]]
+            exact = torch.tensor([exact_edge_score(model, clean, corrupt, met, e) for e in pick])
+            key = [(e.kind, e.sender, e.receiver, e.pos, e.kpos) for e in pick]
+            for m, gr in graphs.items():
+                lookup = {(e.kind, e.sender, e.receiver, e.pos, e.kpos): e.score
+                          for e in gr.top_edges(None)}
+                out[f"{mname} edge {m}"] = _sp(exact, torch.tensor([lookup[k] for k in key]))
+    print(f"\n{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in out.items()))
+    for what in ("node", "edge"):
+        if name != "toy-induction":
+            assert out[f"logit_diff {what} eap"] >= 0.7, out
+        assert out[f"logit_diff {what} eap-ig"] >= 0.7, out
+        assert out[f"logit_diff {what} eap-ig"] >= out[f"logit_diff {what} eap"] - 0.02, out
+    assert out["logprob node eap-ig"] >= 0.7 and out["logprob node eap-ig"] >= out["logprob node eap"]
