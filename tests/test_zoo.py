@@ -442,6 +442,30 @@ def test_training_is_deterministic():
     assert all(float(v.abs().max()) == 0 for k, v in s1.items() if "down_proj" in k)
 
 
+def test_head_pruning_keeps_pruned_heads_at_zero():
+    """prune_at: at that step the less important head of each layer (loss increase when
+    zero-ablated) gets a zero output projection, which stays exactly 0 through later AdamW steps
+    (momentum included); the kept heads keep training. Deterministic like the rest."""
+    from interp.zoo._train import train_model
+
+    info = zoo.TOY_MODELS["toy-induction"]
+    info = replace(info, train={**info.train, "steps": 6, "batch": 4, "warmup": 1, "prune_at": 2})
+    m1, r1 = train_model(info, seed=0)
+    m2, r2 = train_model(info, seed=0)
+    assert r1["pruned_heads"] == r2["pruned_heads"] and len(r1["pruned_heads"]) == 2
+    assert {p[:2] for p in r1["pruned_heads"]} == {"L0", "L1"}
+    dh = m1.model.layers[0].self_attn.head_dim
+    for layer in range(2):
+        w = m1.model.layers[layer].self_attn.o_proj.weight
+        for h in range(2):
+            cols = w[:, h * dh:(h + 1) * dh]
+            if f"L{layer}H{h}" in r1["pruned_heads"]:
+                assert float(cols.abs().max()) == 0.0
+            else:
+                assert float(cols.abs().max()) > 0.0
+    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+
+
 def test_task_generators_seeded_and_correct():
     a = T.induction_batch(16, seed=3)
     b = T.induction_batch(16, seed=3)
