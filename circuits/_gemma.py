@@ -1,7 +1,7 @@
 """Gemma 3 (HF ``gemma3_text``) support for :class:`circuits._forward.PatchableModel`.
 
-Facts taken from ``transformers/models/gemma3/modeling_gemma3.py`` (Gemma Team 2025, see
-``../shared/REFERENCES.md``):
+Facts taken from the installed ``transformers/models/gemma3/modeling_gemma3.py`` (the model:
+Gemma-3-270M, ``../shared/REFERENCES.md`` §7; graph of senders/receivers: §1, Haklay et al. 2025):
 
 * embeddings are multiplied by :math:`\\sqrt{d_{model}}` (cast to the model dtype);
 * every RMSNorm computes in float32 and multiplies by :math:`1 + w` (weights stored centred on 0);

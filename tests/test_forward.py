@@ -217,7 +217,8 @@ def test_unknown_family_refused_clearly():
 LOCAL, GLOBAL = "sliding_attention", "full_attention"
 
 
-def _tiny_gemma(layer_types=(LOCAL, GLOBAL, LOCAL), window=3, attn_cap=None, final_cap=None, seed=0):
+def _tiny_gemma(layer_types=(LOCAL, GLOBAL, LOCAL), window=3, attn_cap=None, final_cap=None, seed=0,
+                bias=False):
     """A randomly initialised 3-layer Gemma3ForCausalLM (4 query / 1 KV head, tiny sliding
     window, different local/global RoPE bases, random norm weights so ``1 + w`` matters)."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
@@ -229,13 +230,13 @@ def _tiny_gemma(layer_types=(LOCAL, GLOBAL, LOCAL), window=3, attn_cap=None, fin
         rope_parameters={LOCAL: {"rope_type": "default", "rope_theta": 10.0},
                          GLOBAL: {"rope_type": "default", "rope_theta": 1000.0}},
         attn_logit_softcapping=attn_cap, final_logit_softcapping=final_cap,
-        attn_implementation="eager", pad_token_id=0, bos_token_id=2)
+        attention_bias=bias, attn_implementation="eager", pad_token_id=0, bos_token_id=2)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         m = Gemma3ForCausalLM(cfg).eval()
         with torch.no_grad():
             for n, w in m.named_parameters():
-                if "norm" in n:
+                if "norm" in n or n.endswith("bias"):
                     w.normal_(0, 0.5)
     return m
 
@@ -246,12 +247,13 @@ def _tiny_toks(b=3, p=11, seed=0):
     return t
 
 
-@pytest.mark.parametrize("caps", [(None, None), (2.0, 0.2)])
-def test_gemma_tiny_exact_vs_hf_with_sliding_window(caps):
+@pytest.mark.parametrize("caps,bias", [((None, None), False), ((2.0, 0.2), False), ((None, None), True)])
+def test_gemma_tiny_exact_vs_hf_with_sliding_window(caps, bias):
     """Independent reference: HF eager Gemma3ForCausalLM, padded batch, prompts 4x the window.
     With softcaps set: final logits are capped; HF's Gemma 3 attention ignores its attention cap
-    (never passed to the attention function), and so does PatchableModel."""
-    hf = _tiny_gemma(attn_cap=caps[0], final_cap=caps[1])
+    (never passed to the attention function), and so does PatchableModel. With attention biases,
+    b_O sits inside post_attention_layernorm (its share is a non-ablated term of the run)."""
+    hf = _tiny_gemma(attn_cap=caps[0], final_cap=caps[1], bias=bias)
     pm = PatchableModel(hf)
     assert pm.arch == "gemma3" and (pm.n_heads, pm.n_kv_heads, pm.d_head) == (4, 1, 16)
     assert [W.window for W in pm.layers] == [3, None, 3]
@@ -307,8 +309,9 @@ def test_gemma_tiny_head_shares_sum_to_block_output():
             torch.testing.assert_close(acts.senders[:, :, ss.stop - 1], mlp[l], atol=1e-5, rtol=1e-5)
 
 
-def test_gemma_tiny_all_edges_ablated_gives_counterfactual():
-    hf = _tiny_gemma()
+@pytest.mark.parametrize("bias", [False, True])
+def test_gemma_tiny_all_edges_ablated_gives_counterfactual(bias):
+    hf = _tiny_gemma(bias=bias)
     pm = PatchableModel(hf)
     b, p = 2, 10
     clean, corrupt = _tiny_toks(b, p, 3), _tiny_toks(b, p, 4)
