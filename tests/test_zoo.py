@@ -499,3 +499,22 @@ def test_cli_list():
     rows = json.loads(res.output)
     assert {r["name"] for r in rows} == set(NAMES)
     assert all(r["shipped"] for r in rows)
+
+
+def test_compare_to_shipped_and_cli_train(tmp_path):
+    """The shipped copy compared with itself is identical; a 5-step retrain is not, and the CLI
+    says so (weights, roles, accuracies)."""
+    from typer.testing import CliRunner
+
+    from interp.zoo.cli import app
+
+    same = zoo.compare_to_shipped("toy-offset-rope", zoo.model_dir("toy-offset-rope"))
+    assert same["bit_identical"] and same["same_roles"] and same["accuracy_close"]
+    res = CliRunner().invoke(app, ["train", "toy-offset-rope", "--out", str(tmp_path / "t"),
+                                   "--steps", "5"])
+    assert res.exit_code == 0, (res.output, repr(res.exception))
+    assert "vs shipped: bit-identical weights False" in res.output
+    c = zoo.compare_to_shipped("toy-offset-rope", tmp_path / "t")
+    assert not c["bit_identical"] and not c["accuracy_close"]  # 5 steps learn nothing yet
+    with pytest.raises(FileNotFoundError, match="interp zoo train"):
+        zoo.compare_to_shipped("toy-offset-rope", tmp_path / "missing")

@@ -46,7 +46,7 @@ from interp.zoo import measure, tasks
 from interp.zoo._specs import TOY_MODELS, ToyInfo
 
 __all__ = ["TOY_MODELS", "ToyInfo", "model_dir", "manifest", "train", "tasks", "measure",
-           "make_batch"]
+           "make_batch", "compare_to_shipped"]
 
 _WEIGHTS = Path(__file__).parent / "weights"
 
@@ -93,6 +93,34 @@ def train(name: str, *, out_dir: str | Path | None = None, seed: int = 0,
 
     _manifest_text.cache_clear()
     return _train(name, out_dir=out_dir, seed=seed, steps=steps, write_manifest=write_manifest)
+
+
+def compare_to_shipped(name: str, trained_dir: str | Path) -> dict[str, Any]:
+    """Compare a retrained copy of ``name`` (``interp zoo train NAME --out DIR``) with the shipped
+    one: bit-identical weights?, the same head roles?, accuracies within 0.02?
+
+    Training is bit-identical for one seed on one machine; on another CPU the BLAS kernels may
+    sum in another order and the weights drift apart, so what must reproduce is the mechanism:
+    the manifest's head roles and accuracies. Returns ``{"bit_identical", "same_roles",
+    "accuracy": {key: (shipped, retrained)}, "accuracy_close", "roles": (shipped, retrained)}``.
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    d = Path(trained_dir)
+    if not (d / "model.safetensors").is_file() or not (d / "manifest.json").is_file():
+        raise FileNotFoundError(f"{d} needs model.safetensors and manifest.json "
+                                f"(train with `interp zoo train {name} --out {d}`)")
+    a = load_file(str(model_dir(name) / "model.safetensors"))
+    b = load_file(str(d / "model.safetensors"))
+    bits = a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ship, new = manifest(name), json.loads((d / "manifest.json").read_text())
+    roles = lambda m: sorted((h["label"], h["role"]) for h in m["heads"])  # noqa: E731
+    acc = {k: (v, new["accuracy"].get(k)) for k, v in ship["accuracy"].items()
+           if isinstance(v, float)}
+    close = all(n is not None and abs(s - n) <= 0.02 for s, n in acc.values())
+    return {"bit_identical": bits, "same_roles": roles(ship) == roles(new), "accuracy": acc,
+            "accuracy_close": close, "roles": (roles(ship), roles(new))}
 
 
 def make_batch(name: str, n: int, seed: int = 0) -> tasks.TaskBatch:

@@ -42,7 +42,7 @@ def load_dir(path: Path) -> Any:
     return load_model(str(path), device="cpu")
 
 
-def _round(x: float, nd: int = 4) -> float:
+def _round(x: float | Tensor, nd: int = 4) -> float:
     return round(float(x), nd)
 
 

@@ -1,4 +1,5 @@
-"""``interp zoo`` commands: ``list`` the toy models, ``train NAME`` one of them."""
+"""``interp zoo`` commands: ``list`` the toy models, ``train NAME`` one of them (with ``--out``,
+also compared with the shipped copy: weights, head roles, accuracies)."""
 
 from __future__ import annotations
 
@@ -52,3 +53,12 @@ def train_cmd(
                                  f"{', '.join(zoo.TOY_MODELS)}")
     out = zoo.train(name, out_dir=out_dir, seed=seed, steps=steps, write_manifest=manifest)
     typer.echo(f"saved {name} to {out}")
+    if out_dir is not None and manifest:
+        try:
+            c = zoo.compare_to_shipped(name, out)
+        except FileNotFoundError:
+            return  # nothing shipped to compare with
+        typer.echo(f"vs shipped: bit-identical weights {c['bit_identical']}, same head roles "
+                   f"{c['same_roles']}, accuracies within 0.02 {c['accuracy_close']} "
+                   + ", ".join(f"{k} {s:.3f}->{n:.3f}" for k, (s, n) in c["accuracy"].items()
+                               if n is not None))
