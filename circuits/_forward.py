@@ -305,6 +305,41 @@ class PatchableModel:
             return (y * (1.0 + w.float())).to(x.dtype)
         return w * y.to(x.dtype)
 
+    def _norm_vjp(self, x: Tensor, g: Tensor, w: Tensor) -> Tensor:
+        """Gradient w.r.t. the norm's input ``x`` ``[b p d]`` of ``Σ g·norm(x)`` for many
+        cotangents ``g`` ``[b p n d]`` at once (closed form; the statistics of ``x`` are shared):
+        RMSNorm ``y = w ⊙ x r``, ``r = (mean x² + ε)^-½``: ``r (u − x̂ ⟨u, x̂⟩/d)``, ``u = w ⊙ g``;
+        LayerNorm adds ``− mean(u)``; Gemma uses ``1 + w``, in float32."""
+        xf = x.float()[:, :, None]  # [b p 1 d]
+        if self.arch == "gpt2":
+            xc = xf - xf.mean(-1, keepdim=True)
+            r = torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + self.eps)
+            xh = xc * r
+            u = g.float() * w.float()
+            out = r * (u - u.mean(-1, keepdim=True) - xh * (u * xh).mean(-1, keepdim=True))
+        else:
+            r = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+            xh = xf * r
+            u = g.float() * ((1.0 + w.float()) if self.arch == "gemma3" else w.float())
+            out = r * (u - xh * (u * xh).mean(-1, keepdim=True))
+        return out.to(g.dtype)
+
+    def attn_receiver_grads(
+        self, layer: int, resid: Float[Tensor, "batch pos d_model"],
+        g_q: Float[Tensor, "batch pos head d_head"], g_k: Float[Tensor, "batch pos kv_head d_head"],
+        g_v: Float[Tensor, "batch pos kv_head d_head"],
+    ) -> Float[Tensor, "batch pos receiver d_model"]:
+        """Gradients at the inputs of layer ``layer``'s attention receivers (q of every head,
+        k then v of every KV head), each as if it normalised its own copy of the residual: from
+        the gradients at the q/k/v projections (linear: ``g_x̂ = g_q W_Qᵀ``) through the norm's
+        Jacobian (:meth:`_norm_vjp`). Equal to differentiating per-receiver copies, without
+        running H + 2G copies of the norm forward and backward."""
+        W = self.layers[layer]
+        gx = torch.cat([torch.einsum("bphe,hde->bphd", g_q, W.W_Q),
+                        torch.einsum("bpge,gde->bpgd", g_k, W.W_K),
+                        torch.einsum("bpge,gde->bpgd", g_v, W.W_V)], dim=2)
+        return self._norm_vjp(resid, gx, W.ln1_w)
+
     def _rope(self, x: Tensor, position_ids: Tensor, layer: int = 0) -> tuple[Tensor, Tensor]:
         key = self.layers[layer].rope_key
         cos, sin = (self.rotary(x, position_ids) if key is None
@@ -395,9 +430,11 @@ class PatchableModel:
         """The forward pass. Returns a dict with ``"logits"`` and, on request:
 
         * ``record``: ``"activations"`` (:class:`Activations`);
-        * ``grad_nodes``: ``"recv"`` (list per layer of the attention receiver inputs
-          ``[b p H+2G d]``), ``"mlp_in"`` (list ``[b p 1 d]``), ``"logits_in"`` ``[b p 1 d]`` and
-          ``"z"`` (list ``[b p H e]``) — tensors in the autograd graph to differentiate at.
+        * ``grad_nodes`` (unpatched runs): ``"qkv"`` (list per layer of the q/k/v projections
+          ``([b p H e], [b p G e], [b p G e])``, to differentiate at; turn their gradients into
+          attention-receiver gradients with :meth:`attn_receiver_grads`) and ``"ln1_in"`` (the
+          residual they normalise), ``"mlp_in"`` (list ``[b p 1 d]``), ``"logits_in"``
+          ``[b p 1 d]`` and ``"z"`` (list ``[b p H e]``) — tensors in the autograd graph.
 
         ``embeds`` (``[b p d]``) replaces the ``"embed"`` sender's output (EAP-IG).
         """
@@ -447,17 +484,16 @@ class PatchableModel:
         resid = x_embed
         rec_s: list[Tensor] = [x_embed[:, :, None]]
         rec: dict[str, list[Tensor]] = {k: [] for k in ("q", "k", "v", "z", "pattern")}
-        out: dict[str, Any] = {"recv": [], "mlp_in": [], "z": []}
+        if patch and grad_nodes:
+            raise ValueError("grad_nodes is for unpatched runs (attribution); drop keep=")
+        out: dict[str, Any] = {"qkv": [], "ln1_in": [], "mlp_in": [], "z": []}
         for l, W in enumerate(self.layers):
             rs = self.receiver_slice(l)
             nA = self.n_upstream(l, "attn")
-            if patch or grad_nodes:  # one input per receiver (each normalised on its own)
+            if patch:  # one input per receiver (each normalised on its own)
                 x = resid[:, :, None, :].expand(b, p, H + 2 * G, d)
-                if patch:
-                    corr = torch.einsum("bpsr,bpsd->bprd", drop[:, :, :nA, rs.start: rs.stop - 1], delta[:, :, :nA])
-                    x = x - corr
-                if grad_nodes:
-                    out["recv"].append(x)
+                corr = torch.einsum("bpsr,bpsd->bprd", drop[:, :, :nA, rs.start: rs.stop - 1], delta[:, :, :nA])
+                x = x - corr
                 xn = self._norm(x, W.ln1_w, W.ln1_b)
                 q = torch.einsum("bphd,hde->bphe", xn[:, :, :H], W.W_Q)
                 k = torch.einsum("bphd,hde->bphe", xn[:, :, H: H + G], W.W_K)
@@ -467,6 +503,9 @@ class PatchableModel:
                 q = torch.einsum("bpd,hde->bphe", xn1, W.W_Q)
                 k = torch.einsum("bpd,hde->bphe", xn1, W.W_K)
                 v = torch.einsum("bpd,hde->bphe", xn1, W.W_V)
+                if grad_nodes:  # receiver gradients come from these (attn_receiver_grads)
+                    out["qkv"].append((q, k, v))
+                    out["ln1_in"].append(resid.detach())
             if W.b_Q is not None:
                 q = q + W.b_Q
             if W.b_K is not None:

@@ -253,6 +253,24 @@ def _realign_rope(pm: PatchableModel, acts: Activations, source_pos: Tensor) -> 
 # ----------------------------------------------------------------------------------------------
 # crossing edges
 # ----------------------------------------------------------------------------------------------
+def _grad_targets(out: dict[str, Any]) -> list[Tensor]:
+    """Tensors of a ``grad_nodes`` forward to differentiate at: per layer q, k, v projections,
+    then the MLP inputs, the final-norm input and the head results z."""
+    return ([t for qkv in out["qkv"] for t in qkv] + out["mlp_in"] + [out["logits_in"]]
+            + out["z"])
+
+
+def _receiver_grads(pm: PatchableModel, out: dict[str, Any], targets: list[Tensor],
+                    grads: Sequence[Tensor | None]) -> list[Tensor]:
+    """``[attn receivers of layer 0 … L−1] + [MLP inputs] + [logits input] + [z per layer]``:
+    attention receiver inputs ``[b p H+2G d]`` from the q/k/v gradients
+    (:meth:`PatchableModel.attn_receiver_grads`), the rest as differentiated."""
+    g = [torch.zeros_like(t) if gg is None else gg.detach() for t, gg in zip(targets, grads)]
+    L = pm.n_layers
+    recv = [pm.attn_receiver_grads(l, out["ln1_in"][l], *g[3 * l: 3 * l + 3]) for l in range(L)]
+    return recv + g[3 * L:]
+
+
 def _softmax_shift(a: Tensor, delta: Tensor) -> Tensor:
     """c = a(e^δ−1)/(1+a(e^δ−1)): the weight moved onto v_{t'} − z_t when one score moves by δ."""
     a = a.double()
@@ -487,9 +505,9 @@ def attribute(
                                            out["logits"].detach() if needs_clean_logits else None)
                 mval = met(out["logits"], mb)
                 metric_total += float(mval.detach().sum())
-                targets = out["recv"] + out["mlp_in"] + [out["logits_in"]] + out["z"]
+                targets = _grad_targets(out)
                 grads = torch.autograd.grad(mval.sum(), targets, allow_unused=True)
-            grads = [torch.zeros_like(t) if g is None else g for t, g in zip(targets, grads)]
+            grads = _receiver_grads(pm, out, targets, grads)
             if abl is None:
                 abl = acts.zeros_like()
         else:
@@ -515,11 +533,11 @@ def attribute(
             with torch.enable_grad():
                 o = pm.forward(None, mask_m, embeds=emb, grad_nodes=True)
                 mval = met(o["logits"], mb_m)
-                targets = o["recv"] + o["mlp_in"] + [o["logits_in"]] + o["z"]
+                targets = _grad_targets(o)
                 gk = torch.autograd.grad(mval.sum(), targets, allow_unused=True)
             # mean over the m points: [m·b …] -> [m b …] -> [b …]
-            grads = [(torch.zeros_like(t) if g is None else g.detach()).reshape(m_, b_, *t.shape[1:]).mean(0)
-                     for t, g in zip(targets, gk)]
+            grads = [g.reshape(m_, b_, *g.shape[1:]).mean(0)
+                     for g in _receiver_grads(pm, o, targets, gk)]
         # ---- same-position edges
         g_recv = []
         for l in range(L):
