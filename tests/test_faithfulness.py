@@ -297,7 +297,7 @@ def test_one_shot_function_bootstrap_and_errors(setup):
 def _planted_circuit(pm, man):
     """The manifest's induction circuit at granularity "none": its listed edges, plus each
     planted head's own q/k/v inputs from the embedding and all its crossing edges."""
-    heads = {h["role"]: (h["layer"], h["head"]) for h in man["heads"]}
+    heads = {h["role"]: (h["layer"], h["head"]) for h in man["heads"] if h["role"] != "pruned"}
     grp = pm.n_heads // pm.n_kv_heads
     S, R = len(pm.senders), len(pm.receivers)
     same = torch.zeros(1, S, R, dtype=torch.bool)
@@ -335,18 +335,18 @@ def _random_circuit(pm, n, seed):
 
 @pytest.mark.slow
 def test_planted_induction_circuit_beats_random_circuits(toy_model):
-    """toy-induction: the manifest's circuit (prev-token head → K-composition → induction head) is
-    far more faithful than random circuits of its size. It does *not* reach f ≥ 0.9 on the
-    shipped checkpoint (measured f ≈ 0.70 counterfactual / 0.78 mean): the trained model spreads
-    the mechanism — ablating all edges out of L0H1 costs about as much as out of L0H0, and L1H0
-    helps the induction head (manifest: L1H1 zero-ablation leaves 77 % accuracy)."""
+    """toy-induction: the manifest's circuit (embed → previous-token head L0H0 → K-composition →
+    induction head L1H1 → logits, 18 edges at granularity "none") carries the whole behaviour,
+    random circuits of its size none of it. Measured f = 0.999 (counterfactual) / 1.001 (mean),
+    random ≤ 0.08 (before the zoo's head pruning the mechanism was spread over both heads of each
+    layer and the same circuit reached only f ≈ 0.70)."""
     ev, man = _toy_eval(toy_model, "toy-induction")
     assert ev.m_full.mean() - ev.m_empty.mean() > 3.0  # the model does induction; corrupting hurts
     planted = _planted_circuit(ev.pm, man)
     r = ev(planted)
     rand = [ev(_random_circuit(ev.pm, planted.n_edges, seed)).f for seed in range(5)]
-    assert r.f >= 0.6, r
-    assert max(rand) < 0.3 and r.f > max(rand) + 0.4, (r.f, rand)
+    assert r.f >= 0.9 and r.hard >= 0.9, r
+    assert max(rand) < 0.3, rand
 
 def _toy_eval(toy_model, name, ablation="counterfactual"):
     from circuits.metrics import logprob
