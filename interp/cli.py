@@ -4,7 +4,9 @@ Commands::
 
     interp report [MODEL] --out reports/ [--prompts FILE.jsonl] [--only a,b] [--skip c] [--seed N]
     interp sections                        # list report sections
-    interp sinks|heads|rope|probe|circuit [MODEL] [--json] [--prompts FILE.jsonl]
+    interp sinks|heads|rope|probe [MODEL] [--json] [--prompts FILE.jsonl]
+    interp circuit [MODEL] [--task ioi|greater-than|induction | --pairs PAIRS.jsonl] [--method eap|eap-ig]
+                   [--granularity span|position|none] [--n N] [--json]
     interp capture [MODEL] [--hooks PATTERNS] [--out DIR] [--json]
     interp zoo ...                         # the toy-model zoo (list, train)
 
@@ -21,6 +23,7 @@ import re
 import sys
 import traceback
 from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -222,7 +225,7 @@ def sections(json_out: bool = typer.Option(False, "--json", help="Print JSON."))
 
 def _run_one(section_names: str | list[str], model: str, prompts: Path | None, seed: int, no_bos: bool,
              json_out: bool, html: Path | None, debug: bool, options: dict[str, Any] | None = None,
-             dtype: str = "float32") -> None:
+             dtype: str = "float32", loaded: Any = None) -> None:
     """Run report section(s) as a command: ``{"meta": ..., "sections": [...]}`` JSON with ``--json``,
     else a readable summary on stdout. Exit 1 when a section failed or could not run."""
     from interp.reports import build_report, choose_sections
@@ -230,7 +233,7 @@ def _run_one(section_names: str | list[str], model: str, prompts: Path | None, s
     names = [section_names] if isinstance(section_names, str) else list(section_names)
     _guard(debug, "input", lambda: choose_sections(names))
     prompt_list = _load_prompts(prompts, debug)
-    m = _load_model(model, debug, dtype)
+    m = loaded if loaded is not None else _load_model(model, debug, dtype)
     rep = _guard(debug, "analysis", lambda: build_report(
         m, model_name=model, prompts=prompt_list, only=names, seed=seed, prepend_bos=not no_bos,
         debug=debug, progress=False, options=options, argv=sys.argv))
@@ -296,12 +299,74 @@ def probe(model: str = ModelArg, prompts: Path | None = PromptsOpt, seed: int = 
     _run_one("probes", model, prompts, seed, no_bos, json_out, html, debug, None, dtype)
 
 
+class CircuitTask(str, Enum):
+    ioi = "ioi"
+    greater_than = "greater-than"
+    induction = "induction"
+
+
+class CircuitMethod(str, Enum):
+    eap = "eap"
+    eap_ig = "eap-ig"
+
+
+class CircuitGranularity(str, Enum):
+    span = "span"
+    position = "position"
+    none = "none"
+
+
+def _check_pairs(model: Any, options: dict[str, Any], seed: int, no_bos: bool) -> None:
+    """Build the user's task once before the analysis so a bad pairs file is a usage error (exit 2)
+    with load_jsonl's own message on one line."""
+    from interp.reports.sections.circuit import circuit_task
+
+    try:
+        circuit_task(model, options, seed=seed, prepend_bos=not no_bos)
+    except (OSError, ValueError, KeyError, UnicodeDecodeError) as e:
+        msg = " ".join(line.strip() for line in str(e.args[0] if isinstance(e, KeyError) and e.args else e)
+                       .splitlines() if line.strip())
+        raise BadInput(f"--pairs: {msg} (format: one JSON object per line with template, clean, corrupt, "
+                       "correct, wrong; see README 'Command line')") from e
+
+
 @app.command()
-def circuit(model: str = ModelArg, prompts: Path | None = PromptsOpt, seed: int = SeedOpt,
-            no_bos: bool = NoBosOpt, json_out: bool = JsonOpt, html: Path | None = HtmlOpt,
+def circuit(model: str = ModelArg,
+            task: CircuitTask | None = typer.Option(None, "--task", help="Built-in task: ioi (default), "
+                                                    "greater-than or induction. Not with --pairs."),
+            pairs: Path | None = typer.Option(None, "--pairs", help="Your clean/counterfactual pairs: JSONL with "
+                                              "template slots (circuits.tasks.load_jsonl). Not with --task."),
+            n: int = typer.Option(6, "--n", min=1, help="Examples of the built-in task."),
+            method: CircuitMethod = typer.Option(CircuitMethod.eap, "--method", help="Attribution: eap or eap-ig."),
+            ig_steps: int = typer.Option(5, "--ig-steps", min=1, help="Interpolation steps for eap-ig."),
+            granularity: CircuitGranularity = typer.Option(
+                CircuitGranularity.span, "--granularity",
+                help="span (schema spans), position (token positions) or none (non-positional); span and "
+                     "position are compared with the none baseline."),
+            prompts: Path | None = typer.Option(None, "--prompts", hidden=True),
+            seed: int = SeedOpt, no_bos: bool = NoBosOpt, json_out: bool = JsonOpt, html: Path | None = HtmlOpt,
             dtype: str = DtypeOpt, debug: bool = DebugOpt) -> None:
-    """Position-aware IOI circuit (EAP over schema spans) and its faithfulness curve."""
-    _run_one("circuit", model, prompts, seed, no_bos, json_out, html, debug, None, dtype)
+    """Position-aware circuit (EAP/EAP-IG over schema spans or positions) on IOI, Greater-Than,
+    induction or your own JSONL pairs, with its faithfulness curve."""
+    if prompts is not None:
+        _die("circuit does not use --prompts; pass clean/counterfactual pairs with --pairs FILE.jsonl "
+             "(see 'interp circuit --help')", EXIT_USAGE)
+    if task is not None and pairs is not None:
+        _die("--task and --pairs are mutually exclusive: pass a built-in --task or your own --pairs "
+             "FILE.jsonl, not both (see 'interp circuit --help')", EXIT_USAGE)
+    options: dict[str, Any] = {"n": n, "method": method.value, "ig_steps": ig_steps,
+                               "granularity": granularity.value}
+    if pairs is not None:
+        options["pairs"] = str(pairs)
+        if not pairs.is_file():
+            _die(f"--pairs: file {str(pairs)!r} does not exist (or is not a file); pass a JSONL of "
+                 "clean/counterfactual pairs", EXIT_USAGE)
+        m = _load_model(model, debug, dtype)
+        _guard(debug, "input", lambda: _check_pairs(m, options, seed, no_bos))
+        _run_one("circuit", model, None, seed, no_bos, json_out, html, debug, options, dtype, loaded=m)
+        return
+    options["task"] = (task or CircuitTask.ioi).value
+    _run_one("circuit", model, None, seed, no_bos, json_out, html, debug, options, dtype)
 
 
 @app.command("capture")

@@ -194,3 +194,146 @@ def test_capture_json_on_smollm2(monkeypatch, smollm2, tmp_path):
     assert len(norms) == smollm2.cfg.n_layers
     assert len(sec["data"]["attention_entropy"][0]) == smollm2.cfg.n_heads
     assert doc["meta"]["n_prompts"] == 2 and doc["meta"]["prepend_bos"] is True
+
+
+# ---------------------------------------------------------------------------------------------
+# interp circuit: built-in tasks and the user's own clean/counterfactual pairs (JSONL)
+
+# toy-induction has a word-level vocabulary t0…t63 split on whitespace: slots sit between literal
+# tokens (adjacent slots are ambiguous). Clean repeats A, so induction predicts the token after A.
+_PAIRS = [
+    '{"template": "{A} t1 {B} t2 {C}"}',
+    '{"clean": {"A": "t5", "B": "t6", "C": "t5"}, "corrupt": {"A": "t5", "B": "t6", "C": "t9"}, '
+    '"correct": " t1", "wrong": " t3"}',
+    '{"clean": {"A": "t10 t11", "B": "t12", "C": "t10"}, "corrupt": {"A": "t10 t11", "B": "t12", "C": "t14"}, '
+    '"correct": " t11", "wrong": " t1"}',
+    '{"clean": {"A": "t20", "B": "t21 t22", "C": "t20"}, "corrupt": {"A": "t20", "B": "t21 t22", "C": "t24"}, '
+    '"correct": " t1", "wrong": " t3"}',
+]
+
+
+@pytest.fixture
+def toy_induction(monkeypatch, toy_model):
+    try:
+        m = toy_model("toy-induction")
+    except FileNotFoundError as e:  # pragma: no cover - depends on the checkout
+        pytest.skip(f"toy-induction weights not shipped: {e}")
+    loads: list[str] = []
+
+    def load(name, debug, dtype="float32"):
+        loads.append(name)
+        return m
+
+    monkeypatch.setattr(cli, "_load_model", load)
+    return loads
+
+
+def _pairs_file(tmp_path, lines=_PAIRS, name="pairs.jsonl"):
+    p = tmp_path / name
+    p.write_text("\n".join(lines) + "\n")
+    return p
+
+
+def test_circuit_on_user_pairs_json(tmp_path, toy_induction):
+    p = _pairs_file(tmp_path)
+    res = _invoke("circuit", "toy-induction", "--pairs", str(p), "--json", "--no-bos", "--seed", "3",
+                  "--html", str(tmp_path / "out" / "circ.html"))
+    assert res.exit_code == 0, res.stderr
+    doc = json.loads(res.stdout)
+    sec = doc["sections"][0]
+    assert sec["name"] == "circuit" and sec["status"] == "ok", sec.get("reason")
+    d = sec["data"]
+    assert d["task"]["name"] == "pairs" and d["task"]["source"] == "pairs" and d["task"]["n"] == 3
+    assert d["task"]["metric"] == "logit_diff" and d["task"]["meta"]["template"] == "{A} t1 {B} t2 {C}"
+    assert d["task"]["prepend_bos"] is False and doc["meta"]["prepend_bos"] is False and doc["meta"]["seed"] == 3
+    assert d["method"] == "eap" and d["granularity"] == "span"
+    assert {"curve_span", "curve_none", "circuit", "graph_span_top_edges"} <= set(d)
+    # the span graph's positions are the template's spans (no BOS with --no-bos)
+    assert set(d["circuit"]["positions"]) <= {"A", "t1", "B", "t2", "C"}, d["circuit"]["positions"]
+    assert sorted(q.name for q in (tmp_path / "out").iterdir()) == ["circ.html", "circ.json"]
+
+
+def test_circuit_builtin_task_method_granularity_n(toy_induction):
+    res = _invoke("circuit", "toy-induction", "--task", "induction", "--n", "3", "--method", "eap-ig",
+                  "--ig-steps", "2", "--granularity", "position", "--json")
+    assert res.exit_code == 0, res.stderr
+    doc = json.loads(res.stdout)
+    d = doc["sections"][0]["data"]
+    assert d["task"]["name"] == "induction" and d["task"]["source"] == "builtin" and d["task"]["n"] == 3
+    assert d["task"]["metric"] == "logprob" and d["task"]["prepend_bos"] is True
+    assert d["method"] == "eap-ig" and d["ig_steps"] == 2 and d["granularity"] == "position"
+    assert {"curve_position", "curve_none", "graph_position_top_edges"} <= set(d) and "curve_span" not in d
+    res = _invoke("circuit", "toy-induction", "--task", "induction", "--n", "2", "--granularity", "none", "--json")
+    assert res.exit_code == 0, res.stderr
+    d = json.loads(res.stdout)["sections"][0]["data"]
+    assert d["granularity"] == "none" and d["task"]["n"] == 2
+    assert "curve_none" in d and "curve_span" not in d and "curve_position" not in d
+
+
+def test_circuit_natural_language_task_on_a_toy_is_skipped_with_a_reason(toy_induction):
+    res = _invoke("circuit", "toy-induction", "--json")  # default task: ioi
+    assert res.exit_code == 1
+    assert "IOI needs a natural-language model" in _one_line_error(res.stderr)
+
+
+@pytest.mark.parametrize("lines, expected", [
+    (['{"template": "{A} t1 {B} t2 {C}"}', "{not json"], ["pairs.jsonl:2", "not valid JSON"]),
+    ([_PAIRS[1]], ["no template", '"template"']),
+    (['{"template": "{A} t1 {B} t2 {C}"}', '{"clean": "t5 t1 t6 t2 t5", "corrupt": "t5 t1 t6 t2 t9", '
+      '"correct": " t1"}'], ["pairs.jsonl:2", "missing 'wrong'"]),
+    (['{"template": "{A} t1 {B} t2 {C}"}', '{"clean": "t5 t1 t6 t2 t5", "corrupt": "t5 t6 t9", '
+      '"correct": " t1", "wrong": " t3"}'], ["do not fit the schema", "t5 t6 t9"]),
+    (['{"template": "{A} t1 {B} t2 {C}"}', '{"clean": {"A": "t5", "B": "t6"}, "corrupt": "t5 t1 t6 t2 t9", '
+      '"correct": " t1", "wrong": " t3"}'], ["pairs.jsonl:2", "clean"]),
+    (['{"template": "{A} t1 {B} t2 {C}"}', '{"clean": "t5 t1 t6 t2 t5", "corrupt": "t5 t1 t6 t2 t9", '
+      '"correct": " t1 t2", "wrong": " t3"}'], ["2 tokens", "single"]),
+    ([], ["no examples"]),
+])
+def test_circuit_malformed_pairs_are_usage_errors(tmp_path, toy_induction, lines, expected):
+    p = _pairs_file(tmp_path, lines)
+    res = _invoke("circuit", "toy-induction", "--pairs", str(p))
+    assert res.exit_code == 2, (res.stdout, res.stderr)
+    line = _one_line_error(res.stderr)
+    assert line.startswith("error: --pairs:") and "README" in line, line
+    for e in expected:
+        assert e in line, (e, line)
+
+
+def test_circuit_missing_pairs_file_is_a_usage_error_before_loading(tmp_path, toy_induction):
+    res = _invoke("circuit", "toy-induction", "--pairs", str(tmp_path / "nope.jsonl"))
+    assert res.exit_code == 2
+    line = _one_line_error(res.stderr)
+    assert "nope.jsonl" in line and "does not exist" in line
+    assert toy_induction == []  # no model was loaded
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--task", "ioi", "--pairs", "PAIRS"], "mutually exclusive"),
+    (["--prompts", "PAIRS"], "--pairs"),
+    (["--task", "sorting"], "--task"),
+    (["--method", "ig"], "--method"),
+    (["--granularity", "token"], "--granularity"),
+    (["--n", "0"], "--n"),
+])
+def test_circuit_option_errors_are_usage_errors(tmp_path, toy_induction, args, expected):
+    p = _pairs_file(tmp_path)
+    res = _invoke("circuit", "toy-induction", *[str(p) if a == "PAIRS" else a for a in args])
+    assert res.exit_code == 2, (args, res.stderr)
+    # our checks print one 'error:' line; click's own choice/range errors are one line only through
+    # the console script (test_console_script_exit_code_and_one_line_error), not CliRunner
+    err = _one_line_error(res.stderr) if args[0] in ("--prompts", "--task") and "PAIRS" in args else res.stderr
+    assert expected in err
+    assert toy_induction == []
+
+
+def test_circuit_section_defaults_are_the_report_defaults():
+    """``interp report`` passes no options: IOI, 6 examples, EAP, span granularity (as before)."""
+    from interp.reports.sections.circuit import REPORT_GRID, circuit_config
+
+    assert circuit_config({}) == {"task": "ioi", "pairs": None, "n": 6, "method": "eap", "ig_steps": 5,
+                                  "granularity": "span", "grid": REPORT_GRID}
+    assert circuit_config({"ioi_n": 4})["n"] == 4  # the older option name still works
+    with pytest.raises(ValueError, match="granularity"):
+        circuit_config({"granularity": "tokens"})
+    with pytest.raises(ValueError, match="not both"):
+        circuit_config({"task": "ioi", "pairs": "x.jsonl"})

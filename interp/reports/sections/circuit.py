@@ -1,4 +1,4 @@
-"""Section ``circuit``: a position-aware IOI circuit and its faithfulness curve (``circuits``).
+"""Section ``circuit``: a position-aware circuit and its faithfulness curve (``circuits``).
 
 EAP edge scores (z*_u − z_u)·∂M/∂(input of v) with crossing edges inside each head computed
 exactly (Haklay et al. 2025), at schema-span granularity ("positional") and summed over positions
@@ -6,10 +6,19 @@ exactly (Haklay et al. 2025), at schema-span granularity ("positional") and summ
 real patching with counterfactual (ABC) ablation, BOS never ablated, normalised
 f = (M(C) − M(∅)) / (M(N) − M(∅)) (MIB), plotted against average concrete edges per example,
 with CPR (area under f) and CMD (area under |1 − f|).
+
+Options (``ReportContext.options``; ``interp circuit`` sets them, ``interp report`` uses the
+defaults): ``task`` (``"ioi"`` default, ``"greater-than"``, ``"induction"``), ``pairs`` (a JSONL
+file of clean/counterfactual pairs for :func:`circuits.tasks.load_jsonl`; replaces ``task``),
+``n`` (examples of a built-in task, default 6; ``ioi_n`` is the older name), ``method``
+(``"eap"`` default or ``"eap-ig"``), ``ig_steps`` (default 5), ``granularity`` (``"span"``
+default, ``"position"`` or ``"none"``; every granularity but ``"none"`` is compared with the
+``"none"`` baseline), ``grid`` (fractions of abstract edges).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from interp.reports._core import ReportContext, SectionOutput, SectionSkipped, Table, section
@@ -17,6 +26,64 @@ from interp.reports._core import ReportContext, SectionOutput, SectionSkipped, T
 # a short grid (fractions of abstract edges) keeps the default report fast; the full MIB grid is
 # circuits.curves.MIB_GRID
 REPORT_GRID = (0.002, 0.01, 0.05, 0.2, 1.0)
+TASKS = ("ioi", "greater-than", "induction")
+METHODS = ("eap", "eap-ig")
+GRANULARITIES = ("span", "position", "none")
+DEFAULT_N = 6
+_NATURAL_LANGUAGE = ("ioi", "greater-than")
+_LABELS = {"span": "span (positional)", "position": "position (positional)", "none": "none (non-positional)"}
+
+
+def _choice(options: dict[str, Any], key: str, default: str, allowed: tuple[str, ...]) -> str:
+    v = str(options.get(key) or default)
+    if v not in allowed:
+        raise ValueError(f"circuit option {key}={v!r} is not one of {', '.join(allowed)}")
+    return v
+
+
+def circuit_config(options: dict[str, Any]) -> dict[str, Any]:
+    """The section's settings from its options, validated (ValueError naming the bad option)."""
+    pairs = options.get("pairs")
+    if pairs is not None and options.get("task") is not None:
+        raise ValueError("give either a task or a pairs file, not both")
+    n = int(options.get("n", options.get("ioi_n", DEFAULT_N)))
+    ig_steps = int(options.get("ig_steps", 5))
+    if n < 1 or ig_steps < 1:
+        raise ValueError(f"n and ig_steps must be ≥ 1 (got n={n}, ig_steps={ig_steps})")
+    return {"task": None if pairs is not None else _choice(options, "task", "ioi", TASKS),
+            "pairs": None if pairs is None else str(pairs), "n": n,
+            "method": _choice(options, "method", "eap", METHODS), "ig_steps": ig_steps,
+            "granularity": _choice(options, "granularity", "span", GRANULARITIES),
+            "grid": tuple(float(x) for x in options.get("grid", REPORT_GRID))}
+
+
+def circuit_task(model: Any, options: dict[str, Any], *, seed: int = 0, prepend_bos: bool = True) -> Any:
+    """The :class:`circuits.tasks.Task` the section runs on: a built-in task (``n`` examples,
+    ``seed``) or the user's pairs from ``options["pairs"]`` (:func:`circuits.tasks.load_jsonl`).
+
+    The schema is applied to every clean and counterfactual prompt here, so bad input (no
+    template, a prompt that does not fit it, a multi-token answer, …) raises ValueError before
+    any analysis runs.
+    """
+    from circuits import tasks
+
+    cfg = circuit_config(options)
+    if cfg["pairs"] is not None:
+        path = Path(cfg["pairs"])
+        if not path.is_file():
+            raise FileNotFoundError(f"pairs file {str(path)!r} does not exist (or is not a file)")
+        task = tasks.load_jsonl(path, model, prepend_bos=prepend_bos)
+        for batch in (task.clean, task.corrupt):  # SchemaError (a ValueError) names every misfit
+            task.schema.apply(batch)
+        return task
+    if cfg["task"] == "ioi":
+        return tasks.ioi(model, n=cfg["n"], seed=seed, prepend_bos=prepend_bos)
+    if cfg["task"] == "greater-than":
+        return tasks.greater_than(model, n=cfg["n"], seed=seed, prepend_bos=prepend_bos)
+    task = tasks.induction(model, n=cfg["n"], seed=seed)
+    if task.prepend_bos != prepend_bos:
+        raise ValueError("the induction task always starts with BOS (clean: BOS, A, A); drop --no-bos")
+    return task
 
 
 @section("circuit", "Position-aware IOI circuit",
@@ -25,46 +92,59 @@ REPORT_GRID = (0.002, 0.01, 0.05, 0.2, 1.0)
          "selected positional circuit as a graph.", requires=("circuits",), order=70)
 def run(ctx: ReportContext) -> SectionOutput:
     import circuits
-    from circuits import tasks
     from circuits.faithfulness import FaithfulnessEvaluator
 
-    if ctx.model_name.startswith("toy-"):
-        raise SectionSkipped(f"IOI needs a natural-language model; {ctx.model_name} is a toy model (its planted "
-                             "circuits are tested in tests/test_attribution.py and the circuits notebook)")
-    n = int(ctx.options.get("ioi_n", 6))
-    method = str(ctx.options.get("method", "eap"))
-    grid = tuple(ctx.options.get("grid", REPORT_GRID))
-    task = tasks.ioi(ctx.model, n=n, seed=ctx.seed, prepend_bos=ctx.prepend_bos)
-    g_span = circuits.attribute(ctx.model, task, granularity="span", method=method, batch_size=4)
-    g_none = circuits.attribute(ctx.model, task, granularity="none", method=method, batch_size=4)
+    cfg = circuit_config(ctx.options)
+    if ctx.model_name.startswith("toy-") and (cfg["task"] or "") in _NATURAL_LANGUAGE:
+        raise SectionSkipped(f"{cfg['task'].upper() if cfg['task'] == 'ioi' else cfg['task']} needs a "
+                             f"natural-language model; {ctx.model_name} is a toy model (its planted "
+                             "circuits are tested in tests/test_attribution.py and the circuits notebook; "
+                             "use the induction task or your own pairs)")
+    method, gran, grid = cfg["method"], cfg["granularity"], cfg["grid"]
+    task = circuit_task(ctx.model, ctx.options, seed=ctx.seed, prepend_bos=ctx.prepend_bos)
+    grans = [gran] if gran == "none" else [gran, "none"]
+    graphs = {g: circuits.attribute(ctx.model, task, granularity=g, method=method, ig_steps=cfg["ig_steps"],
+                                    batch_size=4) for g in grans}
     ev = FaithfulnessEvaluator(ctx.model, task, batch_size=4, seed=ctx.seed, n_boot=200)
-    c_span = circuits.faithfulness_curve(ctx.model, g_span, sizes=grid, evaluator=ev, label="span (positional)")
-    c_none = circuits.faithfulness_curve(ctx.model, g_none, sizes=grid, evaluator=ev, label="none (non-positional)")
-    figs: list[Any] = [circuits.plot_curves([c_span, c_none], title="IOI faithfulness vs circuit size — "
-                                                                   f"{ctx.model_name}")]
-    k = c_span.abstract_edges_for(0.8) or max(c_span.n_edges)
-    circ = circuits.select(g_span, n_edges=int(min(k, 200)))
-    figs.append(circ.plot(title=f"IOI positional circuit ({circ.n_edges} span edges) — {ctx.model_name}"))
-    figs.append(g_span.plot("nodes"))
+    curves = {g: circuits.faithfulness_curve(ctx.model, graphs[g], sizes=grid, evaluator=ev, label=_LABELS[g])
+              for g in grans}
+    main_g, main_c = graphs[gran], curves[gran]
+    what = "IOI" if task.name == "ioi" else task.name
+    figs: list[Any] = [circuits.plot_curves(list(curves.values()),
+                                            title=f"{what} faithfulness vs circuit size — {ctx.model_name}")]
+    k = main_c.abstract_edges_for(0.8) or max(main_c.n_edges)
+    circ = circuits.select(main_g, n_edges=int(min(k, 200)))
+    kind = {"span": "positional", "position": "positional", "none": "non-positional"}[gran]
+    figs.append(circ.plot(title=f"{what} {kind} circuit ({circ.n_edges} {gran} edges) — {ctx.model_name}"))
+    figs.append(main_g.plot("nodes"))
     curve_rows = []
-    for c in (c_span, c_none):
+    for c in curves.values():
         for i in range(len(c.f)):
             curve_rows.append([c.label, c.n_edges[i], c.concrete_edges[i], c.f[i], c.f_lo[i], c.f_hi[i], c.hard[i]])
     summary = []
-    for c in (c_span, c_none):
+    for c in curves.values():
         e = c.edges_for(0.8)
         summary.append([c.label, c.cpr, c.cmd, "never" if e is None else round(e, 1), c.total_edges])
     top_edges = [[e.kind, f"{e.sender} @ {e.kpos if e.kind != 'same' else e.pos}", f"{e.receiver} @ {e.pos}", e.score]
-                 for e in g_span.top_edges(10)]
-    tables = [Table("positional versus non-positional circuits", ["granularity", "CPR (↑)", "CMD (↓)",
-                                                                  "concrete edges / example for f ≥ 0.8",
-                                                                  "abstract edges in graph"], summary),
+                 for e in main_g.top_edges(10)]
+    title = ("positional versus non-positional circuits" if len(curves) > 1 else "non-positional circuit")
+    tables = [Table(title, ["granularity", "CPR (↑)", "CMD (↓)", "concrete edges / example for f ≥ 0.8",
+                            "abstract edges in graph"], summary),
               Table("faithfulness curve points", ["curve", "abstract edges", "concrete edges / example", "f",
                                                   "f 95% lo", "f 95% hi", "hard"], curve_rows),
-              Table("top span edges by |EAP score|", ["kind", "sender @ span", "receiver @ span", "score"], top_edges)]
-    notes = [f"IOI: {len(task)} examples (ABBA/BABA alternating), counterfactual ablation, method {method}, "
+              Table(f"top {gran} edges by |EAP score|", ["kind", "sender @ " + gran, "receiver @ " + gran, "score"],
+                    top_edges)]
+    source = (f"pairs from {cfg['pairs']}, template {task.meta.get('template')!r}" if cfg["pairs"]
+              else ("ABBA/BABA alternating" if task.name == "ioi" else "built-in task"))
+    ig = f" ({cfg['ig_steps']} steps)" if method == "eap-ig" else ""
+    notes = [f"{what}: {len(task)} examples ({source}), counterfactual ablation, method {method}{ig}, "
+             f"granularity {gran}, metric {task.metric.name}, "
              f"BOS {'prepended' if task.prepend_bos else 'not prepended'}; curve grid {list(grid)} of abstract edges."]
-    data = {"task": {"name": task.name, "n": len(task), "meta": task.meta},
-            "curve_span": c_span.to_json(), "curve_none": c_none.to_json(), "circuit": circ.to_json(),
-            "graph_span_top_edges": top_edges}
+    data: dict[str, Any] = {
+        "task": {"name": task.name, "source": "pairs" if cfg["pairs"] else "builtin", "n": len(task),
+                 "metric": task.metric.name, "prepend_bos": task.prepend_bos, "meta": task.meta},
+        "method": method, "ig_steps": cfg["ig_steps"], "granularity": gran, "grid": list(grid),
+        "circuit": circ.to_json(), f"graph_{gran}_top_edges": top_edges}
+    for g, c in curves.items():
+        data[f"curve_{g}"] = c.to_json()
     return SectionOutput(data=data, figures=figs, tables=tables, notes=notes)
