@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Literal, NamedTuple
 
 import torch
@@ -328,6 +329,60 @@ class AttributionGraph(Result):
                    f(data["same_pos"]), torch.tensor(data["valid"], dtype=torch.bool),
                    f(data["cross"]), torch.tensor(data["cross_valid"], dtype=torch.bool),
                    f(data["span_sizes"]), f(data["cross_pairs"]), dict(data.get("meta", {})))
+
+    _TENSORS = ("same_pos", "valid", "cross", "cross_valid", "span_sizes", "cross_pairs")
+
+    def save(self, path: str | Path) -> Path:
+        """Write the graph as one ``.safetensors`` file: the score tensors in binary (float32,
+        masks as uint8) and the labels, version and meta as JSON in its header. Smaller and far
+        faster than :meth:`to_json` (SmolLM2 IOI at position granularity: 9.6 MB written in
+        0.02 s vs 31 MB of JSON in 5.5 s; loads in 0.01 s vs 2.3 s).
+        Read it back with :meth:`load`."""
+        import json
+
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            path = path.with_suffix(".safetensors")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {}
+        for name in self._TENSORS:
+            t = getattr(self, name).detach().cpu()
+            tensors[name] = (t.to(torch.uint8) if t.dtype == torch.bool else t.float()).contiguous()
+        header = {"type": "AttributionGraph", "version": GRAPH_VERSION,
+                  "senders": list(self.senders), "receivers": list(self.receivers),
+                  "positions": list(self.positions), "meta": to_jsonable(self.meta)}
+        tmp = path.with_name(path.name + ".partial")
+        save_file(tensors, str(tmp), metadata={"graph": json.dumps(header)})
+        tmp.replace(path)  # never leave a half-written file under the final name
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> AttributionGraph:
+        """Inverse of :meth:`save` (raises on a file that is not a saved graph or has another
+        version)."""
+        import json
+
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist (write one with AttributionGraph.save)")
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if "graph" not in meta:
+            raise ValueError(f"{path} has no AttributionGraph header; was it written by "
+                             "AttributionGraph.save?")
+        h = json.loads(meta["graph"])
+        if h.get("version") != GRAPH_VERSION:
+            raise ValueError(f"AttributionGraph file version {h.get('version')!r} is not supported "
+                             f"(this library reads version {GRAPH_VERSION})")
+        t = load_file(str(path))
+        return cls(list(h["senders"]), list(h["receivers"]), list(h["positions"]),
+                   t["same_pos"], t["valid"].bool(), t["cross"], t["cross_valid"].bool(),
+                   t["span_sizes"], t["cross_pairs"], dict(h.get("meta", {})))
 
     # ------------------------------------------------------------------ plotting
     def plot(self, view: Literal["nodes", "q", "k", "v", "mlp", "cross"] = "nodes") -> Any:
