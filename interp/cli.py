@@ -336,7 +336,9 @@ def circuit(model: str = ModelArg,
                                                     "greater-than or induction. Not with --pairs."),
             pairs: Path | None = typer.Option(None, "--pairs", help="Your clean/counterfactual pairs: JSONL with "
                                               "template slots (circuits.tasks.load_jsonl). Not with --task."),
-            n: int = typer.Option(6, "--n", min=1, help="Examples of the built-in task."),
+            n: int | None = typer.Option(None, "--n", min=1,
+                                         help="Examples of the built-in task (default 6). Not with --pairs "
+                                              "(every pair in the file is used)."),
             method: CircuitMethod = typer.Option(CircuitMethod.eap, "--method", help="Attribution: eap or eap-ig."),
             ig_steps: int = typer.Option(5, "--ig-steps", min=1, help="Interpolation steps for eap-ig."),
             granularity: CircuitGranularity = typer.Option(
@@ -354,7 +356,10 @@ def circuit(model: str = ModelArg,
     if task is not None and pairs is not None:
         _die("--task and --pairs are mutually exclusive: pass a built-in --task or your own --pairs "
              "FILE.jsonl, not both (see 'interp circuit --help')", EXIT_USAGE)
-    options: dict[str, Any] = {"n": n, "method": method.value, "ig_steps": ig_steps,
+    if n is not None and pairs is not None:
+        _die("--n is for built-in tasks; with --pairs every pair in the file is used (drop --n or "
+             "trim the file)", EXIT_USAGE)
+    options: dict[str, Any] = {"n": 6 if n is None else n, "method": method.value, "ig_steps": ig_steps,
                                "granularity": granularity.value}
     if pairs is not None:
         options["pairs"] = str(pairs)

@@ -314,6 +314,7 @@ def test_circuit_missing_pairs_file_is_a_usage_error_before_loading(tmp_path, to
     (["--method", "ig"], "--method"),
     (["--granularity", "token"], "--granularity"),
     (["--n", "0"], "--n"),
+    (["--pairs", "PAIRS", "--n", "3"], "every pair in the file"),
 ])
 def test_circuit_option_errors_are_usage_errors(tmp_path, toy_induction, args, expected):
     p = _pairs_file(tmp_path)
@@ -321,7 +322,8 @@ def test_circuit_option_errors_are_usage_errors(tmp_path, toy_induction, args, e
     assert res.exit_code == 2, (args, res.stderr)
     # our checks print one 'error:' line; click's own choice/range errors are one line only through
     # the console script (test_console_script_exit_code_and_one_line_error), not CliRunner
-    err = _one_line_error(res.stderr) if args[0] in ("--prompts", "--task") and "PAIRS" in args else res.stderr
+    err = (_one_line_error(res.stderr) if args[0] in ("--prompts", "--task", "--pairs") and "PAIRS" in args
+           else res.stderr)
     assert expected in err
     assert toy_induction == []
 
