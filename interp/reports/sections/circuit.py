@@ -86,10 +86,12 @@ def circuit_task(model: Any, options: dict[str, Any], *, seed: int = 0, prepend_
     return task
 
 
-@section("circuit", "Position-aware IOI circuit",
-         "EAP attribution on IOI (ABBA and BABA, ABC counterfactuals, logit difference IO − S) over schema "
-         "spans versus the non-positional baseline; faithfulness curves by real patching, CPR/CMD, and the "
-         "selected positional circuit as a graph.", requires=("circuits",), order=70)
+@section("circuit", "Position-aware circuit",
+         "EAP / EAP-IG attribution over schema spans (or positions) versus the non-positional baseline; by "
+         "default on IOI (ABBA and BABA, ABC counterfactuals, logit difference IO − S), or on Greater-Than, "
+         "induction or your own clean/counterfactual pairs (interp circuit --task / --pairs); faithfulness "
+         "curves by real patching, CPR/CMD, and the selected positional circuit as a graph.",
+         requires=("circuits",), order=70)
 def run(ctx: ReportContext) -> SectionOutput:
     import circuits
     from circuits.faithfulness import FaithfulnessEvaluator
