@@ -319,16 +319,19 @@ def test_backcopy_sink_and_copy_attention(backcopy):
     bos_trig = float(pat[..., 0][trig].mean())
     prev_trig = _mean_at(pat, trig, q - 1)
     # uniform causal attention would put mean_t 1/(t+1) ~ 0.09 on BOS over these queries; the
-    # sink is far above that at non-triggers (strongest early, decaying with distance: see the
-    # manifest's by-position list) and ~gone at triggers, where the head copies from t-1.
+    # sink holds most of the attention at non-triggers (measured 0.60 on average: 0.98 at t = 1,
+    # still 0.27 at t = 47 — the manifest's by-position list) and is gone at triggers (0.008),
+    # where the head copies from t-1 (0.96).
     uniform = float((1.0 / (q + 1).float())[bim].mean())
-    assert bos_non > 3 * uniform, (bos_non, uniform)
-    assert bos_non > 5 * bos_trig, (bos_non, bos_trig)
-    assert bos_trig < 0.1, bos_trig
+    assert bos_non > 0.5 and bos_non > 5 * uniform, (bos_non, uniform)
+    assert bos_non > 20 * bos_trig, (bos_non, bos_trig)
+    assert bos_trig < 0.05, bos_trig
     assert prev_trig > 0.9, prev_trig
     early = bim.clone()
     early[:, 9:] = False
-    assert float(pat[..., 0][early].mean()) > 0.5
+    assert float(pat[..., 0][early].mean()) > 0.8
+    head = [h for h in man["heads"] if h["role"] == "backcopy_sink"][0]
+    assert bos_non == pytest.approx(head["bos_attention_non_trigger"], abs=0.05)
 
 
 def test_backcopy_small_bos_value_norm(backcopy):
