@@ -670,18 +670,24 @@ def exact_edge_score(
     pm, data, met, abl, toks = _setup_exact(model, clean, corrupt, metric, ablation, schema)
     mask = data.clean.mask.to(pm.device)
     n, P = toks.shape
-    kind, snd, rcv, pos, kpos = edge[:5]
-    pos = int(str(pos).split(":")[0])
-    kpos = int(str(kpos).split(":")[0])
     base_logits = pm.run(toks, mask)
     base = _metric_mean(pm, met, base_logits, mask, base_logits)
-    if kind == "same":
-        keep = torch.ones(n, P, len(pm.senders), len(pm.receivers), dtype=torch.bool, device=pm.device)
-        keep[:, pos, pm.sender_index[snd], pm.receiver_index[rcv]] = False
-        lg = pm.run(toks, mask, ablated=abl, keep=keep)
-    else:
-        l, h = (int(x) for x in snd[1:].split("H"))
-        kc = torch.ones(n, pm.n_layers, pm.n_heads, 3, P, P, dtype=torch.bool, device=pm.device)
-        kc[:, l, h, "qkv".index(kind), pos, kpos] = False
-        lg = pm.run(toks, mask, ablated=abl, keep_cross=kc)
+    lg = pm.run(toks, mask, ablated=abl, **one_edge_keep(pm, edge, n, P))
     return _metric_mean(pm, met, lg, mask, base_logits) - base
+
+
+def one_edge_keep(pm: PatchableModel, edge: Any, n: int, n_pos: int) -> dict[str, Tensor]:
+    """``keep=`` or ``keep_cross=`` for :meth:`PatchableModel.run` that ablate exactly ``edge``
+    (an :class:`~circuits.graph.Edge` at position granularity, or ``(kind, sender, receiver, pos,
+    kpos)``) in all ``n`` examples of ``n_pos`` positions."""
+    kind, snd, rcv, pos, kpos = edge[:5]
+    pos, kpos = int(str(pos).split(":")[0]), int(str(kpos).split(":")[0])
+    if kind == "same":
+        keep = torch.ones(n, n_pos, len(pm.senders), len(pm.receivers), dtype=torch.bool,
+                          device=pm.device)
+        keep[:, pos, pm.sender_index[snd], pm.receiver_index[rcv]] = False
+        return {"keep": keep}
+    l, h = (int(x) for x in snd[1:].split("H"))
+    kc = torch.ones(n, pm.n_layers, pm.n_heads, 3, n_pos, n_pos, dtype=torch.bool, device=pm.device)
+    kc[:, l, h, "qkv".index(kind), pos, kpos] = False
+    return {"keep_cross": kc}

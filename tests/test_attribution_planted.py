@@ -195,9 +195,9 @@ def test_trained_toy_eap_is_the_derivative_of_exact_patching(name):
     and are checked against brute force in test_attribution.py.)"""
     from transformers import AutoModelForCausalLM
 
-    from circuits._forward import Activations
     from circuits.attribution import patchable
-    from circuits.metrics import MetricBatch, token_logit_diff
+    from circuits.metrics import token_logit_diff
+    from test_attribution import assert_eap_is_patching_derivative
 
     model, clean, corrupt, tc, wrong, w = _graded(name, n=4)
     hf = AutoModelForCausalLM.from_pretrained(_zoo_dir(name),
@@ -205,33 +205,9 @@ def test_trained_toy_eap_is_the_derivative_of_exact_patching(name):
     pm = patchable(hf)
     met = token_logit_diff(tc, wrong, w)
     graph = attribute(pm, clean, corrupt, met, method="eap")
-    c, x = pm.activations(clean), pm.activations(corrupt)
-    n, p = clean.shape
-    mb = MetricBatch.from_mask(torch.ones(n, p, dtype=torch.long), None, None)
-
-    def toward(eps):
-        f = lambda a, b: a + eps * (b - a)  # noqa: E731
-        return Activations(f(c.senders, x.senders), f(c.q, x.q), f(c.k, x.k), f(c.v, x.v), c.z,
-                           c.pattern, c.attention_mask)
-
-    eps = 1e-4
     edges = graph.top_edges(12, kinds=["same"])
     assert {e.receiver.split(".")[-1] for e in edges} & {"q", "k", "v", "logits"}
-    for e in edges:
-        pos, kpos = int(e.pos.split(":")[0]), int(e.kpos.split(":")[0])
-        if e.kind == "same":
-            keep = torch.ones(n, p, len(pm.senders), len(pm.receivers), dtype=torch.bool)
-            keep[:, pos, pm.sender_index[e.sender], pm.receiver_index[e.receiver]] = False
-            kw = {"keep": keep}
-        else:
-            l, h = (int(v) for v in e.sender[1:].split("H"))
-            kc = torch.ones(n, pm.n_layers, pm.n_heads, 3, p, p, dtype=torch.bool)
-            kc[:, l, h, "qkv".index(e.kind), pos, kpos] = False
-            kw = {"keep_cross": kc}
-        up = met(pm.run(clean, ablated=toward(eps), **kw), mb).mean()
-        down = met(pm.run(clean, ablated=toward(-eps), **kw), mb).mean()
-        fd = float(up - down) / (2 * eps)
-        assert abs(fd - e.score) <= 1e-3 * abs(e.score) + 1e-6, (e, fd)
+    assert_eap_is_patching_derivative(pm, clean, corrupt, met, edges, eps=1e-4, rtol=1e-3)
 
 
 def _zoo_dir(name):
