@@ -327,6 +327,39 @@ def test_gemma_tiny_all_edges_ablated_gives_counterfactual(bias):
     assert (out - pm.run(clean)).abs().max() < 1e-5
 
 
+def _hf_logits_with_head_share_swapped(hf, l, h, pos, clean, corrupt):
+    """Independent HF reference for patching every edge out of head ``h`` of layer ``l`` at
+    ``pos``: HF's clean logits with share*_h − share_h added to the post_attention_layernorm
+    output, the shares computed by hand from o_proj's input,
+    share_h = (1 + g) ⊙ o_h / rms(o_proj output)."""
+    blk = hf.model.layers[l]
+    at, g, eps = blk.self_attn, blk.post_attention_layernorm.weight, hf.config.rms_norm_eps
+    e = hf.config.head_dim
+
+    def share(toks):
+        zin, hz = _capture([at.o_proj], pre=True)
+        with torch.no_grad():
+            hf(toks)
+            hz[0].remove()
+            z = zin[0]  # [b p H*e]
+            o_h = z[..., h * e:(h + 1) * e] @ at.o_proj.weight[:, h * e:(h + 1) * e].T
+            return (1 + g) * o_h * torch.rsqrt(at.o_proj(z).pow(2).mean(-1, keepdim=True) + eps)
+
+    diff = (share(corrupt) - share(clean))[:, pos]
+
+    def add(_m, _args, out):
+        out = out.clone()
+        out[:, pos] += diff
+        return out
+
+    hk = blk.post_attention_layernorm.register_forward_hook(add)
+    try:
+        with torch.no_grad():
+            return hf(clean).logits
+    finally:
+        hk.remove()
+
+
 @pytest.mark.parametrize("l,h,pos", [(0, 1, 4), (1, 3, 7), (2, 0, 9)])
 def test_gemma_tiny_head_share_patch_vs_hf_hooks(l, h, pos):
     """Ablating every edge out of head h at pos = adding share*_h − share_h to HF's
@@ -336,32 +369,7 @@ def test_gemma_tiny_head_share_patch_vs_hf_hooks(l, h, pos):
     pm = PatchableModel(hf)
     b, p = 2, 10
     clean, corrupt = _tiny_toks(b, p, 5), _tiny_toks(b, p, 6)
-    blk = hf.model.layers[l]
-    at, g, eps = blk.self_attn, blk.post_attention_layernorm.weight, hf.config.rms_norm_eps
-    e = pm.d_head
-
-    def share(toks):
-        zin, hz = _capture([at.o_proj], pre=True)
-        with torch.no_grad():
-            hf(toks)
-        hz[0].remove()
-        z = zin[0]  # [b p H*e]
-        with torch.no_grad():
-            total = at.o_proj(z)
-            o_h = z[..., h * e:(h + 1) * e] @ at.o_proj.weight[:, h * e:(h + 1) * e].T
-        return (1 + g) * o_h * torch.rsqrt(total.pow(2).mean(-1, keepdim=True) + eps)
-
-    diff = (share(corrupt) - share(clean))[:, pos].detach()
-
-    def add(_m, _args, out):
-        out = out.clone()
-        out[:, pos] += diff
-        return out
-
-    hk = blk.post_attention_layernorm.register_forward_hook(add)
-    with torch.no_grad():
-        ref = hf(clean).logits
-    hk.remove()
+    ref = _hf_logits_with_head_share_swapped(hf, l, h, pos, clean, corrupt)
     s = pm.sender_index[f"L{l}H{h}"]
     keep = _full_keep(pm, b, p)
     keep[:, pos, s, pm.valid[s]] = False  # every edge out of the head, receiver by receiver
@@ -507,30 +515,8 @@ def test_gemma_patching_exact(gemma):
     assert (out - base).abs().max() < ATOL
     # head L5H2 (a global layer) at the last token: its share of the normalised block output
     hf = gemma.original_model
-    l, h, pos, e = 5, 2, p - 1, pm.d_head
-    blk = hf.model.layers[l]
-    at, g, eps = blk.self_attn, blk.post_attention_layernorm.weight, hf.config.rms_norm_eps
-
-    def share(toks):
-        zin, hz = _capture([at.o_proj], pre=True)
-        with torch.no_grad():
-            hf(toks)
-            hz[0].remove()
-            z = zin[0]
-            o_h = z[..., h * e:(h + 1) * e] @ at.o_proj.weight[:, h * e:(h + 1) * e].T
-            return (1 + g) * o_h * torch.rsqrt(at.o_proj(z).pow(2).mean(-1, keepdim=True) + eps)
-
-    diff = (share(corrupt) - share(clean))[:, pos]
-
-    def add(_m, _args, out):
-        out = out.clone()
-        out[:, pos] += diff
-        return out
-
-    hk = blk.post_attention_layernorm.register_forward_hook(add)
-    with torch.no_grad():
-        ref = hf(clean).logits
-    hk.remove()
+    l, h, pos = 5, 2, p - 1
+    ref = _hf_logits_with_head_share_swapped(hf, l, h, pos, clean, corrupt)
     keep = _full_keep(pm, b, p)
     keep[:, pos, pm.sender_index[f"L{l}H{h}"]] = False
     out = pm.run(clean, ablated=acts, keep=keep)
