@@ -164,6 +164,15 @@ def kl_to_clean(*, position: Int[Tensor, " example"] | None = None) -> Metric:
     return Metric(fn, "kl_to_clean", needs_clean=True)
 
 
+def _own_columns(x: Tensor, batch: MetricBatch, p: int, device: torch.device) -> Tensor:
+    """Rows ``batch.index`` of a per-position ``[example pos]`` tensor cut or zero-padded to
+    ``p`` columns (clean batch's own token coordinates), on ``device``."""
+    x = x.to(device)[batch.index]
+    if x.shape[1] < p:
+        x = torch.nn.functional.pad(x, (0, p - x.shape[1]))
+    return x[:, :p]
+
+
 def logprob(
     targets: Int[Tensor, "example pos"],
     weights: Bool[Tensor, "example pos"] | Float[Tensor, "example pos"],
@@ -174,27 +183,14 @@ def logprob(
 
     def fn(logits: Tensor, batch: MetricBatch) -> Tensor:
         p = logits.shape[1]
-        t, w = tg.to(logits.device)[batch.index], wt.to(logits.device)[batch.index]
-        if t.shape[1] < p:
-            pad = p - t.shape[1]
-            t = torch.nn.functional.pad(t, (0, pad))
-            w = torch.nn.functional.pad(w, (0, pad))
-        t, w = t[:, :p], w[:, :p] * batch.attention_mask.float()
+        t = _own_columns(tg, batch, p, logits.device)
+        w = _own_columns(wt, batch, p, logits.device) * batch.attention_mask.float()
         lp = torch.log_softmax(logits, -1).gather(2, t[..., None])[..., 0]
         return (lp * w).sum(1) / w.sum(1).clamp(min=1e-9)
 
     return Metric(fn, "logprob")
 
 
-
-
-def _own_columns(x: Tensor, batch: MetricBatch, p: int) -> Tensor:
-    """Rows ``batch.index`` of a per-position ``[example pos]`` tensor cut or zero-padded to
-    ``p`` columns (clean batch's own token coordinates)."""
-    x = x.to(batch.attention_mask.device)[batch.index]
-    if x.shape[1] < p:
-        x = torch.nn.functional.pad(x, (0, p - x.shape[1]))
-    return x[:, :p]
 
 
 def token_logit_diff(
@@ -216,8 +212,8 @@ def token_logit_diff(
 
     def fn(logits: Tensor, batch: MetricBatch) -> Tensor:
         p = logits.shape[1]
-        ci, wi = _own_columns(c, batch, p), _own_columns(w, batch, p)
-        ww = _own_columns(wt, batch, p) * batch.attention_mask.float()
+        ci, wi = _own_columns(c, batch, p, logits.device), _own_columns(w, batch, p, logits.device)
+        ww = _own_columns(wt, batch, p, logits.device) * batch.attention_mask.float()
         d = logits.gather(2, ci[..., None])[..., 0] - logits.gather(2, wi[..., None])[..., 0]
         return (d * ww).sum(1) / ww.sum(1).clamp(min=1e-9)
 
