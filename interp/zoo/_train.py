@@ -201,15 +201,15 @@ def head_ablation_losses(model: torch.nn.Module, tokens: torch.Tensor,
     with torch.no_grad():
         base = ce()
         for layer in range(nl):
-            attn = model.model.layers[layer].self_attn
-            dh = attn.head_dim
             for head in range(nh):
-                def pre(mod: Any, args: tuple[Any, ...], head: int = head, dh: int = dh) -> Any:
+                _, cols = _o_proj_slices(model, layer, head)
+
+                def pre(mod: Any, args: tuple[Any, ...], cols: slice = cols) -> Any:
                     x = args[0].clone()
-                    x[..., head * dh:(head + 1) * dh] = 0.0
+                    x[..., cols] = 0.0
                     return (x,)
 
-                hnd = attn.o_proj.register_forward_pre_hook(pre)
+                hnd = model.model.layers[layer].self_attn.o_proj.register_forward_pre_hook(pre)
                 try:
                     out[layer, head] = ce() - base
                 finally:
