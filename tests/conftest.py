@@ -11,6 +11,17 @@ import pytest
 import torch
 
 torch.manual_seed(0)
+
+#: fixtures that load a real pretrained model; a test using one is marked ``real_model`` (and
+#: ``gemma`` for Gemma) automatically, so ``pytest -m "not slow and not real_model"`` is the fast tier
+_REAL_MODEL_FIXTURES = {"smollm2": ("real_model",), "gemma": ("real_model", "gemma")}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for fixture in set(getattr(item, "fixturenames", ())) & _REAL_MODEL_FIXTURES.keys():
+            for mark in _REAL_MODEL_FIXTURES[fixture]:
+                item.add_marker(mark)
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # one torch thread per xdist worker: two workers on two cores, no oversubscription
     torch.set_num_threads(1)

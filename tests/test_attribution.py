@@ -13,6 +13,7 @@ from circuits._forward import Activations
 from circuits.attribution import (crossing_scores, exact_edge_score, exact_node_scores,
                                   patchable)
 from circuits.metrics import MetricBatch, kl_to_clean, logit_diff, prob_diff
+from helpers import _tiny_gemma, assert_eap_is_patching_derivative
 
 RESULTS: dict[str, float] = {}
 
@@ -372,7 +373,6 @@ def test_gemma_tiny_eap_is_the_derivative_of_exact_patching():
     edge score equals the derivative of exact edge patching along the ablation direction,
     d/dε M(edge fed z + ε(z* − z)) at ε = 0 (central differences) — same-position edges (through
     the head-share normalisation) and crossing q/k/v edges."""
-    from test_forward import _tiny_gemma
 
     pm = patchable(_tiny_gemma().double())
     g = torch.Generator().manual_seed(0)
@@ -386,29 +386,6 @@ def test_gemma_tiny_eap_is_the_derivative_of_exact_patching():
     edges = graph.top_edges(10, kinds=["same"]) + graph.top_edges(5, kinds=["q", "k", "v"])
     assert {e.kind for e in edges} >= {"same", "v"} and any(e.receiver == "logits" for e in edges)
     assert_eap_is_patching_derivative(pm, clean, corrupt, met, edges, eps=1e-3, rtol=1e-2)
-
-
-def assert_eap_is_patching_derivative(pm, clean, corrupt, met, edges, *, eps, rtol):
-    """Each edge score equals d/dε M(edge fed z + ε(z* − z)) at ε = 0, by central differences of
-    exact edge patching (``PatchableModel.run`` with that one edge ablated toward the
-    counterfactual activations by ±ε)."""
-    from circuits.attribution import one_edge_keep
-
-    c, x = pm.activations(clean), pm.activations(corrupt)
-    n, p = clean.shape
-    mb = MetricBatch.from_mask(torch.ones(n, p, dtype=torch.long), None, None)
-
-    def toward(e):
-        f = lambda a, b: a + e * (b - a)  # noqa: E731
-        return Activations(f(c.senders, x.senders), f(c.q, x.q), f(c.k, x.k), f(c.v, x.v), c.z,
-                           c.pattern, c.attention_mask)
-
-    for e in edges:
-        kw = one_edge_keep(pm, e, n, p)
-        up = met(pm.run(clean, ablated=toward(eps), **kw), mb).mean()
-        down = met(pm.run(clean, ablated=toward(-eps), **kw), mb).mean()
-        fd = float(up - down) / (2 * eps)
-        assert abs(fd - e.score) <= rtol * abs(e.score) + 1e-6, (e, fd)
 
 
 @pytest.mark.gemma

@@ -11,14 +11,9 @@ from circuits.metrics import logit_diff
 
 
 def _zoo(name):
-    try:
-        from interp.zoo import manifest, model_dir
-    except Exception as e:  # pragma: no cover
-        pytest.skip(f"interp.zoo unavailable: {e}")
-    d = model_dir(name)
-    if not (d / "model.safetensors").exists():
-        pytest.skip(f"{name} weights not trained/shipped yet")
+    """The shipped zoo model and its manifest (the weights ship in the package: no skip)."""
     from interp import load_model
+    from interp.zoo import manifest
 
     return load_model(name), manifest(name)
 
@@ -197,7 +192,7 @@ def test_trained_toy_eap_is_the_derivative_of_exact_patching(name):
 
     from circuits.attribution import patchable
     from circuits.metrics import token_logit_diff
-    from test_attribution import assert_eap_is_patching_derivative
+    from helpers import assert_eap_is_patching_derivative
 
     model, clean, corrupt, tc, wrong, w = _graded(name, n=4)
     hf = AutoModelForCausalLM.from_pretrained(_zoo_dir(name),

@@ -351,13 +351,10 @@ def test_planted_induction_circuit_beats_random_circuits(toy_model):
 def _toy_eval(toy_model, name, ablation="counterfactual"):
     from circuits.metrics import logprob
 
-    try:
-        import interp.zoo as zoo
+    import interp.zoo as zoo
 
-        model = toy_model(name)
-        man = zoo.manifest(name)
-    except Exception as e:  # weights not shipped / not trained on this machine
-        pytest.skip(f"{name} not available: {e}")
+    model = toy_model(name)
+    man = zoo.manifest(name)
     clean = zoo.make_batch(name, 24, seed=11)
     corrupt = zoo.make_batch(name, 24, seed=12)
     met = logprob(clean.targets.clamp(min=0), clean.eval_mask)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from circuits._forward import Activations, PatchableModel
+from helpers import GLOBAL, LOCAL, _tiny_gemma
 
 ATOL = 1e-4
 
@@ -214,33 +215,6 @@ def test_unknown_family_refused_clearly():
 
 
 # ---------------------------------------------------------------------------------- Gemma 3
-LOCAL, GLOBAL = "sliding_attention", "full_attention"
-
-
-def _tiny_gemma(layer_types=(LOCAL, GLOBAL, LOCAL), window=3, attn_cap=None, final_cap=None, seed=0,
-                bias=False):
-    """A randomly initialised 3-layer Gemma3ForCausalLM (4 query / 1 KV head, tiny sliding
-    window, different local/global RoPE bases, random norm weights so ``1 + w`` matters)."""
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-
-    cfg = Gemma3TextConfig(
-        vocab_size=61, hidden_size=32, intermediate_size=48, num_hidden_layers=len(layer_types),
-        num_attention_heads=4, num_key_value_heads=1, head_dim=16, query_pre_attn_scalar=24,
-        sliding_window=window, layer_types=list(layer_types), max_position_embeddings=64,
-        rope_parameters={LOCAL: {"rope_type": "default", "rope_theta": 10.0},
-                         GLOBAL: {"rope_type": "default", "rope_theta": 1000.0}},
-        attn_logit_softcapping=attn_cap, final_logit_softcapping=final_cap,
-        attention_bias=bias, attn_implementation="eager", pad_token_id=0, bos_token_id=2)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        m = Gemma3ForCausalLM(cfg).eval()
-        with torch.no_grad():
-            for n, w in m.named_parameters():
-                if "norm" in n or n.endswith("bias"):
-                    w.normal_(0, 0.5)
-    return m
-
-
 def _tiny_toks(b=3, p=11, seed=0):
     t = torch.randint(3, 61, (b, p), generator=torch.Generator().manual_seed(seed))
     t[:, 0] = 2

@@ -12,38 +12,12 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from interp import heads  # noqa: E402
-
-
-def _tiny_llama(path, seed: int = 0, n_vocab: int = 40):
-    """A random-init GQA Llama (4 query / 2 KV heads) with a whitespace word tokenizer."""
-    import transformers
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    torch.manual_seed(seed)
-    names = ["<bos>", "<pad>", "<unk>", "."] + [f"w{i}" for i in range(n_vocab - 4)]
-    tk = Tokenizer(models.WordLevel({t: i for i, t in enumerate(names)}, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<bos>", eos_token="<bos>",
-                                  pad_token="<pad>", unk_token="<unk>", model_max_length=128)
-    cfg = transformers.LlamaConfig(
-        vocab_size=n_vocab, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        bos_token_id=0, eos_token_id=0, pad_token_id=1, tie_word_embeddings=False)
-    hf = transformers.LlamaForCausalLM(cfg)
-    hf.save_pretrained(path)
-    tok.save_pretrained(path)
-    from interp import load_model
-
-    return load_model(str(path), device="cpu")
+from helpers import PROMPTS, _tiny_llama  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return _tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
-
-
-PROMPTS = ["w1 w2 w3 . w4 w1 w2 w3 w9 w10 w11", "w5 w6 w7 w8 w5 w6 w12"]
 
 
 def _patterns(model, prompt):
@@ -187,11 +161,9 @@ def test_bad_input(tiny):
 
 
 def _zoo_manifest(name: str):
-    zoo = pytest.importorskip("interp.zoo")
-    try:
-        return zoo.manifest(name)
-    except Exception as e:  # weights/manifest not shipped yet
-        pytest.skip(f"zoo model {name} unavailable: {e}")
+    from interp import zoo
+
+    return zoo.manifest(name)
 
 
 def _zoo_prompts(name: str, n: int = 16):

@@ -14,7 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from interp import neurons  # noqa: E402
 
-from test_heads import PROMPTS, _tiny_llama  # noqa: E402
+from helpers import PROMPTS, _tiny_llama  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -101,10 +101,7 @@ def test_quantile_rule_and_layers(tiny):
 
 @pytest.mark.filterwarnings("ignore:I\\(act")
 def test_gelu_gpt2(random_toy):
-    try:
-        m = random_toy("toy-nope")
-    except Exception as e:  # pragma: no cover
-        pytest.skip(f"toy-nope architecture unavailable: {e}")
+    m = random_toy("toy-nope")
     r = neurons.positional_neurons(m, ["t1 t2 t3 t4 t5 t6", "t7 t8 t9"], batch_size=2)
     assert r.info.shape[0] == 2 and torch.isfinite(r.info).all()
 

@@ -57,10 +57,7 @@ def test_toy_nope_position_is_decodable(toy_model):
     position; a linear probe recovers it after the first layer, not from the embeddings.
     Measured on a copy trained with the zoo's spec and seed (interp.zoo._train.train, out_dir):
     R^2 embed -0.001 / L0 0.943 / L1 0.340, MAE 8.01 / 1.69 / 6.02 positions."""
-    try:
-        model = toy_model("toy-nope")
-    except FileNotFoundError as e:
-        pytest.skip(f"toy-nope weights not trained yet: {e}")
+    model = toy_model("toy-nope")
     from interp.zoo import tasks
 
     batch = tasks.backcopy_batch(40, length=32, seed=123)

@@ -258,10 +258,7 @@ def _check_figures_are_labelled(rep: Report) -> None:
 def test_toy_model_report_every_section_renders(toy_model, tmp_path):
     """Every default section on a planted toy model (fast): ok or skipped with a reason, never
     failed; every figure renders with no JavaScript error; screenshot saved."""
-    try:
-        model = toy_model("toy-offset-rope")
-    except FileNotFoundError as e:
-        pytest.skip(f"toy-offset-rope weights not shipped: {e}")
+    model = toy_model("toy-offset-rope")
     rep = build_report(model, model_name="toy-offset-rope", progress=False, options={"max_offset": 4})
     status = {r.name: (r.status, r.reason) for r in rep.results}
     assert not rep.failed, status
@@ -288,14 +285,7 @@ def test_cli_report_end_to_end_on_a_toy_model(tmp_path):
     import sys
 
     interp_bin = Path(sys.executable).with_name("interp")
-    if not interp_bin.exists():
-        pytest.skip("console script not installed (pip install -e .)")
-    from interp import zoo
-
-    try:
-        zoo.model_dir("toy-offset-rope")
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
+    assert interp_bin.exists(), "console script missing: the package is not installed (make setup)"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     p = subprocess.run([str(interp_bin), "--threads", "1", "report", "toy-offset-rope", "--only", "model,capture,heads",
                         "--out", str(tmp_path), "--no-progress"], capture_output=True, text=True, env=env,

@@ -15,7 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from interp import sinks  # noqa: E402
 
-from test_heads import PROMPTS, _tiny_llama  # noqa: E402
+from helpers import PROMPTS, _tiny_llama  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -197,10 +197,7 @@ def test_bad_input(tiny):
 def test_repeated_token_closed_form_nope(random_toy):
     """NoPE + one repeated token: every position is identical, attention is uniform, so
     α₀ = (1/T) Σ_{t<T} 1/(t+1) for every head and the sink vanishes (Gu et al. 2025)."""
-    try:
-        m = random_toy("toy-nope")
-    except Exception as e:  # pragma: no cover - zoo not importable
-        pytest.skip(f"toy-nope architecture unavailable: {e}")
+    m = random_toy("toy-nope")
     T = 24
     r = sinks.repeated_token_sink(m, "t5", length=T, prepend_bos=False)
     expect = sum(1 / (t + 1) for t in range(T)) / T
@@ -319,11 +316,9 @@ def _backcopy_domains(n: int = 24):
 
 
 def test_toy_backcopy_sink_drain_and_active_dormant(toy_model):
-    zoo = pytest.importorskip("interp.zoo")
-    try:
-        man = zoo.manifest("toy-backcopy")
-    except Exception as e:
-        pytest.skip(f"toy-backcopy unavailable: {e}")
+    from interp import zoo
+
+    man = zoo.manifest("toy-backcopy")
     m = toy_model("toy-backcopy")
     head = man["heads"][0]
     lab, l, h = head["label"], head["layer"], head["head"]
