@@ -35,6 +35,8 @@ from typing import Any
 import torch
 
 from interp.errors import CorruptModelFileError, ModelNotInstalledError, OfflineError, UnknownModelError
+from interp.zoo._specs import TOY_MODELS
+from interp.zoo._specs import model_dir as toy_model_dir
 
 __all__ = ["DEFAULT_MODEL", "ModelInfo", "known_models", "load_model", "model_info", "cache_dir"]
 
@@ -98,12 +100,7 @@ class ModelInfo:
 
 def known_models() -> list[str]:
     """Names ``load_model`` accepts besides paths and hub ids."""
-    names = list(_BUNDLED)
-    with contextlib.suppress(Exception):
-        from interp import zoo
-
-        names += sorted(zoo.TOY_MODELS)
-    return names
+    return list(_BUNDLED) + sorted(TOY_MODELS)
 
 
 def cache_dir() -> Path:
@@ -154,11 +151,9 @@ def load_model(
         return _boot(path, name=name, hf_name=spec.hf_name, source="bundled-gguf", device=device,
                      dtype=dtype, device_map=device_map)
     if name.startswith("toy-"):
-        from interp import zoo
-
-        if name not in zoo.TOY_MODELS:
+        if name not in TOY_MODELS:
             raise UnknownModelError(_unknown_message(name))
-        return _boot(zoo.model_dir(name), name=name, hf_name=name, source="zoo", device=device,
+        return _boot(toy_model_dir(name), name=name, hf_name=name, source="zoo", device=device,
                      dtype=dtype, device_map=device_map)
     path = Path(name).expanduser()
     if path.suffix == ".gguf":

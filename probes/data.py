@@ -173,11 +173,26 @@ class ProbeData:
                    split_groups=split_groups, meta=meta or {})
 
     @classmethod
-    def from_store(cls, store: Any, hooks: Sequence[str] | None = None) -> ProbeData:
-        """Adapter from an ``interp.capture.ActivationStore`` (see :mod:`probes.adapters`)."""
-        from probes.adapters import probe_data_from_store
-
-        return probe_data_from_store(store, hooks=hooks)
+    def from_store(cls, store: Any, hooks: Sequence[str] | None = None, *, dtype: Any = None) -> ProbeData:
+        """``ProbeData`` from an ``interp.capture.ActivationStore`` (``[pos ...]`` hooks only;
+        trailing dims are flattened, e.g. ``hook_z`` becomes ``[row head*d_head]``)."""
+        names = list(hooks) if hooks is not None else [h for h in store.hooks if store.layout(h) == "pos"]
+        feats = {}
+        ex = pos = None
+        for h in names:
+            if store.layout(h) != "pos":
+                raise ProbeInputError(f"hook {h!r} is an attention pattern; probes need [pos ...] activations")
+            x, e, p = store.flat(h)
+            x = x.reshape(x.shape[0], -1)
+            feats[h] = x.to(dtype) if dtype is not None else (x.float() if x.dtype in (torch.float16, torch.bfloat16) else x)
+            ex, pos = e, p
+        if ex is None:
+            raise ProbeInputError("no hooks to read from the store")
+        tokens = torch.cat([store.tokens(i).long().cpu() for i in range(store.n_examples)])
+        model = store.model
+        meta = {"model": model.get("name", model.get("model_name", "unknown")), "hooks": names,
+                "source": "ActivationStore", "dtype": str(next(iter(feats.values())).dtype)}
+        return cls(feats, ex, pos, tokens, bool(store.prepend_bos), meta=meta)
 
 
 def _content_groups(groups: Tensor, positions: Tensor, tokens: Tensor) -> Tensor:

@@ -36,6 +36,7 @@ def _spearman(a, b):
 
 
 @pytest.mark.parametrize("name", ["toy-nope", "toy-induction", "toy-backcopy"])
+@pytest.mark.slow
 def test_node_scores_vs_exact_patching(random_toy, name):
     m = random_toy(name)
     clean, corrupt, met = _data(m)
@@ -53,6 +54,7 @@ def test_node_scores_vs_exact_patching(random_toy, name):
 
 
 @pytest.mark.parametrize("name", ["toy-nope", "toy-induction"])
+@pytest.mark.slow
 def test_edge_scores_vs_exact_patching(random_toy, name):
     """Same-position and crossing edges: top-|score| edges plus a random sample, patched one by one."""
     m = random_toy(name)
@@ -202,6 +204,7 @@ def test_variable_lengths_need_schema_and_spans_align(random_toy):
 
 
 @pytest.mark.parametrize("ablation", ["mean", "zero"])
+@pytest.mark.slow
 def test_mean_and_zero_ablation_vs_exact(random_toy, ablation):
     """Mean ablation: EAP and EAP-IG rank like exact patching. Zero ablation is far off the data
     (a large perturbation), where the linear EAP estimate degrades and EAP-IG is required."""
@@ -253,6 +256,7 @@ def test_metrics_and_custom_callable(random_toy):
     assert g1.same_pos[:, 0].abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_graph_api_roundtrip(random_toy, tmp_path):
     m = random_toy("toy-induction")
     clean, corrupt, met = _data(m, n=3, p=6)

@@ -20,6 +20,7 @@ def _zoo(name):
 
 @pytest.mark.parametrize("name", ["toy-offset-rope", "toy-offset-abs"])
 @pytest.mark.parametrize("method", ["eap", "eap-ig"])
+@pytest.mark.slow
 def test_offset_head_circuit_ranks_top(name, method):
     """Changing token j only matters through head → logits at j+3, its value edge from j, and
     the embedding → value input at j: exactly the planted circuit, with positions."""
@@ -137,6 +138,7 @@ def _sp(a, b):
 
 
 @pytest.mark.parametrize("name", ["toy-induction", "toy-offset-rope", "toy-offset-abs"])
+@pytest.mark.slow
 def test_trained_toys_scores_vs_exact_patching(name):
     """Trained zoo models: node scores (every sender × position) and edge scores (25 top + 35
     random edges of all kinds, each patched exactly) against exact patching.
@@ -181,6 +183,7 @@ def test_trained_toys_scores_vs_exact_patching(name):
 
 
 @pytest.mark.parametrize("name", ["toy-induction", "toy-nope"])
+@pytest.mark.slow
 def test_trained_toy_eap_is_the_derivative_of_exact_patching(name):
     """Where EAP ranks poorly against exact patching (trained toy-induction, toy-nope: see
     test_trained_toys_scores_vs_exact_patching and BENCHMARKS.md), it is still exactly what it

@@ -67,6 +67,7 @@ def test_help_lists_every_command():
         assert cmd in res.stdout
 
 
+@pytest.mark.slow
 def test_unknown_section_is_a_usage_error():
     res = _invoke("report", "--only", "nosuch")
     assert res.exit_code == 2
@@ -80,6 +81,7 @@ def test_missing_prompt_file_is_a_usage_error(tmp_path):
     assert "does not exist" in _one_line_error(res.stderr)
 
 
+@pytest.mark.slow
 def test_bad_prompt_line_is_a_usage_error(tmp_path):
     p = tmp_path / "p.jsonl"
     p.write_text('{"text": "fine"}\n{"oops": 1}\n')
@@ -166,6 +168,7 @@ def test_sections_command_lists_builtin_sections():
     assert names[:2] == ["model", "capture"]
 
 
+@pytest.mark.slow
 def test_console_script_exit_code_and_one_line_error():
     """The installed console script itself (not only the in-process runner)."""
     assert Path(INTERP).exists(), "console script missing: the package is not installed (make setup)"
@@ -230,6 +233,7 @@ def _pairs_file(tmp_path, lines=_PAIRS, name="pairs.jsonl"):
     return p
 
 
+@pytest.mark.slow
 def test_circuit_on_user_pairs_json(tmp_path, toy_induction):
     p = _pairs_file(tmp_path)
     res = _invoke("circuit", "toy-induction", "--pairs", str(p), "--json", "--no-bos", "--seed", "3",
@@ -249,6 +253,7 @@ def test_circuit_on_user_pairs_json(tmp_path, toy_induction):
     assert sorted(q.name for q in (tmp_path / "out").iterdir()) == ["circ.html", "circ.json"]
 
 
+@pytest.mark.slow
 def test_circuit_builtin_task_method_granularity_n(toy_induction):
     res = _invoke("circuit", "toy-induction", "--task", "induction", "--n", "3", "--method", "eap-ig",
                   "--ig-steps", "2", "--granularity", "position", "--json")

@@ -46,6 +46,7 @@ def test_area_closed_forms():
     assert area([1, 0], [0, 2]) == pytest.approx(1.0)  # unsorted input is sorted
 
 
+@pytest.mark.slow
 def test_curve_end_points_areas_and_plot(data):
     model, clean, corrupt, ev = data
     gpos = random_graph(ev.pm, list(range(T)), seed=0)

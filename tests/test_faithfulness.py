@@ -142,6 +142,7 @@ def ref_cross_edge(model, tokens, cc, kc, l, h, kind, qp, kp):
 
 
 # ------------------------------------------------------------------ tests
+@pytest.mark.slow
 def test_full_and_empty_circuits_exact(setup):
     model, clean, corrupt, ev, cc, kc = setup
     full = full_circuit(ev.pm)
@@ -165,6 +166,7 @@ def test_full_and_empty_circuits_exact(setup):
     ("embed", "L1KV0.v", 5), ("L0H1", "M1", 3), ("M0", "logits", 7), ("L0H3", "L1H2.q", 6),
     ("embed", "L0KV1.k", 4), ("L1H0", "logits", 7), ("M1", "logits", 7), ("embed", "M0", 2),
 ])
+@pytest.mark.slow
 def test_all_but_one_same_pos_edge_equals_hook_patch(setup, sender, receiver, p):
     model, clean, corrupt, ev, cc, kc = setup
     c = full_circuit(ev.pm)
@@ -198,6 +200,7 @@ def test_all_but_one_crossing_edge_equals_hook_patch(setup, l, h, kind, qp, kp):
 
 @pytest.mark.parametrize("include_bos", [False, True])
 @pytest.mark.parametrize("node", ["L0H2", "L1H1", "M0"])
+@pytest.mark.slow
 def test_edges_out_of_node_equal_node_ablation(setup, node, include_bos):
     model, clean, corrupt, _, cc, kc = setup
     ev = FaithfulnessEvaluator(model, clean, corrupt, metric, prepend_bos=True, include_bos=include_bos, n_boot=0)
@@ -365,6 +368,7 @@ def _toy_eval(toy_model, name, ablation="counterfactual"):
 
 @pytest.mark.parametrize("name", ["toy-offset-rope", "toy-offset-abs"])
 @pytest.mark.parametrize("ablation", ["counterfactual", "mean"])
+@pytest.mark.slow
 def test_planted_offset_circuit_is_faithful_random_ones_are_not(toy_model, name, ablation):
     ev, man = _toy_eval(toy_model, name, ablation)
     assert ev.m_full.mean() - ev.m_empty.mean() > 3.0

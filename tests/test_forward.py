@@ -24,6 +24,7 @@ def _full_keep(pm, b, p, value=True):
 
 
 @pytest.mark.parametrize("name", ["toy-induction", "toy-nope", "toy-backcopy", "toy-offset-abs"])
+@pytest.mark.slow
 def test_exact_vs_bridge_toys(random_toy, name):
     m = random_toy(name)
     pm = PatchableModel(m)

@@ -11,6 +11,7 @@ from circuits import AttributionGraph, attribute
 from circuits.metrics import logit_diff
 
 
+@pytest.mark.slow
 def test_save_load_roundtrip_and_errors(random_toy, tmp_path):
     m = random_toy("toy-induction")
     g = torch.Generator().manual_seed(0)

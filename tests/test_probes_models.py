@@ -52,6 +52,7 @@ def test_collect_matches_single_prompt_runs(random_toy):
     assert data.split_groups[data.groups == 1][0] == data.split_groups[data.groups == 1][0]
 
 
+@pytest.mark.slow
 def test_toy_nope_position_is_decodable(toy_model):
     """Haviv et al. 2022: a causal model with no positional encoding still encodes absolute
     position; a linear probe recovers it after the first layer, not from the embeddings.

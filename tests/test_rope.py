@@ -62,6 +62,7 @@ def test_select_chunks():
         R.select_chunks(rope, chunks=[40])
 
 
+@pytest.mark.slow
 def test_men_b_closed_form_and_published_minimum_bases():
     b = R.men_b(1e4, 128, 10)
     assert b[0].item() == pytest.approx(64.0)
@@ -83,6 +84,7 @@ def test_critical_dimension_matches_liu_closed_form():
             assert R.critical_dimension(base, d, T) == max(0, min(d, closed))
 
 
+@pytest.mark.slow
 def test_base_bounds_from_numbers():
     r = R.base_bounds(base=1e4, d=128, length=4096, compute_min_base=False)
     assert r.satisfied == [False] and r.first_negative[0] is not None and r.critical_dim == [92]
@@ -105,6 +107,7 @@ def test_pairing_chunk_norms_toy(offset_rope):
         assert (wrong.chunks(pre).norm(dim=-1) - wrong.chunks(rot).norm(dim=-1)).abs().max() > 1e-2
 
 
+@pytest.mark.slow
 def test_usage_and_decomposition_toy(offset_rope, offset_prompts):
     u = R.frequency_usage(offset_rope, offset_prompts, decompose=True, batch_size=4)
     assert u.q_norm.shape == (1, 2, 16) and u.k_norm.shape == (1, 2, 16)
@@ -130,6 +133,7 @@ def test_usage_and_decomposition_toy(offset_rope, offset_prompts):
     assert len(u.top(2)) == 2
 
 
+@pytest.mark.slow
 def test_planted_offset_head_is_high_frequency_and_needs_it(offset_rope, offset_prompts):
     """toy-offset-rope: L0H1 attends to t−3 (manifest). It rests on the high band."""
     pf = R.positional_frequency_heads(offset_rope, offset_prompts, fraction=0.25, max_offset=4)

@@ -60,6 +60,7 @@ def test_sink_rate_closed_form_strict():
         sinks.sink_rate(a, 5, 0.3)
 
 
+@pytest.mark.slow
 def test_drains_peaks_massive_bruteforce(tiny):
     """‖v_j W_O^h‖ via the HF o_proj of a one-head input (GQA: KV head h // group), residual
     norms and the massive-activation rule recomputed from a full cache."""
@@ -145,6 +146,7 @@ def _per_head_reference(model, prompts, layer, head, method):
 
 
 @pytest.mark.parametrize("method", ["zero", "sink"])
+@pytest.mark.slow
 def test_active_dormant_matches_single_head_ablation(tiny, method):
     doms = {"a": PROMPTS, "b": ["w3 w3 w3 w4 w5 . w6 w7"]}
     r = sinks.active_dormant(tiny, doms, method=method, batch_size=2)
@@ -271,6 +273,7 @@ def test_smollm2_repeated_token_sink_reported(smollm2):
     assert json.dumps(no_bos.to_json())
 
 
+@pytest.mark.slow
 def test_scan_single_pass_equals_separate_calls(tiny):
     from interp import heads
 
@@ -315,6 +318,7 @@ def _backcopy_domains(n: int = 24):
     return {"backcopy": [decode(r) for r in trig.tokens], "bigram": rows}
 
 
+@pytest.mark.slow
 def test_toy_backcopy_sink_drain_and_active_dormant(toy_model):
     from interp import zoo
 

@@ -125,6 +125,7 @@ def test_gqa_and_positional_variants():
 
 
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.slow
 def test_loads_offline_matches_hf_and_tokenizes(toy_model, name):
     model = toy_model(name)
     b = zoo.make_batch(name, 8, seed=SEED)
@@ -397,6 +398,7 @@ def test_offset_head(toy_model, name):
 # ----------------------------------------------------------------------------- nope
 
 
+@pytest.mark.slow
 def test_nope_has_no_position_but_position_is_recoverable(toy_model):
     model = toy_model("toy-nope")
     man = zoo.manifest("toy-nope")
@@ -445,6 +447,7 @@ def test_training_is_deterministic():
     assert all(float(v.abs().max()) == 0 for k, v in s1.items() if "down_proj" in k)
 
 
+@pytest.mark.slow
 def test_head_pruning_keeps_pruned_heads_at_zero():
     """prune_at: at that step the less important head of each layer (loss increase when
     zero-ablated) gets a zero output projection, which stays exactly 0 through later AdamW steps
@@ -504,6 +507,7 @@ def test_cli_list():
     assert all(r["shipped"] for r in rows)
 
 
+@pytest.mark.slow
 def test_compare_to_shipped_and_cli_train(tmp_path):
     """The shipped copy compared with itself is identical; a 5-step retrain is not, and the CLI
     says so (weights, roles, accuracies)."""

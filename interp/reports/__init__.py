@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from interp.reports._core import (
+from interp.reports._core import available_sections, choose_sections, run_section, run_sections
+from interp.reports._registry import (
     SECTIONS,
     Prompt,
     ReportContext,
@@ -34,11 +35,7 @@ from interp.reports._core import (
     SectionResult,
     SectionSkipped,
     Table,
-    available_sections,
-    choose_sections,
     register_section,
-    run_section,
-    run_sections,
     section,
 )
 from interp.reports._meta import atomic_write_text, build_metadata, jsonable, prompt_hash

@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from interp.reports._core import SectionResult, Table
+from interp.reports._registry import SectionResult, Table
 
 _CSS = """
 :root { --ok:#1a7f37; --failed:#cf222e; --skipped:#9a6700; --fg:#1f2328; --muted:#59636e; }

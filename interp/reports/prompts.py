@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from interp.reports._core import Prompt
+from interp.reports._registry import Prompt
 
 DEFAULT_PROMPTS: tuple[Prompt, ...] = (
     Prompt("The old lighthouse keeper climbed the spiral stairs every evening to light the lamp. "

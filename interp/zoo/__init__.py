@@ -52,35 +52,10 @@ from pathlib import Path
 from typing import Any
 
 from interp.zoo import measure, tasks
-from interp.zoo._specs import TOY_MODELS, ToyInfo
+from interp.zoo._specs import TOY_MODELS, ToyInfo, _check, model_dir
 
 __all__ = ["TOY_MODELS", "ToyInfo", "model_dir", "manifest", "train", "tasks", "measure",
            "make_batch", "compare_to_shipped"]
-
-_WEIGHTS = Path(__file__).parent / "weights"
-
-
-def _check(name: str) -> None:
-    if name not in TOY_MODELS:
-        raise KeyError(f"unknown toy model {name!r}; choose one of {sorted(TOY_MODELS)}")
-
-
-def model_dir(name: str) -> Path:
-    """Packaged Hugging Face directory of toy model ``name``.
-
-    Raises:
-        KeyError: unknown name.
-        FileNotFoundError: the weights are not shipped (train them: ``interp zoo train NAME``).
-    """
-    _check(name)
-    d = _WEIGHTS / name
-    if not (d / "config.json").is_file() or not (d / "model.safetensors").is_file():
-        raise FileNotFoundError(
-            f"toy model {name!r} has no packaged weights at {d}; "
-            f"run `interp zoo train {name}` (or interp.zoo.train({name!r}))."
-        )
-    return d
-
 
 @lru_cache(maxsize=None)
 def _manifest_text(name: str) -> str:
@@ -98,10 +73,16 @@ def manifest(name: str) -> dict[str, Any]:
 def train(name: str, *, out_dir: str | Path | None = None, seed: int = 0,
           steps: int | None = None, write_manifest: bool = True) -> Path:
     """Train ``name`` deterministically (see :func:`interp.zoo._train.train`)."""
+    from interp.zoo._manifest import write_manifest as _write
     from interp.zoo._train import train as _train
+    from interp.zoo._train import trained_info
 
     _manifest_text.cache_clear()
-    return _train(name, out_dir=out_dir, seed=seed, steps=steps, write_manifest=write_manifest)
+    out = _train(name, out_dir=out_dir, seed=seed, steps=steps)
+    if write_manifest:
+        record = json.loads((out / "training_record.json").read_text())
+        _write(trained_info(name, steps), out, record)
+    return out
 
 
 def compare_to_shipped(name: str, trained_dir: str | Path) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 
@@ -104,3 +105,28 @@ TOY_MODELS: dict[str, ToyInfo] = {
         train=dict(steps=2000, batch=64, lr=1e-3, warmup=100, weight_decay=0.01),
     ),
 }
+
+
+_WEIGHTS = Path(__file__).parent / "weights"
+
+
+def _check(name: str) -> None:
+    if name not in TOY_MODELS:
+        raise KeyError(f"unknown toy model {name!r}; choose one of {sorted(TOY_MODELS)}")
+
+
+def model_dir(name: str) -> Path:
+    """Packaged Hugging Face directory of toy model ``name``.
+
+    Raises:
+        KeyError: unknown name.
+        FileNotFoundError: the weights are not shipped (train them: ``interp zoo train NAME``).
+    """
+    _check(name)
+    d = _WEIGHTS / name
+    if not (d / "config.json").is_file() or not (d / "model.safetensors").is_file():
+        raise FileNotFoundError(
+            f"toy model {name!r} has no packaged weights at {d}; "
+            f"run `interp zoo train {name}` (or interp.zoo.train({name!r}))."
+        )
+    return d

@@ -306,9 +306,9 @@ def train(
     seed: int = 0,
     steps: int | None = None,
     log: Callable[[str], None] | None = print,
-    write_manifest: bool = True,
 ) -> Path:
-    """Train toy model ``name`` deterministically and save it as a HF directory.
+    """Train toy model ``name`` deterministically and save it as a HF directory (the manifest is
+    written by :func:`interp.zoo.train`, which wraps this).
 
     Args:
         name: a key of :data:`interp.zoo.TOY_MODELS`.
@@ -316,15 +316,11 @@ def train(
         seed: initialisation and data seed (same seed → same weights).
         steps: override the number of steps (e.g. a short smoke run).
         log: progress callback (``None`` = silent).
-        write_manifest: measure the trained model and write ``manifest.json``.
 
     Returns:
         the directory written.
     """
-    info = _info(name)
-    if steps is not None:
-        info = replace(info, train={**info.train, "steps": int(steps),
-                                    "warmup": min(info.train["warmup"], int(steps))})
+    info = trained_info(name, steps)
     out = Path(out_dir) if out_dir is not None else WEIGHTS_DIR / name
     out.mkdir(parents=True, exist_ok=True)
     model, record = train_model(info, seed=seed, log=log)
@@ -334,8 +330,13 @@ def train(
     gen = out / "generation_config.json"
     if gen.exists():
         gen.unlink()
-    if write_manifest:
-        from interp.zoo._manifest import write_manifest as _write
-
-        _write(info, out, record)
     return out
+
+
+def trained_info(name: str, steps: int | None) -> ToyInfo:
+    """The spec ``train`` used (``steps`` overridden when given)."""
+    info = _info(name)
+    if steps is not None:
+        info = replace(info, train={**info.train, "steps": int(steps),
+                                    "warmup": min(info.train["warmup"], int(steps))})
+    return info

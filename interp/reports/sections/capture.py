@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from interp.reports._core import ReportContext, SectionOutput, Table, section
+from interp.reports._registry import ReportContext, SectionOutput, Table, section
 from interp.reports.sections._util import heatmap_layer_head, token_label, tokens_for
 
 

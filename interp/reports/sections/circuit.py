@@ -21,7 +21,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from interp.reports._core import ReportContext, SectionOutput, SectionSkipped, Table, section
+from interp.reports._registry import ReportContext, SectionOutput, SectionSkipped, Table, section
 
 # a short grid (fractions of abstract edges) keeps the default report fast; the full MIB grid is
 # circuits.curves.MIB_GRID

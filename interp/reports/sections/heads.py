@@ -5,7 +5,7 @@ tokens, and a rule-based classification with its evidence (Olsson et al. 2022)."
 
 from __future__ import annotations
 
-from interp.reports._core import ReportContext, SectionOutput, Table, section
+from interp.reports._registry import ReportContext, SectionOutput, Table, section
 from interp.reports.sections._util import head_scan
 
 

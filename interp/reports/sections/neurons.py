@@ -7,7 +7,7 @@ which fits SiLU/GELU/gated MLPs (documented in ``interp.neurons``).
 
 from __future__ import annotations
 
-from interp.reports._core import ReportContext, SectionOutput, Table, section
+from interp.reports._registry import ReportContext, SectionOutput, Table, section
 
 
 @section("neurons", "Positional neurons",

@@ -10,7 +10,7 @@ residual stream, so what the probe finds was computed by the model.
 
 from __future__ import annotations
 
-from interp.reports._core import ReportContext, SectionOutput, SectionSkipped, Table, section
+from interp.reports._registry import ReportContext, SectionOutput, SectionSkipped, Table, section
 
 
 @section("probes", "Position probes",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from interp.reports._core import ReportContext, SectionOutput, SectionSkipped, Table, section
+from interp.reports._registry import ReportContext, SectionOutput, SectionSkipped, Table, section
 
 
 @section("rope", "RoPE frequency usage",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from interp.reports._core import ReportContext, SectionOutput, Table, section
+from interp.reports._registry import ReportContext, SectionOutput, Table, section
 from interp.reports.sections._util import head_scan
 
 
