@@ -73,3 +73,54 @@ def random_toy(tmp_path_factory):
         return cache[(name, seed)]
 
     return _load
+
+
+# ------------------------------------------------------------------ families × analyses table
+# Tests marked ``@pytest.mark.family_table("column", note=...)`` and parametrised by ``family``
+# (or naming it in the note's test) record one line per run in FAMILY_RESULTS; the README table
+# is generated from it by ``python -m benchmarks.family_table``. Circuits tests use the same marker.
+
+FAMILY_RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "benchmarks", "results", "family_results.jsonl")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "family_table(column, note=None, family=None): a cell of the README families × "
+        "analyses table (family from the 'family' parameter, or family=)")
+
+
+def _family_of_item(item, marker):
+    fam = marker.kwargs.get("family")
+    if fam is None and hasattr(item, "callspec"):
+        fam = item.callspec.params.get("family")
+    if fam is None:
+        name = item.name.lower()
+        from families import FAMILIES
+
+        fam = next((f for f in sorted(FAMILIES, key=len, reverse=True) if f in name), None)
+    return fam
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    marker = item.get_closest_marker("family_table")
+    if marker is None or not marker.args:
+        return
+    failed_setup = rep.when == "setup" and rep.failed
+    if rep.when != "call" and not failed_setup:
+        return
+    fam = _family_of_item(item, marker)
+    if fam is None:
+        return
+    import json
+    import time
+
+    line = {"family": fam, "column": marker.args[0], "test": item.nodeid,
+            "outcome": "skipped" if rep.skipped else ("passed" if rep.passed else "failed"),
+            "note": marker.kwargs.get("note"), "time": time.time()}
+    os.makedirs(os.path.dirname(FAMILY_RESULTS), exist_ok=True)
+    with open(FAMILY_RESULTS, "a") as f:  # one short line per append: safe across xdist workers
+        f.write(json.dumps(line) + "\n")
