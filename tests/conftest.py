@@ -76,8 +76,9 @@ def random_toy(tmp_path_factory):
 
 
 # ------------------------------------------------------------------ families × analyses table
-# Tests marked ``@pytest.mark.family_table("column", note=...)`` and parametrised by ``family``
-# (or naming it in the note's test) record one line per run in FAMILY_RESULTS; the README table
+# Tests marked ``@pytest.mark.family_table("column", ..., note=...)`` and parametrised by ``family``
+# (or given family=, or naming the family in the test name) record one line per run and column
+# in FAMILY_RESULTS; the README table
 # is generated from it by ``python -m benchmarks.family_table``. Circuits tests use the same marker.
 
 FAMILY_RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -86,8 +87,8 @@ FAMILY_RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "family_table(column, note=None, family=None): a cell of the README families × "
-        "analyses table (family from the 'family' parameter, or family=)")
+        "markers", "family_table(*columns, note=None, family=None): cells of the README families × "
+        "analyses table (family from the 'family' parameter, or family=, or the test name)")
 
 
 def _family_of_item(item, marker):
@@ -118,9 +119,10 @@ def pytest_runtest_makereport(item, call):
     import json
     import time
 
-    line = {"family": fam, "column": marker.args[0], "test": item.nodeid,
-            "outcome": "skipped" if rep.skipped else ("passed" if rep.passed else "failed"),
-            "note": marker.kwargs.get("note"), "time": time.time()}
+    outcome = "skipped" if rep.skipped else ("passed" if rep.passed else "failed")
+    lines = [json.dumps({"family": fam, "column": col, "test": item.nodeid, "outcome": outcome,
+                         "note": marker.kwargs.get("note"), "time": time.time()}) + "\n"
+             for col in marker.args]
     os.makedirs(os.path.dirname(FAMILY_RESULTS), exist_ok=True)
-    with open(FAMILY_RESULTS, "a") as f:  # one short line per append: safe across xdist workers
-        f.write(json.dumps(line) + "\n")
+    with open(FAMILY_RESULTS, "a") as f:  # short lines per append: safe across xdist workers
+        f.write("".join(lines))

@@ -181,20 +181,34 @@ def _granite() -> Any:
                                    rope_parameters={"rope_type": "default", "rope_theta": 100.0}))
 
 
+def _starcoder2() -> Any:
+    # the worked example of CONTRIBUTING.md "Adding a model family"
+    from transformers import Starcoder2Config
+
+    return Starcoder2Config(**_common(hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, sliding_window=4,
+                                      max_position_embeddings=N_CTX, use_bias=True,
+                                      rope_parameters={"rope_type": "default", "rope_theta": 100.0}))
+
+
 CONFIGS: dict[str, Callable[[], Any]] = {
     "llama": _llama, "mistral": _mistral, "qwen2": _qwen2, "qwen3": _qwen3, "gemma": _gemma,
     "gemma2": _gemma2, "gemma3_text": _gemma3_text, "olmo2": _olmo2, "phi3": _phi3, "phi": _phi,
     "gpt_neox": _gpt_neox, "gptj": _gptj, "gpt2": _gpt2, "stablelm": _stablelm, "granite": _granite,
 }
-FAMILIES: tuple[str, ...] = tuple(CONFIGS)
+FAMILIES: tuple[str, ...] = tuple(CONFIGS)  # the 15 families of the README table
 ROTARY_FAMILIES: tuple[str, ...] = tuple(f for f in FAMILIES if f != "gpt2")
+# families beyond the 15 (analyses only; circuits need not support them)
+EXTRA_CONFIGS: dict[str, Callable[[], Any]] = {"starcoder2": _starcoder2}
+EXTRA_FAMILIES: tuple[str, ...] = tuple(EXTRA_CONFIGS)
 
 
 def tiny_config(family: str) -> Any:
     """The tiny HF config of ``family`` (eager attention)."""
-    if family not in CONFIGS:
-        raise KeyError(f"no tiny config for family {family!r}; known: {', '.join(FAMILIES)}")
-    cfg = CONFIGS[family]()
+    make = CONFIGS.get(family) or EXTRA_CONFIGS.get(family)
+    if make is None:
+        raise KeyError(f"no tiny config for family {family!r}; known: {', '.join(FAMILIES + EXTRA_FAMILIES)}")
+    cfg = make()
     cfg._attn_implementation = "eager"
     return cfg
 

@@ -16,7 +16,10 @@ import math
 import pytest
 import torch
 
-from families import FAMILIES, ROTARY_FAMILIES, prompts, tiny_config, tiny_hf, tiny_model
+from families import EXTRA_FAMILIES, FAMILIES, ROTARY_FAMILIES, prompts, tiny_config, tiny_hf, tiny_model
+
+ALL = FAMILIES + EXTRA_FAMILIES
+ALL_ROTARY = ROTARY_FAMILIES + EXTRA_FAMILIES
 
 PROMPTS = prompts(3, 10)
 
@@ -48,7 +51,7 @@ def hf_copies():
 
 
 @pytest.mark.family_table("facts")
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ALL)
 def test_family_facts_match_hf_modules(family):
     """The Family read from the config agrees with the instantiated HF modules."""
     from interp.families import family_of
@@ -176,7 +179,7 @@ def test_unknown_family_names_the_missing_piece():
 
 
 @pytest.mark.family_table("load, capture, sinks, heads, probes")
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ALL)
 def test_load_capture_sinks_heads_probes(family, tmp_path):
     import probes
     from interp import capture, heads, model_spec, sinks
@@ -198,7 +201,7 @@ def test_load_capture_sinks_heads_probes(family, tmp_path):
 
 
 @pytest.mark.family_table("attention stats = HF eager")
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ALL)
 def test_attention_stats_match_hf_eager(family, hf_copies):
     """α_k (sinks) and previous-token scores (heads), batched and right-padded, equal those computed
     from a separate HF eager copy's ``output_attentions`` per prompt (within 1e-5)."""
@@ -249,7 +252,7 @@ def _hf_rotate(family, hf, q, positions):
 
 
 @pytest.mark.family_table("RopeSpec = rotated q/k")
-@pytest.mark.parametrize("family", ROTARY_FAMILIES)
+@pytest.mark.parametrize("family", ALL_ROTARY)
 def test_ropespec_reproduces_rotated_qk(family):
     """RopeSpec.apply on the pre-rotation hook gives hook_rot_q / hook_rot_k, and equals the HF
     modeling file's own rotation of the same vectors (GPT-J interleaved, NeoX/Phi/StableLM partial)."""
@@ -283,7 +286,7 @@ def test_ropespec_reproduces_rotated_qk(family):
 
 
 @pytest.mark.family_table("rope analyses")
-@pytest.mark.parametrize("family", ROTARY_FAMILIES)
+@pytest.mark.parametrize("family", ALL_ROTARY)
 def test_rope_analyses_run(family):
     """frequency_usage (exact decomposition: chunk logits sum to hook_attn_scores), band ablation,
     shift invariance (all chunks unrotated → D = 0) and base bounds."""
@@ -309,11 +312,15 @@ def _n_chunks(model):
     return model_spec(model).require_rope().n_chunks
 
 
-@pytest.mark.family_table("rope analyses", note="clear 'no rotary' error")
+@pytest.mark.family_table("RopeSpec = rotated q/k", "rope analyses", note="no rotary: clear error")
 def test_gpt2_rope_is_a_clear_error():
+    from interp import model_spec
     from interp import rope as R
     from interp.spec import NoRotaryError
 
     model = tiny_model("gpt2")
-    with pytest.raises(NoRotaryError, match="no rotary position embeddings"):
+    with pytest.raises(NoRotaryError, match="no rotary position embeddings.*'learned'"):
         R.frequency_usage(model, PROMPTS)
+    with pytest.raises(NoRotaryError, match="no rotary"):
+        R.band_ablation(model, PROMPTS)
+    assert model_spec(model).positional == "learned" and model_spec(model).rope is None
