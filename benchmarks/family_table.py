@@ -25,8 +25,8 @@ START, END = "<!-- family-table:start -->", "<!-- family-table:end -->"
 
 FAMILY_ORDER = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo2", "phi3", "phi",
                 "gpt_neox", "gptj", "gpt2", "stablelm", "granite"]
-COLUMN_ORDER = ["facts", "load, capture, sinks, heads, probes", "attention stats = HF eager",
-                "RopeSpec = rotated q/k", "rope analyses", "circuits"]
+COLUMN_ORDER = ["facts", "forward from Family = HF eager", "load, capture, sinks, heads, probes, report",
+                "attention stats = HF eager", "RopeSpec = rotated q/k", "rope analyses", "circuits"]
 
 
 def load(path: Path = RESULTS) -> dict[tuple[str, str], dict[str, dict]]:

@@ -178,7 +178,7 @@ def test_unknown_family_names_the_missing_piece():
 # ------------------------------------------------------------------------------ analyses run
 
 
-@pytest.mark.family_table("load, capture, sinks, heads, probes")
+@pytest.mark.family_table("load, capture, sinks, heads, probes, report")
 @pytest.mark.parametrize("family", ALL)
 def test_load_capture_sinks_heads_probes(family, tmp_path):
     import probes
@@ -198,6 +198,12 @@ def test_load_capture_sinks_heads_probes(family, tmp_path):
     data = probes.collect(model, PROMPTS, ["blocks.0.hook_resid_post"])
     probe = probes.fit_ridge(data.features["blocks.0.hook_resid_post"], data.positions.float())
     assert probe is not None
+    from interp.reports import build_report
+
+    rep = build_report(model, model_name=family, only=["model"], progress=False)
+    assert [r.status for r in rep.results] == ["ok"], [(r.name, r.reason) for r in rep.results]
+    d = rep.section("model").output.data
+    assert d["n_kv_heads"] == spec.family.n_kv_heads and d["family"]["placement"] == spec.family.placement
 
 
 @pytest.mark.family_table("attention stats = HF eager")
