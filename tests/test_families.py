@@ -361,3 +361,31 @@ def test_family_facts_rebuild_the_hf_forward(family):
     wrong_err = float((reference_logits(wrong, hf, toks) - ref).abs().max())
     print(f"{family}: family forward vs HF eager {err:.1e}; with doubled attention scale {wrong_err:.1e}")
     assert wrong_err > 20 * err
+
+
+@pytest.mark.family_table("rope analyses")
+@pytest.mark.parametrize("family", ["llama", "olmo2", "gemma3_text", "phi3", "gpt_neox", "gptj", "stablelm"])
+def test_band_ablation_loss_equals_reference_edit(family, hf_copies):
+    """band_ablation's loss with the highest chunks unrotated / zeroed in every layer equals the
+    next-token loss of the Family reference forward with the same edit (tests/family_forward.py),
+    both where the bridge exposes the rotated q/k (edited there) and where it does not (Phi-3,
+    NeoX, GPT-J: edited before rotation)."""
+    from family_forward import reference_logits
+
+    from interp import model_spec, tokenize
+    from interp import rope as R
+
+    model = tiny_model(family)
+    hf = hf_copies(family)
+    fam = model_spec(model).family
+    n = fam.rotary.rotary_dim // 2
+    chunks = list(range(max(1, n // 2)))
+    prompt = PROMPTS[0]
+    b = R.band_ablation(model, [prompt], bands={"hi": chunks}, modes=("unrotate", "zero"), max_offset=1)
+    toks = tokenize(model, [prompt], prepend_bos=True).tokens
+    for c, mode in ((0, None), (1, "unrotate"), (2, "zero")):
+        edit = None if mode is None else (torch.tensor(chunks), mode)
+        lp = torch.log_softmax(reference_logits(fam, hf, toks, edit)[0, :-1].float(), -1)
+        ref = float(-lp.gather(-1, toks[0, 1:, None]).mean())
+        assert abs(float(b.loss[c]) - ref) < 1e-4, (family, b.conditions[c], float(b.loss[c]), ref)
+    assert abs(float(b.loss[1]) - float(b.loss[0])) > 1e-6  # the edit changes the model
