@@ -45,7 +45,6 @@ is the post-feed-forward-normed MLP output. Details in :mod:`circuits._gemma`.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -54,6 +53,8 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from circuits._activations import Activations
+from circuits._blocks import Layer, _b, _first, _w, load_layers, unsupported
+from circuits._gemma import head_shares
 
 __all__ = ["Activations", "PatchableModel", "sender_names", "receiver_names"]
 
@@ -81,51 +82,16 @@ def receiver_names(n_layers: int, n_heads: int, n_kv_heads: int) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------
-# weights
+# the model
 # ----------------------------------------------------------------------------------------------
-def _w(mod: Any) -> Tensor:
-    return mod.weight.detach()
-
-
-def _b(mod: Any) -> Tensor | None:
-    b = getattr(mod, "bias", None)
-    return None if b is None else b.detach()
-
-
-@dataclass
-class _Layer:
-    ln1_w: Tensor
-    ln1_b: Tensor | None
-    W_Q: Tensor  # [H d e]
-    W_K: Tensor  # [G d e]
-    W_V: Tensor  # [G d e]
-    b_Q: Tensor | None  # [H e]
-    b_K: Tensor | None
-    b_V: Tensor | None
-    W_O: Tensor  # [H e d]
-    b_O: Tensor | None  # [d]
-    ln2_w: Tensor
-    ln2_b: Tensor | None
-    W_gate: Tensor | None  # [d m] (gated MLPs)
-    b_gate: Tensor | None
-    W_in: Tensor  # [d m]
-    b_in: Tensor | None
-    W_out: Tensor  # [m d]
-    b_out: Tensor | None
-    # Gemma 3 only (None elsewhere): q/k norms, sandwich norms, RoPE table and sliding window
-    q_norm_w: Tensor | None = None  # [e]
-    k_norm_w: Tensor | None = None
-    post_attn_w: Tensor | None = None  # [d]
-    post_mlp_w: Tensor | None = None
-    rope_key: str | None = None  # HF layer type ("sliding_attention" / "full_attention")
-    window: int | None = None  # sliding window (keys t' with t − t' < window)
+_Layer = Layer  # the per-layer weights (circuits._blocks)
 
 
 class PatchableModel:
     """Functional forward pass of a TransformerBridge with edge-level patching.
 
-    Exact to the bridge's logits (fp32, eager attention) for the supported families. Build
-    once per model (it only references the weights) and reuse::
+    Exact to the bridge's logits (fp32, eager attention) for the supported families (module
+    docstring). Build once per model (it only references the weights) and reuse::
 
         pm = PatchableModel(bridge)
         logits = pm.run(tokens, mask)                       # plain forward
@@ -144,120 +110,84 @@ class PatchableModel:
         self.model_type: str = getattr(cfg, "model_type", "?")
         self.model_name: str = str(getattr(getattr(bridge, "cfg", None), "model_name", None)
                                    or getattr(cfg, "_name_or_path", self.model_type))
-        self.embed_scale: Tensor | None = None
-        self.final_softcap: float | None = None
-        if self.model_type in ("llama", "mistral", "qwen2", "smollm3"):
-            self._init_llama(hf, cfg)
-        elif self.model_type == "gpt2":
-            self._init_gpt2(hf, cfg)
-        elif self.model_type in ("gemma3_text", "gemma3"):
-            from circuits._gemma import init_gemma
-
-            init_gemma(self, hf, cfg)
+        fam = _family_of(hf)
+        self.family = fam
+        if self.model_type == "gemma3":  # multimodal wrapper: its text tower
+            cfg = cfg.text_config
+            core = hf.model.language_model
         else:
-            raise NotImplementedError(
-                f"circuits.PatchableModel supports Llama-family (llama, mistral, qwen2), GPT-2 and "
-                f"Gemma 3 (gemma3_text) models; got model_type={self.model_type!r}. Add a "
-                f"re-implementation of its forward in circuits/_forward.py (see circuits/_gemma.py "
-                f"for a family with non-additive head outputs).")
+            core = hf.base_model
+        if getattr(cfg, "use_bidirectional_attention", False):
+            raise unsupported(self.model_type, "use_bidirectional_attention=True (an encoder, not causal)")
+        if getattr(cfg, "scale_attn_by_inverse_layer_idx", False) or getattr(cfg, "reorder_and_upcast_attn", False):
+            raise unsupported(self.model_type, "GPT-2 scale_attn_by_inverse_layer_idx/reorder_and_upcast_attn")
+        self.arch = {"gemma3_text": "gemma3", "gemma3": "gemma3", "gpt2": "gpt2", "llama": "llama",
+                     "mistral": "llama", "qwen2": "llama", "smollm3": "llama"}.get(self.model_type, self.model_type)
+        self.n_layers = int(fam.n_layers)
+        self.n_heads = int(fam.n_heads)
+        self.n_kv_heads = int(fam.n_kv_heads)
+        self.d_model = int(fam.d_model)
+        self.d_head = int(fam.head_dim)
+        self.eps = float(fam.norm_eps)
+        self.norm_kind: str = fam.norm  # "rms" | "layer"
+        self.norm_offset = float(fam.norm_offset or 0.0)  # Gemma: RMSNorm scales by 1 + w
+        self.placement: str = fam.placement  # "pre" | "sandwich" | "post"
+        self.parallel: str | None = fam.parallel  # None | "shared_norm" | "two_norms"
+        self.qk_norm: str | None = fam.qk_norm  # None | "head" | "proj"
+        self.qk_norm_kind: str = getattr(fam, "qk_norm_kind", None) or "rms"
+        if self.qk_norm == "proj" and self.qk_norm_kind != "rms":
+            raise unsupported(self.model_type, "a LayerNorm over the whole q/k projection")
+        if self.n_heads % self.n_kv_heads:
+            raise unsupported(self.model_type, f"{self.n_heads} query heads over {self.n_kv_heads} KV heads")
+        rot = fam.rotary
+        self.rotary = getattr(core, "rotary_emb", None) if rot is not None else None
+        if rot is not None and self.rotary is None:
+            raise unsupported(self.model_type, "a rotary model without a rotary_emb module")
+        self.use_rope = self.rotary is not None
+        self.rotary_dim = int(rot.rotary_dim) if rot is not None else 0
+        self.pairing: str = rot.pairing if rot is not None else "half"
+        types = getattr(cfg, "layer_types", None)
+        # Gemma 3 keeps one RoPE table per layer type: rotary_emb(x, pos, layer_type)
+        per_type = self.model_type in ("gemma3_text", "gemma3")
+        self.rope_keys = list(types) if (per_type and types is not None) else None
+        if per_type:
+            self.layer_types = list(types or ["full_attention"] * self.n_layers)
+            self.rope_theta = {k: float(v["rope_theta"]) for k, v in (cfg.rope_parameters or {}).items()
+                               if isinstance(v, dict) and "rope_theta" in v}
+        self.layers: list[Layer] = load_layers(self, core, fam)
+        self.attn_softcap = None if fam.attn_softcap is None else float(fam.attn_softcap)
+        self.final_softcap = None if fam.final_softcap is None else float(fam.final_softcap)
+        self.logits_scaling = None if not fam.logits_scaling else float(fam.logits_scaling)
+        at0 = _attn_module(core)
+        if self.model_type == "gpt2":
+            self.scale = (1.0 / math.sqrt(self.d_head)) if getattr(cfg, "scale_attn_weights", True) else 1.0
+        else:
+            self.scale = float(getattr(at0, "scaling", None) or fam.attention_scale or self.d_head ** -0.5)
+        emb = hf.get_input_embeddings()
+        self.W_E = _w(emb)
+        es = getattr(emb, "embed_scale", None)  # Gemma: sqrt(d_model), cast to the model dtype
+        if es is not None:
+            self.embed_scale: Tensor | float | None = es.detach().to(self.W_E.dtype)
+        elif fam.embed_scale not in (None, 1.0):  # Granite's embedding_multiplier
+            self.embed_scale = float(fam.embed_scale)
+        else:
+            self.embed_scale = None
+        wpe = getattr(core, "wpe", None)
+        self.W_pos = None if wpe is None else _w(wpe)
+        lnf = _first(core, "norm", "ln_f", "final_layer_norm", "final_layernorm")
+        self.lnf_w, self.lnf_b = _w(lnf), _b(lnf)
+        head = hf.get_output_embeddings()
+        self.W_U = _w(head).T  # [d vocab]
+        self.b_U = _b(head)
+        mlp0 = _first(core, "layers", "h")[0].mlp
+        self.act = _first(mlp0, "act_fn", "act", "activation_fn")
+        if self.act is None:
+            raise unsupported(self.model_type, f"MLP module {type(mlp0).__name__} without an activation")
         self.senders = sender_names(self.n_layers, self.n_heads)
         self.receivers = receiver_names(self.n_layers, self.n_heads, self.n_kv_heads)
         self.sender_index = {s: i for i, s in enumerate(self.senders)}
         self.receiver_index = {r: i for i, r in enumerate(self.receivers)}
         self.valid = self._valid()
-
-    # ---------------------------------------------------------------------------- init helpers
-    def _init_llama(self, hf: Any, cfg: Any, core: Any = None, sandwich: bool = False) -> None:
-        self.arch = "llama"
-        core = hf.model if core is None else core
-        self.n_layers = cfg.num_hidden_layers
-        self.n_heads = cfg.num_attention_heads
-        self.n_kv_heads = getattr(cfg, "num_key_value_heads", None) or self.n_heads
-        self.d_model = cfg.hidden_size
-        self.d_head = getattr(cfg, "head_dim", None) or self.d_model // self.n_heads
-        self.eps = float(getattr(cfg, "rms_norm_eps", 1e-6))
-        self.W_E = _w(core.embed_tokens)
-        self.W_pos = None
-        H, G, e, d = self.n_heads, self.n_kv_heads, self.d_head, self.d_model
-        self.layers: list[_Layer] = []
-        for blk in core.layers:
-            at, mlp = blk.self_attn, blk.mlp
-            if not sandwich and (hasattr(at, "q_norm") or hasattr(blk, "post_feedforward_layernorm")):
-                raise NotImplementedError(f"{self.model_type}: q/k norms and sandwich norms are "
-                                          f"only supported for Gemma 3")
-
-            def heads(lin: Any, n: int) -> tuple[Tensor, Tensor | None]:
-                w = _w(lin).view(n, e, d).transpose(1, 2).contiguous()  # [n d e]
-                b = _b(lin)
-                return w, None if b is None else b.view(n, e)
-
-            W_Q, b_Q = heads(at.q_proj, H)
-            W_K, b_K = heads(at.k_proj, G)
-            W_V, b_V = heads(at.v_proj, G)
-            W_O = _w(at.o_proj).view(d, H, e).permute(1, 2, 0).contiguous()  # [H e d]
-            self.layers.append(_Layer(
-                ln1_w=_w(blk.input_layernorm), ln1_b=None, W_Q=W_Q, W_K=W_K, W_V=W_V,
-                b_Q=b_Q, b_K=b_K, b_V=b_V, W_O=W_O, b_O=_b(at.o_proj),
-                ln2_w=_w(blk.post_attention_layernorm), ln2_b=None,
-                W_gate=_w(mlp.gate_proj).T.contiguous(), b_gate=_b(mlp.gate_proj),
-                W_in=_w(mlp.up_proj).T.contiguous(), b_in=_b(mlp.up_proj),
-                W_out=_w(mlp.down_proj).T.contiguous(), b_out=_b(mlp.down_proj)))
-        self.scale = float(getattr(core.layers[0].self_attn, "scaling", self.d_head ** -0.5))
-        self.lnf_w, self.lnf_b = _w(core.norm), None
-        self.W_U = _w(hf.lm_head).T  # [d vocab]
-        self.b_U = _b(hf.lm_head)
-        self.act = _act(getattr(cfg, "hidden_activation", None) or getattr(cfg, "hidden_act", "silu"))
-        self.rotary = core.rotary_emb
-        self.use_rope = not bool(getattr(cfg, "nope", False))
-
-    def _init_gpt2(self, hf: Any, cfg: Any) -> None:
-        self.arch = "gpt2"
-        core = hf.transformer
-        self.n_layers = cfg.n_layer
-        self.n_heads = cfg.n_head
-        self.n_kv_heads = self.n_heads
-        self.d_model = cfg.n_embd
-        self.d_head = self.d_model // self.n_heads
-        self.eps = float(cfg.layer_norm_epsilon)
-        self.W_E = _w(core.wte)
-        self.W_pos = _w(core.wpe)
-        H, e, d = self.n_heads, self.d_head, self.d_model
-        self.layers = []
-        for blk in core.h:
-            at, mlp = blk.attn, blk.mlp
-            Wc, bc = _w(at.c_attn), _b(at.c_attn)  # Conv1D: [d, 3d]
-            if Wc.shape[0] != d:  # some wrappers store nn.Linear layout
-                Wc = Wc.T
-            Wq, Wk, Wv = Wc.split(d, dim=1)
-            bq, bk, bv = (None, None, None) if bc is None else bc.split(d)
-
-            def hw(w: Tensor) -> Tensor:
-                return w.reshape(d, H, e).permute(1, 0, 2).contiguous()
-
-            def hb(b: Tensor | None) -> Tensor | None:
-                return None if b is None else b.reshape(H, e)
-
-            Wp = _w(at.c_proj)
-            if Wp.shape[0] != d:
-                Wp = Wp.T
-            Wfc, Wfp = _w(mlp.c_fc), _w(mlp.c_proj)
-            if Wfc.shape[0] != d:
-                Wfc, Wfp = Wfc.T, Wfp.T
-            self.layers.append(_Layer(
-                ln1_w=_w(blk.ln_1), ln1_b=_b(blk.ln_1), W_Q=hw(Wq), W_K=hw(Wk), W_V=hw(Wv),
-                b_Q=hb(bq), b_K=hb(bk), b_V=hb(bv), W_O=Wp.reshape(H, e, d).contiguous(),
-                b_O=_b(at.c_proj), ln2_w=_w(blk.ln_2), ln2_b=_b(blk.ln_2), W_gate=None,
-                b_gate=None, W_in=Wfc.contiguous(), b_in=_b(mlp.c_fc), W_out=Wfp.contiguous(),
-                b_out=_b(mlp.c_proj)))
-        self.scale = (1.0 / math.sqrt(self.d_head)) if getattr(cfg, "scale_attn_weights", True) else 1.0
-        if getattr(cfg, "scale_attn_by_inverse_layer_idx", False) or getattr(cfg, "reorder_and_upcast_attn", False):
-            raise NotImplementedError("GPT-2 scale_attn_by_inverse_layer_idx/reorder_and_upcast_attn")
-        self.lnf_w, self.lnf_b = _w(core.ln_f), _b(core.ln_f)
-        self.W_U = _w(hf.lm_head).T
-        self.b_U = _b(hf.lm_head)
-        self.act = _act(getattr(cfg, "activation_function", "gelu_new"))
-        self.rotary = None
-        self.use_rope = False
 
     def _valid(self) -> Bool[Tensor, "sender receiver"]:
         S, R = len(self.senders), len(self.receivers)
@@ -283,7 +213,8 @@ class PatchableModel:
     def n_upstream(self, layer: int, kind: str) -> int:
         """Number of senders upstream of layer ``layer``'s attention (``"attn"``) or MLP input."""
         base = 1 + layer * (self.n_heads + 1)
-        return base if kind == "attn" else base + self.n_heads
+        # a parallel block's MLP reads the same residual as its attention (module docstring)
+        return base if (kind == "attn" or self.parallel) else base + self.n_heads
 
     def receiver_slice(self, layer: int) -> slice:
         """Receivers of layer ``layer``: H q, G k, G v, then the MLP input."""
@@ -296,22 +227,45 @@ class PatchableModel:
         return slice(s0, s0 + self.n_heads + 1)
 
     # ---------------------------------------------------------------------------- primitives
-    def _norm(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
-        if self.arch == "gpt2":
+    def _norm(self, x: Tensor, w: Tensor | None, b: Tensor | None) -> Tensor:
+        """The family's norm (``w`` None: no norm, the identity)."""
+        if w is None:
+            return x
+        if self.norm_kind == "layer":
             return F.layer_norm(x, (x.shape[-1],), w, b, self.eps)
         xf = x.float()
         y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        if self.arch == "gemma3":  # Gemma: (x̂ · (1 + w)) in float32, then cast
-            return (y * (1.0 + w.float())).to(x.dtype)
+        if self.norm_offset:  # Gemma: (x̂ · (1 + w)) in float32, then cast
+            return (y * (self.norm_offset + w.float())).to(x.dtype)
         return w * y.to(x.dtype)
 
-    def _norm_vjp(self, x: Tensor, g: Tensor, w: Tensor) -> Tensor:
+    def _qk_norm(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+        """Per-head q/k norm of ``x [.. n e]`` with weights ``[e]`` or per head ``[n e]``."""
+        if self.qk_norm_kind == "layer":
+            if w.dim() == 1:
+                return F.layer_norm(x, (x.shape[-1],), w, b, self.eps)
+            y = F.layer_norm(x, (x.shape[-1],), None, None, self.eps) * w
+            return y if b is None else y + b
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.norm_offset:
+            return (y * (self.norm_offset + w.float())).to(x.dtype)
+        return w * y.to(x.dtype)
+
+    def _proj_norm(self, x: Tensor, w: Tensor) -> Tensor:
+        """RMSNorm over the whole q or k projection ``x [.. n e]`` (OLMo-2), weights ``[n·e]``."""
+        sh = x.shape
+        return self._qk_norm(x.reshape(*sh[:-2], sh[-2] * sh[-1]), w, None).view(sh)
+
+    def _norm_vjp(self, x: Tensor, g: Tensor, w: Tensor | None) -> Tensor:
         """Gradient w.r.t. the norm's input ``x`` ``[b p d]`` of ``Σ g·norm(x)`` for many
         cotangents ``g`` ``[b p n d]`` at once (closed form; the statistics of ``x`` are shared):
         RMSNorm ``y = w ⊙ x r``, ``r = (mean x² + ε)^-½``: ``r (u − x̂ ⟨u, x̂⟩/d)``, ``u = w ⊙ g``;
-        LayerNorm adds ``− mean(u)``; Gemma uses ``1 + w``, in float32."""
+        LayerNorm adds ``− mean(u)``; Gemma uses ``1 + w``, in float32; no norm: ``g``."""
+        if w is None:
+            return g
         xf = x.float()[:, :, None]  # [b p 1 d]
-        if self.arch == "gpt2":
+        if self.norm_kind == "layer":
             xc = xf - xf.mean(-1, keepdim=True)
             r = torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + self.eps)
             xh = xc * r
@@ -320,8 +274,27 @@ class PatchableModel:
         else:
             r = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
             xh = xf * r
-            u = g.float() * ((1.0 + w.float()) if self.arch == "gemma3" else w.float())
+            u = g.float() * ((self.norm_offset + w.float()) if self.norm_offset else w.float())
             out = r * (u - xh * (u * xh).mean(-1, keepdim=True))
+        return out.to(g.dtype)
+
+    def _proj_norm_vjp(self, u: Tensor, g: Tensor, w: Tensor, W: Tensor) -> Tensor:
+        """Receiver-wise gradient through an RMSNorm over the whole projection (OLMo-2).
+
+        Receiver ``n`` computes the full projection ``u = x̂ W + b`` ``[b p N e]`` of its own
+        input and keeps slice ``n`` of ``y = w ⊙ u r``; with the cotangent ``g_n`` on that slice
+        only, ``∂/∂x̂ = r ((w_n ⊙ g_n) W_nᵀ − ⟨w_n ⊙ g_n, û_n⟩/D · û Wᵀ)``, ``û = u r``, ``D = N·e``.
+        Returns ``[b p N d]``."""
+        b, p, N, e = u.shape
+        uf = u.float().reshape(b, p, N * e)
+        r = torch.rsqrt(uf.pow(2).mean(-1, keepdim=True) + self.eps)  # [b p 1]
+        uh = (uf * r).view(b, p, N, e)
+        wg = g.float() * w.float().view(N, e)
+        s = (wg * uh).sum(-1)  # [b p N]
+        Wf = W.float()
+        a = torch.einsum("bpne,nde->bpnd", wg, Wf)
+        P = torch.einsum("bpne,nde->bpd", uh, Wf)
+        out = r[..., None] * (a - (s / (N * e))[..., None] * P[:, :, None])
         return out.to(g.dtype)
 
     def attn_receiver_grads(
@@ -331,50 +304,97 @@ class PatchableModel:
     ) -> Float[Tensor, "batch pos receiver d_model"]:
         """Gradients at the inputs of layer ``layer``'s attention receivers (q of every head,
         k then v of every KV head), each as if it normalised its own copy of the residual: from
-        the gradients at the q/k/v projections (linear: ``g_x̂ = g_q W_Qᵀ``) through the norm's
-        Jacobian (:meth:`_norm_vjp`). Equal to differentiating per-receiver copies, without
-        running H + 2G copies of the norm forward and backward."""
+        the gradients at the q/k/v grad nodes of :meth:`forward` (the projections — linear:
+        ``g_x̂ = g_q W_Qᵀ`` — or, with a q/k norm over the whole projection, the normalised
+        q/k: :meth:`_proj_norm_vjp`) through the input norm's Jacobian (:meth:`_norm_vjp`).
+        Equal to differentiating per-receiver copies, without running H + 2G copies of the
+        forward and backward."""
         W = self.layers[layer]
-        gx = torch.cat([torch.einsum("bphe,hde->bphd", g_q, W.W_Q),
-                        torch.einsum("bpge,gde->bpgd", g_k, W.W_K),
-                        torch.einsum("bpge,gde->bpgd", g_v, W.W_V)], dim=2)
+        if self.qk_norm == "proj":
+            xn = self._norm(resid, W.ln1_w, W.ln1_b)
+            uq = torch.einsum("bpd,hde->bphe", xn, W.W_Q)
+            uk = torch.einsum("bpd,hde->bphe", xn, W.W_K)
+            if W.b_Q is not None:
+                uq = uq + W.b_Q
+            if W.b_K is not None:
+                uk = uk + W.b_K
+            gq = self._proj_norm_vjp(uq, g_q, W.q_norm_w, W.W_Q)
+            gk = self._proj_norm_vjp(uk, g_k, W.k_norm_w, W.W_K)
+        else:
+            gq = torch.einsum("bphe,hde->bphd", g_q, W.W_Q)
+            gk = torch.einsum("bpge,gde->bpgd", g_k, W.W_K)
+        gx = torch.cat([gq, gk, torch.einsum("bpge,gde->bpgd", g_v, W.W_V)], dim=2)
         return self._norm_vjp(resid, gx, W.ln1_w)
 
     def _rope(self, x: Tensor, position_ids: Tensor, layer: int = 0) -> tuple[Tensor, Tensor]:
+        """``cos``, ``sin`` ``[b p rotary_dim]`` from the HF rotary module, laid out for the
+        family's pairing (half: ``[f, f]``; interleaved, GPT-J: each frequency twice in a row)."""
         key = self.layers[layer].rope_key
-        cos, sin = (self.rotary(x, position_ids) if key is None
-                    else self.rotary(x, position_ids, key))  # [b p e]
+        out = self.rotary(x, position_ids) if key is None else self.rotary(x, position_ids, key)
+        if self.pairing == "interleaved":  # GPT-J's module returns (sin, cos) of half width
+            sin, cos = out
+            cos, sin = cos.repeat_interleave(2, -1), sin.repeat_interleave(2, -1)
+        else:
+            cos, sin = out
         return cos.to(x.dtype), sin.to(x.dtype)
 
     def rerotate(self, t: Float[Tensor, "batch layer pos n d_head"],
                  shift: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch layer pos n d_head"]:
         """Rotate post-RoPE q or k of every layer by ``shift`` more positions (each layer with its
-        own RoPE table: Gemma's local and global layers differ). RoPE rotations compose."""
+        own RoPE table: Gemma's local and global layers differ; NoPE layers stay). RoPE
+        rotations compose."""
         if not (self.use_rope and self.rotary is not None):
             return t
         B, L, P, n, e = t.shape
-        out = torch.empty_like(t)
+        out = t.clone()
         tables: dict[Any, tuple[Tensor, Tensor]] = {}
         for l in range(L):
+            if not self.layers[l].use_rope:
+                continue
             key = self.layers[l].rope_key
             if key not in tables:
                 tables[key] = self._rope(t[:, l], shift, l)
             out[:, l] = self._rot(t[:, l], *tables[key])
         return out
 
-    @staticmethod
-    def _rot(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        # x [b p n e], cos/sin [b p e]; NeoX/Llama pairing (i, i + e/2)
-        half = x.shape[-1] // 2
-        x1, x2 = x[..., :half], x[..., half:]
-        rot = torch.cat((-x2, x1), dim=-1)
-        return x * cos[:, :, None, :] + rot * sin[:, :, None, :]
+    def _rot(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """Rotate the first ``rotary_dim`` dims of ``x [b p n e]`` (``cos``/``sin`` ``[b p r]``):
+        pairs ``(i, i + r/2)`` (Llama/NeoX "half") or ``(2i, 2i+1)`` (GPT-J "interleaved"); the
+        remaining ``e − r`` dims pass through (partial rotary)."""
+        r = cos.shape[-1]
+        xr = x if r == x.shape[-1] else x[..., :r]
+        if self.pairing == "interleaved":
+            rot = torch.stack((-xr[..., 1::2], xr[..., ::2]), dim=-1).flatten(-2)
+        else:
+            half = r // 2
+            rot = torch.cat((-xr[..., half:], xr[..., :half]), dim=-1)
+        y = xr * cos[:, :, None, :] + rot * sin[:, :, None, :]
+        return y if r == x.shape[-1] else torch.cat((y, x[..., r:]), dim=-1)
+
+    def score(self, dots: Tensor) -> Tensor:
+        """Attention logits from raw ``q·k``: ``× scale``, then Gemma 2's soft-cap
+        ``c·tanh(s/c)`` where the family has one."""
+        s = dots * self.scale
+        if self.attn_softcap is not None:
+            s = torch.tanh(s / self.attn_softcap) * self.attn_softcap
+        return s
+
+    def _diag_proj(self, xn: Tensor, Wm: Tensor, bias: Tensor | None, w: Tensor) -> Tensor:
+        """Receiver ``n`` of ``xn [b p N d]`` projects its own input onto all ``N`` heads, norms
+        the whole projection (OLMo-2) and keeps head ``n``: ``[b p N e]``."""
+        full = torch.einsum("bpnd,mde->bpnme", xn, Wm)
+        if bias is not None:
+            full = full + bias
+        full = self._proj_norm(full, w)
+        idx = torch.arange(Wm.shape[0], device=xn.device)
+        return full[:, :, idx, idx]
 
     def embed(self, tokens: Int[Tensor, "batch pos"],
               position_ids: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
-        """The ``"embed"`` sender: token embeddings (+ learned positions for GPT-2)."""
+        """The ``"embed"`` sender: token embeddings (× Gemma's sqrt(d) or Granite's multiplier,
+        + learned positions for GPT-2)."""
         x = self.W_E[tokens]
-        if self.embed_scale is not None:  # Gemma: × sqrt(d_model), cast to the model dtype
+        if self.embed_scale is not None:
             x = x * self.embed_scale
         if self.W_pos is not None:
             x = x + self.W_pos[position_ids]
@@ -464,7 +484,7 @@ class PatchableModel:
         rope_by: dict[str | None, tuple[Tensor, Tensor]] = {}
         if self.use_rope and self.rotary is not None:
             for l, W in enumerate(self.layers):
-                if W.rope_key not in rope_by:
+                if W.use_rope and W.rope_key not in rope_by:
                     rope_by[W.rope_key] = self._rope(x_embed, pos_ids, l)
 
         patch = keep is not None
@@ -490,32 +510,41 @@ class PatchableModel:
         for l, W in enumerate(self.layers):
             rs = self.receiver_slice(l)
             nA = self.n_upstream(l, "attn")
+            resid_in = resid  # what a parallel block's MLP reads
             if patch:  # one input per receiver (each normalised on its own)
                 x = resid[:, :, None, :].expand(b, p, H + 2 * G, d)
                 corr = torch.einsum("bpsr,bpsd->bprd", drop[:, :, :nA, rs.start: rs.stop - 1], delta[:, :, :nA])
                 x = x - corr
                 xn = self._norm(x, W.ln1_w, W.ln1_b)
-                q = torch.einsum("bphd,hde->bphe", xn[:, :, :H], W.W_Q)
-                k = torch.einsum("bphd,hde->bphe", xn[:, :, H: H + G], W.W_K)
+                if self.qk_norm == "proj":  # each receiver: full projection of its own input
+                    q = self._diag_proj(xn[:, :, :H], W.W_Q, W.b_Q, W.q_norm_w)
+                    k = self._diag_proj(xn[:, :, H: H + G], W.W_K, W.b_K, W.k_norm_w)
+                else:
+                    q = torch.einsum("bphd,hde->bphe", xn[:, :, :H], W.W_Q)
+                    k = torch.einsum("bphd,hde->bphe", xn[:, :, H: H + G], W.W_K)
                 v = torch.einsum("bphd,hde->bphe", xn[:, :, H + G:], W.W_V)
             else:  # fast path: all receivers read the same residual
                 xn1 = self._norm(resid, W.ln1_w, W.ln1_b)
                 q = torch.einsum("bpd,hde->bphe", xn1, W.W_Q)
                 k = torch.einsum("bpd,hde->bphe", xn1, W.W_K)
                 v = torch.einsum("bpd,hde->bphe", xn1, W.W_V)
+                if self.qk_norm == "proj":
+                    q = self._proj_norm(q if W.b_Q is None else q + W.b_Q, W.q_norm_w)
+                    k = self._proj_norm(k if W.b_K is None else k + W.b_K, W.k_norm_w)
                 if grad_nodes:  # receiver gradients come from these (attn_receiver_grads)
                     out["qkv"].append((q, k, v))
                     out["ln1_in"].append(resid.detach())
-            if W.b_Q is not None:
-                q = q + W.b_Q
-            if W.b_K is not None:
-                k = k + W.b_K
+            if self.qk_norm != "proj":
+                if W.b_Q is not None:
+                    q = q + W.b_Q
+                if W.b_K is not None:
+                    k = k + W.b_K
             if W.b_V is not None:
                 v = v + W.b_V
-            if W.q_norm_w is not None:  # Gemma: per-head RMSNorm of q and k before RoPE
-                q = self._norm(q, W.q_norm_w, None)
-                k = self._norm(k, W.k_norm_w, None)
-            if W.rope_key in rope_by:
+            if self.qk_norm == "head":  # per-head q/k norm before RoPE (Qwen3, Gemma 3, …)
+                q = self._qk_norm(q, W.q_norm_w, W.q_norm_b)
+                k = self._qk_norm(k, W.k_norm_w, W.k_norm_b)
+            if W.use_rope and W.rope_key in rope_by:
                 cos, sin = rope_by[W.rope_key]
                 q = self._rot(q, cos, sin)
                 k = self._rot(k, cos, sin)
@@ -534,7 +563,7 @@ class PatchableModel:
                                      torch.where(Mk, sc(qa, k), sc(qa, ka)))
             else:
                 scores = torch.einsum("bqgre,bkge->bgrqk", qg, k).reshape(b, H, p, p)
-            scores = (scores * self.scale).masked_fill(~allowed_by[W.window], float("-inf"))
+            scores = self.score(scores).masked_fill(~allowed_by[W.window], float("-inf"))
             A = torch.softmax(scores, dim=-1)
             Ag = A.view(b, G, rep, p, p)
             if kc is not None:
@@ -547,10 +576,9 @@ class PatchableModel:
             if grad_nodes:
                 out["z"].append(z)
             head_out = torch.einsum("bqhe,hed->bqhd", z, W.W_O)
-            if W.post_attn_w is not None:  # Gemma: shares of the normalised sum (module doc)
-                from circuits._gemma import head_shares
-
-                head_out, bias_share = head_shares(head_out, W.b_O, W.post_attn_w, self.eps)
+            if W.post_attn_w is not None:  # sandwich / post-norm: shares of the normalised sum
+                head_out, bias_share = head_shares(head_out, W.b_O, W.post_attn_w, self.eps,
+                                                   self.norm_offset)
                 resid = resid + head_out.sum(2)
                 if bias_share is not None:
                     resid = resid + bias_share
@@ -561,9 +589,9 @@ class PatchableModel:
             ss = self.sender_slice(l)
             if patch:
                 delta[:, :, ss.start: ss.stop - 1] = head_out - abl_s[:, :, ss.start: ss.stop - 1]
-            # MLP
+            # MLP (a parallel block's MLP reads the block's input, not the attention output)
             nM = self.n_upstream(l, "mlp")
-            xm = resid.unsqueeze(2)  # a view of its own: its gradient is the MLP input's only
+            xm = (resid_in if self.parallel else resid).unsqueeze(2)  # a view of its own: its gradient is the MLP input's only
             if patch:
                 xm = xm - torch.einsum("bps,bpsd->bpd", drop[:, :, :nM, rs.stop - 1], delta[:, :, :nM]).unsqueeze(2)
             if grad_nodes:
@@ -581,7 +609,7 @@ class PatchableModel:
             else:
                 act = self.act(pre)
             mlp_out = act @ W.W_out
-            if W.post_mlp_w is not None:  # Gemma: the MLP sender is the post-norm output
+            if W.post_mlp_w is not None:  # sandwich / post-norm: the MLP sender is the normed output
                 if W.b_out is not None:
                     mlp_out = mlp_out + W.b_out
                 mlp_out = self._norm(mlp_out, W.post_mlp_w, None)
@@ -605,6 +633,8 @@ class PatchableModel:
         logits = self._norm(xf, self.lnf_w, self.lnf_b) @ self.W_U
         if self.b_U is not None:
             logits = logits + self.b_U
+        if self.logits_scaling is not None:  # Granite
+            logits = logits / self.logits_scaling
         if self.final_softcap is not None:
             logits = torch.tanh(logits / self.final_softcap) * self.final_softcap
         out["logits"] = logits
@@ -622,9 +652,16 @@ class PatchableModel:
                 f"receivers={len(self.receivers)})")
 
 
-def _act(name: str) -> Any:
-    from transformers.activations import ACT2FN
+def _attn_module(core: Any) -> Any:
+    blk = _first(core, "layers", "h")[0]
+    return _first(blk, "self_attn", "attention", "attn")
 
-    if name not in ACT2FN:
-        raise NotImplementedError(f"activation {name!r}")
-    return ACT2FN[name]
+
+def _family_of(hf: Any) -> Any:
+    from circuits._family_shim import family_of
+
+    try:
+        return family_of(hf)
+    except (NotImplementedError, ValueError, KeyError) as err:
+        mt = getattr(getattr(hf, "config", None), "model_type", "?")
+        raise unsupported(mt, f"no family description ({err})") from err
