@@ -44,7 +44,8 @@ is the post-feed-forward-normed MLP output. Details in :mod:`circuits._gemma`.
 
 from __future__ import annotations
 
-import math
+import inspect
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -53,7 +54,8 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from circuits._activations import Activations
-from circuits._blocks import Layer, _b, _first, _w, load_layers, unsupported
+from interp.families import family_of
+from circuits._blocks import Layer, _b, _up, _w, get, load_layers, unsupported
 from circuits._gemma import head_shares
 
 __all__ = ["Activations", "PatchableModel", "sender_names", "receiver_names"]
@@ -110,79 +112,78 @@ class PatchableModel:
         self.model_type: str = getattr(cfg, "model_type", "?")
         self.model_name: str = str(getattr(getattr(bridge, "cfg", None), "model_name", None)
                                    or getattr(cfg, "_name_or_path", self.model_type))
-        fam = _family_of(hf)
+        fam = family_of(hf)  # raises UnsupportedFamilyError naming the missing adapter
         self.family = fam
-        if self.model_type == "gemma3":  # multimodal wrapper: its text tower
-            cfg = cfg.text_config
-            core = hf.model.language_model
+        if self.model_type == "gemma3":  # multimodal wrapper: its text tower (paths say "model.…")
+            root: Any = SimpleNamespace(model=hf.model.language_model, lm_head=hf.lm_head)
         else:
-            core = hf.base_model
-        if getattr(cfg, "use_bidirectional_attention", False):
+            root = hf
+        if getattr(cfg, "use_bidirectional_attention", False) or getattr(
+                getattr(cfg, "text_config", None), "use_bidirectional_attention", False):
             raise unsupported(self.model_type, "use_bidirectional_attention=True (an encoder, not causal)")
-        if getattr(cfg, "scale_attn_by_inverse_layer_idx", False) or getattr(cfg, "reorder_and_upcast_attn", False):
-            raise unsupported(self.model_type, "GPT-2 scale_attn_by_inverse_layer_idx/reorder_and_upcast_attn")
-        self.arch = {"gemma3_text": "gemma3", "gemma3": "gemma3", "gpt2": "gpt2", "llama": "llama",
-                     "mistral": "llama", "qwen2": "llama", "smollm3": "llama"}.get(self.model_type, self.model_type)
-        self.n_layers = int(fam.n_layers)
-        self.n_heads = int(fam.n_heads)
-        self.n_kv_heads = int(fam.n_kv_heads)
-        self.d_model = int(fam.d_model)
-        self.d_head = int(fam.head_dim)
+        if len(set(fam.attention_scales)) > 1:
+            raise unsupported(self.model_type, "per-layer attention scales (GPT-2 scale_attn_by_inverse_layer_idx)")
+        if fam.qk_norm == "proj" and fam.qk_norm_kind != "rms":
+            raise unsupported(self.model_type, "a LayerNorm over the whole q/k projection")
+        self.arch = {"gemma3_text": "gemma3", "gemma3": "gemma3", "mistral": "llama", "qwen2": "llama",
+                     "smollm3": "llama"}.get(self.model_type, self.model_type)
+        self.n_layers = fam.n_layers
+        self.n_heads = fam.n_heads
+        self.n_kv_heads = fam.n_kv_heads
+        self.d_model = fam.d_model
+        self.d_head = fam.head_dim
         self.eps = float(fam.norm_eps)
         self.norm_kind: str = fam.norm  # "rms" | "layer"
-        self.norm_offset = float(fam.norm_offset or 0.0)  # Gemma: RMSNorm scales by 1 + w
+        self.norm_offset = float(fam.norm_offset)  # Gemma: RMSNorm scales by 1 + w
         self.placement: str = fam.placement  # "pre" | "sandwich" | "post"
         self.parallel: str | None = fam.parallel  # None | "shared_norm" | "two_norms"
         self.qk_norm: str | None = fam.qk_norm  # None | "head" | "proj"
-        self.qk_norm_kind: str = getattr(fam, "qk_norm_kind", None) or "rms"
-        if self.qk_norm == "proj" and self.qk_norm_kind != "rms":
-            raise unsupported(self.model_type, "a LayerNorm over the whole q/k projection")
-        if self.n_heads % self.n_kv_heads:
-            raise unsupported(self.model_type, f"{self.n_heads} query heads over {self.n_kv_heads} KV heads")
+        self.qk_norm_kind: str = fam.qk_norm_kind or "rms"
+        self.layer_types = list(fam.layer_types)
         rot = fam.rotary
-        self.rotary = getattr(core, "rotary_emb", None) if rot is not None else None
-        if rot is not None and self.rotary is None:
-            raise unsupported(self.model_type, "a rotary model without a rotary_emb module")
+        self.rotary = None
+        self.rope_keys: list[str] | None = None
+        self.rope_theta: dict[str, float] = {}
+        if rot is not None:
+            model = get(root, fam.paths.layers.rsplit(".", 1)[0]) if "." in fam.paths.layers else root
+            self.rotary = getattr(model, "rotary_emb", None)
+            if self.rotary is None:
+                raise unsupported(self.model_type, "a rotary model without a rotary_emb module")
+            # Gemma 3 keeps one RoPE table per layer type: rotary_emb(x, pos, layer_type)
+            if "layer_type" in inspect.signature(self.rotary.forward).parameters:
+                self.rope_keys = list(rot.layer_types)
+            self.rope_theta = {t: float(b) for t, b in zip(rot.layer_types, rot.bases) if b is not None}
         self.use_rope = self.rotary is not None
-        self.rotary_dim = int(rot.rotary_dim) if rot is not None else 0
+        self.rotary_dim = rot.rotary_dim if rot is not None else 0
         self.pairing: str = rot.pairing if rot is not None else "half"
-        types = getattr(cfg, "layer_types", None)
-        # Gemma 3 keeps one RoPE table per layer type: rotary_emb(x, pos, layer_type)
-        per_type = self.model_type in ("gemma3_text", "gemma3")
-        self.rope_keys = list(types) if (per_type and types is not None) else None
-        if per_type:
-            self.layer_types = list(types or ["full_attention"] * self.n_layers)
-            self.rope_theta = {k: float(v["rope_theta"]) for k, v in (cfg.rope_parameters or {}).items()
-                               if isinstance(v, dict) and "rope_theta" in v}
-        self.layers: list[Layer] = load_layers(self, core, fam)
-        self.attn_softcap = None if fam.attn_softcap is None else float(fam.attn_softcap)
-        self.final_softcap = None if fam.final_softcap is None else float(fam.final_softcap)
-        self.logits_scaling = None if not fam.logits_scaling else float(fam.logits_scaling)
-        at0 = _attn_module(core)
-        if self.model_type == "gpt2":
-            self.scale = (1.0 / math.sqrt(self.d_head)) if getattr(cfg, "scale_attn_weights", True) else 1.0
-        else:
-            self.scale = float(getattr(at0, "scaling", None) or fam.attention_scale or self.d_head ** -0.5)
-        emb = hf.get_input_embeddings()
+        self.layers: list[Layer] = load_layers(self, root, fam)
+        self.attn_softcap = fam.attn_softcap
+        self.final_softcap = fam.final_softcap
+        self.logits_scaling = None if fam.logits_scaling == 1.0 else float(fam.logits_scaling)
+        self.scale = float(fam.attention_scale)
+        emb = get(root, fam.paths.embed)
         self.W_E = _w(emb)
-        es = getattr(emb, "embed_scale", None)  # Gemma: sqrt(d_model), cast to the model dtype
-        if es is not None:
+        es = getattr(emb, "embed_scale", None)  # Gemma: sqrt(d_model) buffer, cast to the model dtype
+        if es is not None and isinstance(es, Tensor):
             self.embed_scale: Tensor | float | None = es.detach().to(self.W_E.dtype)
-        elif fam.embed_scale not in (None, 1.0):  # Granite's embedding_multiplier
+        elif fam.embed_scale != 1.0:  # Granite's embedding_multiplier
             self.embed_scale = float(fam.embed_scale)
         else:
             self.embed_scale = None
-        wpe = getattr(core, "wpe", None)
-        self.W_pos = None if wpe is None else _w(wpe)
-        lnf = _first(core, "norm", "ln_f", "final_layer_norm", "final_layernorm")
+        self.W_pos = _w(get(root, fam.paths.pos_embed)) if fam.learned_positions else None
+        lnf = get(root, fam.paths.final_norm)
         self.lnf_w, self.lnf_b = _w(lnf), _b(lnf)
-        head = hf.get_output_embeddings()
+        head = get(root, fam.paths.lm_head)
         self.W_U = _w(head).T  # [d vocab]
         self.b_U = _b(head)
-        mlp0 = _first(core, "layers", "h")[0].mlp
-        self.act = _first(mlp0, "act_fn", "act", "activation_fn")
-        if self.act is None:
-            raise unsupported(self.model_type, f"MLP module {type(mlp0).__name__} without an activation")
+        mlp0 = get(get(root, fam.paths.layers)[0], fam.paths.mlp)
+        self.act = next((getattr(mlp0, n) for n in ("act_fn", "act", "activation_fn") if hasattr(mlp0, n)), None)
+        if self.act is None:  # the activation as HF applies it; else the config's name
+            from transformers.activations import ACT2FN
+
+            if fam.activation not in ACT2FN:
+                raise unsupported(self.model_type, f"activation {fam.activation!r}")
+            self.act = ACT2FN[fam.activation]
         self.senders = sender_names(self.n_layers, self.n_heads)
         self.receivers = receiver_names(self.n_layers, self.n_heads, self.n_kv_heads)
         self.sender_index = {s: i for i, s in enumerate(self.senders)}
@@ -233,10 +234,10 @@ class PatchableModel:
             return x
         if self.norm_kind == "layer":
             return F.layer_norm(x, (x.shape[-1],), w, b, self.eps)
-        xf = x.float()
+        xf = _up(x)
         y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         if self.norm_offset:  # Gemma: (x̂ · (1 + w)) in float32, then cast
-            return (y * (self.norm_offset + w.float())).to(x.dtype)
+            return (y * (self.norm_offset + _up(w))).to(x.dtype)
         return w * y.to(x.dtype)
 
     def _qk_norm(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
@@ -246,10 +247,10 @@ class PatchableModel:
                 return F.layer_norm(x, (x.shape[-1],), w, b, self.eps)
             y = F.layer_norm(x, (x.shape[-1],), None, None, self.eps) * w
             return y if b is None else y + b
-        xf = x.float()
+        xf = _up(x)
         y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         if self.norm_offset:
-            return (y * (self.norm_offset + w.float())).to(x.dtype)
+            return (y * (self.norm_offset + _up(w))).to(x.dtype)
         return w * y.to(x.dtype)
 
     def _proj_norm(self, x: Tensor, w: Tensor) -> Tensor:
@@ -264,17 +265,17 @@ class PatchableModel:
         LayerNorm adds ``− mean(u)``; Gemma uses ``1 + w``, in float32; no norm: ``g``."""
         if w is None:
             return g
-        xf = x.float()[:, :, None]  # [b p 1 d]
+        xf = _up(x)[:, :, None]  # [b p 1 d]
         if self.norm_kind == "layer":
             xc = xf - xf.mean(-1, keepdim=True)
             r = torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + self.eps)
             xh = xc * r
-            u = g.float() * w.float()
+            u = _up(g) * _up(w)
             out = r * (u - u.mean(-1, keepdim=True) - xh * (u * xh).mean(-1, keepdim=True))
         else:
             r = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
             xh = xf * r
-            u = g.float() * ((self.norm_offset + w.float()) if self.norm_offset else w.float())
+            u = _up(g) * ((self.norm_offset + _up(w)) if self.norm_offset else _up(w))
             out = r * (u - xh * (u * xh).mean(-1, keepdim=True))
         return out.to(g.dtype)
 
@@ -286,12 +287,12 @@ class PatchableModel:
         only, ``∂/∂x̂ = r ((w_n ⊙ g_n) W_nᵀ − ⟨w_n ⊙ g_n, û_n⟩/D · û Wᵀ)``, ``û = u r``, ``D = N·e``.
         Returns ``[b p N d]``."""
         b, p, N, e = u.shape
-        uf = u.float().reshape(b, p, N * e)
+        uf = _up(u).reshape(b, p, N * e)
         r = torch.rsqrt(uf.pow(2).mean(-1, keepdim=True) + self.eps)  # [b p 1]
         uh = (uf * r).view(b, p, N, e)
-        wg = g.float() * w.float().view(N, e)
+        wg = _up(g) * _up(w).view(N, e)
         s = (wg * uh).sum(-1)  # [b p N]
-        Wf = W.float()
+        Wf = _up(W)
         a = torch.einsum("bpne,nde->bpnd", wg, Wf)
         P = torch.einsum("bpne,nde->bpd", uh, Wf)
         out = r[..., None] * (a - (s / (N * e))[..., None] * P[:, :, None])
@@ -650,18 +651,3 @@ class PatchableModel:
         return (f"PatchableModel({self.model_name!r}, arch={self.arch}, layers={self.n_layers}, "
                 f"heads={self.n_heads}, kv_heads={self.n_kv_heads}, senders={len(self.senders)}, "
                 f"receivers={len(self.receivers)})")
-
-
-def _attn_module(core: Any) -> Any:
-    blk = _first(core, "layers", "h")[0]
-    return _first(blk, "self_attn", "attention", "attn")
-
-
-def _family_of(hf: Any) -> Any:
-    from circuits._family_shim import family_of
-
-    try:
-        return family_of(hf)
-    except (NotImplementedError, ValueError, KeyError) as err:
-        mt = getattr(getattr(hf, "config", None), "model_type", "?")
-        raise unsupported(mt, f"no family description ({err})") from err

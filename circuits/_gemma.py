@@ -35,6 +35,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from circuits._blocks import _up
+
 __all__ = ["head_shares"]
 
 
@@ -46,8 +48,8 @@ def head_shares(head_out: Tensor, b_O: Tensor | None, g: Tensor,
     total = head_out.sum(2)
     if b_O is not None:
         total = total + b_O
-    tf = total.float()
-    r = torch.rsqrt(tf.pow(2).mean(-1, keepdim=True) + eps) * (offset + g.float())  # [b p d]
-    shares = (head_out.float() * r[:, :, None]).to(head_out.dtype)
-    bias = None if b_O is None else (b_O.float() * r).to(head_out.dtype)
+    tf = _up(total)
+    r = torch.rsqrt(tf.pow(2).mean(-1, keepdim=True) + eps) * (offset + _up(g))  # [b p d]
+    shares = (_up(head_out) * r[:, :, None]).to(head_out.dtype)
+    bias = None if b_O is None else (_up(b_O) * r).to(head_out.dtype)
     return shares, bias
