@@ -147,6 +147,8 @@ class PatchableModel:
         if rot is not None:
             model = get(root, fam.paths.layers.rsplit(".", 1)[0]) if "." in fam.paths.layers else root
             self.rotary = getattr(model, "rotary_emb", None)
+            # a TransformerBridge wraps HF modules: call (and inspect) the HF one
+            self.rotary = getattr(self.rotary, "original_component", None) or self.rotary
             if self.rotary is None:
                 raise unsupported(self.model_type, "a rotary model without a rotary_emb module")
             # Gemma 3 keeps one RoPE table per layer type: rotary_emb(x, pos, layer_type)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from families import FAMILIES, tiny_hf
+from families import FAMILIES, tiny_hf, tiny_model
 
 import circuits
 from circuits._forward import PatchableModel
@@ -78,9 +78,15 @@ def test_all_edges_ablated_is_the_counterfactual_run_none_is_clean(family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_attribute_select_faithfulness_run(family):
-    """EAP + greedy selection + faithfulness by real patching: the full circuit (every edge)
-    recovers the model (f = 1), the empty one the ablated model (f = 0)."""
-    pm = patchable(tiny_hf(family))
+    """Through ``interp.load_model(directory)`` (a TransformerBridge), as a user would: the
+    PatchableModel of the bridge equals the bridge's logits; EAP + greedy selection +
+    faithfulness by real patching run, and the full circuit (every edge) recovers the model
+    (f = 1)."""
+    bridge = tiny_model(family)
+    pm = patchable(bridge)
+    t = _toks(2, 9, 7)
+    with torch.no_grad():
+        assert (pm.run(t) - bridge(t)).abs().max() < ATOL
     g = torch.Generator().manual_seed(3)
     clean = _toks(4, 8, 3)
     corrupt = clean.clone()
