@@ -28,18 +28,46 @@ ablated ones. **Crossing edges** live inside one query head h at query position 
 of query t (kind v): :math:`z_t = \\sum_{t'} A_{tt'}(M_{tt'} v_{t'} + (1-M_{tt'}) v^*_{t'})`.
 All of it is vectorised over positions (four score combinations chosen by mask).
 
-Supported families: Llama-style (RMSNorm, RoPE, GQA, gated MLP: SmolLM2, Llama, Mistral, Qwen2
-and RoPE/NoPE toys), GPT-2 (LayerNorm, learned positions, biases) and Gemma 3 (``gemma3_text``:
-sandwich norms, q/k norms, sliding-window and global layers with their own RoPE bases, MQA).
-Anything else raises :class:`NotImplementedError`.
+Supported families: every family :func:`interp.families.family_of` describes — llama, mistral,
+qwen2, qwen3, gemma, gemma2, gemma3_text, olmo2, phi3, phi, gpt_neox, gptj, gpt2, stablelm, granite,
+smollm3 (and the zoo's Llama-style toys); each is checked against HF eager logits in
+``tests/test_families_circuits.py``. Weights are read through the family's module paths
+(:mod:`circuits._blocks`: fused ``qkv`` of Phi-3 / GPT-NeoX (per-head ``[q k v]``) / GPT-2
+``Conv1D`` and Phi-3's fused ``gate_up`` are split into per-head matrices); structural facts come
+from the family (norm kind and placement, parallel blocks, q/k norms, rotary dimension and pairing,
+soft-caps, sliding windows, multipliers). A model_type without a family, or a feature this module
+does not implement, raises :class:`interp.families.UnsupportedFamilyError` naming the missing
+piece and pointing to "Adding a model family" in CONTRIBUTING.md.
 
-**Gemma 3 (graph definition): head senders are shares of the normalised block output.** Gemma
-normalises the *sum* of the heads (``post_attention_layernorm``), so head h's sender output is
-:math:`z_h = (1+g)\\odot o_h / \\mathrm{rms}(\\sum_{h'} o_{h'})` with :math:`o_h` its output
-through its slice of ``o_proj`` and the RMS of the *same* run: :math:`\\sum_h z_h` is exactly
-the block output in the clean, corrupt and every patched run, and ablating an edge from head h
-replaces its share (not its pre-norm output). Receivers stay the residual inputs; the MLP sender
-is the post-feed-forward-normed MLP output. Details in :mod:`circuits._gemma`.
+Graph definitions where a family's block is not "x + Σ heads + MLP(norm(x + Σ heads))":
+
+* **Parallel blocks** (GPT-NeoX ``use_parallel_residual``, GPT-J, Phi, StableLM's option:
+  ``x + attn(n₁(x)) + mlp(n₂(x))``): the MLP receiver of layer l reads the *same* residual as the
+  layer's attention receivers, so the heads of layer l are not upstream of ``M{l}`` (no such edge
+  in ``valid``; ``n_upstream(l, "mlp") == n_upstream(l, "attn")``). With a shared norm (GPT-J, Phi,
+  StableLM) the MLP receiver normalises its own copy of the residual with the attention's norm
+  weights; GPT-NeoX uses its second norm.
+* **Sandwich norms** (Gemma 2, Gemma 3) and **post-norm only** (OLMo-2: ``x + n(attn(x))``,
+  ``x + n(mlp(x))``, no input norms): the norm after attention acts on the *sum* of the heads, so
+  head h's sender output is its share of the normalised output with the RMS of the same run,
+  :math:`z_h = (o + g)\odot o_h / \mathrm{rms}(\sum_{h'} o_{h'} + b_O)` (``o`` = 1 for Gemma's
+  ``1 + g`` weights, 0 for OLMo-2): the shares sum to the block output in every run, and ablating
+  an edge from head h replaces its share (numerator and RMS of the ablated run). The MLP sender
+  is the normalised MLP output. Under post-norm, attention and MLP receivers read the raw
+  residual (there is no input norm). Details: :mod:`circuits._gemma`.
+* **q/k norm over the whole projection** (OLMo-2): each query receiver computes the full q
+  projection of its *own* input, normalises it over all heads and keeps its head's slice (k
+  receivers likewise over the KV heads), so patching one head's query input changes only that
+  head's query. Per-head q/k norms (Qwen3, Gemma 3, Phi/StableLM LayerNorms) need no such care.
+* **Soft-capped attention logits** (Gemma 2): scores are :math:`c\tanh(s\,q\cdot k/c)`; a
+  crossing q/k edge replaces q or k inside the capped score.
+* **Partial / interleaved rotary** (GPT-NeoX, Phi, Phi-3, StableLM, GPT-J): only the first
+  ``rotary_dim`` dims of q and k rotate, in half (``i, i + r/2``) or interleaved (``2i, 2i+1``,
+  GPT-J) pairs; the rest pass through. NoPE layers (SmolLM3) are not rotated.
+* **Granite multipliers**: ``residual_multiplier`` is folded into the output projections (head
+  and MLP sender outputs are what is added to the residual stream), ``embedding_multiplier`` into
+  the ``"embed"`` sender, ``attention_multiplier`` is the attention scale and logits are divided
+  by ``logits_scaling``.
 """
 
 from __future__ import annotations

@@ -20,6 +20,32 @@ ATOL = 1e-4
 V = 64
 
 
+def _extra_hf(family: str):
+    """Families beyond tests/families.py: SmolLM3 with an interleaved NoPE layer, Starcoder2."""
+    from transformers import AutoModelForCausalLM, SmolLM3Config, Starcoder2Config
+
+    common = dict(vocab_size=V, hidden_size=32, intermediate_size=48, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=64, pad_token_id=1, bos_token_id=0,
+                  eos_token_id=0)
+    cfg = (SmolLM3Config(num_hidden_layers=3, no_rope_layers=[1, 0, 1], **common) if family == "smollm3"
+           else Starcoder2Config(num_hidden_layers=2, sliding_window=4, **common))
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        m = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+        with torch.no_grad():
+            for n, w in m.named_parameters():
+                if "norm" in n or n.endswith("bias"):
+                    w.add_(torch.randn_like(w) * 0.3)
+    return m
+
+
+EXTRA = ("smollm3", "starcoder2")
+
+
+def _hf(family: str):
+    return _extra_hf(family) if family in EXTRA else tiny_hf(family)
+
+
 def _toks(b: int, p: int, seed: int) -> torch.Tensor:
     t = torch.randint(4, V, (b, p), generator=torch.Generator().manual_seed(seed))
     t[:, 0] = 0  # BOS
@@ -32,11 +58,11 @@ def _hf_logits(hf, toks, mask):
         return hf(input_ids=toks, attention_mask=mask, position_ids=pos).logits
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES + EXTRA)
 def test_logits_equal_hf_eager_right_and_left_padded(family):
     """Sequences of 11 tokens (longer than every tiny sliding window), lengths 11/7/9, padded on
     the right and on the left (position ids cumsum(mask) − 1, as PatchableModel uses)."""
-    hf = tiny_hf(family)
+    hf = _hf(family)
     pm = PatchableModel(hf)
     toks = _toks(3, 11, 0)
     lengths = [11, 7, 9]
@@ -58,9 +84,9 @@ def test_logits_equal_hf_eager_right_and_left_padded(family):
     assert (pm.run(tl, left)[1, 4:] - short[0]).abs().max() < ATOL
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES + EXTRA)
 def test_all_edges_ablated_is_the_counterfactual_run_none_is_clean(family):
-    hf = tiny_hf(family)
+    hf = _hf(family)
     pm = PatchableModel(hf)
     clean, corrupt = _toks(2, 9, 1), _toks(2, 9, 2)
     ones = torch.ones_like(clean)
