@@ -7,7 +7,7 @@ MODEL ?= smollm2-135m
 OUT ?= reports
 PYTEST_ARGS ?= -n 2
 
-.PHONY: report test setup bench browser clean-cache
+.PHONY: report test setup bench browser clean-cache family-table
 
 setup: $(STAMP)
 
@@ -40,6 +40,10 @@ test: $(STAMP) browser
 
 bench: $(STAMP)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; HF_HUB_OFFLINE=1 $(PY) $$b || exit 1; done
+
+# README families × analyses table from the outcomes recorded by the last test runs
+family-table: $(STAMP)
+	$(PY) -m benchmarks.family_table
 
 clean-cache:
 	rm -rf "$${INTERP_CACHE_DIR:-$$HOME/.cache/interp/models}"

@@ -33,7 +33,7 @@ _EXPORTS: dict[str, str] = {
     "ActivationStore": "interp.capture",
 }
 
-_SUBMODULES = {"sinks", "heads", "neurons", "rope", "zoo", "plots", "results", "errors", "spec",
+_SUBMODULES = {"sinks", "heads", "neurons", "rope", "zoo", "plots", "results", "errors", "spec", "families",
                "schema", "capture", "models", "tokens", "cli", "reports"}
 
 __all__ = sorted(_EXPORTS) + sorted(_SUBMODULES)

@@ -53,9 +53,10 @@ def model_name(model: Any) -> str:
 
 
 def n_kv_heads(model: Any) -> int:
-    cfg = model.cfg
-    n = getattr(cfg, "n_key_value_heads", None)
-    return int(n) if n else int(cfg.n_heads)
+    """KV heads of ``model``, from its family (:func:`interp.families.family_of`)."""
+    from interp.families import family_of
+
+    return int(family_of(model).n_kv_heads)
 
 
 def check_attention_model(model: Any) -> None:

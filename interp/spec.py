@@ -1,8 +1,8 @@
 """Exact description of a loaded model: :func:`model_spec` → :class:`ModelSpec` (+ :class:`RopeSpec`).
 
-Everything here is read from the Hugging Face config (``bridge.original_model.config``), the HF
-modules and the tokenizer — never from ``bridge.cfg.rotary_base`` (TransformerLens reports 10000
-for SmolLM2, whose ``rope_theta`` is 100000).
+Architecture facts come from :func:`interp.families.family_of` (the one place that reads the
+Hugging Face config), BOS facts from the tokenizer — never from ``bridge.cfg.rotary_base``
+(TransformerLens reports 10000 for SmolLM2, whose ``rope_theta`` is 100000).
 
 RoPE (Su et al. 2021, *RoFormer*). The rotated part of a query/key vector (its first ``d_rot``
 dims; ``d_rot < d_head`` is "partial rotary") is split into ``d_rot/2`` two-dimensional *chunks*.
@@ -34,6 +34,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from interp.errors import InterpError
+from interp.families import Family, family_of, hf_config
 
 __all__ = ["ModelSpec", "RopeSpec", "model_spec", "NoRotaryError"]
 
@@ -68,6 +69,8 @@ class RopeSpec:
         scaling: per layer type, the raw HF rope parameters dict (JSON-able).
         sliding_window: window of sliding-attention layers (``None`` if none).
         max_position_embeddings: trained context length from the config.
+        windows: per layer, the sliding window (key s visible from query t iff t − s < window)
+            or ``None``; empty when unknown (synthetic specs).
     """
 
     d_head: int
@@ -81,6 +84,7 @@ class RopeSpec:
     scaling: dict[str, dict[str, Any]] = field(hash=False)
     sliding_window: int | None = None
     max_position_embeddings: int | None = None
+    windows: tuple[int | None, ...] = ()
 
     # ---- basic geometry ----------------------------------------------------------------------
     @property
@@ -120,6 +124,13 @@ class RopeSpec:
         if not -self.n_layers <= layer < self.n_layers:
             raise IndexError(f"layer {layer} out of range for a {self.n_layers}-layer model")
         return layer % self.n_layers
+
+    def window(self, layer: int) -> int | None:
+        """Sliding window of ``layer`` (``None``: full causal attention)."""
+        layer = self._check_layer(layer)
+        if self.windows:
+            return self.windows[layer]
+        return self.sliding_window if "sliding" in self.layer_types[layer] else None
 
     def base(self, layer: int) -> float:
         """Rope base of ``layer``."""
@@ -227,6 +238,7 @@ class RopeSpec:
         d = asdict(self)
         d["layer_types"] = list(self.layer_types)
         d["bases"] = list(self.bases)
+        d["windows"] = list(self.windows)
         d["inv_freq"] = {k: list(v) for k, v in self.inv_freq.items()}
         d["n_chunks"] = self.n_chunks
         return json.loads(json.dumps(d, default=str))
@@ -247,7 +259,10 @@ class ModelSpec:
     by ``load_model``; TransformerLens' live tokenizer always does);
     ``default_prepend_bos``: TransformerLens' ``to_tokens`` default.
     ``attn_scale``: the factor multiplying q·k (1/√d_head, or ``query_pre_attn_scalar^-½``);
-    ``attn_softcap``: tanh soft-capping of attention logits (Gemma 2) or ``None``.
+    ``attn_softcap``: tanh soft-capping of attention logits (Gemma 2) or ``None``;
+    ``attn_scales``: the q·k factor per layer (differs from ``attn_scale`` only for GPT-2's
+    ``scale_attn_by_inverse_layer_idx``); ``family``: every architecture fact
+    (:class:`interp.families.Family`).
     """
 
     name: str
@@ -271,6 +286,12 @@ class ModelSpec:
     tokenizer_adds_bos: bool
     default_prepend_bos: bool
     rope: RopeSpec | None = None
+    attn_scales: tuple[float, ...] = ()
+    family: Family | None = field(default=None, compare=False, repr=False)
+
+    def scale(self, layer: int) -> float:
+        """The factor multiplying q·k in ``layer``."""
+        return self.attn_scales[layer] if self.attn_scales else self.attn_scale
 
     @property
     def group_size(self) -> int:
@@ -291,8 +312,9 @@ class ModelSpec:
         return self.rope
 
     def to_json(self) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(self).items() if k != "rope"}
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k not in ("rope", "family")}
         d["rope"] = None if self.rope is None else self.rope.to_json()
+        d["family"] = None if self.family is None else self.family.to_json()
         return json.loads(json.dumps(d, default=str))
 
 
@@ -302,146 +324,53 @@ class ModelSpec:
 
 _CACHE: "weakref.WeakKeyDictionary[Any, ModelSpec]" = weakref.WeakKeyDictionary()
 
-_ADJACENT_MODEL_TYPES = {"gptj", "glm", "chatglm", "glm4", "ernie4_5", "cohere", "cohere2"}
 
-
-def _cfg_get(cfg: Any, *names: str, default: Any = None) -> Any:
-    for n in names:
-        v = getattr(cfg, n, None)
-        if v is not None:
-            return v
-    return default
-
-
-def _text_config(cfg: Any) -> Any:
-    get = getattr(cfg, "get_text_config", None)
-    return get() if callable(get) else cfg
-
-
-def _rope_parameters(hf_cfg: Any, layer_type: str | None) -> dict[str, Any] | None:
-    rp = getattr(hf_cfg, "rope_parameters", None)
-    if isinstance(rp, dict) and rp:
-        if layer_type is not None and layer_type in rp and isinstance(rp[layer_type], dict):
-            return dict(rp[layer_type])
-        if "rope_theta" in rp or "rope_type" in rp:
-            return dict(rp)
+def _rope_spec(fam: Family) -> RopeSpec | None:
+    """The :class:`RopeSpec` of a family's :class:`~interp.families.RotaryFacts` (``None`` if not rotary)."""
+    r = fam.rotary
+    if r is None:
         return None
-    theta = getattr(hf_cfg, "rope_theta", None)
-    if theta is None:
-        return None
-    out: dict[str, Any] = {"rope_type": "default", "rope_theta": float(theta)}
-    rs = getattr(hf_cfg, "rope_scaling", None)
-    if isinstance(rs, dict):
-        out.update(rs)
-        out["rope_type"] = rs.get("rope_type", rs.get("type", "default"))
-    if layer_type == "sliding_attention" and getattr(hf_cfg, "rope_local_base_freq", None):
-        out = {"rope_type": "default", "rope_theta": float(hf_cfg.rope_local_base_freq)}
-    return out
-
-
-def _inv_freq(hf_cfg: Any, params: dict[str, Any], d_head: int, rotary_dim: int,
-              layer_type: str | None, has_layer_types: bool) -> tuple[torch.Tensor, float]:
-    rope_type = params.get("rope_type", "default")
-    if rope_type == "default":
-        base = float(params["rope_theta"])
-        inv = 1.0 / (base ** (torch.arange(0, rotary_dim, 2, dtype=torch.int64).to(torch.float) / rotary_dim))
-        return inv, 1.0
-    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
-
-    fn = ROPE_INIT_FUNCTIONS[rope_type]
-    if has_layer_types and isinstance(getattr(hf_cfg, "rope_parameters", None), dict) and \
-            layer_type in hf_cfg.rope_parameters:
-        inv, scale = fn(hf_cfg, None, layer_type=layer_type)
-    else:
-        inv, scale = fn(hf_cfg, None)
-    return inv.float(), float(scale)
-
-
-def _rope_spec(bridge: Any, hf_cfg: Any, d_head: int, n_layers: int) -> RopeSpec | None:
-    raw_types = getattr(hf_cfg, "layer_types", None)
-    has_layer_types = isinstance(raw_types, (list, tuple)) and len(raw_types) == n_layers
-    layer_types = tuple(str(t) for t in raw_types) if has_layer_types else ("full_attention",) * n_layers
-    partial = float(_cfg_get(hf_cfg, "partial_rotary_factor", default=1.0))
-    rotary_dim = int(_cfg_get(hf_cfg, "rotary_dim", default=0)) or int(d_head * partial)
-    rp = getattr(hf_cfg, "rope_parameters", None)
-    if isinstance(rp, dict) and "partial_rotary_factor" in rp:
-        rotary_dim = int(d_head * float(rp["partial_rotary_factor"]))
-    model_type = str(getattr(hf_cfg, "model_type", ""))
-    adjacent = model_type in _ADJACENT_MODEL_TYPES or bool(getattr(bridge.cfg, "rotary_adjacent_pairs", False))
-    inv_freq: dict[str, tuple[float, ...]] = {}
-    scaling_f: dict[str, float] = {}
-    rope_types: dict[str, str] = {}
-    scaling: dict[str, dict[str, Any]] = {}
-    base_of: dict[str, float] = {}
-    for t in dict.fromkeys(layer_types):
-        params = _rope_parameters(hf_cfg, t if has_layer_types else None)
-        if params is None:
-            return None
-        lt_rot = rotary_dim
-        if "partial_rotary_factor" in params:
-            lt_rot = int(d_head * float(params["partial_rotary_factor"]))
-        if lt_rot != rotary_dim:  # pragma: no cover - no such model in the repo
-            raise NotImplementedError("per-layer-type rotary dims are not supported")
-        inv, s = _inv_freq(hf_cfg, params, d_head, rotary_dim, t, has_layer_types)
-        inv_freq[t] = tuple(float(v) for v in inv.tolist())
-        scaling_f[t] = s
-        rope_types[t] = str(params.get("rope_type", "default"))
-        scaling[t] = json.loads(json.dumps(params, default=str))
-        base_of[t] = float(params.get("rope_theta", float("nan")))
-    sw = getattr(hf_cfg, "sliding_window", None)
-    if not any("sliding" in t for t in layer_types) and not getattr(hf_cfg, "use_sliding_window", False):
-        sw = None if model_type not in {"mistral"} else sw
+    windows = tuple(fam.sliding_window)
+    first = next((w for w in windows if w is not None), None)
     return RopeSpec(
-        d_head=d_head,
-        rotary_dim=rotary_dim,
-        pairing="adjacent" if adjacent else "half",
-        layer_types=layer_types,
-        bases=tuple(base_of[t] for t in layer_types),
-        inv_freq=inv_freq,
-        attention_scaling=scaling_f,
-        rope_types=rope_types,
-        scaling=scaling,
-        sliding_window=int(sw) if sw is not None else None,
-        max_position_embeddings=_cfg_get(hf_cfg, "max_position_embeddings", "n_positions"),
+        d_head=fam.head_dim,
+        rotary_dim=r.rotary_dim,
+        pairing="adjacent" if r.pairing == "interleaved" else "half",
+        layer_types=r.layer_types,
+        bases=tuple(float("nan") if b is None else float(b) for b in r.bases),
+        inv_freq=dict(r.inv_freq),
+        attention_scaling=dict(r.attention_scaling),
+        rope_types=dict(r.rope_types),
+        scaling=dict(r.scaling),
+        sliding_window=first,
+        max_position_embeddings=r.max_position_embeddings,
+        windows=windows,
     )
 
 
-def _positional_kind(bridge: Any, hf_cfg: Any) -> str:
-    kind = getattr(getattr(bridge, "cfg", None), "positional_embedding_type", None)
+def _positional_kind(bridge: Any, hf_cfg: Any, fam: Family) -> str:
     explicit = getattr(hf_cfg, "positional_encoding", None) or getattr(hf_cfg, "interp_positional", None)
     if explicit:
         return str(explicit)
-    if kind == "rotary":
+    if fam.rotary is not None:
         return "rope"
-    if kind == "standard":
+    if fam.learned_positions:
         # learned absolute embeddings; an all-zero (frozen) table means no positional encoding
         hf = getattr(bridge, "original_model", None)
-        wpe = None
-        if hf is not None:
-            get_pe = getattr(hf, "get_position_embeddings", None)
-            try:
-                wpe = get_pe() if callable(get_pe) else None
-            except (NotImplementedError, AttributeError):
-                wpe = None
-            if wpe is None:
-                tr = getattr(hf, "transformer", None)
-                wpe = getattr(tr, "wpe", None)
+        wpe = _module(hf, fam.paths.pos_embed) if hf is not None and fam.paths.pos_embed else None
         if wpe is not None and hasattr(wpe, "weight") and not bool(wpe.weight.detach().abs().gt(0).any()):
             return "none"
         return "learned"
-    if kind in ("alibi", "shortformer"):
-        return str(kind)
-    if kind in (None, "none", "nope"):
-        return "none"
-    return str(kind)
+    return "none"
 
 
-def _attn_module(bridge: Any, layer: int) -> Any:
-    try:
-        attn = bridge.blocks[layer].attn
-    except (AttributeError, IndexError):
-        return None
-    return getattr(attn, "original_component", None)
+def _module(root: Any, path: str) -> Any:
+    m = root
+    for part in path.split("."):
+        m = getattr(m, part, None)
+        if m is None:
+            return None
+    return m
 
 
 def _bos(bridge: Any) -> tuple[int | None, str | None, bool]:
@@ -477,59 +406,35 @@ def model_spec(model: Any) -> ModelSpec:
     if not hasattr(model, "cfg"):
         raise TypeError(f"model_spec expects a TransformerBridge, got {type(model).__name__}")
     cfg = model.cfg
-    hf = getattr(model, "original_model", None)
-    hf_cfg = _text_config(hf.config) if hf is not None and hasattr(hf, "config") else cfg
-    n_layers = int(_cfg_get(hf_cfg, "num_hidden_layers", "n_layer", default=cfg.n_layers))
-    n_heads = int(_cfg_get(hf_cfg, "num_attention_heads", "n_head", default=cfg.n_heads))
-    n_kv = int(_cfg_get(hf_cfg, "num_key_value_heads", default=0) or
-               getattr(cfg, "n_key_value_heads", None) or n_heads)
-    d_model = int(_cfg_get(hf_cfg, "hidden_size", "n_embd", default=cfg.d_model))
-    d_head = int(_cfg_get(hf_cfg, "head_dim", default=0) or d_model // n_heads)
-    d_mlp = _cfg_get(hf_cfg, "intermediate_size", "n_inner", default=getattr(cfg, "d_mlp", None))
-    if d_mlp is None and str(getattr(hf_cfg, "model_type", "")) == "gpt2":
-        d_mlp = 4 * d_model
-    vocab = int(_cfg_get(hf_cfg, "vocab_size", default=cfg.d_vocab))
-    n_ctx = int(_cfg_get(hf_cfg, "max_position_embeddings", "n_positions", default=cfg.n_ctx))
-    positional = _positional_kind(model, hf_cfg)
-    attn0 = _attn_module(model, 0)
-    scale = getattr(attn0, "scaling", None)
-    if scale is None:
-        qpas = getattr(hf_cfg, "query_pre_attn_scalar", None)
-        scale = float(qpas) ** -0.5 if qpas else d_head**-0.5
-        if getattr(hf_cfg, "scale_attn_weights", True) is False:
-            scale = 1.0
-    softcap = getattr(attn0, "attn_logit_softcapping", None)
-    if softcap is None:
-        softcap = getattr(hf_cfg, "attn_logit_softcapping", None)
-    qk_norm = attn0 is not None and (getattr(attn0, "q_norm", None) is not None or
-                                     getattr(attn0, "q_layernorm", None) is not None)
+    fam = family_of(model)
+    hf_cfg = hf_config(model)
+    positional = _positional_kind(model, hf_cfg, fam)
     bos_id, bos, adds = _bos(model)
-    rope = _rope_spec(model, hf_cfg, d_head, n_layers) if positional == "rope" else None
-    if positional == "rope" and rope is None:
-        raise ValueError(f"model {cfg.model_name!r} is rotary but its HF config has no rope parameters")
+    rope = _rope_spec(fam) if positional == "rope" else None
     spec = ModelSpec(
         name=str(getattr(cfg, "model_name", "") or getattr(hf_cfg, "_name_or_path", "")),
-        architecture=str(getattr(hf_cfg, "model_type", "unknown")),
-        n_layers=n_layers,
-        n_heads=n_heads,
-        n_kv_heads=n_kv,
-        d_head=d_head,
-        d_model=d_model,
-        d_mlp=int(d_mlp) if d_mlp is not None else None,
-        vocab=vocab,
-        n_ctx=n_ctx,
+        architecture=fam.model_type,
+        n_layers=fam.n_layers,
+        n_heads=fam.n_heads,
+        n_kv_heads=fam.n_kv_heads,
+        d_head=fam.head_dim,
+        d_model=fam.d_model,
+        d_mlp=fam.d_mlp,
+        vocab=fam.vocab_size,
+        n_ctx=int(fam.n_ctx if fam.n_ctx is not None else cfg.n_ctx),
         positional=positional,
-        normalization=str(getattr(cfg, "normalization_type", None) or "unknown"),
-        activation=str(getattr(cfg, "act_fn", None) or _cfg_get(hf_cfg, "hidden_act", "hidden_activation",
-                                                              "activation_function", default="unknown")),
-        qk_norm=bool(qk_norm),
-        attn_scale=float(scale),
-        attn_softcap=float(softcap) if softcap is not None else None,
+        normalization="RMS" if fam.norm == "rms" else "LN",
+        activation=fam.activation,
+        qk_norm=fam.qk_norm is not None,
+        attn_scale=float(fam.attention_scale),
+        attn_softcap=fam.attn_softcap,
         bos_token_id=bos_id,
         bos_token=bos,
         tokenizer_adds_bos=adds,
         default_prepend_bos=bool(getattr(cfg, "default_prepend_bos", True)),
         rope=rope,
+        attn_scales=tuple(float(x) for x in fam.attention_scales),
+        family=fam,
     )
     try:
         _CACHE[model] = spec

@@ -73,3 +73,56 @@ def random_toy(tmp_path_factory):
         return cache[(name, seed)]
 
     return _load
+
+
+# ------------------------------------------------------------------ families × analyses table
+# Tests marked ``@pytest.mark.family_table("column", ..., note=...)`` and parametrised by ``family``
+# (or given family=, or naming the family in the test name) record one line per run and column
+# in FAMILY_RESULTS; the README table
+# is generated from it by ``python -m benchmarks.family_table``. Circuits tests use the same marker.
+
+FAMILY_RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "benchmarks", "results", "family_results.jsonl")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "family_table(*columns, note=None, family=None): cells of the README families × "
+        "analyses table (family from the 'family' parameter, or family=, or the test name)")
+
+
+def _family_of_item(item, marker):
+    fam = marker.kwargs.get("family")
+    if fam is None and hasattr(item, "callspec"):
+        fam = item.callspec.params.get("family")
+    if fam is None:
+        name = item.name.lower()
+        from families import FAMILIES
+
+        fam = next((f for f in sorted(FAMILIES, key=len, reverse=True) if f in name), None)
+    return fam
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    marker = item.get_closest_marker("family_table")
+    if marker is None or not marker.args:
+        return
+    failed_setup = rep.when == "setup" and rep.failed
+    if rep.when != "call" and not failed_setup:
+        return
+    fam = _family_of_item(item, marker)
+    if fam is None:
+        return
+    import json
+    import time
+
+    outcome = "skipped" if rep.skipped else ("passed" if rep.passed else "failed")
+    lines = [json.dumps({"family": fam, "column": col, "test": item.nodeid, "outcome": outcome,
+                         "note": marker.kwargs.get("note"), "time": time.time()}) + "\n"
+             for col in marker.args]
+    os.makedirs(os.path.dirname(FAMILY_RESULTS), exist_ok=True)
+    with open(FAMILY_RESULTS, "a") as f:  # short lines per append: safe across xdist workers
+        f.write("".join(lines))

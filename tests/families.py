@@ -24,6 +24,10 @@ from typing import Any, Callable
 import torch
 
 N_VOCAB = 64
+N_VOCAB_BYTES = 260  # byte-level BPE tokenizer: 3 specials + 256 byte symbols (+1 spare)
+# transformers forces Qwen2's own tokenizer class (byte-level BPE rebuilt from vocab/merges) on
+# model_type qwen2, which cannot run a word-level tokenizer: these families get a byte-level one
+BYTE_LEVEL = {"qwen2"}
 BOS, PAD, UNK = 0, 1, 2
 N_CTX = 64
 
@@ -57,7 +61,7 @@ def _mistral() -> Any:
 def _qwen2() -> Any:
     from transformers import Qwen2Config
 
-    return Qwen2Config(**_common(hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+    return Qwen2Config(**_common(vocab_size=N_VOCAB_BYTES, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                                  num_attention_heads=4, num_key_value_heads=2,
                                  max_position_embeddings=N_CTX, tie_word_embeddings=True,
                                  rope_parameters={"rope_type": "default", "rope_theta": 100.0}))
@@ -177,20 +181,34 @@ def _granite() -> Any:
                                    rope_parameters={"rope_type": "default", "rope_theta": 100.0}))
 
 
+def _starcoder2() -> Any:
+    # the worked example of CONTRIBUTING.md "Adding a model family"
+    from transformers import Starcoder2Config
+
+    return Starcoder2Config(**_common(hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, sliding_window=4,
+                                      max_position_embeddings=N_CTX, use_bias=True,
+                                      rope_parameters={"rope_type": "default", "rope_theta": 100.0}))
+
+
 CONFIGS: dict[str, Callable[[], Any]] = {
     "llama": _llama, "mistral": _mistral, "qwen2": _qwen2, "qwen3": _qwen3, "gemma": _gemma,
     "gemma2": _gemma2, "gemma3_text": _gemma3_text, "olmo2": _olmo2, "phi3": _phi3, "phi": _phi,
     "gpt_neox": _gpt_neox, "gptj": _gptj, "gpt2": _gpt2, "stablelm": _stablelm, "granite": _granite,
 }
-FAMILIES: tuple[str, ...] = tuple(CONFIGS)
+FAMILIES: tuple[str, ...] = tuple(CONFIGS)  # the 15 families of the README table
 ROTARY_FAMILIES: tuple[str, ...] = tuple(f for f in FAMILIES if f != "gpt2")
+# families beyond the 15 (analyses only; circuits need not support them)
+EXTRA_CONFIGS: dict[str, Callable[[], Any]] = {"starcoder2": _starcoder2}
+EXTRA_FAMILIES: tuple[str, ...] = tuple(EXTRA_CONFIGS)
 
 
 def tiny_config(family: str) -> Any:
     """The tiny HF config of ``family`` (eager attention)."""
-    if family not in CONFIGS:
-        raise KeyError(f"no tiny config for family {family!r}; known: {', '.join(FAMILIES)}")
-    cfg = CONFIGS[family]()
+    make = CONFIGS.get(family) or EXTRA_CONFIGS.get(family)
+    if make is None:
+        raise KeyError(f"no tiny config for family {family!r}; known: {', '.join(FAMILIES + EXTRA_FAMILIES)}")
+    cfg = make()
     cfg._attn_implementation = "eager"
     return cfg
 
@@ -211,10 +229,19 @@ def tiny_hf(family: str, seed: int = 0) -> Any:
     return m
 
 
-def tokenizer(n_vocab: int = N_VOCAB) -> Any:
-    """Whitespace word-level tokenizer: ``<bos> <pad> <unk> .`` then ``w0 … w{n-5}``."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
+def tokenizer(n_vocab: int = N_VOCAB, byte_level: bool = False) -> Any:
+    """Whitespace word-level tokenizer: ``<bos> <pad> <unk> .`` then ``w0 … w{n-5}``; or with
+    ``byte_level`` a merge-free byte-level BPE (``<bos> <pad> <unk>`` then the 256 byte symbols)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
+
+    if byte_level:
+        names = ["<bos>", "<pad>", "<unk>"] + sorted(pre_tokenizers.ByteLevel.alphabet())
+        tk = Tokenizer(models.BPE({t: i for i, t in enumerate(names)}, [], unk_token="<unk>"))
+        tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tk.decoder = decoders.ByteLevel()
+        return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<bos>", eos_token="<bos>",
+                                       pad_token="<pad>", unk_token="<unk>", model_max_length=N_CTX)
 
     names = ["<bos>", "<pad>", "<unk>", "."] + [f"w{i}" for i in range(n_vocab - 4)]
     tk = Tokenizer(models.WordLevel({t: i for i, t in enumerate(names)}, unk_token="<unk>"))
@@ -228,7 +255,7 @@ def save_tiny(family: str, directory: str | Path, seed: int = 0) -> Path:
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     tiny_hf(family, seed).save_pretrained(d)
-    tokenizer().save_pretrained(d)
+    tokenizer(byte_level=family in BYTE_LEVEL).save_pretrained(d)
     return d
 
 

@@ -29,6 +29,7 @@ from interp.results import Result, head_label
 from interp.rope._common import (
     as_mask,
     batch_of,
+    exposes_rotated,
     fmt_fraction,
     name_of,
     next_token_loss,
@@ -192,14 +193,15 @@ def band_ablation(
     for m in modes:
         if m not in ("unrotate", "zero"):
             raise ValueError(f"mode must be 'unrotate' or 'zero', got {m!r}")
+    exposed = exposes_rotated(model)
     conds, mode_l, masks, losses, scores = ["intact"], ["none"], [torch.zeros(rope.n_chunks, dtype=torch.bool)], [], []
     loss, n_pred, sc = _measure(model, batch, lambda: [], batch_size, spec, max_offset)
     losses.append(loss)
     scores.append(sc)
     for mode in modes:
         for name, mask in bands_m.items():
-            l, _, s = _measure(model, batch, lambda m=mask, md=mode: rotation_hooks(spec, m, md), batch_size, spec,
-                               max_offset)
+            l, _, s = _measure(model, batch, lambda m=mask, md=mode: rotation_hooks(spec, m, md, exposed=exposed),
+                               batch_size, spec, max_offset)
             conds.append(f"{mode} {name}")
             mode_l.append(mode)
             masks.append(mask)
@@ -274,7 +276,7 @@ def positional_frequency_heads(
     """Relate each head's positional score to its high-frequency share, in one forward pass."""
     spec, rope = rope_model(model)
     batch = batch_of(model, prompts, prepend_bos)
-    usage = _Acc(spec, rope, decompose=False, keep_full=False)
+    usage = _Acc(spec, rope, decompose=False, keep_full=False, exposed=exposes_rotated(model))
     _, _, sc = _measure(model, batch, lambda: [], batch_size, spec, max_offset, usage=usage)
     q = usage.q / max(usage.n_tok, 1)
     k = (usage.k / max(usage.n_tok, 1)).repeat_interleave(spec.group_size, dim=1)

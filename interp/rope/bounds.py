@@ -161,7 +161,8 @@ def base_bounds(
     """
     if model is not None:
         spec, rope = rope_model(model)
-        types = list(dict.fromkeys(rope.layer_types))
+        # NoPE layers (rope key "no_rope", base NaN) rotate nothing: no bound applies to them
+        types = [t for t in dict.fromkeys(rope.layer_types) if rope.rope_types.get(t) != "no_rope"]
         bases = [rope.bases[rope.layer_types.index(t)] for t in types]
         d = rope.rotary_dim
         length = length or rope.max_position_embeddings or spec.n_ctx

@@ -27,7 +27,9 @@ from torch import Tensor
 
 from interp._attnstats import run_streaming
 from interp.results import Result
-from interp.rope._common import as_mask, batch_of, name_of, rope_model, rotation_hooks, shift_hooks
+from interp.rope._common import (
+    as_mask, batch_of, exposes_rotated, has_cos_sin, name_of, rope_model, rotation_hooks, shift_hooks,
+)
 
 __all__ = ["ShiftInvarianceResult", "shift_invariance"]
 
@@ -97,6 +99,7 @@ def shift_invariance(
     batch = batch_of(model, prompts, prepend_bos)
     removed = as_mask(rope, unrotated) if unrotated is not None else torch.zeros(rope.n_chunks, dtype=torch.bool)
     L, H = spec.n_layers, spec.n_heads
+    exposed, cos_sin = exposes_rotated(model), has_cos_sin(model)
     Ds, rows, firsts, per = [], [], [], []
     n_rows = sum(batch.lengths)
     for dname in dtypes:
@@ -121,9 +124,12 @@ def shift_invariance(
                     per_head[l] += diff.sum((0, 2, 3)).cpu()
                     first = first + diff[..., 0].sum().cpu()
 
-                h = shift_hooks(spec, delta)
-                if removed.any():
-                    h += rotation_hooks(spec, removed, "unrotate", position_offset=delta)
+                if rope.pairing == "half" and cos_sin and exposed:
+                    h = shift_hooks(spec, delta)
+                    if removed.any():
+                        h += rotation_hooks(spec, removed, "unrotate", position_offset=delta)
+                else:  # re-rotate q/k at m + Δ (kept chunks only)
+                    h = rotation_hooks(spec, removed, "unrotate", position_offset=delta, exposed=exposed)
                 return h + [(f"blocks.{l}.attn.hook_pattern", pat) for l in range(L)]
             return hooks
 

@@ -28,7 +28,9 @@ from torch import Tensor
 from interp._attnstats import run_streaming
 from interp.plots import SEQUENTIAL
 from interp.results import Result, head_label
-from interp.rope._common import batch_of, name_of, rope_model, valid_tokens
+from interp.rope._common import (
+    batch_of, exposes_rotated, name_of, pre_rotation_hooks, rope_model, scores_are_pattern, to_bphd, valid_tokens,
+)
 from interp.spec import RopeSpec
 
 __all__ = ["FrequencyUsage", "LogitDecomposition", "frequency_usage", "logit_decomposition", "chunk_logits"]
@@ -238,7 +240,8 @@ class FrequencyUsage(Result):
 class _Acc:
     """Streaming sums inside hooks."""
 
-    def __init__(self, spec: Any, rope: RopeSpec, decompose: bool, keep_full: bool) -> None:
+    def __init__(self, spec: Any, rope: RopeSpec, decompose: bool, keep_full: bool, exposed: bool = True,
+                 pattern_scores: bool = False) -> None:
         L, H, KV, C = spec.n_layers, spec.n_heads, spec.n_kv_heads, rope.n_chunks
         self.spec, self.rope = spec, rope
         self.q = torch.zeros(L, H, C, dtype=torch.float64)
@@ -253,7 +256,9 @@ class _Acc:
         self.pairs = torch.zeros(L, dtype=torch.float64)
         self.err = 0.0
         self.full: list[list[Tensor]] = []
-        self.sliding = [("sliding" in t) for t in rope.layer_types]
+        self.windows = [rope.window(l) for l in range(spec.n_layers)]
+        self.exposed = exposed
+        self.pattern_scores = pattern_scores
 
     def hooks(self, offset: int, toks: Tensor, lengths: list[int]) -> list[tuple[str, Any]]:
         rope, spec = self.rope, self.spec
@@ -267,9 +272,16 @@ class _Acc:
         causal = pos[None, :] <= pos[:, None]
         full_rows: list[list[Tensor]] = [[] for _ in lengths]
 
+        qn, kn, transposed = pre_rotation_hooks(spec)
+
+        def rotated(x: Tensor, l: int) -> Tensor:
+            # bridges without hook_rot_q/k: rotate the pre-rotation q/k like HF (RopeSpec.apply;
+            # on_scores checks the result against hook_attn_scores)
+            return x if acc.exposed else rope.apply(to_bphd(spec, x, transposed), pos, l)
+
         def on_q(x: Tensor, hook: Any) -> None:
             l = int(hook.name.split(".")[1])
-            x = x.detach()
+            x = rotated(x.detach(), l)
             n = rope.chunks(x.float()).norm(dim=-1)  # b p h c
             acc.q[l] += (n * vf).sum((0, 1)).double().cpu()
             if rope.n_pass:
@@ -279,7 +291,7 @@ class _Acc:
 
         def on_k(x: Tensor, hook: Any) -> None:
             l = int(hook.name.split(".")[1])
-            x = x.detach()
+            x = rotated(x.detach(), l)
             n = rope.chunks(x.float()).norm(dim=-1)
             acc.k[l] += (n * vf).sum((0, 1)).double().cpu()
             if rope.n_pass:
@@ -290,14 +302,16 @@ class _Acc:
         def on_scores(s: Tensor, hook: Any) -> None:
             l = int(hook.name.split(".")[1])
             q, k = stash.pop(l), stash.pop(-l - 1)
-            c = chunk_logits(q.float(), k.float(), rope, spec.attn_scale)  # b h C t s
+            c = chunk_logits(q.float(), k.float(), rope, spec.scale(l))  # b h C t s
             ok = causal[None] & valid[:, :, None] & valid[:, None, :]
-            if acc.sliding[l] and rope.sliding_window is not None:
-                ok = ok & ((pos[:, None] - pos[None, :]) < rope.sliding_window)[None]
+            if acc.windows[l] is not None:
+                ok = ok & ((pos[:, None] - pos[None, :]) < acc.windows[l])[None]
             tot = c.sum(2)
             if spec.attn_softcap:
                 tot = spec.attn_softcap * torch.tanh(tot / spec.attn_softcap)
             okh = ok[:, None]
+            if acc.pattern_scores:  # the bridge's hook_attn_scores holds softmax probabilities
+                tot = torch.softmax(tot.masked_fill(~okh, float("-inf")), dim=-1).nan_to_num(0.0)
             d = (tot - s.detach().float()).abs()
             acc.err = max(acc.err, float(d.masked_fill(~okh, 0).max()))
             okf = ok[:, None, None].to(c.dtype)
@@ -312,7 +326,10 @@ class _Acc:
 
         hooks: list[tuple[str, Any]] = []
         for l in range(spec.n_layers):
-            hooks += [(f"blocks.{l}.attn.hook_rot_q", on_q), (f"blocks.{l}.attn.hook_rot_k", on_k)]
+            if self.exposed:
+                hooks += [(f"blocks.{l}.attn.hook_rot_q", on_q), (f"blocks.{l}.attn.hook_rot_k", on_k)]
+            else:
+                hooks += [(f"blocks.{l}.attn.{qn}", on_q), (f"blocks.{l}.attn.{kn}", on_k)]
             if self.decompose:
                 hooks.append((f"blocks.{l}.attn.hook_attn_scores", on_scores))
         return hooks
@@ -322,7 +339,7 @@ def _run(model: Any, prompts: Any, *, prepend_bos: bool, batch_size: int, decomp
          keep_full: bool) -> tuple[Any, RopeSpec, Any, _Acc]:
     spec, rope = rope_model(model)
     batch = batch_of(model, prompts, prepend_bos)
-    acc = _Acc(spec, rope, decompose, keep_full)
+    acc = _Acc(spec, rope, decompose, keep_full, exposes_rotated(model), scores_are_pattern(model))
     run_streaming(model, batch, acc.hooks, batch_size=batch_size)
     return spec, rope, batch, acc
 
@@ -387,7 +404,10 @@ def logit_decomposition(
     score[h, t, s] = Σ_k scale·q_t^(k)·k_s^(k) (+ the non-rotated dims), computed from
     ``hook_rot_q``/``hook_rot_k`` inside the forward pass and checked against
     ``hook_attn_scores`` on every visible (query, key) pair (``result.max_abs_error``; soft-capped
-    models are compared after ``cap·tanh(·/cap)``). ``keep_full=True`` keeps the per-prompt
+    models are compared after ``cap·tanh(·/cap)``; where the bridge's ``hook_attn_scores`` carries
+    the softmax pattern (TransformerLens' GPT-J) the softmax of the summed chunks is compared).
+    Bridges that fire no ``hook_rot_q``/``hook_rot_k`` (fused-qkv NeoX/Phi-3, GPT-J) are rotated
+    here from the pre-rotation q/k with ``RopeSpec.apply``. ``keep_full=True`` keeps the per-prompt
     ``[layer head component q k]`` tensors (memory: L·H·(d_rot/2)·T² floats per prompt).
     """
     spec, rope, batch, acc = _run(model, prompts, prepend_bos=prepend_bos, batch_size=batch_size,

@@ -60,7 +60,9 @@ def _ablation_table(model: Any, batch: T.TaskBatch, masks: dict[str, Tensor],
 
 
 def _common(info: ToyInfo, model: Any, record: dict[str, Any]) -> dict[str, Any]:
-    hf_cfg = model.original_model.config
+    from interp.families import family_of
+
+    fam = family_of(model)
     return {
         "manifest_version": MANIFEST_VERSION,
         "name": info.name,
@@ -77,7 +79,7 @@ def _common(info: ToyInfo, model: Any, record: dict[str, Any]) -> dict[str, Any]
                       "encoding." if info.positional == "none" else None),
         "model": {
             "n_layers": int(model.cfg.n_layers), "n_heads": int(model.cfg.n_heads),
-            "n_kv_heads": int(getattr(hf_cfg, "num_key_value_heads", None) or model.cfg.n_heads),
+            "n_kv_heads": int(fam.n_kv_heads),
             "d_model": int(model.cfg.d_model), "d_head": int(model.cfg.d_head),
             "d_vocab": int(model.cfg.d_vocab), "n_ctx": int(info.model["n_ctx"]),
             **({"rope_theta": float(info.model["rope_theta"])} if "rope_theta" in info.model

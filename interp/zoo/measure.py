@@ -25,10 +25,9 @@ __all__ = [
 
 def kv_group(model: Any, head: int) -> int:
     """KV head used by query head ``head`` (GQA): ``head // (n_heads // n_kv_heads)``."""
-    cfg = model.original_model.config
-    n_heads = int(getattr(cfg, "num_attention_heads", getattr(cfg, "n_head", 0)))
-    n_kv = int(getattr(cfg, "num_key_value_heads", None) or n_heads)
-    return head // (n_heads // n_kv)
+    from interp.families import family_of
+
+    return family_of(model).kv_head(head)
 
 
 def ablate_heads_hooks(heads: Sequence[tuple[int, int]]) -> list[tuple[str, Any]]:
@@ -113,14 +112,15 @@ def value_output_norms(
     name = f"blocks.{layer}.attn.hook_v"
     _, cache = model.run_with_cache(tokens, names_filter=lambda n: n == name)
     v = cache[name]  # [batch pos kv_head d_head]
-    hf = model.original_model
-    cfg = hf.config
-    if hasattr(hf, "model"):  # Llama
-        w_o = hf.model.layers[layer].self_attn.o_proj.weight  # [d_model, n_heads*d_head]
-        w_o = w_o.T
-    else:  # GPT-2 Conv1D: weight is [in, out]
-        w_o = hf.transformer.h[layer].attn.c_proj.weight
-    n_heads = int(getattr(cfg, "num_attention_heads", getattr(cfg, "n_head", 0)))
+    from interp.families import family_of
+
+    fam = family_of(model)
+    o = model.original_model
+    for part in f"{fam.paths.layers}.{layer}.{fam.paths.attn}.{fam.paths.o_proj}".split("."):
+        o = getattr(o, part)
+    # nn.Linear weight is [d_model, n_heads*d_head]; GPT-2's Conv1D keeps [in, out]
+    w_o = o.weight if fam.fused_qkv == "gpt2_conv1d" else o.weight.T
+    n_heads = fam.n_heads
     d_head = v.shape[-1]
     rep = n_heads // v.shape[2]
     v = v.repeat_interleave(rep, dim=2)  # [batch pos head d_head]
