@@ -1,4 +1,8 @@
-"""Gemma 3 (HF ``gemma3_text``) support for :class:`circuits._forward.PatchableModel`.
+"""Head shares: the sender definition for norms that act on the *sum* of the heads.
+
+Used by :class:`circuits._forward.PatchableModel` for Gemma 2 and Gemma 3 (sandwich norms, weight
+``1 + g``) and OLMo-2 (post-norm only, weight ``g``: ``x + RMSNorm(attn(x))``, no input norm). The
+family facts themselves live in :mod:`interp.families`; Gemma 3 as the worked case follows.
 
 Facts taken from the installed ``transformers/models/gemma3/modeling_gemma3.py`` (the model:
 Gemma-3-270M, ``../shared/REFERENCES.md`` §7; graph of senders/receivers: §1, Haklay et al. 2025):
@@ -22,6 +26,8 @@ the head outputs :math:`o_h = \\mathrm{attn}_h W_O[h]`, so heads are not additiv
 h's sender output is its share of the normalised block output with the RMS of the same run,
 
 .. math:: z_h = (1+g) \\odot o_h \\,/\\, \\mathrm{rms}\\big(\\textstyle\\sum_{h'} o_{h'} + b_O\\big),
+
+(OLMo-2: :math:`g` in place of :math:`1+g`.)
 
 which sums to the true block output in every run (clean, corrupt, patched). Patching the edge
 from head h therefore replaces its share (numerator *and* RMS of the ablated run), not its

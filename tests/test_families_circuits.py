@@ -58,6 +58,7 @@ def _hf_logits(hf, toks, mask):
         return hf(input_ids=toks, attention_mask=mask, position_ids=pos).logits
 
 
+@pytest.mark.family_table("circuits")
 @pytest.mark.parametrize("family", FAMILIES + EXTRA)
 def test_logits_equal_hf_eager_right_and_left_padded(family):
     """Sequences of 11 tokens (longer than every tiny sliding window), lengths 11/7/9, padded on
@@ -84,6 +85,7 @@ def test_logits_equal_hf_eager_right_and_left_padded(family):
     assert (pm.run(tl, left)[1, 4:] - short[0]).abs().max() < ATOL
 
 
+@pytest.mark.family_table("circuits")
 @pytest.mark.parametrize("family", FAMILIES + EXTRA)
 def test_all_edges_ablated_is_the_counterfactual_run_none_is_clean(family):
     hf = _hf(family)
@@ -102,6 +104,7 @@ def test_all_edges_ablated_is_the_counterfactual_run_none_is_clean(family):
     assert (pm.run(corrupt) - ref).abs().max() > 1e-3  # clean and counterfactual differ
 
 
+@pytest.mark.family_table("circuits")
 @pytest.mark.parametrize("family", FAMILIES)
 def test_attribute_select_faithfulness_run(family):
     """Through ``interp.load_model(directory)`` (a TransformerBridge), as a user would: the
@@ -144,6 +147,7 @@ def _layer(name: str) -> int:
     return int(name[1:].split("H")[0])
 
 
+@pytest.mark.family_table("EAP = patching derivative")
 @pytest.mark.parametrize("family", list(VARIANTS))
 def test_eap_is_the_derivative_of_exact_edge_patching(family):
     """Same-position edges (every receiver kind) and crossing v edges: EAP = d/dε of exact
