@@ -27,11 +27,9 @@ h's sender output is its share of the normalised block output with the RMS of th
 
 .. math:: z_h = (1+g) \\odot o_h \\,/\\, \\mathrm{rms}\\big(\\textstyle\\sum_{h'} o_{h'} + b_O\\big),
 
-(OLMo-2: :math:`g` in place of :math:`1+g`.)
-
 which sums to the true block output in every run (clean, corrupt, patched). Patching the edge
 from head h therefore replaces its share (numerator *and* RMS of the ablated run), not its
-pre-norm output. A bias of ``o_proj`` (absent in Gemma 3) would add the non-ablatable term
+pre-norm output (OLMo-2: :math:`g` in place of :math:`1+g`). A bias of ``o_proj`` (absent in Gemma 3) would add the non-ablatable term
 :math:`(1+g) \\odot b_O / \\mathrm{rms}` of the current run. The MLP is a single sender, so its
 output is simply the post-feed-forward-normed MLP output.
 """

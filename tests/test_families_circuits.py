@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from families import FAMILIES, tiny_hf, tiny_model
+from families import EXTRA_FAMILIES, FAMILIES, tiny_hf, tiny_model
 
 import circuits
 from circuits._forward import PatchableModel
@@ -20,15 +20,13 @@ ATOL = 1e-4
 V = 64
 
 
-def _extra_hf(family: str):
-    """Families beyond tests/families.py: SmolLM3 with an interleaved NoPE layer, Starcoder2."""
-    from transformers import AutoModelForCausalLM, SmolLM3Config, Starcoder2Config
+def _smollm3_hf():
+    """SmolLM3 with an interleaved NoPE layer (no_rope_layers[1] == 0)."""
+    from transformers import AutoModelForCausalLM, SmolLM3Config
 
-    common = dict(vocab_size=V, hidden_size=32, intermediate_size=48, num_attention_heads=4,
-                  num_key_value_heads=2, max_position_embeddings=64, pad_token_id=1, bos_token_id=0,
-                  eos_token_id=0)
-    cfg = (SmolLM3Config(num_hidden_layers=3, no_rope_layers=[1, 0, 1], **common) if family == "smollm3"
-           else Starcoder2Config(num_hidden_layers=2, sliding_window=4, **common))
+    cfg = SmolLM3Config(vocab_size=V, hidden_size=32, intermediate_size=48, num_attention_heads=4,
+                        num_key_value_heads=2, max_position_embeddings=64, pad_token_id=1, bos_token_id=0,
+                        eos_token_id=0, num_hidden_layers=3, no_rope_layers=[1, 0, 1])
     with torch.random.fork_rng():
         torch.manual_seed(0)
         m = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
@@ -39,11 +37,11 @@ def _extra_hf(family: str):
     return m
 
 
-EXTRA = ("smollm3", "starcoder2")
+EXTRA = EXTRA_FAMILIES + ("smollm3",)
 
 
 def _hf(family: str):
-    return _extra_hf(family) if family in EXTRA else tiny_hf(family)
+    return _smollm3_hf() if family == "smollm3" else tiny_hf(family)
 
 
 def _toks(b: int, p: int, seed: int) -> torch.Tensor:
@@ -140,6 +138,9 @@ VARIANTS = {
     "phi3": "fused qkv [q|k|v], fused gate_up, partial rotary",
     "stablelm": "per-head LayerNorm q/k norms with per-head weights, parallel shared norm",
     "granite": "embedding/residual/attention/logit multipliers",
+    "phi": "parallel block (shared LayerNorm), partial rotary, biases everywhere incl. lm_head",
+    "qwen3": "per-head RMSNorm q/k norms, GQA",
+    "gpt2": "Conv1D fused qkv, learned positions, LayerNorm",
 }
 
 
@@ -194,3 +195,41 @@ def test_eap_is_the_derivative_of_exact_edge_patching(family):
         z = pm.forward(clean, None, ablated=x, record=True, **one_edge_keep(pm, e, n, p))["activations"].z
         lin = float((gz[l] * (z[:, l] - z0[:, l])).sum())
         assert abs(lin - e.score) <= 1e-6 * abs(e.score) + 1e-15, (e, lin)
+
+
+OPTIONS = [("phi", {"qk_layernorm": True}), ("gpt_neox", {"use_parallel_residual": False}),
+           ("stablelm", {"use_parallel_residual": False, "qk_layernorm": False}),
+           ("olmo2", {"attention_bias": True}), ("gemma2", {"attention_bias": True}),
+           ("qwen2", {"use_sliding_window": True, "sliding_window": 3, "max_window_layers": 1,
+                      "layer_types": ["full_attention", "sliding_attention"]})]
+
+
+@pytest.mark.parametrize("family,options", OPTIONS, ids=[f for f, _ in OPTIONS])
+def test_logits_equal_hf_eager_config_options(family, options):
+    """The other side of each family's switches: Phi with q/k LayerNorms, sequential NeoX and
+    StableLM, OLMo-2 and Gemma 2 with attention biases (b_O inside the post norm), Qwen2 sliding
+    layers."""
+    from families import tiny_config
+    from transformers import AutoModelForCausalLM
+
+    cfg = tiny_config(family)
+    for k, v in options.items():
+        setattr(cfg, k, v)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        hf = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+        with torch.no_grad():
+            for n, w in hf.named_parameters():
+                if "norm" in n or n.endswith("bias"):
+                    w.add_(torch.randn_like(w) * 0.3)
+    pm = PatchableModel(hf)
+    toks = _toks(2, 11, 4)
+    mask = torch.ones_like(toks)
+    mask[1, 7:] = 0
+    err = ((_hf_logits(hf, toks, mask) - pm.run(toks, mask)).abs() * mask[..., None]).max()
+    assert err < ATOL, float(err)
+    acts = pm.activations(_toks(2, 11, 5))
+    S, R = len(pm.senders), len(pm.receivers)
+    out = pm.run(toks, ablated=acts, keep=torch.zeros(2, 11, S, R, dtype=torch.bool),
+                 keep_cross=torch.zeros(2, pm.n_layers, pm.n_heads, 3, 11, 11, dtype=torch.bool))
+    assert (out - pm.run(_toks(2, 11, 5))).abs().max() < ATOL
