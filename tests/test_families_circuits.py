@@ -233,3 +233,17 @@ def test_logits_equal_hf_eager_config_options(family, options):
     out = pm.run(toks, ablated=acts, keep=torch.zeros(2, 11, S, R, dtype=torch.bool),
                  keep_cross=torch.zeros(2, pm.n_layers, pm.n_heads, 3, 11, 11, dtype=torch.bool))
     assert (out - pm.run(_toks(2, 11, 5))).abs().max() < ATOL
+
+
+@pytest.mark.parametrize("family", ["gpt_neox", "gptj", "phi", "stablelm", "llama"])
+def test_parallel_block_graph_has_no_head_to_own_mlp_edges(family):
+    """Parallel blocks: the MLP of layer l reads the block input, so heads of layer l are not
+    upstream of M{l} (and patching their edges into it is refused by `valid`); sequential
+    blocks keep those edges (the forward's exactness vs HF is checked above)."""
+    pm = PatchableModel(tiny_hf(family))
+    si, ri = pm.sender_index, pm.receiver_index
+    parallel = family != "llama"
+    assert (pm.parallel is not None) == parallel
+    assert bool(pm.valid[si["L1H0"], ri["M1"]]) != parallel
+    assert pm.valid[si["M0"], ri["M1"]] and pm.valid[si["L0H2"], ri["M1"]]
+    assert (pm.n_upstream(1, "mlp") == pm.n_upstream(1, "attn")) == parallel
