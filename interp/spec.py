@@ -348,10 +348,9 @@ def _rope_spec(fam: Family) -> RopeSpec | None:
     )
 
 
-def _positional_kind(bridge: Any, hf_cfg: Any, fam: Family) -> str:
-    explicit = getattr(hf_cfg, "positional_encoding", None) or getattr(hf_cfg, "interp_positional", None)
-    if explicit:
-        return str(explicit)
+def _positional_kind(bridge: Any, fam: Family) -> str:
+    if fam.declared_positional:
+        return fam.declared_positional
     if fam.rotary is not None:
         return "rope"
     if fam.learned_positions:
@@ -408,7 +407,7 @@ def model_spec(model: Any) -> ModelSpec:
     cfg = model.cfg
     fam = family_of(model)
     hf_cfg = hf_config(model)
-    positional = _positional_kind(model, hf_cfg, fam)
+    positional = _positional_kind(model, fam)
     bos_id, bos, adds = _bos(model)
     rope = _rope_spec(fam) if positional == "rope" else None
     spec = ModelSpec(

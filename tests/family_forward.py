@@ -39,8 +39,18 @@ def _norm(fam: Any, m: Any, x: Tensor, kind: str | None = None) -> Tensor:
     return (y * (fam.norm_offset + m.weight.float())).to(x.dtype)
 
 
-def _rotate(fam: Any, x: Tensor, layer: int) -> Tensor:
-    """x [b head pos d]: rotate the first rotary_dim dims by m·θ_k (pairing from the family)."""
+def _chunk_dims(fam: Any, chunks: Tensor) -> Tensor:
+    d = fam.rotary.rotary_dim
+    if fam.rotary.pairing == "half":
+        return torch.cat([chunks, chunks + d // 2])
+    return torch.cat([2 * chunks, 2 * chunks + 1])
+
+
+def _rotate(fam: Any, x: Tensor, layer: int, edit: tuple[Tensor, str] | None = None) -> Tensor:
+    """x [b head pos d]: rotate the first rotary_dim dims by m·θ_k (pairing from the family).
+
+    ``edit = (chunk indices, mode)``: ``"unrotate"`` leaves those chunks at angle 0, ``"zero"``
+    zeroes them."""
     r = fam.rotary
     key = r.layer_types[layer]
     inv = torch.tensor(r.inv_freq[key], dtype=torch.float32)
@@ -55,6 +65,10 @@ def _rotate(fam: Any, x: Tensor, layer: int) -> Tensor:
     else:
         x1, x2 = rot[..., 0::2], rot[..., 1::2]
         out = torch.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], -1).flatten(-2)
+    if edit is not None:
+        dims = _chunk_dims(fam, edit[0])
+        out = out.clone()
+        out[..., dims] = rot[..., dims] if edit[1] == "unrotate" else 0.0
     return torch.cat([out, rest], -1)
 
 
@@ -65,7 +79,7 @@ def _qk_norm(fam: Any, m: Any, x: Tensor) -> Tensor:
     return _norm(fam, m, x, fam.qk_norm_kind)
 
 
-def _attention(fam: Any, attn: Any, h: Tensor, layer: int) -> Tensor:
+def _attention_impl(fam: Any, attn: Any, h: Tensor, layer: int, edit: Any = None) -> Tensor:
     p = fam.paths
     b, T, _ = h.shape
     nh, nkv, hd = fam.n_heads, fam.n_kv_heads, fam.head_dim
@@ -83,7 +97,7 @@ def _attention(fam: Any, attn: Any, h: Tensor, layer: int) -> Tensor:
     if fam.qk_norm == "head":
         q, k = _qk_norm(fam, _mod(attn, p.q_norm), q), _qk_norm(fam, _mod(attn, p.k_norm), k)
     if fam.rotary is not None:
-        q, k = _rotate(fam, q, layer), _rotate(fam, k, layer)
+        q, k = _rotate(fam, q, layer, edit), _rotate(fam, k, layer, edit)
     g = nh // nkv
     k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
     s = (q.float() @ k.float().transpose(-1, -2)) * fam.attention_scales[layer]
@@ -114,8 +128,13 @@ def _mlp(fam: Any, mlp: Any, h: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def reference_logits(fam: Any, hf: Any, tokens: Tensor) -> Tensor:
-    """Logits of ``hf`` on ``tokens`` [batch pos] computed from the family facts only."""
+def reference_logits(fam: Any, hf: Any, tokens: Tensor, edit: tuple[Tensor, str] | None = None) -> Tensor:
+    """Logits of ``hf`` on ``tokens`` [batch pos] computed from the family facts only.
+
+    ``edit = (chunk indices, "unrotate" | "zero")`` applies a RoPE band edit in every layer."""
+    import functools
+
+    attention = functools.partial(_attention_impl, edit=edit)
     p = fam.paths
     emb = _mod(hf, p.embed)
     x = F.embedding(tokens, emb.weight) * torch.tensor(fam.embed_scale, dtype=emb.weight.dtype)
@@ -127,17 +146,17 @@ def reference_logits(fam: Any, hf: Any, tokens: Tensor) -> Tensor:
         n1, n2 = _mod(layer, p.attn_norm), _mod(layer, p.mlp_norm)
         if fam.parallel == "shared_norm":
             h = _norm(fam, n1, x)
-            x = x + _attention(fam, attn, h, l) + _mlp(fam, mlp, h)
+            x = x + attention(fam, attn, h, l) + _mlp(fam, mlp, h)
         elif fam.parallel == "two_norms":
-            x = x + _attention(fam, attn, _norm(fam, n1, x), l) + _mlp(fam, mlp, _norm(fam, n2, x))
+            x = x + attention(fam, attn, _norm(fam, n1, x), l) + _mlp(fam, mlp, _norm(fam, n2, x))
         elif fam.placement == "pre":
-            x = x + r * _attention(fam, attn, _norm(fam, n1, x), l)
+            x = x + r * attention(fam, attn, _norm(fam, n1, x), l)
             x = x + r * _mlp(fam, mlp, _norm(fam, n2, x))
         elif fam.placement == "sandwich":
-            x = x + _norm(fam, _mod(layer, p.post_attn_norm), _attention(fam, attn, _norm(fam, n1, x), l))
+            x = x + _norm(fam, _mod(layer, p.post_attn_norm), attention(fam, attn, _norm(fam, n1, x), l))
             x = x + _norm(fam, _mod(layer, p.post_mlp_norm), _mlp(fam, mlp, _norm(fam, n2, x)))
         else:  # post
-            x = x + _norm(fam, _mod(layer, p.post_attn_norm), _attention(fam, attn, x, l))
+            x = x + _norm(fam, _mod(layer, p.post_attn_norm), attention(fam, attn, x, l))
             x = x + _norm(fam, _mod(layer, p.post_mlp_norm), _mlp(fam, mlp, x))
     x = _norm(fam, _mod(hf, p.final_norm), x)
     logits = _lin(_mod(hf, p.lm_head), x) / fam.logits_scaling

@@ -361,3 +361,86 @@ def test_family_facts_rebuild_the_hf_forward(family):
     wrong_err = float((reference_logits(wrong, hf, toks) - ref).abs().max())
     print(f"{family}: family forward vs HF eager {err:.1e}; with doubled attention scale {wrong_err:.1e}")
     assert wrong_err > 20 * err
+
+
+@pytest.mark.family_table("rope analyses")
+@pytest.mark.parametrize("family", ["llama", "olmo2", "gemma3_text", "phi3", "gpt_neox", "gptj", "stablelm"])
+def test_band_ablation_loss_equals_reference_edit(family, hf_copies):
+    """band_ablation's loss with the highest chunks unrotated / zeroed in every layer equals the
+    next-token loss of the Family reference forward with the same edit (tests/family_forward.py),
+    both where the bridge exposes the rotated q/k (edited there) and where it does not (Phi-3,
+    NeoX, GPT-J: edited before rotation)."""
+    from family_forward import reference_logits
+
+    from interp import model_spec, tokenize
+    from interp import rope as R
+
+    model = tiny_model(family)
+    hf = hf_copies(family)
+    fam = model_spec(model).family
+    n = fam.rotary.rotary_dim // 2
+    chunks = list(range(max(1, n // 2)))
+    prompt = PROMPTS[0]
+    b = R.band_ablation(model, [prompt], bands={"hi": chunks}, modes=("unrotate", "zero"), max_offset=1)
+    toks = tokenize(model, [prompt], prepend_bos=True).tokens
+    for c, mode in ((0, None), (1, "unrotate"), (2, "zero")):
+        edit = None if mode is None else (torch.tensor(chunks), mode)
+        lp = torch.log_softmax(reference_logits(fam, hf, toks, edit)[0, :-1].float(), -1)
+        ref = float(-lp.gather(-1, toks[0, 1:, None]).mean())
+        assert abs(float(b.loss[c]) - ref) < 1e-4, (family, b.conditions[c], float(b.loss[c]), ref)
+    assert abs(float(b.loss[1]) - float(b.loss[0])) > 1e-6  # the edit changes the model
+
+
+def _variant(family, **over):
+    cfg = tiny_config(family)
+    for k, v in over.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+VARIANTS = {
+    "phi qk_layernorm": lambda: _variant("phi", qk_layernorm=True),
+    "stablelm sequential, no qk norm": lambda: _variant("stablelm", use_parallel_residual=False, qk_layernorm=False),
+    "gpt_neox sequential": lambda: _variant("gpt_neox", use_parallel_residual=False),
+    "gpt2 scale by inverse layer": lambda: _variant("gpt2", scale_attn_by_inverse_layer_idx=True),
+    "llama attention+mlp bias, llama3 rope": lambda: _variant(
+        "llama", attention_bias=True, mlp_bias=True,
+        rope_parameters={"rope_type": "llama3", "rope_theta": 100.0, "factor": 8.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 16}),
+    "qwen2 sliding layers": lambda: _variant("qwen2", use_sliding_window=True, sliding_window=3, max_window_layers=1,
+                                             layer_types=["full_attention", "sliding_attention"]),
+    "gptj full rotary": lambda: _variant("gptj", rotary_dim=8),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_config_options_rebuild_the_hf_forward(variant):
+    """Options beyond the default tiny configs (Phi q/k LayerNorm, sequential NeoX/StableLM,
+    GPT-2's per-layer scale, llama3 rope scaling, Qwen2 sliding layers, GPT-J full rotary): the
+    Family reference forward equals HF eager."""
+    from transformers import AutoModelForCausalLM
+
+    from family_forward import reference_logits
+
+    from interp.families import family_of
+
+    cfg = VARIANTS[variant]()
+    with torch.random.fork_rng():
+        torch.manual_seed(2)
+        hf = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").float().eval()
+        with torch.no_grad():
+            for n, w in hf.named_parameters():
+                if "norm" in n or ".ln" in n or n.endswith("bias"):
+                    w.add_(torch.randn_like(w) * 0.3)
+    fam = family_of(hf)
+    toks = torch.randint(3, cfg.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = hf(toks).logits
+    err = float((reference_logits(fam, hf, toks) - ref).abs().max())
+    assert err < 1e-5, f"{variant}: {err:.2e}"
+    if variant == "gpt2 scale by inverse layer":
+        assert fam.attention_scales[1] == pytest.approx(fam.attention_scales[0] / 2)
+    if variant.startswith("llama"):
+        assert fam.rotary.rope_types["full_attention"] == "llama3" and fam.o_bias and fam.mlp_bias
+    if variant == "qwen2 sliding layers":
+        assert fam.sliding_window == (None, 3)

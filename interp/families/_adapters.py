@@ -354,6 +354,11 @@ def adapt(cfg: Any) -> Family:
     except (AttributeError, KeyError, TypeError) as e:
         raise UnsupportedFamilyError(
             f"model_type {mt!r}: its config lacks a field the {mt} adapter reads ({e}); {ADDING_A_FAMILY}") from e
+    declared = getattr(cfg, "positional_encoding", None) or getattr(cfg, "interp_positional", None)
+    if declared:
+        import dataclasses
+
+        fam = dataclasses.replace(fam, declared_positional=str(declared))
     fam.check_geometry()
     if not math.isfinite(fam.embed_scale):
         raise UnsupportedFamilyError(f"{mt}: embed_scale {fam.embed_scale} is not finite")

@@ -133,7 +133,9 @@ class Family:
     Stream: ``embed_scale`` (token embeddings × this; Gemma √d_model cast to the model dtype,
     Granite ``embedding_multiplier``), ``learned_positions`` (GPT-2 ``wpe``),
     ``residual_multiplier`` (Granite: x + m·f(x)), ``final_softcap``, ``logits_scaling`` (logits are
-    divided by it, Granite), ``tied_embeddings``, ``lm_head_bias`` (Phi, GPT-J).
+    divided by it, Granite), ``tied_embeddings``, ``lm_head_bias`` (Phi, GPT-J),
+    ``declared_positional`` (a ``positional_encoding`` / ``interp_positional`` label the config
+    itself carries, e.g. written by the zoo; ``None`` if absent).
     """
 
     model_type: str
@@ -178,6 +180,7 @@ class Family:
     learned_positions: bool
     paths: ModulePaths = field(hash=False)
     notes: tuple[str, ...] = ()
+    declared_positional: str | None = None
 
     # ---- derived -------------------------------------------------------------------------------
     @property

@@ -12,6 +12,8 @@ import json
 from typing import Any, Sequence
 
 import torch
+from jaxtyping import Float
+from torch import Tensor
 
 from interp.families._facts import ADDING_A_FAMILY, Pairing, RotaryFacts, UnsupportedFamilyError
 
@@ -40,7 +42,7 @@ def rope_parameters(cfg: Any, layer_type: str | None) -> dict[str, Any] | None:
     return out
 
 
-def default_inv_freq(base: float, rotary_dim: int) -> torch.Tensor:
+def default_inv_freq(base: float, rotary_dim: int) -> Float[Tensor, " chunk"]:
     """θ_k = base^(−2k/d_rot), float32, computed as HF's default rope init does."""
     return 1.0 / (base ** (torch.arange(0, rotary_dim, 2, dtype=torch.int64).to(torch.float) / rotary_dim))
 
