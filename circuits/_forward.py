@@ -28,24 +28,52 @@ ablated ones. **Crossing edges** live inside one query head h at query position 
 of query t (kind v): :math:`z_t = \\sum_{t'} A_{tt'}(M_{tt'} v_{t'} + (1-M_{tt'}) v^*_{t'})`.
 All of it is vectorised over positions (four score combinations chosen by mask).
 
-Supported families: Llama-style (RMSNorm, RoPE, GQA, gated MLP: SmolLM2, Llama, Mistral, Qwen2
-and RoPE/NoPE toys), GPT-2 (LayerNorm, learned positions, biases) and Gemma 3 (``gemma3_text``:
-sandwich norms, q/k norms, sliding-window and global layers with their own RoPE bases, MQA).
-Anything else raises :class:`NotImplementedError`.
+Supported families: every family :func:`interp.families.family_of` describes — llama, mistral,
+qwen2, qwen3, gemma, gemma2, gemma3_text, olmo2, phi3, phi, gpt_neox, gptj, gpt2, stablelm, granite,
+smollm3 (and the zoo's Llama-style toys); each is checked against HF eager logits in
+``tests/test_families_circuits.py``. Weights are read through the family's module paths
+(:mod:`circuits._blocks`: fused ``qkv`` of Phi-3 / GPT-NeoX (per-head ``[q k v]``) / GPT-2
+``Conv1D`` and Phi-3's fused ``gate_up`` are split into per-head matrices); structural facts come
+from the family (norm kind and placement, parallel blocks, q/k norms, rotary dimension and pairing,
+soft-caps, sliding windows, multipliers). A model_type without a family, or a feature this module
+does not implement, raises :class:`interp.families.UnsupportedFamilyError` naming the missing
+piece and pointing to "Adding a model family" in CONTRIBUTING.md.
 
-**Gemma 3 (graph definition): head senders are shares of the normalised block output.** Gemma
-normalises the *sum* of the heads (``post_attention_layernorm``), so head h's sender output is
-:math:`z_h = (1+g)\\odot o_h / \\mathrm{rms}(\\sum_{h'} o_{h'})` with :math:`o_h` its output
-through its slice of ``o_proj`` and the RMS of the *same* run: :math:`\\sum_h z_h` is exactly
-the block output in the clean, corrupt and every patched run, and ablating an edge from head h
-replaces its share (not its pre-norm output). Receivers stay the residual inputs; the MLP sender
-is the post-feed-forward-normed MLP output. Details in :mod:`circuits._gemma`.
+Graph definitions where a family's block is not "x + Σ heads + MLP(norm(x + Σ heads))":
+
+* **Parallel blocks** (GPT-NeoX ``use_parallel_residual``, GPT-J, Phi, StableLM's option:
+  ``x + attn(n₁(x)) + mlp(n₂(x))``): the MLP receiver of layer l reads the *same* residual as the
+  layer's attention receivers, so the heads of layer l are not upstream of ``M{l}`` (no such edge
+  in ``valid``; ``n_upstream(l, "mlp") == n_upstream(l, "attn")``). With a shared norm (GPT-J, Phi,
+  StableLM) the MLP receiver normalises its own copy of the residual with the attention's norm
+  weights; GPT-NeoX uses its second norm.
+* **Sandwich norms** (Gemma 2, Gemma 3) and **post-norm only** (OLMo-2: ``x + n(attn(x))``,
+  ``x + n(mlp(x))``, no input norms): the norm after attention acts on the *sum* of the heads, so
+  head h's sender output is its share of the normalised output with the RMS of the same run,
+  :math:`z_h = (o + g)\odot o_h / \mathrm{rms}(\sum_{h'} o_{h'} + b_O)` (``o`` = 1 for Gemma's
+  ``1 + g`` weights, 0 for OLMo-2): the shares sum to the block output in every run, and ablating
+  an edge from head h replaces its share (numerator and RMS of the ablated run). The MLP sender
+  is the normalised MLP output. Under post-norm, attention and MLP receivers read the raw
+  residual (there is no input norm). Details: :mod:`circuits._gemma`.
+* **q/k norm over the whole projection** (OLMo-2): each query receiver computes the full q
+  projection of its *own* input, normalises it over all heads and keeps its head's slice (k
+  receivers likewise over the KV heads), so patching one head's query input changes only that
+  head's query. Per-head q/k norms (Qwen3, Gemma 3, Phi/StableLM LayerNorms) need no such care.
+* **Soft-capped attention logits** (Gemma 2): scores are :math:`c\tanh(s\,q\cdot k/c)`; a
+  crossing q/k edge replaces q or k inside the capped score.
+* **Partial / interleaved rotary** (GPT-NeoX, Phi, Phi-3, StableLM, GPT-J): only the first
+  ``rotary_dim`` dims of q and k rotate, in half (``i, i + r/2``) or interleaved (``2i, 2i+1``,
+  GPT-J) pairs; the rest pass through. NoPE layers (SmolLM3) are not rotated.
+* **Granite multipliers**: ``residual_multiplier`` is folded into the output projections (head
+  and MLP sender outputs are what is added to the residual stream), ``embedding_multiplier`` into
+  the ``"embed"`` sender, ``attention_multiplier`` is the attention scale and logits are divided
+  by ``logits_scaling``.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+import inspect
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -54,6 +82,9 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from circuits._activations import Activations
+from interp.families import family_of
+from circuits._blocks import Layer, _b, _up, _w, get, load_layers, unsupported
+from circuits._gemma import head_shares
 
 __all__ = ["Activations", "PatchableModel", "sender_names", "receiver_names"]
 
@@ -81,51 +112,16 @@ def receiver_names(n_layers: int, n_heads: int, n_kv_heads: int) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------
-# weights
+# the model
 # ----------------------------------------------------------------------------------------------
-def _w(mod: Any) -> Tensor:
-    return mod.weight.detach()
-
-
-def _b(mod: Any) -> Tensor | None:
-    b = getattr(mod, "bias", None)
-    return None if b is None else b.detach()
-
-
-@dataclass
-class _Layer:
-    ln1_w: Tensor
-    ln1_b: Tensor | None
-    W_Q: Tensor  # [H d e]
-    W_K: Tensor  # [G d e]
-    W_V: Tensor  # [G d e]
-    b_Q: Tensor | None  # [H e]
-    b_K: Tensor | None
-    b_V: Tensor | None
-    W_O: Tensor  # [H e d]
-    b_O: Tensor | None  # [d]
-    ln2_w: Tensor
-    ln2_b: Tensor | None
-    W_gate: Tensor | None  # [d m] (gated MLPs)
-    b_gate: Tensor | None
-    W_in: Tensor  # [d m]
-    b_in: Tensor | None
-    W_out: Tensor  # [m d]
-    b_out: Tensor | None
-    # Gemma 3 only (None elsewhere): q/k norms, sandwich norms, RoPE table and sliding window
-    q_norm_w: Tensor | None = None  # [e]
-    k_norm_w: Tensor | None = None
-    post_attn_w: Tensor | None = None  # [d]
-    post_mlp_w: Tensor | None = None
-    rope_key: str | None = None  # HF layer type ("sliding_attention" / "full_attention")
-    window: int | None = None  # sliding window (keys t' with t − t' < window)
+_Layer = Layer  # the per-layer weights (circuits._blocks)
 
 
 class PatchableModel:
     """Functional forward pass of a TransformerBridge with edge-level patching.
 
-    Exact to the bridge's logits (fp32, eager attention) for the supported families. Build
-    once per model (it only references the weights) and reuse::
+    Exact to the bridge's logits (fp32, eager attention) for the supported families (module
+    docstring). Build once per model (it only references the weights) and reuse::
 
         pm = PatchableModel(bridge)
         logits = pm.run(tokens, mask)                       # plain forward
@@ -144,120 +140,85 @@ class PatchableModel:
         self.model_type: str = getattr(cfg, "model_type", "?")
         self.model_name: str = str(getattr(getattr(bridge, "cfg", None), "model_name", None)
                                    or getattr(cfg, "_name_or_path", self.model_type))
-        self.embed_scale: Tensor | None = None
-        self.final_softcap: float | None = None
-        if self.model_type in ("llama", "mistral", "qwen2", "smollm3"):
-            self._init_llama(hf, cfg)
-        elif self.model_type == "gpt2":
-            self._init_gpt2(hf, cfg)
-        elif self.model_type in ("gemma3_text", "gemma3"):
-            from circuits._gemma import init_gemma
-
-            init_gemma(self, hf, cfg)
+        fam = family_of(hf)  # raises UnsupportedFamilyError naming the missing adapter
+        self.family = fam
+        if self.model_type == "gemma3":  # multimodal wrapper: its text tower (paths say "model.…")
+            root: Any = SimpleNamespace(model=hf.model.language_model, lm_head=hf.lm_head)
         else:
-            raise NotImplementedError(
-                f"circuits.PatchableModel supports Llama-family (llama, mistral, qwen2), GPT-2 and "
-                f"Gemma 3 (gemma3_text) models; got model_type={self.model_type!r}. Add a "
-                f"re-implementation of its forward in circuits/_forward.py (see circuits/_gemma.py "
-                f"for a family with non-additive head outputs).")
+            root = hf
+        if getattr(cfg, "use_bidirectional_attention", False) or getattr(
+                getattr(cfg, "text_config", None), "use_bidirectional_attention", False):
+            raise unsupported(self.model_type, "use_bidirectional_attention=True (an encoder, not causal)")
+        if len(set(fam.attention_scales)) > 1:
+            raise unsupported(self.model_type, "per-layer attention scales (GPT-2 scale_attn_by_inverse_layer_idx)")
+        if fam.qk_norm == "proj" and fam.qk_norm_kind != "rms":
+            raise unsupported(self.model_type, "a LayerNorm over the whole q/k projection")
+        self.arch = {"gemma3_text": "gemma3", "gemma3": "gemma3", "mistral": "llama", "qwen2": "llama",
+                     "smollm3": "llama"}.get(self.model_type, self.model_type)
+        self.n_layers = fam.n_layers
+        self.n_heads = fam.n_heads
+        self.n_kv_heads = fam.n_kv_heads
+        self.d_model = fam.d_model
+        self.d_head = fam.head_dim
+        self.eps = float(fam.norm_eps)
+        self.norm_kind: str = fam.norm  # "rms" | "layer"
+        self.norm_offset = float(fam.norm_offset)  # Gemma: RMSNorm scales by 1 + w
+        self.placement: str = fam.placement  # "pre" | "sandwich" | "post"
+        self.parallel: str | None = fam.parallel  # None | "shared_norm" | "two_norms"
+        self.qk_norm: str | None = fam.qk_norm  # None | "head" | "proj"
+        self.qk_norm_kind: str = fam.qk_norm_kind or "rms"
+        self.layer_types = list(fam.layer_types)
+        rot = fam.rotary
+        self.rotary = None
+        self.rope_keys: list[str] | None = None
+        self.rope_theta: dict[str, float] = {}
+        if rot is not None:
+            model = get(root, fam.paths.layers.rsplit(".", 1)[0]) if "." in fam.paths.layers else root
+            self.rotary = getattr(model, "rotary_emb", None)
+            # a TransformerBridge wraps HF modules: call (and inspect) the HF one
+            self.rotary = getattr(self.rotary, "original_component", None) or self.rotary
+            if self.rotary is None:
+                raise unsupported(self.model_type, "a rotary model without a rotary_emb module")
+            # Gemma 3 keeps one RoPE table per layer type: rotary_emb(x, pos, layer_type)
+            if "layer_type" in inspect.signature(self.rotary.forward).parameters:
+                self.rope_keys = list(rot.layer_types)
+            self.rope_theta = {t: float(b) for t, b in zip(rot.layer_types, rot.bases) if b is not None}
+        self.use_rope = self.rotary is not None
+        self.rotary_dim = rot.rotary_dim if rot is not None else 0
+        self.pairing: str = rot.pairing if rot is not None else "half"
+        self.layers: list[Layer] = load_layers(self, root, fam)
+        self.attn_softcap = fam.attn_softcap
+        self.final_softcap = fam.final_softcap
+        self.logits_scaling = None if fam.logits_scaling == 1.0 else float(fam.logits_scaling)
+        self.scale = float(fam.attention_scale)
+        emb = get(root, fam.paths.embed)
+        self.W_E = _w(emb)
+        es = getattr(emb, "embed_scale", None)  # Gemma: sqrt(d_model) buffer, cast to the model dtype
+        if es is not None and isinstance(es, Tensor):
+            self.embed_scale: Tensor | float | None = es.detach().to(self.W_E.dtype)
+        elif fam.embed_scale != 1.0:  # Granite's embedding_multiplier
+            self.embed_scale = float(fam.embed_scale)
+        else:
+            self.embed_scale = None
+        self.W_pos = _w(get(root, fam.paths.pos_embed)) if fam.learned_positions else None
+        lnf = get(root, fam.paths.final_norm)
+        self.lnf_w, self.lnf_b = _w(lnf), _b(lnf)
+        head = get(root, fam.paths.lm_head)
+        self.W_U = _w(head).T  # [d vocab]
+        self.b_U = _b(head)
+        mlp0 = get(get(root, fam.paths.layers)[0], fam.paths.mlp)
+        self.act = next((getattr(mlp0, n) for n in ("act_fn", "act", "activation_fn") if hasattr(mlp0, n)), None)
+        if self.act is None:  # the activation as HF applies it; else the config's name
+            from transformers.activations import ACT2FN
+
+            if fam.activation not in ACT2FN:
+                raise unsupported(self.model_type, f"activation {fam.activation!r}")
+            self.act = ACT2FN[fam.activation]
         self.senders = sender_names(self.n_layers, self.n_heads)
         self.receivers = receiver_names(self.n_layers, self.n_heads, self.n_kv_heads)
         self.sender_index = {s: i for i, s in enumerate(self.senders)}
         self.receiver_index = {r: i for i, r in enumerate(self.receivers)}
         self.valid = self._valid()
-
-    # ---------------------------------------------------------------------------- init helpers
-    def _init_llama(self, hf: Any, cfg: Any, core: Any = None, sandwich: bool = False) -> None:
-        self.arch = "llama"
-        core = hf.model if core is None else core
-        self.n_layers = cfg.num_hidden_layers
-        self.n_heads = cfg.num_attention_heads
-        self.n_kv_heads = getattr(cfg, "num_key_value_heads", None) or self.n_heads
-        self.d_model = cfg.hidden_size
-        self.d_head = getattr(cfg, "head_dim", None) or self.d_model // self.n_heads
-        self.eps = float(getattr(cfg, "rms_norm_eps", 1e-6))
-        self.W_E = _w(core.embed_tokens)
-        self.W_pos = None
-        H, G, e, d = self.n_heads, self.n_kv_heads, self.d_head, self.d_model
-        self.layers: list[_Layer] = []
-        for blk in core.layers:
-            at, mlp = blk.self_attn, blk.mlp
-            if not sandwich and (hasattr(at, "q_norm") or hasattr(blk, "post_feedforward_layernorm")):
-                raise NotImplementedError(f"{self.model_type}: q/k norms and sandwich norms are "
-                                          f"only supported for Gemma 3")
-
-            def heads(lin: Any, n: int) -> tuple[Tensor, Tensor | None]:
-                w = _w(lin).view(n, e, d).transpose(1, 2).contiguous()  # [n d e]
-                b = _b(lin)
-                return w, None if b is None else b.view(n, e)
-
-            W_Q, b_Q = heads(at.q_proj, H)
-            W_K, b_K = heads(at.k_proj, G)
-            W_V, b_V = heads(at.v_proj, G)
-            W_O = _w(at.o_proj).view(d, H, e).permute(1, 2, 0).contiguous()  # [H e d]
-            self.layers.append(_Layer(
-                ln1_w=_w(blk.input_layernorm), ln1_b=None, W_Q=W_Q, W_K=W_K, W_V=W_V,
-                b_Q=b_Q, b_K=b_K, b_V=b_V, W_O=W_O, b_O=_b(at.o_proj),
-                ln2_w=_w(blk.post_attention_layernorm), ln2_b=None,
-                W_gate=_w(mlp.gate_proj).T.contiguous(), b_gate=_b(mlp.gate_proj),
-                W_in=_w(mlp.up_proj).T.contiguous(), b_in=_b(mlp.up_proj),
-                W_out=_w(mlp.down_proj).T.contiguous(), b_out=_b(mlp.down_proj)))
-        self.scale = float(getattr(core.layers[0].self_attn, "scaling", self.d_head ** -0.5))
-        self.lnf_w, self.lnf_b = _w(core.norm), None
-        self.W_U = _w(hf.lm_head).T  # [d vocab]
-        self.b_U = _b(hf.lm_head)
-        self.act = _act(getattr(cfg, "hidden_activation", None) or getattr(cfg, "hidden_act", "silu"))
-        self.rotary = core.rotary_emb
-        self.use_rope = not bool(getattr(cfg, "nope", False))
-
-    def _init_gpt2(self, hf: Any, cfg: Any) -> None:
-        self.arch = "gpt2"
-        core = hf.transformer
-        self.n_layers = cfg.n_layer
-        self.n_heads = cfg.n_head
-        self.n_kv_heads = self.n_heads
-        self.d_model = cfg.n_embd
-        self.d_head = self.d_model // self.n_heads
-        self.eps = float(cfg.layer_norm_epsilon)
-        self.W_E = _w(core.wte)
-        self.W_pos = _w(core.wpe)
-        H, e, d = self.n_heads, self.d_head, self.d_model
-        self.layers = []
-        for blk in core.h:
-            at, mlp = blk.attn, blk.mlp
-            Wc, bc = _w(at.c_attn), _b(at.c_attn)  # Conv1D: [d, 3d]
-            if Wc.shape[0] != d:  # some wrappers store nn.Linear layout
-                Wc = Wc.T
-            Wq, Wk, Wv = Wc.split(d, dim=1)
-            bq, bk, bv = (None, None, None) if bc is None else bc.split(d)
-
-            def hw(w: Tensor) -> Tensor:
-                return w.reshape(d, H, e).permute(1, 0, 2).contiguous()
-
-            def hb(b: Tensor | None) -> Tensor | None:
-                return None if b is None else b.reshape(H, e)
-
-            Wp = _w(at.c_proj)
-            if Wp.shape[0] != d:
-                Wp = Wp.T
-            Wfc, Wfp = _w(mlp.c_fc), _w(mlp.c_proj)
-            if Wfc.shape[0] != d:
-                Wfc, Wfp = Wfc.T, Wfp.T
-            self.layers.append(_Layer(
-                ln1_w=_w(blk.ln_1), ln1_b=_b(blk.ln_1), W_Q=hw(Wq), W_K=hw(Wk), W_V=hw(Wv),
-                b_Q=hb(bq), b_K=hb(bk), b_V=hb(bv), W_O=Wp.reshape(H, e, d).contiguous(),
-                b_O=_b(at.c_proj), ln2_w=_w(blk.ln_2), ln2_b=_b(blk.ln_2), W_gate=None,
-                b_gate=None, W_in=Wfc.contiguous(), b_in=_b(mlp.c_fc), W_out=Wfp.contiguous(),
-                b_out=_b(mlp.c_proj)))
-        self.scale = (1.0 / math.sqrt(self.d_head)) if getattr(cfg, "scale_attn_weights", True) else 1.0
-        if getattr(cfg, "scale_attn_by_inverse_layer_idx", False) or getattr(cfg, "reorder_and_upcast_attn", False):
-            raise NotImplementedError("GPT-2 scale_attn_by_inverse_layer_idx/reorder_and_upcast_attn")
-        self.lnf_w, self.lnf_b = _w(core.ln_f), _b(core.ln_f)
-        self.W_U = _w(hf.lm_head).T
-        self.b_U = _b(hf.lm_head)
-        self.act = _act(getattr(cfg, "activation_function", "gelu_new"))
-        self.rotary = None
-        self.use_rope = False
 
     def _valid(self) -> Bool[Tensor, "sender receiver"]:
         S, R = len(self.senders), len(self.receivers)
@@ -283,7 +244,8 @@ class PatchableModel:
     def n_upstream(self, layer: int, kind: str) -> int:
         """Number of senders upstream of layer ``layer``'s attention (``"attn"``) or MLP input."""
         base = 1 + layer * (self.n_heads + 1)
-        return base if kind == "attn" else base + self.n_heads
+        # a parallel block's MLP reads the same residual as its attention (module docstring)
+        return base if (kind == "attn" or self.parallel) else base + self.n_heads
 
     def receiver_slice(self, layer: int) -> slice:
         """Receivers of layer ``layer``: H q, G k, G v, then the MLP input."""
@@ -296,32 +258,74 @@ class PatchableModel:
         return slice(s0, s0 + self.n_heads + 1)
 
     # ---------------------------------------------------------------------------- primitives
-    def _norm(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
-        if self.arch == "gpt2":
+    def _norm(self, x: Tensor, w: Tensor | None, b: Tensor | None) -> Tensor:
+        """The family's norm (``w`` None: no norm, the identity)."""
+        if w is None:
+            return x
+        if self.norm_kind == "layer":
             return F.layer_norm(x, (x.shape[-1],), w, b, self.eps)
-        xf = x.float()
+        xf = _up(x)
         y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        if self.arch == "gemma3":  # Gemma: (x̂ · (1 + w)) in float32, then cast
-            return (y * (1.0 + w.float())).to(x.dtype)
+        if self.norm_offset:  # Gemma: (x̂ · (1 + w)) in float32, then cast
+            return (y * (self.norm_offset + _up(w))).to(x.dtype)
         return w * y.to(x.dtype)
 
-    def _norm_vjp(self, x: Tensor, g: Tensor, w: Tensor) -> Tensor:
+    def _qk_norm(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+        """Per-head q/k norm of ``x [.. n e]`` with weights ``[e]`` or per head ``[n e]``."""
+        if self.qk_norm_kind == "layer":
+            if w.dim() == 1:
+                return F.layer_norm(x, (x.shape[-1],), w, b, self.eps)
+            y = F.layer_norm(x, (x.shape[-1],), None, None, self.eps) * w
+            return y if b is None else y + b
+        xf = _up(x)
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.norm_offset:
+            return (y * (self.norm_offset + _up(w))).to(x.dtype)
+        return w * y.to(x.dtype)
+
+    def _proj_norm(self, x: Tensor, w: Tensor) -> Tensor:
+        """RMSNorm over the whole q or k projection ``x [.. n e]`` (OLMo-2), weights ``[n·e]``."""
+        sh = x.shape
+        return self._qk_norm(x.reshape(*sh[:-2], sh[-2] * sh[-1]), w, None).view(sh)
+
+    def _norm_vjp(self, x: Tensor, g: Tensor, w: Tensor | None) -> Tensor:
         """Gradient w.r.t. the norm's input ``x`` ``[b p d]`` of ``Σ g·norm(x)`` for many
         cotangents ``g`` ``[b p n d]`` at once (closed form; the statistics of ``x`` are shared):
         RMSNorm ``y = w ⊙ x r``, ``r = (mean x² + ε)^-½``: ``r (u − x̂ ⟨u, x̂⟩/d)``, ``u = w ⊙ g``;
-        LayerNorm adds ``− mean(u)``; Gemma uses ``1 + w``, in float32."""
-        xf = x.float()[:, :, None]  # [b p 1 d]
-        if self.arch == "gpt2":
+        LayerNorm adds ``− mean(u)``; Gemma uses ``1 + w``, in float32; no norm: ``g``."""
+        if w is None:
+            return g
+        xf = _up(x)[:, :, None]  # [b p 1 d]
+        if self.norm_kind == "layer":
             xc = xf - xf.mean(-1, keepdim=True)
             r = torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + self.eps)
             xh = xc * r
-            u = g.float() * w.float()
+            u = _up(g) * _up(w)
             out = r * (u - u.mean(-1, keepdim=True) - xh * (u * xh).mean(-1, keepdim=True))
         else:
             r = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
             xh = xf * r
-            u = g.float() * ((1.0 + w.float()) if self.arch == "gemma3" else w.float())
+            u = _up(g) * ((self.norm_offset + _up(w)) if self.norm_offset else _up(w))
             out = r * (u - xh * (u * xh).mean(-1, keepdim=True))
+        return out.to(g.dtype)
+
+    def _proj_norm_vjp(self, u: Tensor, g: Tensor, w: Tensor, W: Tensor) -> Tensor:
+        """Receiver-wise gradient through an RMSNorm over the whole projection (OLMo-2).
+
+        Receiver ``n`` computes the full projection ``u = x̂ W + b`` ``[b p N e]`` of its own
+        input and keeps slice ``n`` of ``y = w ⊙ u r``; with the cotangent ``g_n`` on that slice
+        only, ``∂/∂x̂ = r ((w_n ⊙ g_n) W_nᵀ − ⟨w_n ⊙ g_n, û_n⟩/D · û Wᵀ)``, ``û = u r``, ``D = N·e``.
+        Returns ``[b p N d]``."""
+        b, p, N, e = u.shape
+        uf = _up(u).reshape(b, p, N * e)
+        r = torch.rsqrt(uf.pow(2).mean(-1, keepdim=True) + self.eps)  # [b p 1]
+        uh = (uf * r).view(b, p, N, e)
+        wg = _up(g) * _up(w).view(N, e)
+        s = (wg * uh).sum(-1)  # [b p N]
+        Wf = _up(W)
+        a = torch.einsum("bpne,nde->bpnd", wg, Wf)
+        P = torch.einsum("bpne,nde->bpd", uh, Wf)
+        out = r[..., None] * (a - (s / (N * e))[..., None] * P[:, :, None])
         return out.to(g.dtype)
 
     def attn_receiver_grads(
@@ -331,50 +335,97 @@ class PatchableModel:
     ) -> Float[Tensor, "batch pos receiver d_model"]:
         """Gradients at the inputs of layer ``layer``'s attention receivers (q of every head,
         k then v of every KV head), each as if it normalised its own copy of the residual: from
-        the gradients at the q/k/v projections (linear: ``g_x̂ = g_q W_Qᵀ``) through the norm's
-        Jacobian (:meth:`_norm_vjp`). Equal to differentiating per-receiver copies, without
-        running H + 2G copies of the norm forward and backward."""
+        the gradients at the q/k/v grad nodes of :meth:`forward` (the projections — linear:
+        ``g_x̂ = g_q W_Qᵀ`` — or, with a q/k norm over the whole projection, the normalised
+        q/k: :meth:`_proj_norm_vjp`) through the input norm's Jacobian (:meth:`_norm_vjp`).
+        Equal to differentiating per-receiver copies, without running H + 2G copies of the
+        forward and backward."""
         W = self.layers[layer]
-        gx = torch.cat([torch.einsum("bphe,hde->bphd", g_q, W.W_Q),
-                        torch.einsum("bpge,gde->bpgd", g_k, W.W_K),
-                        torch.einsum("bpge,gde->bpgd", g_v, W.W_V)], dim=2)
+        if self.qk_norm == "proj":
+            xn = self._norm(resid, W.ln1_w, W.ln1_b)
+            uq = torch.einsum("bpd,hde->bphe", xn, W.W_Q)
+            uk = torch.einsum("bpd,hde->bphe", xn, W.W_K)
+            if W.b_Q is not None:
+                uq = uq + W.b_Q
+            if W.b_K is not None:
+                uk = uk + W.b_K
+            gq = self._proj_norm_vjp(uq, g_q, W.q_norm_w, W.W_Q)
+            gk = self._proj_norm_vjp(uk, g_k, W.k_norm_w, W.W_K)
+        else:
+            gq = torch.einsum("bphe,hde->bphd", g_q, W.W_Q)
+            gk = torch.einsum("bpge,gde->bpgd", g_k, W.W_K)
+        gx = torch.cat([gq, gk, torch.einsum("bpge,gde->bpgd", g_v, W.W_V)], dim=2)
         return self._norm_vjp(resid, gx, W.ln1_w)
 
     def _rope(self, x: Tensor, position_ids: Tensor, layer: int = 0) -> tuple[Tensor, Tensor]:
+        """``cos``, ``sin`` ``[b p rotary_dim]`` from the HF rotary module, laid out for the
+        family's pairing (half: ``[f, f]``; interleaved, GPT-J: each frequency twice in a row)."""
         key = self.layers[layer].rope_key
-        cos, sin = (self.rotary(x, position_ids) if key is None
-                    else self.rotary(x, position_ids, key))  # [b p e]
+        out = self.rotary(x, position_ids) if key is None else self.rotary(x, position_ids, key)
+        if self.pairing == "interleaved":  # GPT-J's module returns (sin, cos) of half width
+            sin, cos = out
+            cos, sin = cos.repeat_interleave(2, -1), sin.repeat_interleave(2, -1)
+        else:
+            cos, sin = out
         return cos.to(x.dtype), sin.to(x.dtype)
 
     def rerotate(self, t: Float[Tensor, "batch layer pos n d_head"],
                  shift: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch layer pos n d_head"]:
         """Rotate post-RoPE q or k of every layer by ``shift`` more positions (each layer with its
-        own RoPE table: Gemma's local and global layers differ). RoPE rotations compose."""
+        own RoPE table: Gemma's local and global layers differ; NoPE layers stay). RoPE
+        rotations compose."""
         if not (self.use_rope and self.rotary is not None):
             return t
         B, L, P, n, e = t.shape
-        out = torch.empty_like(t)
+        out = t.clone()
         tables: dict[Any, tuple[Tensor, Tensor]] = {}
         for l in range(L):
+            if not self.layers[l].use_rope:
+                continue
             key = self.layers[l].rope_key
             if key not in tables:
                 tables[key] = self._rope(t[:, l], shift, l)
             out[:, l] = self._rot(t[:, l], *tables[key])
         return out
 
-    @staticmethod
-    def _rot(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        # x [b p n e], cos/sin [b p e]; NeoX/Llama pairing (i, i + e/2)
-        half = x.shape[-1] // 2
-        x1, x2 = x[..., :half], x[..., half:]
-        rot = torch.cat((-x2, x1), dim=-1)
-        return x * cos[:, :, None, :] + rot * sin[:, :, None, :]
+    def _rot(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        """Rotate the first ``rotary_dim`` dims of ``x [b p n e]`` (``cos``/``sin`` ``[b p r]``):
+        pairs ``(i, i + r/2)`` (Llama/NeoX "half") or ``(2i, 2i+1)`` (GPT-J "interleaved"); the
+        remaining ``e − r`` dims pass through (partial rotary)."""
+        r = cos.shape[-1]
+        xr = x if r == x.shape[-1] else x[..., :r]
+        if self.pairing == "interleaved":
+            rot = torch.stack((-xr[..., 1::2], xr[..., ::2]), dim=-1).flatten(-2)
+        else:
+            half = r // 2
+            rot = torch.cat((-xr[..., half:], xr[..., :half]), dim=-1)
+        y = xr * cos[:, :, None, :] + rot * sin[:, :, None, :]
+        return y if r == x.shape[-1] else torch.cat((y, x[..., r:]), dim=-1)
+
+    def score(self, dots: Tensor) -> Tensor:
+        """Attention logits from raw ``q·k``: ``× scale``, then Gemma 2's soft-cap
+        ``c·tanh(s/c)`` where the family has one."""
+        s = dots * self.scale
+        if self.attn_softcap is not None:
+            s = torch.tanh(s / self.attn_softcap) * self.attn_softcap
+        return s
+
+    def _diag_proj(self, xn: Tensor, Wm: Tensor, bias: Tensor | None, w: Tensor) -> Tensor:
+        """Receiver ``n`` of ``xn [b p N d]`` projects its own input onto all ``N`` heads, norms
+        the whole projection (OLMo-2) and keeps head ``n``: ``[b p N e]``."""
+        full = torch.einsum("bpnd,mde->bpnme", xn, Wm)
+        if bias is not None:
+            full = full + bias
+        full = self._proj_norm(full, w)
+        idx = torch.arange(Wm.shape[0], device=xn.device)
+        return full[:, :, idx, idx]
 
     def embed(self, tokens: Int[Tensor, "batch pos"],
               position_ids: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_model"]:
-        """The ``"embed"`` sender: token embeddings (+ learned positions for GPT-2)."""
+        """The ``"embed"`` sender: token embeddings (× Gemma's sqrt(d) or Granite's multiplier,
+        + learned positions for GPT-2)."""
         x = self.W_E[tokens]
-        if self.embed_scale is not None:  # Gemma: × sqrt(d_model), cast to the model dtype
+        if self.embed_scale is not None:
             x = x * self.embed_scale
         if self.W_pos is not None:
             x = x + self.W_pos[position_ids]
@@ -464,7 +515,7 @@ class PatchableModel:
         rope_by: dict[str | None, tuple[Tensor, Tensor]] = {}
         if self.use_rope and self.rotary is not None:
             for l, W in enumerate(self.layers):
-                if W.rope_key not in rope_by:
+                if W.use_rope and W.rope_key not in rope_by:
                     rope_by[W.rope_key] = self._rope(x_embed, pos_ids, l)
 
         patch = keep is not None
@@ -490,32 +541,41 @@ class PatchableModel:
         for l, W in enumerate(self.layers):
             rs = self.receiver_slice(l)
             nA = self.n_upstream(l, "attn")
+            resid_in = resid  # what a parallel block's MLP reads
             if patch:  # one input per receiver (each normalised on its own)
                 x = resid[:, :, None, :].expand(b, p, H + 2 * G, d)
                 corr = torch.einsum("bpsr,bpsd->bprd", drop[:, :, :nA, rs.start: rs.stop - 1], delta[:, :, :nA])
                 x = x - corr
                 xn = self._norm(x, W.ln1_w, W.ln1_b)
-                q = torch.einsum("bphd,hde->bphe", xn[:, :, :H], W.W_Q)
-                k = torch.einsum("bphd,hde->bphe", xn[:, :, H: H + G], W.W_K)
+                if self.qk_norm == "proj":  # each receiver: full projection of its own input
+                    q = self._diag_proj(xn[:, :, :H], W.W_Q, W.b_Q, W.q_norm_w)
+                    k = self._diag_proj(xn[:, :, H: H + G], W.W_K, W.b_K, W.k_norm_w)
+                else:
+                    q = torch.einsum("bphd,hde->bphe", xn[:, :, :H], W.W_Q)
+                    k = torch.einsum("bphd,hde->bphe", xn[:, :, H: H + G], W.W_K)
                 v = torch.einsum("bphd,hde->bphe", xn[:, :, H + G:], W.W_V)
             else:  # fast path: all receivers read the same residual
                 xn1 = self._norm(resid, W.ln1_w, W.ln1_b)
                 q = torch.einsum("bpd,hde->bphe", xn1, W.W_Q)
                 k = torch.einsum("bpd,hde->bphe", xn1, W.W_K)
                 v = torch.einsum("bpd,hde->bphe", xn1, W.W_V)
+                if self.qk_norm == "proj":
+                    q = self._proj_norm(q if W.b_Q is None else q + W.b_Q, W.q_norm_w)
+                    k = self._proj_norm(k if W.b_K is None else k + W.b_K, W.k_norm_w)
                 if grad_nodes:  # receiver gradients come from these (attn_receiver_grads)
                     out["qkv"].append((q, k, v))
                     out["ln1_in"].append(resid.detach())
-            if W.b_Q is not None:
-                q = q + W.b_Q
-            if W.b_K is not None:
-                k = k + W.b_K
+            if self.qk_norm != "proj":
+                if W.b_Q is not None:
+                    q = q + W.b_Q
+                if W.b_K is not None:
+                    k = k + W.b_K
             if W.b_V is not None:
                 v = v + W.b_V
-            if W.q_norm_w is not None:  # Gemma: per-head RMSNorm of q and k before RoPE
-                q = self._norm(q, W.q_norm_w, None)
-                k = self._norm(k, W.k_norm_w, None)
-            if W.rope_key in rope_by:
+            if self.qk_norm == "head":  # per-head q/k norm before RoPE (Qwen3, Gemma 3, …)
+                q = self._qk_norm(q, W.q_norm_w, W.q_norm_b)
+                k = self._qk_norm(k, W.k_norm_w, W.k_norm_b)
+            if W.use_rope and W.rope_key in rope_by:
                 cos, sin = rope_by[W.rope_key]
                 q = self._rot(q, cos, sin)
                 k = self._rot(k, cos, sin)
@@ -534,7 +594,7 @@ class PatchableModel:
                                      torch.where(Mk, sc(qa, k), sc(qa, ka)))
             else:
                 scores = torch.einsum("bqgre,bkge->bgrqk", qg, k).reshape(b, H, p, p)
-            scores = (scores * self.scale).masked_fill(~allowed_by[W.window], float("-inf"))
+            scores = self.score(scores).masked_fill(~allowed_by[W.window], float("-inf"))
             A = torch.softmax(scores, dim=-1)
             Ag = A.view(b, G, rep, p, p)
             if kc is not None:
@@ -547,10 +607,9 @@ class PatchableModel:
             if grad_nodes:
                 out["z"].append(z)
             head_out = torch.einsum("bqhe,hed->bqhd", z, W.W_O)
-            if W.post_attn_w is not None:  # Gemma: shares of the normalised sum (module doc)
-                from circuits._gemma import head_shares
-
-                head_out, bias_share = head_shares(head_out, W.b_O, W.post_attn_w, self.eps)
+            if W.post_attn_w is not None:  # sandwich / post-norm: shares of the normalised sum
+                head_out, bias_share = head_shares(head_out, W.b_O, W.post_attn_w, self.eps,
+                                                   self.norm_offset)
                 resid = resid + head_out.sum(2)
                 if bias_share is not None:
                     resid = resid + bias_share
@@ -561,9 +620,9 @@ class PatchableModel:
             ss = self.sender_slice(l)
             if patch:
                 delta[:, :, ss.start: ss.stop - 1] = head_out - abl_s[:, :, ss.start: ss.stop - 1]
-            # MLP
+            # MLP (a parallel block's MLP reads the block's input, not the attention output)
             nM = self.n_upstream(l, "mlp")
-            xm = resid.unsqueeze(2)  # a view of its own: its gradient is the MLP input's only
+            xm = (resid_in if self.parallel else resid).unsqueeze(2)  # a view of its own: its gradient is the MLP input's only
             if patch:
                 xm = xm - torch.einsum("bps,bpsd->bpd", drop[:, :, :nM, rs.stop - 1], delta[:, :, :nM]).unsqueeze(2)
             if grad_nodes:
@@ -581,7 +640,7 @@ class PatchableModel:
             else:
                 act = self.act(pre)
             mlp_out = act @ W.W_out
-            if W.post_mlp_w is not None:  # Gemma: the MLP sender is the post-norm output
+            if W.post_mlp_w is not None:  # sandwich / post-norm: the MLP sender is the normed output
                 if W.b_out is not None:
                     mlp_out = mlp_out + W.b_out
                 mlp_out = self._norm(mlp_out, W.post_mlp_w, None)
@@ -605,6 +664,8 @@ class PatchableModel:
         logits = self._norm(xf, self.lnf_w, self.lnf_b) @ self.W_U
         if self.b_U is not None:
             logits = logits + self.b_U
+        if self.logits_scaling is not None:  # Granite
+            logits = logits / self.logits_scaling
         if self.final_softcap is not None:
             logits = torch.tanh(logits / self.final_softcap) * self.final_softcap
         out["logits"] = logits
@@ -620,11 +681,3 @@ class PatchableModel:
         return (f"PatchableModel({self.model_name!r}, arch={self.arch}, layers={self.n_layers}, "
                 f"heads={self.n_heads}, kv_heads={self.n_kv_heads}, senders={len(self.senders)}, "
                 f"receivers={len(self.receivers)})")
-
-
-def _act(name: str) -> Any:
-    from transformers.activations import ACT2FN
-
-    if name not in ACT2FN:
-        raise NotImplementedError(f"activation {name!r}")
-    return ACT2FN[name]

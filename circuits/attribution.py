@@ -312,8 +312,13 @@ def crossing_scores(
     Gva = torch.einsum("blqhe,blkhe->blhqk", g, vha)
     Go = torch.einsum("blqhe,blqhe->blhq", g, z)
     s_v = A * (Gva - Gv)
-    dk = pm.scale * torch.einsum("blqhe,blkhe->blhqk", q, kha - kh)
-    dq = pm.scale * torch.einsum("blqhe,blkhe->blhqk", qa - q, kh)
+    if getattr(pm, "attn_softcap", None) is None:
+        dk = pm.scale * torch.einsum("blqhe,blkhe->blhqk", q, kha - kh)
+        dq = pm.scale * torch.einsum("blqhe,blkhe->blhqk", qa - q, kh)
+    else:  # soft-capped scores (Gemma 2): the move of the capped score, pm.score(q·k)
+        s0 = pm.score(torch.einsum("blqhe,blkhe->blhqk", q, kh))
+        dk = pm.score(torch.einsum("blqhe,blkhe->blhqk", q, kha)) - s0
+        dq = pm.score(torch.einsum("blqhe,blkhe->blhqk", qa, kh)) - s0
     move = Gv - Go[..., None]
     s_k = _softmax_shift(A, dk) * move
     s_q = _softmax_shift(A, dq) * move
