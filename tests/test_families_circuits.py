@@ -156,7 +156,7 @@ def test_eap_is_the_derivative_of_exact_edge_patching(family):
     is g·Δz_t with the exact softmax move of the one patched score (through the soft-cap where
     there is one), so it equals g·Δz for Δz = z(one edge exactly patched) − z(clean), read from
     the patched forward, with g = ∂M/∂z of that layer."""
-    from test_attribution import assert_eap_is_patching_derivative
+    from helpers import assert_eap_is_patching_derivative
 
     from circuits.attribution import one_edge_keep
     from circuits.metrics import MetricBatch
