@@ -81,7 +81,9 @@ def estimate_memory(model: Any, n_tokens: int, batch_size: int = 1, *,
     el, acc = s["elem"], s["acc"]
     b, T = int(batch_size), int(n_tokens)
     bt = b * T
-    pts = 1 if method == "eap" else max(1, min(int(ig_chunk or ig_steps), int(ig_steps)))
+    if ig_chunk is None:  # the default of plan_attribution
+        ig_chunk = ig_steps if bt <= 1024 else max(1, 1024 // bt)
+    pts = 1 if method == "eap" else max(1, min(int(ig_chunk), int(ig_steps)))
     # autograd-saved activations per token and layer (linear) + the attention rows
     lin = 8 * d + 6 * (H + 2 * G) * e + 5 * m
     fwd_bwd = pts * (bt * L * (lin * el + H * T * el) + bt * 2 * s["vocab"] * el)
