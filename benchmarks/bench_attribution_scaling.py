@@ -81,6 +81,59 @@ class Peak:
         return self.peak - self.base
 
 
+PAPER_MODELS = {
+    # public configs (config.json of meta-llama/Meta-Llama-3-8B and google/gemma-2-9b)
+    "Llama-3-8B": dict(num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                       hidden_size=4096, head_dim=128, intermediate_size=14336, vocab_size=128256,
+                       n_params=8_030_000_000),
+    "Gemma-2-9B": dict(num_hidden_layers=42, num_attention_heads=16, num_key_value_heads=8,
+                       hidden_size=3584, head_dim=256, intermediate_size=14336, vocab_size=256000,
+                       n_params=9_240_000_000),
+}
+
+
+def paper_table(measured: list[dict], tflops: float = 400.0, gpu_gib: float = 80.0) -> str:
+    """Predicted time and memory of EAP / EAP-IG on the PAPER_MODELS at 128 / 1k / 8k tokens (batch
+    1, bf16, one GPU), from :func:`circuits.estimate_memory` (shapes only) and the time ratios
+    measured here (nearest measured length). fwd+bwd time = (6·N·T + 12·L·H·e·T²) FLOPs at
+    ``tflops`` TFLOP/s — an assumption, not a measurement."""
+    from circuits.memory import estimate_memory, shapes_from_config
+
+    def ratio(run: str, T: int) -> float:
+        rows = [r for r in measured if r["run"].startswith(run) and "ratio_time" in r]
+        if not rows:
+            return float("nan")
+        return min(rows, key=lambda r: abs(r["T"] - T))["ratio_time"]
+
+    lines = ["| model | tokens | fwd+bwd (pred.) | EAP time (pred.) | EAP-IG m=5 (pred.) | peak EAP none/span | "
+             "peak EAP-IG | peak EAP if the forward used memory-efficient attention | position graph dense | "
+             "store needed on one 80 GB GPU |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, cfg in PAPER_MODELS.items():
+        sh = shapes_from_config(cfg)
+        for T in (128, 1024, 8192):
+            flops = 6 * cfg["n_params"] * T + 12 * sh["L"] * sh["H"] * sh["e"] * T * T
+            fb = flops / (tflops * 1e12)
+            e_none = estimate_memory(sh, T, 1, granularity="none")
+            e_ig = estimate_memory(sh, T, 1, granularity="none", method="eap-ig")
+            e_sdpa = estimate_memory(sh, T, 1, granularity="none", attention="sdpa")
+            dense = estimate_memory(sh, T, 1, granularity="position", store="dense")["output"] / 2
+            e_top = estimate_memory(sh, T, 1, granularity="position", store="topk", k=100_000)
+            free = gpu_gib * 2**30 - sh["weights"]
+            if e_none["peak"] - e_none["output"] + dense <= free:
+                store = "dense"
+            elif e_top["peak"] <= free:
+                store = f"top-k (dense graph {dense / 2**30:.0f} GiB: disk shards or top-k)"
+            else:
+                store = "does not fit at batch 1 (device_map over GPUs not supported yet)"
+            gib = lambda x: f"{x / 2**30:.1f} GiB"  # noqa: E731
+            lines.append(f"| {name} | {T} | {fb:.2f} s | {fb * ratio('eap none', T):.2f} s | "
+                         f"{fb * ratio('eap-ig none', T):.2f} s | {gib(e_none['peak'])} | {gib(e_ig['peak'])} | "
+                         f"{gib(e_sdpa['peak'])} | "
+                         f"{gib(dense)} | {store} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m")
@@ -89,8 +142,14 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=100_000)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--methods", nargs="+", default=["eap", "eap-ig"])
+    ap.add_argument("--granularities", nargs="+", default=["none", "span", "position"])
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "attribution_scaling.json"))
+    ap.add_argument("--paper", default=None,
+                    help="print the predicted table for Llama-3-8B / Gemma-2-9B from this results JSON and exit")
     args = ap.parse_args()
+    if args.paper:
+        print(paper_table(json.loads(Path(args.paper).read_text())["rows"]))
+        return
 
     from circuits import attribute, estimate_memory
     from circuits.metrics import Metric
@@ -139,7 +198,7 @@ def main() -> None:
         print(f"T={T}: fwd+bwd {base_t:.3f}s, +{base_m / 2**20:.0f} MiB", flush=True)
         rows.append({"T": T, "run": "baseline fwd+bwd", "seconds": base_t, "extra_bytes": base_m})
         for method in args.methods:
-            for gran in ("none", "span", "position"):
+            for gran in args.granularities:
                 kw = dict(method=method, ig_steps=args.ig_steps, granularity=gran, batch_size=1)
                 if gran == "span":
                     kw["schema"] = spans

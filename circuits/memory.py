@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["estimate_memory", "plan_attribution", "parse_bytes", "format_bytes"]
+__all__ = ["estimate_memory", "plan_attribution", "parse_bytes", "format_bytes", "shapes_from_config"]
 
 WORK_BYTES = 256 * 2**20  # chunk budget of the per-layer score blocks
 
@@ -53,7 +53,22 @@ def format_bytes(n: int | float) -> str:
     return f"{int(n)} B"
 
 
+def shapes_from_config(cfg: dict[str, Any], *, dtype_bytes: int = 2, device: str = "cuda") -> dict[str, Any]:
+    """Shape dict for :func:`estimate_memory` from an HF-style config (``num_hidden_layers``,
+    ``num_attention_heads``, ``num_key_value_heads``, ``hidden_size``, ``head_dim``,
+    ``intermediate_size``, ``vocab_size``; ``n_params``) — for models not loaded here."""
+    L, H = int(cfg["num_hidden_layers"]), int(cfg["num_attention_heads"])
+    G = int(cfg.get("num_key_value_heads") or H)
+    d = int(cfg["hidden_size"])
+    e = int(cfg.get("head_dim") or d // H)
+    return dict(L=L, H=H, G=G, d=d, e=e, m=int(cfg["intermediate_size"]), S=1 + L * (H + 1),
+                R=L * (H + 2 * G + 1) + 1, elem=dtype_bytes, vocab=int(cfg["vocab_size"]),
+                weights=int(cfg.get("n_params", 0)) * dtype_bytes, acc=8 if device == "cpu" else 4)
+
+
 def _shapes(model: Any) -> dict[str, Any]:
+    if isinstance(model, dict):
+        return model
     from circuits.attribution import patchable
 
     pm = patchable(model)
@@ -70,12 +85,15 @@ def _shapes(model: Any) -> dict[str, Any]:
 def estimate_memory(model: Any, n_tokens: int, batch_size: int = 1, *,
                     granularity: str = "position", method: str = "eap", ig_steps: int = 5,
                     ig_chunk: int | None = None, store: str = "dense", k: int | None = None,
-                    n_positions: int | None = None) -> dict[str, int]:
+                    n_positions: int | None = None, attention: str = "eager") -> dict[str, int]:
     """Bytes per part of one attribution batch (see the module docstring); ``"peak"`` is the
-    predicted peak beyond the weights, ``"weights"`` the model's own.
+    predicted peak beyond the weights, ``"weights"`` the model's own. ``model``: a bridge, a
+    PatchableModel, or a shape dict (:func:`shapes_from_config`).
 
     ``n_positions``: abstract positions of the output (default ``n_tokens`` at position
-    granularity, 8 spans at span granularity, 1 for none)."""
+    granularity, 8 spans at span granularity, 1 for none). ``attention="sdpa"`` predicts a
+    forward whose backward does not keep the ``[H T T]`` patterns (memory-efficient attention;
+    the patchable forward is eager today, so this is a what-if for planning)."""
     s = _shapes(model)
     L, H, G, d, e, m, S, R = (s[x] for x in ("L", "H", "G", "d", "e", "m", "S", "R"))
     el, acc = s["elem"], s["acc"]
@@ -86,7 +104,8 @@ def estimate_memory(model: Any, n_tokens: int, batch_size: int = 1, *,
     pts = 1 if method == "eap" else max(1, min(int(ig_chunk), int(ig_steps)))
     # autograd-saved activations per token and layer (linear) + the attention rows
     lin = 8 * d + 6 * (H + 2 * G) * e + 5 * m
-    fwd_bwd = pts * (bt * L * (lin * el + H * T * el) + bt * 2 * s["vocab"] * el)
+    rows = H * T * el if attention == "eager" else 0
+    fwd_bwd = pts * (bt * L * (lin * el + rows) + bt * 2 * s["vocab"] * el)
     acts = bt * (S * d + L * 4 * H * e) * el
     abl = bt * (S * d + L * 3 * H * e) * el
     n_pts = 1 if method == "eap" else int(ig_steps)
