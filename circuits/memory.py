@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["estimate_memory", "plan_attribution", "parse_bytes", "format_bytes", "shapes_from_config"]
+__all__ = ["estimate_memory", "estimate_faithfulness_memory", "fit_faithfulness_batch", "plan_attribution", "parse_bytes", "format_bytes", "shapes_from_config"]
 
 WORK_BYTES = 256 * 2**20  # chunk budget of the per-layer score blocks
 
@@ -179,3 +179,34 @@ def plan_attribution(pm: Any, *, n_tokens: int, n_examples: int, batch_size: int
                       f"beyond the weights at batch size 1 ({method}, granularity {granularity!r}, "
                       f"store {stores[-1]!r}) but max_memory is {format_bytes(budget)}.{hint}{alt}; "
                       f"or raise max_memory (see circuits.estimate_memory for the parts).")
+
+
+def estimate_faithfulness_memory(model: Any, n_tokens: int, batch_size: int = 1) -> dict[str, int]:
+    """Bytes of one patched forward of :class:`circuits.FaithfulnessEvaluator` (dense masks, as
+    the patched forward takes them today): ``masks`` (``keep`` ``[b T S R]`` bools + its float
+    drop copy, ``keep_cross`` ``[b L H 3 T T]`` bools), ``ablation`` (sender outputs and q/k/v of
+    the ablation source), ``forward`` (sender deltas ``[b T S d]``, one layer's four score
+    combinations and receiver inputs), ``peak`` their sum."""
+    s = _shapes(model)
+    L, H, G, d, e, S, R, el = (s[x] for x in ("L", "H", "G", "d", "e", "S", "R", "elem"))
+    b, T = int(batch_size), int(n_tokens)
+    masks = b * T * S * R * (1 + el) + b * L * H * 3 * T * T
+    abl = b * T * (S * d + L * 3 * H * e) * el
+    fwd = b * T * S * d * el + 6 * b * H * T * T * el + b * T * (H + 2 * G + 1) * d * el * 3 \
+        + b * T * s["vocab"] * el
+    return {"masks": int(masks), "ablation": int(abl), "forward": int(fwd),
+            "peak": int(masks + abl + fwd), "weights": int(s["weights"])}
+
+
+def fit_faithfulness_batch(model: Any, n_tokens: int, batch_size: int, max_memory: int | str) -> int:
+    """Largest batch size ≤ ``batch_size`` whose :func:`estimate_faithfulness_memory` fits the
+    budget; ``MemoryError`` naming the need when one example does not."""
+    budget = parse_bytes(max_memory)
+    assert budget is not None
+    for b in range(int(batch_size), 0, -1):
+        if estimate_faithfulness_memory(model, n_tokens, b)["peak"] <= budget:
+            return b
+    need = estimate_faithfulness_memory(model, n_tokens, 1)["peak"]
+    raise MemoryError(f"one patched forward of a {n_tokens}-token example needs about "
+                      f"{format_bytes(need)} beyond the weights (dense keep masks) but max_memory is "
+                      f"{format_bytes(budget)}: use shorter prompts or raise max_memory")
