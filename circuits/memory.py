@@ -123,7 +123,8 @@ def estimate_memory(model: Any, n_tokens: int, batch_size: int = 1, *,
         output = 3 * 12 * int(k or 0) + 8 * P * (S + R)
     else:  # threshold: unknown count; disk: one piece at a time
         output = 8 * P * (S + R) + WORK_BYTES
-    phase_a = fwd_bwd + acts + abl + grads
+    # EAP runs the ablation source after the backward; EAP-IG needs it before (interpolation)
+    phase_a = fwd_bwd + acts + grads + (abl if method != "eap" else 0)
     phase_b = acts - bt * S * d * el + abl + grads + layer_work  # delta replaces the ablated senders
     peak = max(phase_a, phase_b) + output
     return {"forward_backward": int(fwd_bwd), "activations": int(acts), "ablation": int(abl),
