@@ -477,6 +477,7 @@ class PatchableModel:
         keep_cross: Tensor | None = None,
         record: bool = False,
         grad_nodes: bool = False,
+        record_pattern: bool = True,
     ) -> dict[str, Any]:
         """The forward pass. Returns a dict with ``"logits"`` and, on request:
 
@@ -488,6 +489,8 @@ class PatchableModel:
           ``[b p 1 d]`` and ``"z"`` (list ``[b p H e]``) — tensors in the autograd graph.
 
         ``embeds`` (``[b p d]``) replaces the ``"embed"`` sender's output (EAP-IG).
+        ``record_pattern=False`` records no attention patterns (``pattern`` is then an empty
+        ``[b L H 0 0]``; :meth:`attention_pattern` recomputes one layer's from q and k).
         """
         if tokens is None and embeds is None:
             raise ValueError("need tokens or embeds")
@@ -655,7 +658,8 @@ class PatchableModel:
                 rec["k"].append(k)
                 rec["v"].append(v)
                 rec["z"].append(z)
-                rec["pattern"].append(A)
+                if record_pattern:
+                    rec["pattern"].append(A)
         xf = resid.unsqueeze(2)
         if patch:
             xf = xf - torch.einsum("bps,bpsd->bpd", drop[:, :, :, -1], delta).unsqueeze(2)
@@ -673,9 +677,34 @@ class PatchableModel:
             out["activations"] = Activations(
                 senders=torch.cat(rec_s, dim=2),
                 q=torch.stack(rec["q"], 1), k=torch.stack(rec["k"], 1), v=torch.stack(rec["v"], 1),
-                z=torch.stack(rec["z"], 1), pattern=torch.stack(rec["pattern"], 1),
+                z=torch.stack(rec["z"], 1),
+                pattern=(torch.stack(rec["pattern"], 1) if record_pattern
+                         else x_embed.new_zeros(b, L, H, 0, 0)),
                 attention_mask=mask)
         return out
+
+    def attention_pattern(
+        self, layer: int, q: Float[Tensor, "batch pos head d_head"],
+        k: Float[Tensor, "batch pos kv_head d_head"],
+        attention_mask: Int[Tensor, "batch pos"] | Bool[Tensor, "batch pos"],
+    ) -> Float[Tensor, "batch head qpos kpos"]:
+        """Attention pattern of layer ``layer`` of an unpatched run from its post-rotary ``q``
+        and ``k`` (as recorded in :class:`Activations`): the same masking (causal, padding keys,
+        sliding window) and softmax as :meth:`forward`, for one layer at a time (streamed
+        attribution recomputes patterns instead of holding all layers')."""
+        W = self.layers[layer]
+        b, p, H, e = q.shape
+        G = k.shape[2]
+        dev = q.device
+        mask = attention_mask.to(dev).bool()
+        causal = torch.ones(p, p, dtype=torch.bool, device=dev).tril()
+        if W.window is not None:
+            causal = causal & ~torch.ones(p, p, dtype=torch.bool, device=dev).tril(-W.window)
+        allowed = causal[None] & mask[:, None, :]
+        allowed = allowed | (torch.eye(p, dtype=torch.bool, device=dev)[None] & ~allowed.any(-1, keepdim=True))
+        scores = torch.einsum("bqgre,bkge->bgrqk", q.view(b, p, G, H // G, e), k).reshape(b, H, p, p)
+        scores = (scores * self.scale).masked_fill(~allowed[:, None], float("-inf"))
+        return torch.softmax(scores, dim=-1)
 
     def __repr__(self) -> str:
         return (f"PatchableModel({self.model_name!r}, arch={self.arch}, layers={self.n_layers}, "

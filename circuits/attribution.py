@@ -39,6 +39,7 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 import torch
@@ -46,6 +47,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from circuits._forward import Activations, PatchableModel
+from circuits._stream import acc_dtype_for, align_lite, eap_grads, ig_grads, layer_cross_blocks
 from circuits.graph import GRAPH_VERSION, AttributionGraph
 from circuits.metrics import Metric, MetricBatch, as_metric
 
@@ -336,9 +338,12 @@ def crossing_scores(
 def _mean_activations(pm: PatchableModel, xb: _Batch, batch_size: int) -> Activations:
     n = xb.tokens.shape[0]
     tot: Activations | None = None
-    cnt = torch.zeros(xb.tokens.shape[1])
+    cnt = torch.zeros(xb.tokens.shape[1], device=pm.device)
     for s in range(0, n, batch_size):
-        a = pm.activations(xb.tokens[s: s + batch_size], xb.mask[s: s + batch_size])
+        with torch.no_grad():  # the ablation source needs no attention patterns
+            a = pm.forward(xb.tokens[s: s + batch_size].to(pm.device),
+                           xb.mask[s: s + batch_size].to(pm.device), record=True,
+                           record_pattern=False)["activations"]
         m = a.attention_mask.to(a.senders.dtype)
         c = m.sum(0)
         mu = a.mean()
@@ -412,7 +417,13 @@ def attribute(
     batch_size: int = 8,
     task: str | None = None,
     progress: bool = False,
-) -> AttributionGraph:
+    store: str = "dense",
+    k: int | None = None,
+    per: str = "global",
+    threshold: float | None = None,
+    path: str | Path | None = None,
+    max_memory: int | str | None = None,
+) -> Any:
     """Score every edge of the position-aware graph (module docstring has the formulas).
 
     Args:
@@ -430,9 +441,23 @@ def attribute(
             SchemaSpans (clean, corrupt). Needed for spans and for clean/corrupt of different
             lengths.
         batch_size: examples per forward/backward (results do not depend on it).
+        store: output of a ``"position"`` graph: ``"dense"`` (an AttributionGraph),
+            ``"topk"`` (the ``k`` edges of largest |score|, over the graph or ``per="layer"``),
+            ``"threshold"`` (edges with |score| ≥ ``threshold``), ``"disk"`` (safetensors shards
+            in the directory ``path``, read lazily) or ``"auto"`` (dense when it fits in
+            ``max_memory``, else disk); see :mod:`circuits.stores`.
+        max_memory: budget in bytes (or ``"8GiB"``) for the working memory beyond the model's
+            weights: the batch size (and EAP-IG points per pass, and with ``store="auto"`` the
+            store) are chosen to fit (:func:`circuits.memory.estimate_memory`), or a
+            ``MemoryError`` saying what would fit is raised before anything runs.
+
+    Computation is streamed receiver layer by receiver layer (:mod:`circuits._stream`): the
+    ``none`` and ``span`` granularities never hold per-position blocks beyond one layer's.
 
     Returns:
-        :class:`~circuits.graph.AttributionGraph` with mean-over-examples scores.
+        :class:`~circuits.graph.AttributionGraph` with mean-over-examples scores, or a
+        :class:`~circuits.stores.SparseAttributionGraph` / ``ShardedAttributionGraph`` for the
+        top-k, threshold and disk stores.
     """
     from circuits.tasks import Task
 
@@ -461,118 +486,170 @@ def attribute(
     data = prepare(pm, clean, corrupt, ablation=ablation, granularity=granularity, schema=schema)
     cb = data.clean
     n, P = cb.tokens.shape
+    if store not in ("dense", "topk", "threshold", "disk", "auto"):
+        raise ValueError(f"store must be 'dense', 'topk', 'threshold', 'disk' or 'auto', got {store!r}")
+    if store not in ("dense", "auto") and granularity != "position":
+        raise ValueError(f"store={store!r} is for granularity='position' graphs (a {granularity!r} "
+                         f"graph is small and always dense): drop store= or use position granularity")
+    from circuits.memory import plan_attribution
+
+    plan = plan_attribution(pm, n_tokens=P, n_examples=n, batch_size=batch_size,
+                            granularity=str(granularity), method=str(method), ig_steps=ig_steps,
+                            store=store, k=k, max_memory=max_memory)
+    batch_size, store, ig_chunk = plan["batch_size"], plan["store"], plan["ig_chunk"]
+    if store == "disk" and path is None:
+        raise ValueError("the graph does not fit in memory as a dense tensor: pass path= (a "
+                         "directory for store='disk' shards) or store='topk' with k=")
     K = len(data.positions)
     S, R, L, H = len(pm.senders), len(pm.receivers), pm.n_layers, pm.n_heads
     dev, dt = pm.device, pm.dtype
-    same = torch.zeros(K, S, R, dtype=torch.float64, device=dev)
-    cross = torch.zeros(L, H, 3, K, K, dtype=torch.float64, device=dev)
-    sizes = torch.zeros(K, dtype=torch.float64, device=dev)
-    pairs = torch.zeros(K, K, dtype=torch.float64, device=dev)
+    acc = acc_dtype_for(dev)
+    out_dt = torch.float32 if dt in (torch.bfloat16, torch.float16) else dt
     valid = pm.valid.to(dev)
+    positional = granularity == "position"
+    # concrete sizes and (query, key ≤ query) pairs per abstract position, mean per example
+    sizes = torch.zeros(K, dtype=torch.float64)
+    pairs = torch.zeros(K, K, dtype=torch.float64)
+    tril_full = torch.ones(P, P, dtype=torch.bool).tril()
+    for s0 in range(0, n, batch_size):
+        grp = data.group[s0: s0 + batch_size]
+        real = grp >= 0
+        if positional:
+            sizes += real.sum(0).double()
+            pairs += (real[:, :, None] & real[:, None, :] & tril_full).sum(0).double()
+        else:
+            oh = torch.zeros(*grp.shape, K, dtype=torch.float64)
+            oh[real] = torch.nn.functional.one_hot(grp[real], K).double()
+            sizes += oh.sum((0, 1))
+            pairs += torch.einsum("bqi,qk,bkj->ij", oh, tril_full.double(), oh)
+    sizes, pairs = sizes / n, pairs / n
+    cross_valid = pairs > 0
+    if granularity == "none":
+        cross_valid = torch.ones(1, 1, dtype=torch.bool)
+    batches = list(range(0, n, batch_size))
+    sink = None
+    if positional:
+        from circuits.stores import PositionSink
+
+        sink = PositionSink(senders=list(pm.senders), receivers=list(pm.receivers),
+                            positions=list(data.positions), n_layers=L, n_heads=H,
+                            valid=pm.valid.cpu(), cross_valid=cross_valid,
+                            span_sizes=sizes.to(out_dt), cross_pairs=pairs.to(out_dt),
+                            n_batches=len(batches), n_examples=n, store=store, k=k, per=per,
+                            threshold=threshold, path=path, device=dev if store == "dense" else "cpu")
+    same = torch.zeros(K, S, R, dtype=acc, device=dev) if not positional else None
+    cross = torch.zeros(L, H, 3, K, K, dtype=acc, device=dev) if not positional else None
     mean_acts = None
     if ablation == "mean":
         mean_acts = _mean_activations(pm, data.corrupt if data.corrupt is not None else cb, batch_size)
     metric_total = 0.0
-    it = range(0, n, batch_size)
+    it: Any = batches
     if progress:
         from tqdm.auto import tqdm
 
         it = tqdm(it, desc=f"{method} attribution")
+    work = int(plan["work_bytes"])
     for s0 in it:
         idx = torch.arange(s0, min(n, s0 + batch_size))
         w = int(cb.mask[idx].sum(1).max())
         toks = cb.tokens[idx, :w].to(dev)
         mask = cb.mask[idx, :w].to(dev)
         grp = data.group[idx, :w].to(dev)
-        # ablation source in clean coordinates
-        if ablation == "counterfactual":
-            xb = data.corrupt
-            assert xb is not None and data.position_map is not None
-            wx = int(xb.mask[idx].sum(1).max())
-            ax = pm.activations(xb.tokens[idx, :wx].to(dev), xb.mask[idx, :wx].to(dev))
-            src = data.position_map[idx, :w].clamp(max=wx - 1).to(dev)
-            abl = _realign_rope(pm, ax.align(src), src)
-        elif ablation == "mean":
-            assert mean_acts is not None
-            abl = _fit_width(mean_acts, w)
-        else:
-            abl = None  # zeros, built from the clean activations below
+        b_ = toks.shape[0]
+        def ablation_source(idx: Tensor = idx, w: int = w) -> Activations | None:
+            """Ablated activations in clean coordinates (no attention patterns recorded)."""
+            if ablation == "counterfactual":
+                xb = data.corrupt
+                assert xb is not None and data.position_map is not None
+                wx = int(xb.mask[idx].sum(1).max())
+                with torch.no_grad():
+                    ax = pm.forward(xb.tokens[idx, :wx].to(dev), xb.mask[idx, :wx].to(dev),
+                                    record=True, record_pattern=False)["activations"]
+                src = data.position_map[idx, :w].clamp(max=wx - 1).to(dev)
+                return _realign_rope(pm, align_lite(ax, src), src)
+            if ablation == "mean":
+                assert mean_acts is not None
+                return _fit_width(mean_acts, w)
+            return None
+
         with torch.no_grad():
-            pos_ids = pm.position_ids(mask)
-            e_clean = pm.embed(toks, pos_ids)
-        needs_clean_logits = met.needs_clean
-        if method == "eap":
-            emb = e_clean.clone().requires_grad_(True)
-            with torch.enable_grad():
-                out = pm.forward(None, mask, embeds=emb, grad_nodes=True, record=True)
-                acts = out["activations"].detach()
-                mb = MetricBatch.from_mask(mask, idx.to(dev),
-                                           out["logits"].detach() if needs_clean_logits else None)
-                mval = met(out["logits"], mb)
-                metric_total += float(mval.detach().sum())
-                targets = _grad_targets(out)
-                grads = torch.autograd.grad(mval.sum(), targets, allow_unused=True)
-            grads = _receiver_grads(pm, out, targets, grads)
-            if abl is None:
-                abl = acts.zeros_like()
+            e_clean = pm.embed(toks, pm.position_ids(mask))
+        if method == "eap":  # the ablation source after the backward: not live during it
+            acts, gp, tot = eap_grads(pm, met, e_clean, mask, idx.to(dev))
+            abl = ablation_source()
         else:
+            abl = ablation_source()
             with torch.no_grad():
-                out0 = pm.forward(toks, mask, record=True)
+                out0 = pm.forward(toks, mask, record=True, record_pattern=False)
             acts = out0["activations"]
-            clean_logits = out0["logits"] if needs_clean_logits else None
-            mb = MetricBatch.from_mask(mask, idx.to(dev), clean_logits)
-            metric_total += float(met(out0["logits"], mb).sum())
-            if abl is None:
-                abl = acts.zeros_like()
-            e_abl = abl.senders[:, :, 0].expand_as(e_clean)
-            # All m interpolation points of this batch in one forward/backward: the points are
-            # stacked along the batch axis (rows = m · batch), which on CPU runs the small
-            # per-point matmuls as one larger, faster one; per-example maths is unchanged.
-            m_, b_ = ig_steps, toks.shape[0]
-            alphas = torch.arange(m_, device=dev, dtype=e_clean.dtype) / m_  # k/m, k = 0 … m-1
-            emb = (e_abl[None] + alphas[:, None, None, None] * (e_clean - e_abl)[None])
-            emb = emb.reshape(m_ * b_, *e_clean.shape[1:]).detach().requires_grad_(True)
-            mask_m = mask.repeat(m_, 1)
-            mb_m = MetricBatch.from_mask(mask_m, idx.to(dev).repeat(m_),
-                                         None if clean_logits is None else clean_logits.repeat(m_, 1, 1))
-            with torch.enable_grad():
-                o = pm.forward(None, mask_m, embeds=emb, grad_nodes=True)
-                mval = met(o["logits"], mb_m)
-                targets = _grad_targets(o)
-                gk = torch.autograd.grad(mval.sum(), targets, allow_unused=True)
-            # mean over the m points: [m·b …] -> [m b …] -> [b …]
-            grads = [g.reshape(m_, b_, *g.shape[1:]).mean(0)
-                     for g in _receiver_grads(pm, o, targets, gk)]
-        # ---- same-position edges
-        g_recv = []
-        for l in range(L):
-            g_recv += [grads[l], grads[L + l]]  # [b p H+2G d], [b p 1 d]
-        g_recv.append(grads[2 * L])  # logits [b p 1 d]
-        gR = torch.cat(g_recv, dim=2)  # [b p R d]
-        delta = (abl.senders.expand_as(acts.senders) - acts.senders)  # [b p S d]
-        b_, p_ = toks.shape
-        sc = torch.bmm(delta.reshape(b_ * p_, S, -1), gR.reshape(b_ * p_, R, -1).transpose(1, 2))
-        onehot = torch.zeros(b_ * p_, K, dtype=sc.dtype, device=dev)
-        gflat = grp.reshape(-1)
-        real = gflat >= 0
-        onehot[real.nonzero().squeeze(1), gflat[real]] = 1.0
-        same += (onehot.T @ sc.reshape(b_ * p_, S * R)).reshape(K, S, R).double()
-        # ---- crossing edges
-        gz = torch.stack(grads[2 * L + 1:], dim=1)  # [b L p H e]
-        cs = crossing_scores(pm, acts, abl, gz, mask)  # [b L H 3 p p]
-        oh = onehot.view(b_, p_, K).double()
-        cross += torch.einsum("blhxqk,bqi,bkj->lhxij", cs.double(), oh, oh)
-        sizes += oh.sum((0, 1))
-        tril = torch.ones(p_, p_, dtype=torch.float64, device=dev).tril()
-        pairs += torch.einsum("bqi,qk,bkj->ij", oh, tril, oh)
-    same = (same / n).to(dt) * valid
-    cross = (cross / n).to(dt)
-    sizes = (sizes / n).to(dt)
-    pairs = (pairs / n).to(dt)
-    cross_valid = pairs > 0
-    if granularity == "none":
-        cross_valid = torch.ones(1, 1, dtype=torch.bool, device=dev)
-    cross = cross * cross_valid
+            clean_logits = out0["logits"] if met.needs_clean else None
+            tot = float(met(out0["logits"], MetricBatch.from_mask(mask, idx.to(dev), clean_logits)).sum())
+            del out0
+            e_abl = (abl.senders[:, :, 0] if abl is not None else torch.zeros_like(e_clean)).expand_as(e_clean)
+
+            def mb_fn(mc: int, mask: Tensor = mask, idx: Tensor = idx, cl: Any = clean_logits) -> MetricBatch:
+                return MetricBatch.from_mask(mask.repeat(mc, 1), idx.to(dev).repeat(mc),
+                                             None if cl is None else cl.repeat(mc, 1, 1))
+
+            gp = ig_grads(pm, met, e_clean, e_abl, mask, mb_fn, ig_steps, min(ig_chunk, ig_steps))
+        metric_total += tot
+        # sender deltas z* − z [b p S d]; ablated q/k/v per layer
+        if abl is None:
+            delta = acts.senders.neg_()
+            za = torch.zeros_like(acts.q[:1])
+            qa_all, ka_all, va_all = za, torch.zeros_like(acts.k[:1]), torch.zeros_like(acts.v[:1])
+        else:  # in place: one [b p S d] buffer
+            delta = (abl.senders.sub_(acts.senders) if ablation == "counterfactual"
+                     else acts.senders.neg_().add_(abl.senders))
+            qa_all, ka_all, va_all = abl.q, abl.k, abl.v
+        q_all, k_all, v_all, z_all = acts.q, acts.k, acts.v, acts.z
+        del acts, abl
+        realf = (grp >= 0).to(delta.dtype)
+        oh = None
+        if not positional:
+            oh = torch.zeros(b_, w, K, dtype=acc, device=dev)
+            r_ = grp >= 0
+            oh[r_] = torch.nn.functional.one_hot(grp[r_], K).to(acc)
+        d = delta.shape[-1]
+        for l in range(L + 1):
+            if l < L:
+                rs = pm.receiver_slice(l)
+                ns = pm.n_upstream(l, "mlp")
+                G_l = torch.cat([gp.attn(pm, l), gp.mean(gp.mlp[l])], dim=2)  # [b p H+2G+1 d]
+            else:  # the logits receiver reads every sender
+                rs, ns = slice(R - 1, R), S
+                G_l = gp.mean(gp.logits)
+            nr = rs.stop - rs.start
+            pc = max(1, min(w, work // max(1, 4 * b_ * ns * (nr + (d if b_ > 1 else 0)))))
+            for c0 in range(0, w, pc):
+                c1 = min(w, c0 + pc)
+                Dr = delta[:, c0:c1, :ns].reshape(b_ * (c1 - c0), ns, d)
+                Gr = G_l[:, c0:c1].reshape(b_ * (c1 - c0), nr, d)
+                blk = torch.bmm(Dr, Gr.transpose(1, 2)).view(b_, c1 - c0, ns, nr)
+                blk = blk * realf[:, c0:c1, None, None]
+                if sink is not None:
+                    sink.add_same(rs, ns, c0, blk.sum(0))
+                else:
+                    assert same is not None and oh is not None
+                    same[:, :ns, rs] += torch.einsum("bpk,bpsr->ksr", oh[:, c0:c1], blk.to(acc))
+            del G_l
+            if l == L:
+                break
+            hc = max(1, min(H, work // max(1, b_ * w * w * 8 * 12)))
+            for h0, h1, cs in layer_cross_blocks(
+                    pm, l, q_all[:, l], k_all[:, l], v_all[:, l], z_all[:, l], qa_all[:, l],
+                    ka_all[:, l], va_all[:, l], gp.mean(gp.z[l]), mask, hc, acc):
+                if sink is not None:
+                    sink.add_cross(l, h0, cs.sum(0))
+                elif granularity == "none":
+                    assert cross is not None
+                    cross[l, h0:h1, :, 0, 0] += cs.sum((0, 3, 4))
+                else:
+                    assert cross is not None and oh is not None
+                    cross[l, h0:h1] += torch.einsum("bqi,bhxqk,bkj->hxij", oh, cs, oh)
+        del delta, gp
+        if sink is not None:
+            sink.end_batch()
     info = getattr(pm.bridge, "interp_info", None)
     meta = {
         "version": GRAPH_VERSION,
@@ -589,11 +666,17 @@ def attribute(
         "n_examples": n,
         "batch_size": batch_size,
         "position_alignment": "schema spans (offset clipped to span)" if data.span_names and ablation == "counterfactual" else "identity",
+        "store": store,
         "seconds": round(time.perf_counter() - t0, 3),
     }
+    if sink is not None:
+        return sink.finish(n, meta)
+    assert same is not None and cross is not None
+    same_o = (same / n).to(out_dt).cpu() * pm.valid
+    cross_o = (cross / n).to(out_dt).cpu() * cross_valid
     return AttributionGraph(list(pm.senders), list(pm.receivers), list(data.positions),
-                            same.cpu(), valid.cpu(), cross.cpu(), cross_valid.cpu(), sizes.cpu(),
-                            pairs.cpu(), meta)
+                            same_o, pm.valid.clone(), cross_o, cross_valid, sizes.to(out_dt),
+                            pairs.to(out_dt), meta)
 
 
 # ----------------------------------------------------------------------------------------------

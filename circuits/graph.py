@@ -361,17 +361,27 @@ class AttributionGraph(Result):
     @classmethod
     def load(cls, path: str | Path) -> AttributionGraph:
         """Inverse of :meth:`save` (raises on a file that is not a saved graph or has another
-        version)."""
+        version). A directory written by ``attribute(..., store="disk")`` opens as a lazily read
+        :class:`~circuits.stores.ShardedAttributionGraph`; a saved top-k/threshold graph as a
+        :class:`~circuits.stores.SparseAttributionGraph`."""
         import json
 
         from safetensors import safe_open
         from safetensors.torch import load_file
 
         path = Path(path)
+        if path.is_dir() and (path / "index.json").is_file():  # store="disk": read lazily
+            from circuits.stores import ShardedAttributionGraph
+
+            return ShardedAttributionGraph(path)  # type: ignore[return-value]
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist (write one with AttributionGraph.save)")
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
+        if '"SparseAttributionGraph"' in meta.get("graph", ""):
+            from circuits.stores import SparseAttributionGraph
+
+            return SparseAttributionGraph.load(path)  # type: ignore[return-value]
         if "graph" not in meta:
             raise ValueError(f"{path} has no AttributionGraph header; was it written by "
                              "AttributionGraph.save?")
@@ -385,6 +395,10 @@ class AttributionGraph(Result):
                    t["span_sizes"], t["cross_pairs"], dict(h.get("meta", {})))
 
     # ------------------------------------------------------------------ plotting
+    def head_query_scores(self) -> Float[Tensor, "layer head qpos"]:
+        """Crossing score per head and query position, summed over kinds and key positions."""
+        return (self.cross * self.cross_valid).sum((2, 4))
+
     def plot(self, view: Literal["nodes", "q", "k", "v", "mlp", "cross"] = "nodes") -> Any:
         """Heatmap of node scores by node (rows, layer order) × position/span (columns).
 
@@ -393,36 +407,42 @@ class AttributionGraph(Result):
         score per head (rows) and query position (columns), summed over kinds and key positions.
         Diverging RdBu, zero-centred.
         """
-        import plotly.graph_objects as go
-
-        if view == "nodes":
-            z = self.node_scores().T
-            rows = list(self.senders)
-        elif view in ("q", "k", "v", "mlp"):
-            sel = [i for i, r in enumerate(self.receivers) if receiver_kind(r) == view]
-            z = self.receiver_scores()[:, sel].T
-            rows = [self.receivers[i] for i in sel]
-        elif view == "cross":
-            z = (self.cross * self.cross_valid).sum((2, 4)).reshape(-1, len(self.positions))
-            rows = [f"L{l}H{h}" for l in range(self.n_layers) for h in range(self.n_heads)]
-        else:
-            raise ValueError(f"view must be nodes/q/k/v/mlp/cross, got {view!r}")
-        zmax = float(z.abs().max()) or 1.0
-        fig = go.Figure(go.Heatmap(
-            z=z.tolist(), x=[f"{i}:{p}" for i, p in enumerate(self.positions)], y=rows,
-            colorscale="RdBu", zmid=0, zmin=-zmax, zmax=zmax,
-            colorbar=dict(title="score"),
-            hovertemplate="node %{y}<br>position %{x}<br>score %{z:.4g}<extra></extra>"))
-        m = self.meta
-        fig.update_layout(
-            title=f"{m.get('method', '?').upper()} {view} scores — {m.get('task', '')} "
-                  f"({m.get('ablation', '?')} ablation, granularity {self.granularity})",
-            xaxis_title="position" if self.granularity != "span" else "span",
-            yaxis_title="node (layer order)", yaxis=dict(autorange="reversed"),
-            height=max(400, 12 * len(rows) + 120))
-        return fig
+        return plot_graph(self, view)
 
     def __repr__(self) -> str:
         return (f"AttributionGraph({self.meta.get('method', '?')}, granularity={self.granularity}, "
                 f"positions={len(self.positions)}, senders={len(self.senders)}, "
                 f"receivers={len(self.receivers)}, edges={self.n_edges()})")
+
+
+def plot_graph(g: Any, view: str = "nodes") -> Any:
+    """The heatmap of :meth:`AttributionGraph.plot` for any graph with ``node_scores()``,
+    ``receiver_scores()`` and ``head_query_scores()`` (dense, top-k, threshold or sharded)."""
+    import plotly.graph_objects as go
+
+    if view == "nodes":
+        z = g.node_scores().T
+        rows = list(g.senders)
+    elif view in ("q", "k", "v", "mlp"):
+        sel = [i for i, r in enumerate(g.receivers) if receiver_kind(r) == view]
+        z = g.receiver_scores()[:, sel].T
+        rows = [g.receivers[i] for i in sel]
+    elif view == "cross":
+        z = g.head_query_scores().reshape(-1, len(g.positions))
+        rows = [f"L{l}H{h}" for l in range(g.n_layers) for h in range(g.n_heads)]
+    else:
+        raise ValueError(f"view must be nodes/q/k/v/mlp/cross, got {view!r}")
+    zmax = float(z.abs().max()) or 1.0
+    fig = go.Figure(go.Heatmap(
+        z=z.tolist(), x=[f"{i}:{p}" for i, p in enumerate(g.positions)], y=rows,
+        colorscale="RdBu", zmid=0, zmin=-zmax, zmax=zmax,
+        colorbar=dict(title="score"),
+        hovertemplate="node %{y}<br>position %{x}<br>score %{z:.4g}<extra></extra>"))
+    m = g.meta
+    fig.update_layout(
+        title=f"{m.get('method', '?').upper()} {view} scores — {m.get('task', '')} "
+              f"({m.get('ablation', '?')} ablation, granularity {g.granularity})",
+        xaxis_title="position" if g.granularity != "span" else "span",
+        yaxis_title="node (layer order)", yaxis=dict(autorange="reversed"),
+        height=max(400, 12 * len(rows) + 120))
+    return fig

@@ -1,0 +1,225 @@
+"""Streamed edge attribution: scores computed receiver layer by receiver layer and reduced at once.
+
+The maths is that of :mod:`circuits.attribution` (EAP / EAP-IG, same-position edges
+:math:`(z^*_s - z_s)\\cdot\\partial M/\\partial x_r`, crossing edges in closed form). What
+differs is *when* things exist. Per batch of examples:
+
+1. the ablation source (sender outputs, q/k/v; no attention patterns) and the clean run's
+   sender outputs and q/k/v/z are recorded; the gradients are kept in their compact form
+   (per layer: the q/k/v-projection gradients and the residual they normalise, the MLP-input,
+   final-norm-input and head-result gradients) — the per-receiver gradient block
+   ``[batch pos receivers d_model]`` is never built for all receivers at once;
+2. for each layer l: its receivers' input gradients ``[batch pos H+2G+1 d_model]`` are expanded
+   (norm closed-form VJP), dotted with the upstream sender deltas in position chunks, and
+   reduced to the granularity (``none``: one sum, ``span``: span sums, ``position``: handed to
+   a position store); its attention pattern is recomputed from q and k and the crossing edges of
+   a chunk of heads are computed and reduced the same way.
+
+Working memory beyond the model's own forward/backward and the recorded activations is one
+layer's receiver gradients plus a head chunk of ``[batch pos pos]`` blocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from circuits._forward import Activations, PatchableModel
+
+__all__ = ["GradPoints", "eap_grads", "ig_grads", "align_lite", "layer_same_blocks",
+           "layer_cross_blocks", "acc_dtype_for"]
+
+
+def acc_dtype_for(device: torch.device) -> torch.dtype:
+    """Accumulation dtype of scores: float64 on CPU (the exactness tests), float32 elsewhere
+    (bf16/fp16 models on accelerators accumulate in float32)."""
+    return torch.float64 if torch.device(device).type == "cpu" else torch.float32
+
+
+@dataclass
+class GradPoints:
+    """Compact gradients of one batch: EAP has one point, EAP-IG m interpolation points.
+
+    ``ln1_in[c][l]`` / ``g_qkv[c][l]``: chunk c of points (rows = points · batch) of layer l's
+    attention-input residual and q/k/v projection gradients; ``mlp``, ``logits``, ``z``: summed
+    over the points (divide by ``m`` for the mean)."""
+
+    ln1_in: list[list[Tensor]]
+    g_qkv: list[list[tuple[Tensor, Tensor, Tensor]]]
+    mlp: list[Tensor]
+    logits: Tensor
+    z: list[Tensor]
+    m: int
+    b: int
+
+    def attn(self, pm: PatchableModel, layer: int) -> Tensor:
+        """Mean over the points of layer ``layer``'s attention-receiver input gradients
+        ``[b p H+2G d]`` (each point with its own norm Jacobian)."""
+        tot = None
+        for ln, gq in zip(self.ln1_in, self.g_qkv):
+            r = pm.attn_receiver_grads(layer, ln[layer], *gq[layer])
+            r = r.view(-1, self.b, *r.shape[1:]).sum(0) if r.shape[0] != self.b else r
+            tot = r if tot is None else tot + r
+        assert tot is not None
+        return tot if self.m == 1 else tot / self.m
+
+    def mean(self, t: Tensor) -> Tensor:
+        return t if self.m == 1 else t / self.m
+
+
+def _targets(out: dict[str, Any]) -> list[Tensor]:
+    return ([t for qkv in out["qkv"] for t in qkv] + out["mlp_in"] + [out["logits_in"]] + out["z"])
+
+
+def _split(pm: PatchableModel, out: dict[str, Any], grads: Any, b: int) -> tuple[list, list, list, Tensor, list]:
+    """(ln1_in per layer, (gq, gk, gv) per layer, mlp grads summed over points, logits, z)."""
+    targets = _targets(out)
+    g = [torch.zeros_like(t) if gg is None else gg.detach() for t, gg in zip(targets, grads)]
+    L = pm.n_layers
+    qkv = [tuple(g[3 * l: 3 * l + 3]) for l in range(L)]
+
+    def pts(t: Tensor) -> Tensor:  # sum over the points stacked along the batch axis
+        return t.view(-1, b, *t.shape[1:]).sum(0) if t.shape[0] != b else t
+
+    mlp = [pts(t) for t in g[3 * L: 4 * L]]
+    logits = pts(g[4 * L])
+    z = [pts(t) for t in g[4 * L + 1:]]
+    return list(out["ln1_in"]), qkv, mlp, logits, z
+
+
+def eap_grads(pm: PatchableModel, met: Any, e_clean: Tensor, mask: Tensor, idx: Tensor,
+              ) -> tuple[Activations, GradPoints, float]:
+    """One forward + backward on the clean embeddings: clean activations (no patterns), compact
+    gradients, and the summed metric."""
+    emb = e_clean.clone().requires_grad_(True)
+    b = e_clean.shape[0]
+    with torch.enable_grad():
+        out = pm.forward(None, mask, embeds=emb, grad_nodes=True, record=True, record_pattern=False)
+        acts = out["activations"].detach()
+        from circuits.metrics import MetricBatch
+
+        mb = MetricBatch.from_mask(mask, idx, out["logits"].detach() if met.needs_clean else None)
+        mval = met(out["logits"], mb)
+        total = float(mval.detach().sum())
+        grads = torch.autograd.grad(mval.sum(), _targets(out), allow_unused=True)
+    ln1, qkv, mlp, logits, z = _split(pm, out, grads, b)
+    del out, grads
+    return acts, GradPoints([ln1], [qkv], mlp, logits, z, 1, b), total
+
+
+def ig_grads(pm: PatchableModel, met: Any, e_clean: Tensor, e_abl: Tensor, mask: Tensor,
+             mb_fn: Any, m: int, chunk: int) -> GradPoints:
+    """EAP-IG: gradients at the m interpolated inputs ``e* + k/m (e − e*)``, k = 0 … m−1,
+    ``chunk`` points per forward/backward (stacked along the batch axis)."""
+    b = e_clean.shape[0]
+    alphas = torch.arange(m, device=e_clean.device, dtype=e_clean.dtype) / m
+    ln_all: list[list[Tensor]] = []
+    qkv_all: list[list[tuple[Tensor, Tensor, Tensor]]] = []
+    mlp = logits = z = None
+    for k0 in range(0, m, chunk):
+        a = alphas[k0: min(m, k0 + chunk)]
+        mc = a.shape[0]
+        emb = (e_abl[None] + a[:, None, None, None] * (e_clean - e_abl)[None])
+        emb = emb.reshape(mc * b, *e_clean.shape[1:]).detach().requires_grad_(True)
+        mask_m = mask.repeat(mc, 1)
+        with torch.enable_grad():
+            o = pm.forward(None, mask_m, embeds=emb, grad_nodes=True)
+            mval = met(o["logits"], mb_fn(mc))
+            gk = torch.autograd.grad(mval.sum(), _targets(o), allow_unused=True)
+        ln1, qkv, mlp_c, logits_c, z_c = _split(pm, o, gk, b)
+        del o, gk
+        ln_all.append(ln1)
+        qkv_all.append(qkv)
+        if mlp is None:
+            mlp, logits, z = mlp_c, logits_c, z_c
+        else:
+            mlp = [x + y for x, y in zip(mlp, mlp_c)]
+            logits = logits + logits_c
+            z = [x + y for x, y in zip(z, z_c)]
+    assert mlp is not None and logits is not None and z is not None
+    return GradPoints(ln_all, qkv_all, mlp, logits, z, m, b)
+
+
+def align_lite(a: Activations, position_map: Tensor) -> Activations:
+    """:meth:`Activations.align` for activations recorded without patterns."""
+    b, p = position_map.shape
+    pmap = position_map.to(a.senders.device).long()
+    src = a if a.batch == b else a._map(lambda _n, t: t.expand(b, *t.shape[1:]))
+
+    def g(name: str, t: Tensor) -> Tensor:
+        if name == "attention_mask":
+            return torch.gather(t, 1, pmap)
+        if name == "pattern":
+            return t.new_zeros(b, *t.shape[1:3], 0, 0)
+        if name == "senders":
+            return torch.gather(t, 1, pmap[:, :, None, None].expand(b, p, *t.shape[2:]))
+        return torch.gather(t, 2, pmap[:, None, :, None, None].expand(b, t.shape[1], p, *t.shape[3:]))
+
+    return src._map(g)
+
+
+def layer_same_blocks(delta: Tensor, grads: Tensor, n_send: int, rows: int):
+    """Per-position same-position scores of one receiver group, in chunks of flattened
+    (example, position) rows: yields ``(r0, r1, block [rows n_send n_recv])`` with
+    ``block[x, s, r] = delta[x, s] · grads[x, r]``."""
+    b, p, S, d = delta.shape
+    D = delta.view(b * p, S, d)[:, :n_send]
+    Gf = grads.reshape(b * p, grads.shape[2], d)
+    for r0 in range(0, b * p, rows):
+        r1 = min(b * p, r0 + rows)
+        yield r0, r1, torch.bmm(D[r0:r1], Gf[r0:r1].transpose(1, 2))
+
+
+def _softmax_shift(a: Tensor, delta: Tensor) -> Tensor:
+    """c = a(e^δ−1)/(1+a(e^δ−1)) (see :func:`circuits.attribution._softmax_shift`), in the dtype
+    of ``a`` (float64 or float32)."""
+    lim = 700.0 if a.dtype == torch.float64 else 80.0
+    d = delta.clamp(-lim, lim)
+    u = a * torch.expm1(d)
+    c = u / (1 + u)
+    big = d > 30
+    if bool(big.any()):
+        tiny = 1e-300 if a.dtype == torch.float64 else 1e-38
+        logu = torch.log(a.clamp(min=tiny)) + d + torch.log(-torch.expm1(-d))
+        c = torch.where(big, torch.sigmoid(logu), c)
+    return torch.where(a > 0, c, torch.zeros_like(c))
+
+
+def layer_cross_blocks(pm: PatchableModel, layer: int, q: Tensor, k: Tensor, v: Tensor, z: Tensor,
+                       qa: Tensor, ka: Tensor, va: Tensor, gz: Tensor, mask: Tensor,
+                       heads: int, dtype: torch.dtype):
+    """Crossing-edge scores of one layer, ``heads`` query heads at a time: yields
+    ``(h0, h1, block [b h 3 qpos kpos])`` (kinds q, k, v; zero where the key is after the query or
+    either is padding). Inputs are one layer's ``[b p n e]`` clean/ablated q/k/v, clean z and the
+    gradient at z; the pattern is recomputed (:meth:`PatchableModel.attention_pattern`)."""
+    H, G = pm.n_heads, pm.n_kv_heads
+    rep = H // G
+    b, p = q.shape[:2]
+    A_all = pm.attention_pattern(layer, q, k, mask)  # [b H p p]
+    m = mask.bool()
+    ok = torch.ones(p, p, dtype=torch.bool, device=q.device).tril()[None] & m[:, :, None] & m[:, None, :]
+    ok = ok[:, None, None]  # [b 1 1 q k]
+
+    def kvh(t: Tensor, h0: int, h1: int) -> Tensor:  # [b p G e] -> heads h0..h1 [b p h e]
+        idx = torch.arange(h0, h1, device=t.device) // rep
+        return t.expand(b, *t.shape[1:])[:, :, idx].to(dtype)
+
+    for h0 in range(0, H, heads):
+        h1 = min(H, h0 + heads)
+        qh, zh, g = q[:, :, h0:h1].to(dtype), z[:, :, h0:h1].to(dtype), gz[:, :, h0:h1].to(dtype)
+        qah = qa.expand(b, *qa.shape[1:])[:, :, h0:h1].to(dtype)
+        kh, vh, kah, vah = kvh(k, h0, h1), kvh(v, h0, h1), kvh(ka, h0, h1), kvh(va, h0, h1)
+        A = A_all[:, h0:h1].to(dtype)
+        Gv = torch.einsum("bqhe,bkhe->bhqk", g, vh)
+        s_v = A * (torch.einsum("bqhe,bkhe->bhqk", g, vah) - Gv)
+        move = Gv - torch.einsum("bqhe,bqhe->bhq", g, zh)[..., None]
+        del Gv
+        s_k = _softmax_shift(A, pm.scale * torch.einsum("bqhe,bkhe->bhqk", qh, kah - kh)) * move
+        s_q = _softmax_shift(A, pm.scale * torch.einsum("bqhe,bkhe->bhqk", qah - qh, kh)) * move
+        del move, A
+        out = torch.stack([s_q, s_k, s_v], dim=2)  # [b h 3 q k]
+        del s_q, s_k, s_v
+        yield h0, h1, out * ok

@@ -1,0 +1,213 @@
+"""Memory estimate of streamed attribution, and the plan (batch size, store) that fits a budget.
+
+:func:`estimate_memory` counts, from the model's shapes alone, the bytes each part of one batch
+of :func:`circuits.attribute` holds at its peak (beyond the model's weights):
+
+* ``forward_backward``: what autograd saves in one forward + backward of the patchable model
+  (per layer and token: the attention row ``H·T``, the q/k/v/rotary/z activations and the MLP
+  activations; EAP-IG: times the interpolation points run together);
+* ``activations``: the recorded clean run (all sender outputs ``S·d`` plus per-layer q/k/v/z)
+  and ``ablation``: the ablation source (sender outputs and q/k/v, no patterns);
+* ``gradients``: the compact gradients (per layer and point: the residual and q/k/v
+  gradients; MLP-input and head-result gradients);
+* ``layer_work``: one layer's receiver gradients ``[b T H+2G+1 d]``, its recomputed attention
+  pattern and the chunked score blocks;
+* ``output``: the scores (dense ``[P S R]`` + ``[L H 3 P P]`` at position granularity, k
+  edges for top-k, ...).
+
+``peak`` = max(phase with the forward/backward live, phase scoring layer by layer) + output.
+Constants were calibrated against measured peak RSS on SmolLM2-135M (BENCHMARKS.md,
+``benchmarks/bench_attribution_scaling.py``).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+__all__ = ["estimate_memory", "estimate_faithfulness_memory", "fit_faithfulness_batch", "plan_attribution", "parse_bytes", "format_bytes", "shapes_from_config"]
+
+WORK_BYTES = 256 * 2**20  # chunk budget of the per-layer score blocks
+
+
+def parse_bytes(x: int | float | str | None) -> int | None:
+    """``8e9``, ``"8GB"``, ``"8GiB"``, ``"512MiB"`` → bytes (None stays None)."""
+    if x is None:
+        return None
+    if isinstance(x, (int, float)):
+        return int(x)
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([KMGT]?)(i?)B?\s*", str(x), flags=re.I)
+    if not m:
+        raise ValueError(f"cannot read a memory size from {x!r}: use bytes or e.g. '8GiB', '512MB'")
+    mult = {"": 1, "K": 1, "M": 2, "G": 3, "T": 4}[m.group(2).upper()]
+    base = 1024 if (m.group(3) or not m.group(2)) else 1000
+    if not m.group(3) and m.group(2):
+        base = 1000
+    return int(float(m.group(1)) * base ** mult)
+
+
+def format_bytes(n: int | float) -> str:
+    for unit, div in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= div:
+            return f"{n / div:.2f} {unit}"
+    return f"{int(n)} B"
+
+
+def shapes_from_config(cfg: dict[str, Any], *, dtype_bytes: int = 2, device: str = "cuda") -> dict[str, Any]:
+    """Shape dict for :func:`estimate_memory` from an HF-style config (``num_hidden_layers``,
+    ``num_attention_heads``, ``num_key_value_heads``, ``hidden_size``, ``head_dim``,
+    ``intermediate_size``, ``vocab_size``; ``n_params``) — for models not loaded here."""
+    L, H = int(cfg["num_hidden_layers"]), int(cfg["num_attention_heads"])
+    G = int(cfg.get("num_key_value_heads") or H)
+    d = int(cfg["hidden_size"])
+    e = int(cfg.get("head_dim") or d // H)
+    return dict(L=L, H=H, G=G, d=d, e=e, m=int(cfg["intermediate_size"]), S=1 + L * (H + 1),
+                R=L * (H + 2 * G + 1) + 1, elem=dtype_bytes, vocab=int(cfg["vocab_size"]),
+                weights=int(cfg.get("n_params", 0)) * dtype_bytes, acc=8 if device == "cpu" else 4)
+
+
+def _shapes(model: Any) -> dict[str, Any]:
+    if isinstance(model, dict):
+        return model
+    from circuits.attribution import patchable
+
+    pm = patchable(model)
+    W = pm.layers[0]
+    d_mlp = int(W.W_in.shape[1])
+    elem = pm.dtype.itemsize if hasattr(pm.dtype, "itemsize") else 4
+    n_params = sum(p.numel() for p in pm.hf.parameters())
+    return dict(L=pm.n_layers, H=pm.n_heads, G=pm.n_kv_heads, d=pm.d_model, e=pm.d_head,
+                m=d_mlp, S=len(pm.senders), R=len(pm.receivers), elem=elem,
+                vocab=int(pm.W_U.shape[1]), weights=n_params * elem,
+                acc=8 if pm.device.type == "cpu" else 4)
+
+
+def estimate_memory(model: Any, n_tokens: int, batch_size: int = 1, *,
+                    granularity: str = "position", method: str = "eap", ig_steps: int = 5,
+                    ig_chunk: int | None = None, store: str = "dense", k: int | None = None,
+                    n_positions: int | None = None, attention: str = "eager") -> dict[str, int]:
+    """Bytes per part of one attribution batch (see the module docstring); ``"peak"`` is the
+    predicted peak beyond the weights, ``"weights"`` the model's own. ``model``: a bridge, a
+    PatchableModel, or a shape dict (:func:`shapes_from_config`).
+
+    ``n_positions``: abstract positions of the output (default ``n_tokens`` at position
+    granularity, 8 spans at span granularity, 1 for none). ``attention="sdpa"`` predicts a
+    forward whose backward does not keep the ``[H T T]`` patterns (memory-efficient attention;
+    the patchable forward is eager today, so this is a what-if for planning)."""
+    s = _shapes(model)
+    L, H, G, d, e, m, S, R = (s[x] for x in ("L", "H", "G", "d", "e", "m", "S", "R"))
+    el, acc = s["elem"], s["acc"]
+    b, T = int(batch_size), int(n_tokens)
+    bt = b * T
+    if ig_chunk is None:  # the default of plan_attribution
+        ig_chunk = max(1, min(int(ig_steps), 1280 // max(1, bt)))
+    pts = 1 if method == "eap" else max(1, min(int(ig_chunk), int(ig_steps)))
+    # autograd-saved activations per token and layer (linear) + the attention rows
+    lin = 8 * d + 6 * (H + 2 * G) * e + 5 * m
+    rows = H * T * el if attention == "eager" else 0
+    fwd_bwd = pts * (bt * L * (lin * el + rows) + bt * 2 * s["vocab"] * el)
+    acts = bt * (S * d + L * 4 * H * e) * el
+    abl = bt * (S * d + L * 3 * H * e) * el
+    n_pts = 1 if method == "eap" else int(ig_steps)
+    grads = bt * L * (n_pts * (d + (H + 2 * G) * e) + d + H * e) * el
+    n_r = H + 2 * G + 1
+    same_chunk = min(WORK_BYTES, bt * S * (n_r + (d if b > 1 else 0)) * el)
+    cross_chunk = min(WORK_BYTES, b * H * T * T * 8 * 12)
+    layer_work = bt * n_r * d * el * 4 + b * H * T * T * el + same_chunk + cross_chunk
+    P = n_positions if n_positions is not None else (T if granularity == "position" else 8 if granularity == "span" else 1)
+    if granularity != "position":
+        output = P * S * R * acc + L * H * 3 * P * P * acc
+    elif store == "dense":
+        output = 2 * 4 * (P * S * R + L * H * 3 * P * P)
+    elif store == "topk":
+        output = 3 * 12 * int(k or 0) + 8 * P * (S + R)
+    else:  # threshold: unknown count; disk: one piece at a time
+        output = 8 * P * (S + R) + WORK_BYTES
+    # EAP runs the ablation source after the backward; EAP-IG needs it before (interpolation)
+    phase_a = fwd_bwd + acts + grads + (abl if method != "eap" else 0)
+    phase_b = acts - bt * S * d * el + abl + grads + layer_work  # delta replaces the ablated senders
+    peak = max(phase_a, phase_b) + output
+    return {"forward_backward": int(fwd_bwd), "activations": int(acts), "ablation": int(abl),
+            "gradients": int(grads), "layer_work": int(layer_work), "output": int(output),
+            "peak": int(peak), "weights": int(s["weights"])}
+
+
+def plan_attribution(pm: Any, *, n_tokens: int, n_examples: int, batch_size: int, granularity: str,
+                     method: str, ig_steps: int, store: str, k: int | None,
+                     max_memory: int | str | None) -> dict[str, Any]:
+    """Batch size, store and EAP-IG points per pass for :func:`circuits.attribute`.
+
+    Without a budget: the requested batch size and store (``"auto"`` → dense), EAP-IG runs all
+    m points in one pass while ``points · batch · tokens ≤ 1280`` (fast on CPU), fewer otherwise. With
+    ``max_memory``: the largest batch size ≤ the requested one (and the most IG points per pass)
+    whose :func:`estimate_memory` peak fits; ``store="auto"`` becomes ``"disk"`` when a dense
+    position graph does not fit. Raises ``MemoryError`` (before any model run) when even one
+    example does not fit, saying what would."""
+    budget = parse_bytes(max_memory)
+    bs = max(1, min(int(batch_size), int(n_examples)))
+    m = int(ig_steps) if method == "eap-ig" else 1
+    chunk = max(1, min(m, 1280 // max(1, bs * n_tokens)))
+    st = "dense" if store == "auto" else store
+    out = {"batch_size": bs, "store": st, "ig_chunk": chunk, "work_bytes": WORK_BYTES}
+    if budget is None:
+        return out
+
+    def est(b: int, c: int, s_: str) -> int:
+        return estimate_memory(pm, n_tokens, b, granularity=granularity, method=method,
+                               ig_steps=ig_steps, ig_chunk=c, store=s_, k=k)["peak"]
+
+    stores = [st] if store != "auto" else ["dense", "disk"]
+    for s_ in stores:
+        for b in range(bs, 0, -1):
+            for c in range(m, 0, -1):
+                if est(b, c, s_) <= budget:
+                    return {**out, "batch_size": b, "store": s_, "ig_chunk": c}
+    best = min(est(1, 1, s_) for s_ in stores)
+    # what would fit: the longest prompt at batch 1 with these settings
+    lo, hi = 1, int(n_tokens)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        ok = estimate_memory(pm, mid, 1, granularity=granularity, method=method, ig_steps=ig_steps,
+                             ig_chunk=1, store=stores[-1], k=k)["peak"] <= budget
+        lo, hi = (mid, hi) if ok else (lo, mid - 1)
+    ok1 = estimate_memory(pm, 1, 1, granularity=granularity, method=method, ig_steps=ig_steps,
+                          ig_chunk=1, store=stores[-1], k=k)["peak"] <= budget
+    hint = (f" At batch 1 with these settings up to ~{lo} tokens fit" if ok1
+            else " Not even a 1-token prompt fits")
+    alt = "" if granularity != "position" or stores[-1] != "dense" else \
+        "; a position graph could use store='topk' (k=...) or store='disk' (path=...)"
+    raise MemoryError(f"attribution of {n_tokens}-token prompts needs about {format_bytes(best)} "
+                      f"beyond the weights at batch size 1 ({method}, granularity {granularity!r}, "
+                      f"store {stores[-1]!r}) but max_memory is {format_bytes(budget)}.{hint}{alt}; "
+                      f"or raise max_memory (see circuits.estimate_memory for the parts).")
+
+
+def estimate_faithfulness_memory(model: Any, n_tokens: int, batch_size: int = 1) -> dict[str, int]:
+    """Bytes of one patched forward of :class:`circuits.FaithfulnessEvaluator` (dense masks, as
+    the patched forward takes them today): ``masks`` (``keep`` ``[b T S R]`` bools + its float
+    drop copy, ``keep_cross`` ``[b L H 3 T T]`` bools), ``ablation`` (sender outputs and q/k/v of
+    the ablation source), ``forward`` (sender deltas ``[b T S d]``, one layer's four score
+    combinations and receiver inputs), ``peak`` their sum."""
+    s = _shapes(model)
+    L, H, G, d, e, S, R, el = (s[x] for x in ("L", "H", "G", "d", "e", "S", "R", "elem"))
+    b, T = int(batch_size), int(n_tokens)
+    masks = b * T * S * R * (1 + el) + b * L * H * 3 * T * T
+    abl = b * T * (S * d + L * 3 * H * e) * el
+    fwd = b * T * S * d * el + 6 * b * H * T * T * el + b * T * (H + 2 * G + 1) * d * el * 3 \
+        + b * T * s["vocab"] * el
+    return {"masks": int(masks), "ablation": int(abl), "forward": int(fwd),
+            "peak": int(masks + abl + fwd), "weights": int(s["weights"])}
+
+
+def fit_faithfulness_batch(model: Any, n_tokens: int, batch_size: int, max_memory: int | str) -> int:
+    """Largest batch size ≤ ``batch_size`` whose :func:`estimate_faithfulness_memory` fits the
+    budget; ``MemoryError`` naming the need when one example does not."""
+    budget = parse_bytes(max_memory)
+    assert budget is not None
+    for b in range(int(batch_size), 0, -1):
+        if estimate_faithfulness_memory(model, n_tokens, b)["peak"] <= budget:
+            return b
+    need = estimate_faithfulness_memory(model, n_tokens, 1)["peak"]
+    raise MemoryError(f"one patched forward of a {n_tokens}-token example needs about "
+                      f"{format_bytes(need)} beyond the weights (dense keep masks) but max_memory is "
+                      f"{format_bytes(budget)}: use shorter prompts or raise max_memory")
