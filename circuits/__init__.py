@@ -11,6 +11,8 @@ Public API (imported lazily)::
     faithfulness, FaithfulnessEvaluator  # circuits.faithfulness
     faithfulness_curve, plot_curves      # circuits.curves (MIB grid, CPR/CMD)
     exact_node_scores, exact_edge_score  # circuits.attribution: exact patching references
+    estimate_memory                      # circuits.memory: bytes per part, max_memory plans
+    SparseAttributionGraph, ShardedAttributionGraph  # circuits.stores: top-k / threshold / disk
 
 Definitions and citations: ``shared/REFERENCES.md`` §1–2 (Haklay et al. 2025; Hanna et al. 2024).
 """
@@ -44,9 +46,12 @@ _EXPORTS: dict[str, str] = {
     "FaithfulnessCurve": "circuits.curves",
     "plot_curves": "circuits.curves",
     "MIB_GRID": "circuits.curves",
+    "estimate_memory": "circuits.memory",
+    "SparseAttributionGraph": "circuits.stores",
+    "ShardedAttributionGraph": "circuits.stores",
 }
 _SUBMODULES = {"tasks", "graph", "attribution", "metrics", "select", "circuit", "faithfulness",
-               "curves"}
+               "curves", "memory", "stores"}
 
 __all__ = sorted(_EXPORTS) + sorted(_SUBMODULES)
 

@@ -547,7 +547,7 @@ def attribute(
                             positions=list(data.positions), n_layers=L, n_heads=H,
                             valid=pm.valid.cpu(), cross_valid=cross_valid,
                             span_sizes=sizes.to(out_dt), cross_pairs=pairs.to(out_dt),
-                            n_batches=len(batches), store=store, k=k, per=per,
+                            n_batches=len(batches), n_examples=n, store=store, k=k, per=per,
                             threshold=threshold, path=path, device=dev if store == "dense" else "cpu")
     same = torch.zeros(K, S, R, dtype=acc, device=dev) if not positional else None
     cross = torch.zeros(L, H, 3, K, K, dtype=acc, device=dev) if not positional else None

@@ -361,17 +361,27 @@ class AttributionGraph(Result):
     @classmethod
     def load(cls, path: str | Path) -> AttributionGraph:
         """Inverse of :meth:`save` (raises on a file that is not a saved graph or has another
-        version)."""
+        version). A directory written by ``attribute(..., store="disk")`` opens as a lazily read
+        :class:`~circuits.stores.ShardedAttributionGraph`; a saved top-k/threshold graph as a
+        :class:`~circuits.stores.SparseAttributionGraph`."""
         import json
 
         from safetensors import safe_open
         from safetensors.torch import load_file
 
         path = Path(path)
+        if path.is_dir() and (path / "index.json").is_file():  # store="disk": read lazily
+            from circuits.stores import ShardedAttributionGraph
+
+            return ShardedAttributionGraph(path)  # type: ignore[return-value]
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist (write one with AttributionGraph.save)")
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
+        if '"SparseAttributionGraph"' in meta.get("graph", ""):
+            from circuits.stores import SparseAttributionGraph
+
+            return SparseAttributionGraph.load(path)  # type: ignore[return-value]
         if "graph" not in meta:
             raise ValueError(f"{path} has no AttributionGraph header; was it written by "
                              "AttributionGraph.save?")

@@ -46,7 +46,7 @@ def parse_bytes(x: int | float | str | None) -> int | None:
     return int(float(m.group(1)) * base ** mult)
 
 
-def format_bytes(n: float) -> str:
+def format_bytes(n: int | float) -> str:
     for unit, div in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if abs(n) >= div:
             return f"{n / div:.2f} {unit}"
@@ -90,7 +90,9 @@ def estimate_memory(model: Any, n_tokens: int, batch_size: int = 1, *,
     n_pts = 1 if method == "eap" else int(ig_steps)
     grads = bt * L * (n_pts * (d + (H + 2 * G) * e) + d + H * e) * el
     n_r = H + 2 * G + 1
-    layer_work = bt * n_r * d * el * 4 + b * H * T * T * el + 2 * WORK_BYTES
+    same_chunk = min(WORK_BYTES, bt * S * (n_r + (d if b > 1 else 0)) * el)
+    cross_chunk = min(WORK_BYTES, b * H * T * T * 8 * 12)
+    layer_work = bt * n_r * d * el * 4 + b * H * T * T * el + same_chunk + cross_chunk
     P = n_positions if n_positions is not None else (T if granularity == "position" else 8 if granularity == "span" else 1)
     if granularity != "position":
         output = P * S * R * acc + L * H * 3 * P * P * acc
@@ -146,7 +148,10 @@ def plan_attribution(pm: Any, *, n_tokens: int, n_examples: int, batch_size: int
         ok = estimate_memory(pm, mid, 1, granularity=granularity, method=method, ig_steps=ig_steps,
                              ig_chunk=1, store=stores[-1], k=k)["peak"] <= budget
         lo, hi = (mid, hi) if ok else (lo, mid - 1)
-    hint = (f" At batch 1 with these settings up to ~{lo} tokens fit" if lo > 1 else "")
+    ok1 = estimate_memory(pm, 1, 1, granularity=granularity, method=method, ig_steps=ig_steps,
+                          ig_chunk=1, store=stores[-1], k=k)["peak"] <= budget
+    hint = (f" At batch 1 with these settings up to ~{lo} tokens fit" if ok1
+            else " Not even a 1-token prompt fits")
     alt = "" if granularity != "position" or stores[-1] != "dense" else \
         "; a position graph could use store='topk' (k=...) or store='disk' (path=...)"
     raise MemoryError(f"attribution of {n_tokens}-token prompts needs about {format_bytes(best)} "

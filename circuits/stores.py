@@ -401,12 +401,13 @@ class PositionSink:
 
     ``add_same(cols, n_send, c0, block [pc n_send n_cols])`` (raw sums over the batch's
     examples) and ``add_cross(layer, h0, block [h 3 w w])``; ``end_batch()`` after every batch;
-    ``finish(n)`` returns the graph (scores divided by the number of examples ``n``).
+    ``finish(n)`` returns the graph (scores divided by the number of examples ``n_examples``).
     """
 
     def __init__(self, *, senders: list[str], receivers: list[str], positions: list[str],
                  n_layers: int, n_heads: int, valid: Tensor, cross_valid: Tensor,
-                 span_sizes: Tensor, cross_pairs: Tensor, n_batches: int, store: str = "dense",
+                 span_sizes: Tensor, cross_pairs: Tensor, n_batches: int, n_examples: int,
+                 store: str = "dense",
                  k: int | None = None, per: str = "global", threshold: float | None = None,
                  path: str | Path | None = None, meta: dict[str, Any] | None = None,
                  device: torch.device | str = "cpu") -> None:
@@ -430,7 +431,7 @@ class PositionSink:
         self.meta = dict(meta or {})
         self.multi = n_batches > 1
         self.dev = device
-        self.n = 1.0
+        self.n = float(n_examples)
         P, S, R, L, H = self.P, self.S, self.R, self.L, self.H
         if store == "dense":
             self.same = torch.zeros(P, S, R, dtype=torch.float32, device=device)
@@ -549,7 +550,6 @@ class PositionSink:
             return AttributionGraph(self.senders, self.receivers, self.positions, same, self.valid,
                                     cross, self.cross_valid, self.span_sizes, self.cross_pairs,
                                     self.meta)
-        self.n = float(n)
         if self.multi:
             for key, m in self.mm.items():
                 self._finalize(key, torch.from_numpy(np.asarray(m)))
