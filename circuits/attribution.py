@@ -647,7 +647,8 @@ def attribute(
 
                     blk[..., :H + pm.n_kv_heads] = qk_fix_block(
                         pm, l, clean_ln1[l], delta[:, c0:c1, :ns], c0, q_all[:, l], k_all[:, l],
-                        v_all[:, l], z_all[:, l], gp.mean(gp.z[l]), mask, acc).to(blk.dtype)
+                        v_all[:, l], z_all[:, l], gp.mean(gp.z[l]), mask,
+                        torch.promote_types(dt, torch.float32)).to(blk.dtype)
                 blk = blk * realf[:, c0:c1, None, None]
                 if sink is not None:
                     sink.add_same(rs, ns, c0, blk.sum(0))
