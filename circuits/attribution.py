@@ -568,31 +568,35 @@ def attribute(
         mask = cb.mask[idx, :w].to(dev)
         grp = data.group[idx, :w].to(dev)
         b_ = toks.shape[0]
-        # ablation source in clean coordinates (no attention patterns recorded)
-        abl: Activations | None = None
-        if ablation == "counterfactual":
-            xb = data.corrupt
-            assert xb is not None and data.position_map is not None
-            wx = int(xb.mask[idx].sum(1).max())
-            with torch.no_grad():
-                ax = pm.forward(xb.tokens[idx, :wx].to(dev), xb.mask[idx, :wx].to(dev), record=True,
-                                record_pattern=False)["activations"]
-            src = data.position_map[idx, :w].clamp(max=wx - 1).to(dev)
-            abl = _realign_rope(pm, align_lite(ax, src), src)
-            del ax
-        elif ablation == "mean":
-            assert mean_acts is not None
-            abl = _fit_width(mean_acts, w)
+        def ablation_source(idx: Tensor = idx, w: int = w) -> Activations | None:
+            """Ablated activations in clean coordinates (no attention patterns recorded)."""
+            if ablation == "counterfactual":
+                xb = data.corrupt
+                assert xb is not None and data.position_map is not None
+                wx = int(xb.mask[idx].sum(1).max())
+                with torch.no_grad():
+                    ax = pm.forward(xb.tokens[idx, :wx].to(dev), xb.mask[idx, :wx].to(dev),
+                                    record=True, record_pattern=False)["activations"]
+                src = data.position_map[idx, :w].clamp(max=wx - 1).to(dev)
+                return _realign_rope(pm, align_lite(ax, src), src)
+            if ablation == "mean":
+                assert mean_acts is not None
+                return _fit_width(mean_acts, w)
+            return None
+
         with torch.no_grad():
             e_clean = pm.embed(toks, pm.position_ids(mask))
         if method in ("eap", "atp*", "clean-corrupted"):
+            # the ablation source after the backward: not live during it
             acts, gp, tot = eap_grads(pm, met, e_clean, mask, idx.to(dev))
             clean_ln1 = gp.ln1_in[0]
+            abl = ablation_source()
             if method == "clean-corrupted":
                 from circuits._methods import add_corrupt_point
 
                 gp = add_corrupt_point(pm, met, gp, e_clean, abl, mask, idx.to(dev))
         else:
+            abl = ablation_source()
             with torch.no_grad():
                 out0 = pm.forward(toks, mask, record=True, record_pattern=False,
                                   grad_nodes=method == "atp*-ig")
@@ -611,12 +615,12 @@ def attribute(
         metric_total += tot
         # sender deltas z* − z [b p S d]; ablated q/k/v per layer
         if abl is None:
-            delta = acts.senders.neg()
+            delta = acts.senders.neg_()
             za = torch.zeros_like(acts.q[:1])
             qa_all, ka_all, va_all = za, torch.zeros_like(acts.k[:1]), torch.zeros_like(acts.v[:1])
-        else:
+        else:  # in place: one [b p S d] buffer
             delta = (abl.senders.sub_(acts.senders) if ablation == "counterfactual"
-                     else abl.senders - acts.senders)
+                     else acts.senders.neg_().add_(abl.senders))
             qa_all, ka_all, va_all = abl.q, abl.k, abl.v
         q_all, k_all, v_all, z_all = acts.q, acts.k, acts.v, acts.z
         del acts, abl

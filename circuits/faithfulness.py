@@ -247,6 +247,9 @@ class FaithfulnessEvaluator:
         include_bos: ablate the BOS position too (default: BOS is never ablated).
         prepend_bos: BOS policy of raw token tensors (TokenBatches carry their own).
         batch_size: examples per patched forward (``keep`` is ``[b pos S R]`` bools).
+        max_memory: budget in bytes (or ``"4GiB"``) for one patched forward beyond the weights
+            (:func:`circuits.memory.estimate_faithfulness_memory`): the batch size is lowered to
+            fit, or a ``MemoryError`` is raised before any run when one example does not fit.
         n_boot, seed: bootstrap resamples and seed of the 95 % CIs.
     """
 
@@ -266,6 +269,7 @@ class FaithfulnessEvaluator:
         batch_size: int | None = None,
         n_boot: int = 1000,
         seed: int = 0,
+        max_memory: int | str | None = None,
     ) -> None:
         from circuits.attribution import _fit_width, _mean_activations, patchable, prepare
         from circuits.metrics import as_metric
@@ -308,6 +312,10 @@ class FaithfulnessEvaluator:
         self.prepend_bos = bool(cb.prepend_bos if cb.prepend_bos is not None else prepend_bos)
         B, T = self.tokens.shape
         self.batch_size = batch_size or min(B, 16)
+        if max_memory is not None:
+            from circuits.memory import fit_faithfulness_batch
+
+            self.batch_size = fit_faithfulness_batch(self.pm, T, self.batch_size, max_memory)
         self.last = torch.as_tensor(cb.lengths, dtype=torch.long) - 1
         self.protect = torch.zeros(B, T, dtype=torch.bool)
         if self.prepend_bos and not include_bos:
@@ -516,6 +524,7 @@ def faithfulness(
     batch_size: int | None = None,
     n_boot: int = 1000,
     seed: int = 0,
+    max_memory: int | str | None = None,
 ) -> Faithfulness:
     """Faithfulness of ``circuit`` by real patching (see the module docstring for formulas).
 
@@ -530,5 +539,5 @@ def faithfulness(
     ev = FaithfulnessEvaluator(model, clean, corrupt, metric, ablation=ablation,
                                ablation_prompts=ablation_prompts, schema=schema, span_index=span_index,
                                include_bos=include_bos, prepend_bos=prepend_bos, batch_size=batch_size,
-                               n_boot=n_boot, seed=seed)
+                               n_boot=n_boot, seed=seed, max_memory=max_memory)
     return ev(circuit)

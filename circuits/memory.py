@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["estimate_memory", "plan_attribution", "parse_bytes", "format_bytes"]
+__all__ = ["estimate_memory", "estimate_faithfulness_memory", "fit_faithfulness_batch", "plan_attribution", "parse_bytes", "format_bytes", "shapes_from_config"]
 
 WORK_BYTES = 256 * 2**20  # chunk budget of the per-layer score blocks
 
@@ -53,7 +53,22 @@ def format_bytes(n: int | float) -> str:
     return f"{int(n)} B"
 
 
+def shapes_from_config(cfg: dict[str, Any], *, dtype_bytes: int = 2, device: str = "cuda") -> dict[str, Any]:
+    """Shape dict for :func:`estimate_memory` from an HF-style config (``num_hidden_layers``,
+    ``num_attention_heads``, ``num_key_value_heads``, ``hidden_size``, ``head_dim``,
+    ``intermediate_size``, ``vocab_size``; ``n_params``) — for models not loaded here."""
+    L, H = int(cfg["num_hidden_layers"]), int(cfg["num_attention_heads"])
+    G = int(cfg.get("num_key_value_heads") or H)
+    d = int(cfg["hidden_size"])
+    e = int(cfg.get("head_dim") or d // H)
+    return dict(L=L, H=H, G=G, d=d, e=e, m=int(cfg["intermediate_size"]), S=1 + L * (H + 1),
+                R=L * (H + 2 * G + 1) + 1, elem=dtype_bytes, vocab=int(cfg["vocab_size"]),
+                weights=int(cfg.get("n_params", 0)) * dtype_bytes, acc=8 if device == "cpu" else 4)
+
+
 def _shapes(model: Any) -> dict[str, Any]:
+    if isinstance(model, dict):
+        return model
     from circuits.attribution import patchable
 
     pm = patchable(model)
@@ -70,21 +85,27 @@ def _shapes(model: Any) -> dict[str, Any]:
 def estimate_memory(model: Any, n_tokens: int, batch_size: int = 1, *,
                     granularity: str = "position", method: str = "eap", ig_steps: int = 5,
                     ig_chunk: int | None = None, store: str = "dense", k: int | None = None,
-                    n_positions: int | None = None) -> dict[str, int]:
+                    n_positions: int | None = None, attention: str = "eager") -> dict[str, int]:
     """Bytes per part of one attribution batch (see the module docstring); ``"peak"`` is the
-    predicted peak beyond the weights, ``"weights"`` the model's own.
+    predicted peak beyond the weights, ``"weights"`` the model's own. ``model``: a bridge, a
+    PatchableModel, or a shape dict (:func:`shapes_from_config`).
 
     ``n_positions``: abstract positions of the output (default ``n_tokens`` at position
-    granularity, 8 spans at span granularity, 1 for none)."""
+    granularity, 8 spans at span granularity, 1 for none). ``attention="sdpa"`` predicts a
+    forward whose backward does not keep the ``[H T T]`` patterns (memory-efficient attention;
+    the patchable forward is eager today, so this is a what-if for planning)."""
     s = _shapes(model)
     L, H, G, d, e, m, S, R = (s[x] for x in ("L", "H", "G", "d", "e", "m", "S", "R"))
     el, acc = s["elem"], s["acc"]
     b, T = int(batch_size), int(n_tokens)
     bt = b * T
-    pts = 1 if method == "eap" else max(1, min(int(ig_chunk or ig_steps), int(ig_steps)))
+    if ig_chunk is None:  # the default of plan_attribution
+        ig_chunk = ig_steps if bt <= 1024 else max(1, 1024 // bt)
+    pts = 1 if method == "eap" else max(1, min(int(ig_chunk), int(ig_steps)))
     # autograd-saved activations per token and layer (linear) + the attention rows
     lin = 8 * d + 6 * (H + 2 * G) * e + 5 * m
-    fwd_bwd = pts * (bt * L * (lin * el + H * T * el) + bt * 2 * s["vocab"] * el)
+    rows = H * T * el if attention == "eager" else 0
+    fwd_bwd = pts * (bt * L * (lin * el + rows) + bt * 2 * s["vocab"] * el)
     acts = bt * (S * d + L * 4 * H * e) * el
     abl = bt * (S * d + L * 3 * H * e) * el
     n_pts = 1 if method == "eap" else int(ig_steps)
@@ -102,7 +123,8 @@ def estimate_memory(model: Any, n_tokens: int, batch_size: int = 1, *,
         output = 3 * 12 * int(k or 0) + 8 * P * (S + R)
     else:  # threshold: unknown count; disk: one piece at a time
         output = 8 * P * (S + R) + WORK_BYTES
-    phase_a = fwd_bwd + acts + abl + grads
+    # EAP runs the ablation source after the backward; EAP-IG needs it before (interpolation)
+    phase_a = fwd_bwd + acts + grads + (abl if method != "eap" else 0)
     phase_b = acts - bt * S * d * el + abl + grads + layer_work  # delta replaces the ablated senders
     peak = max(phase_a, phase_b) + output
     return {"forward_backward": int(fwd_bwd), "activations": int(acts), "ablation": int(abl),
@@ -158,3 +180,34 @@ def plan_attribution(pm: Any, *, n_tokens: int, n_examples: int, batch_size: int
                       f"beyond the weights at batch size 1 ({method}, granularity {granularity!r}, "
                       f"store {stores[-1]!r}) but max_memory is {format_bytes(budget)}.{hint}{alt}; "
                       f"or raise max_memory (see circuits.estimate_memory for the parts).")
+
+
+def estimate_faithfulness_memory(model: Any, n_tokens: int, batch_size: int = 1) -> dict[str, int]:
+    """Bytes of one patched forward of :class:`circuits.FaithfulnessEvaluator` (dense masks, as
+    the patched forward takes them today): ``masks`` (``keep`` ``[b T S R]`` bools + its float
+    drop copy, ``keep_cross`` ``[b L H 3 T T]`` bools), ``ablation`` (sender outputs and q/k/v of
+    the ablation source), ``forward`` (sender deltas ``[b T S d]``, one layer's four score
+    combinations and receiver inputs), ``peak`` their sum."""
+    s = _shapes(model)
+    L, H, G, d, e, S, R, el = (s[x] for x in ("L", "H", "G", "d", "e", "S", "R", "elem"))
+    b, T = int(batch_size), int(n_tokens)
+    masks = b * T * S * R * (1 + el) + b * L * H * 3 * T * T
+    abl = b * T * (S * d + L * 3 * H * e) * el
+    fwd = b * T * S * d * el + 6 * b * H * T * T * el + b * T * (H + 2 * G + 1) * d * el * 3 \
+        + b * T * s["vocab"] * el
+    return {"masks": int(masks), "ablation": int(abl), "forward": int(fwd),
+            "peak": int(masks + abl + fwd), "weights": int(s["weights"])}
+
+
+def fit_faithfulness_batch(model: Any, n_tokens: int, batch_size: int, max_memory: int | str) -> int:
+    """Largest batch size ≤ ``batch_size`` whose :func:`estimate_faithfulness_memory` fits the
+    budget; ``MemoryError`` naming the need when one example does not."""
+    budget = parse_bytes(max_memory)
+    assert budget is not None
+    for b in range(int(batch_size), 0, -1):
+        if estimate_faithfulness_memory(model, n_tokens, b)["peak"] <= budget:
+            return b
+    need = estimate_faithfulness_memory(model, n_tokens, 1)["peak"]
+    raise MemoryError(f"one patched forward of a {n_tokens}-token example needs about "
+                      f"{format_bytes(need)} beyond the weights (dense keep masks) but max_memory is "
+                      f"{format_bytes(budget)}: use shorter prompts or raise max_memory")

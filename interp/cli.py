@@ -346,6 +346,12 @@ def circuit(model: str = ModelArg,
                 help="span (schema spans), position (token positions) or none (non-positional); span and "
                      "position are compared with the none baseline."),
             prompts: Path | None = typer.Option(None, "--prompts", hidden=True),
+            max_memory: str | None = typer.Option(
+                None, "--max-memory", help="Memory budget for attribution beyond the weights (e.g. 8GiB): "
+                                           "the batch size is chosen to fit, or it fails before running, "
+                                           "saying what would fit."),
+            dry_run: bool = typer.Option(False, "--dry-run", help="Print the memory estimate per part "
+                                                                   "(circuits.estimate_memory) and exit."),
             seed: int = SeedOpt, no_bos: bool = NoBosOpt, json_out: bool = JsonOpt, html: Path | None = HtmlOpt,
             dtype: str = DtypeOpt, debug: bool = DebugOpt) -> None:
     """Position-aware circuit (EAP/EAP-IG over schema spans or positions) on IOI, Greater-Than,
@@ -371,7 +377,47 @@ def circuit(model: str = ModelArg,
         _run_one("circuit", model, None, seed, no_bos, json_out, html, debug, options, dtype, loaded=m)
         return
     options["task"] = (task or CircuitTask.ioi).value
+    if max_memory is not None or dry_run:
+        _circuit_memory(model, options, max_memory, dry_run, seed, no_bos, json_out, dtype, debug)
+        if dry_run:
+            return
     _run_one("circuit", model, None, seed, no_bos, json_out, html, debug, options, dtype)
+
+
+def _circuit_memory(model: str, options: dict[str, Any], max_memory: str | None, dry_run: bool, seed: int,
+                    no_bos: bool, json_out: bool, dtype: str, debug: bool) -> None:
+    """--max-memory (validated, passed to attribution) and --dry-run (the estimate per part)."""
+    from circuits.memory import estimate_memory, format_bytes, parse_bytes
+
+    if max_memory is not None:
+        budget = _guard(debug, "input", lambda: parse_bytes(max_memory))
+        options["max_memory"] = budget
+    if not dry_run:
+        return
+    from interp.reports.sections.circuit import circuit_task
+
+    m = _load_model(model, debug, dtype)
+    task = _guard(debug, "input", lambda: circuit_task(m, options, seed=seed, prepend_bos=not no_bos))
+    n_tok = int(task.clean.tokens.shape[1]) if hasattr(task.clean, "tokens") else 0
+    n_ex = int(task.clean.tokens.shape[0]) if hasattr(task.clean, "tokens") else int(options["n"])
+    grans = [options["granularity"]] + ([] if options["granularity"] == "none" else ["none"])
+    out = {}
+    for g in grans:
+        est = estimate_memory(m, n_tok, min(4, n_ex), granularity=g, method=options["method"],
+                              ig_steps=options["ig_steps"])
+        out[g] = est
+    if json_out:
+        typer.echo(json.dumps({"tokens": n_tok, "examples": n_ex, "batch_size": min(4, n_ex),
+                               "max_memory": options.get("max_memory"), "estimate": out}, indent=1))
+        return
+    typer.echo(f"circuit dry run — {model}: {n_ex} examples × {n_tok} tokens, batch {min(4, n_ex)}, "
+               f"{options['method']}")
+    for g, est in out.items():
+        typer.echo(f"  granularity {g}: peak {format_bytes(est['peak'])} beyond the weights "
+                   f"({format_bytes(est['weights'])})")
+        for part, v in est.items():
+            if part not in ("peak", "weights"):
+                typer.echo(f"    {part:<17} {format_bytes(v)}")
 
 
 @app.command("capture")

@@ -213,3 +213,20 @@ def test_estimate_memory_and_budget(random_toy):
     assert g.meta["batch_size"] < 5
     ref = attribute(m, clean, corrupt, met, batch_size=5)
     torch.testing.assert_close(g.same_pos, ref.same_pos, atol=1e-6, rtol=1e-5)
+
+
+def test_faithfulness_max_memory(random_toy):
+    """max_memory lowers the evaluator's batch size (same result) or fails before any run."""
+    from circuits import FaithfulnessEvaluator
+    from circuits.memory import estimate_faithfulness_memory
+
+    m, (clean, corrupt, met) = _toy(random_toy, "toy-induction")
+    g = attribute(m, clean, corrupt, met)
+    c = select(g, method="topn", n_edges=30)
+    full = FaithfulnessEvaluator(m, clean, corrupt, met, n_boot=0)
+    one = estimate_faithfulness_memory(m, clean.shape[1], 1)["peak"]
+    small = FaithfulnessEvaluator(m, clean, corrupt, met, n_boot=0, max_memory=one + one // 2)
+    assert small.batch_size == 1 < full.batch_size
+    assert small(c).f == pytest.approx(full(c).f, rel=1e-5, abs=1e-6)
+    with pytest.raises(MemoryError, match="max_memory"):
+        FaithfulnessEvaluator(m, clean, corrupt, met, max_memory=one // 2)

@@ -270,6 +270,21 @@ def test_circuit_builtin_task_method_granularity_n(toy_induction):
     assert "curve_none" in d and "curve_span" not in d and "curve_position" not in d
 
 
+def test_circuit_dry_run_and_max_memory(toy_induction):
+    """--dry-run prints the estimate per part (no attribution runs); --max-memory too small for
+    one example fails before running with what would fit; a bad size names the format."""
+    res = _invoke("circuit", "toy-induction", "--task", "induction", "--n", "3", "--dry-run", "--json")
+    assert res.exit_code == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["examples"] == 3 and doc["tokens"] > 0 and set(doc["estimate"]) == {"span", "none"}
+    assert doc["estimate"]["span"]["peak"] >= doc["estimate"]["span"]["output"] > 0
+    res = _invoke("circuit", "toy-induction", "--task", "induction", "--n", "3", "--max-memory", "1KiB",
+                  "--json")
+    assert res.exit_code == 1 and "max_memory" in res.stdout + res.stderr
+    res = _invoke("circuit", "toy-induction", "--task", "induction", "--max-memory", "lots", "--dry-run")
+    assert res.exit_code != 0 and "8GiB" in _one_line_error(res.stderr)
+
+
 def test_circuit_natural_language_task_on_a_toy_is_skipped_with_a_reason(toy_induction):
     res = _invoke("circuit", "toy-induction", "--json")  # default task: ioi
     assert res.exit_code == 1

@@ -106,7 +106,7 @@ def run(ctx: ReportContext) -> SectionOutput:
     task = circuit_task(ctx.model, ctx.options, seed=ctx.seed, prepend_bos=ctx.prepend_bos)
     grans = [gran] if gran == "none" else [gran, "none"]
     graphs = {g: circuits.attribute(ctx.model, task, granularity=g, method=method, ig_steps=cfg["ig_steps"],
-                                    batch_size=4) for g in grans}
+                                    batch_size=4, max_memory=ctx.options.get("max_memory")) for g in grans}
     ev = FaithfulnessEvaluator(ctx.model, task, batch_size=4, seed=ctx.seed, n_boot=200)
     curves = {g: circuits.faithfulness_curve(ctx.model, graphs[g], sizes=grid, evaluator=ev, label=_LABELS[g])
               for g in grans}
