@@ -431,7 +431,8 @@ def attribute(
             for ``"mean"`` the ablation split (default: the clean prompts); unused for ``"zero"``.
         metric: :class:`~circuits.metrics.Metric` or callable ``f(logits, batch) -> [batch]``.
         method: ``"eap"``, ``"eap-ig"`` (``ig_steps`` interpolation points k/m, k = 0 … m−1),
-            ``"atp*"`` (AtP*'s QK fix, :mod:`circuits._atp`), ``"clean-corrupted"`` (gradients
+            ``"atp*"`` (AtP*'s QK fix, :mod:`circuits._atp`), ``"atp*-ig"`` (the QK fix on EAP-IG
+            gradients), ``"clean-corrupted"`` (gradients
             averaged over the clean and the ablated point, MIB) or ``"exact"`` (every edge
             patched exactly, :mod:`circuits._exact`; at most ``exact_max_edges`` edges);
             definitions in :mod:`circuits._methods`.
