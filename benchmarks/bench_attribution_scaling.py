@@ -164,6 +164,12 @@ def main() -> None:
     V = hf.config.vocab_size
     bos = model.tokenizer.bos_token_id
     rows = []
+    # warm-up (one-time allocations and lazy initialisation stay out of every measurement)
+    w = torch.full((1, 8), bos)
+    emb = hf.get_input_embeddings()(w).detach().requires_grad_(True)
+    with torch.enable_grad():
+        hf(inputs_embeds=emb).logits[0, -1, 0].backward()
+    attribute(model, w, w.clone(), Metric(lambda lg, b: lg[:, -1, 0], "warmup"), granularity="none")
 
     for T in args.tokens:
         g = torch.Generator().manual_seed(T)

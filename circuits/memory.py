@@ -100,7 +100,7 @@ def estimate_memory(model: Any, n_tokens: int, batch_size: int = 1, *,
     b, T = int(batch_size), int(n_tokens)
     bt = b * T
     if ig_chunk is None:  # the default of plan_attribution
-        ig_chunk = ig_steps if bt <= 1024 else max(1, 1024 // bt)
+        ig_chunk = max(1, min(int(ig_steps), 1280 // max(1, bt)))
     pts = 1 if method == "eap" else max(1, min(int(ig_chunk), int(ig_steps)))
     # autograd-saved activations per token and layer (linear) + the attention rows
     lin = 8 * d + 6 * (H + 2 * G) * e + 5 * m
@@ -138,7 +138,7 @@ def plan_attribution(pm: Any, *, n_tokens: int, n_examples: int, batch_size: int
     """Batch size, store and EAP-IG points per pass for :func:`circuits.attribute`.
 
     Without a budget: the requested batch size and store (``"auto"`` → dense), EAP-IG runs all
-    m points in one pass when ``batch · tokens ≤ 1024`` (fast on CPU) and fewer otherwise. With
+    m points in one pass while ``points · batch · tokens ≤ 1280`` (fast on CPU), fewer otherwise. With
     ``max_memory``: the largest batch size ≤ the requested one (and the most IG points per pass)
     whose :func:`estimate_memory` peak fits; ``store="auto"`` becomes ``"disk"`` when a dense
     position graph does not fit. Raises ``MemoryError`` (before any model run) when even one
@@ -146,7 +146,7 @@ def plan_attribution(pm: Any, *, n_tokens: int, n_examples: int, batch_size: int
     budget = parse_bytes(max_memory)
     bs = max(1, min(int(batch_size), int(n_examples)))
     m = int(ig_steps) if method == "eap-ig" else 1
-    chunk = m if bs * n_tokens <= 1024 else max(1, min(m, 1024 // max(1, bs * n_tokens)))
+    chunk = max(1, min(m, 1280 // max(1, bs * n_tokens)))
     st = "dense" if store == "auto" else store
     out = {"batch_size": bs, "store": st, "ig_chunk": chunk, "work_bytes": WORK_BYTES}
     if budget is None:
