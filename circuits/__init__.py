@@ -11,6 +11,8 @@ Public API (imported lazily)::
     faithfulness, FaithfulnessEvaluator  # circuits.faithfulness
     faithfulness_curve, plot_curves      # circuits.curves (MIB grid, CPR/CMD)
     exact_node_scores, exact_edge_score  # circuits.attribution: exact patching references
+    exact_edge_scores                    # circuits._exact: many edges, batched
+    resample, Stability                  # circuits.stability: bootstrap frequencies and CIs
     estimate_memory                      # circuits.memory: bytes per part, max_memory plans
     SparseAttributionGraph, ShardedAttributionGraph  # circuits.stores: top-k / threshold / disk
 
@@ -46,12 +48,15 @@ _EXPORTS: dict[str, str] = {
     "FaithfulnessCurve": "circuits.curves",
     "plot_curves": "circuits.curves",
     "MIB_GRID": "circuits.curves",
+    "resample": "circuits.stability",
+    "Stability": "circuits.stability",
+    "exact_edge_scores": "circuits._exact",
     "estimate_memory": "circuits.memory",
     "SparseAttributionGraph": "circuits.stores",
     "ShardedAttributionGraph": "circuits.stores",
 }
 _SUBMODULES = {"tasks", "graph", "attribution", "metrics", "select", "circuit", "faithfulness",
-               "curves", "memory", "stores"}
+               "curves", "memory", "stores", "stability"}
 
 __all__ = sorted(_EXPORTS) + sorted(_SUBMODULES)
 

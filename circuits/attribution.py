@@ -54,7 +54,7 @@ from circuits.metrics import Metric, MetricBatch, as_metric
 __all__ = ["attribute", "patchable", "exact_node_scores", "exact_edge_score", "AlignedData",
            "prepare"]
 
-Method = Literal["eap", "eap-ig"]
+Method = Literal["eap", "eap-ig", "atp*", "clean-corrupted", "exact"]
 Ablation = Literal["counterfactual", "mean", "zero"]
 Granularity = Literal["none", "position", "span"]
 
@@ -423,6 +423,7 @@ def attribute(
     threshold: float | None = None,
     path: str | Path | None = None,
     max_memory: int | str | None = None,
+    exact_max_edges: int = 20000,
 ) -> Any:
     """Score every edge of the position-aware graph (module docstring has the formulas).
 
@@ -434,7 +435,12 @@ def attribute(
         corrupt: counterfactual prompts (one per clean prompt) for ``ablation="counterfactual"``;
             for ``"mean"`` the ablation split (default: the clean prompts); unused for ``"zero"``.
         metric: :class:`~circuits.metrics.Metric` or callable ``f(logits, batch) -> [batch]``.
-        method: ``"eap"`` or ``"eap-ig"`` (``ig_steps`` interpolation points k/m, k = 0 … m−1).
+        method: ``"eap"``, ``"eap-ig"`` (``ig_steps`` interpolation points k/m, k = 0 … m−1),
+            ``"atp*"`` (AtP*'s QK fix, :mod:`circuits._atp`), ``"atp*-ig"`` (the QK fix on EAP-IG
+            gradients), ``"clean-corrupted"`` (gradients
+            averaged over the clean and the ablated point, MIB) or ``"exact"`` (every edge
+            patched exactly, :mod:`circuits._exact`; at most ``exact_max_edges`` edges);
+            definitions in :mod:`circuits._methods`.
         granularity: ``"position"`` (own token coordinates), ``"span"`` (needs ``schema``) or
             ``"none"`` (the non-positional baseline: sum over positions).
         schema: ``interp.Schema`` (applied to clean and corrupt), ``SchemaSpans``, or a pair of
@@ -470,8 +476,11 @@ def attribute(
         task = t.name if task is None else task
     if metric is None:
         raise ValueError("attribute needs a metric (e.g. circuits.logit_diff(correct, wrong))")
-    if method not in ("eap", "eap-ig"):
-        raise ValueError(f"method must be 'eap' or 'eap-ig', got {method!r}")
+    from circuits._methods import METHODS, method_ablation_check
+
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
+    method_ablation_check(str(method), str(ablation))
     if method == "eap-ig" and ig_steps < 1:
         raise ValueError(f"ig_steps must be >= 1, got {ig_steps}")
     if batch_size < 1:
@@ -493,8 +502,11 @@ def attribute(
                          f"graph is small and always dense): drop store= or use position granularity")
     from circuits.memory import plan_attribution
 
+    plan_method, plan_steps = {"eap-ig": ("eap-ig", ig_steps), "atp*-ig": ("eap-ig", ig_steps),
+                               "clean-corrupted": ("eap-ig", 2)}.get(
+        str(method), ("eap", 1))
     plan = plan_attribution(pm, n_tokens=P, n_examples=n, batch_size=batch_size,
-                            granularity=str(granularity), method=str(method), ig_steps=ig_steps,
+                            granularity=str(granularity), method=plan_method, ig_steps=plan_steps,
                             store=store, k=k, max_memory=max_memory)
     batch_size, store, ig_chunk = plan["batch_size"], plan["store"], plan["ig_chunk"]
     if store == "disk" and path is None:
@@ -526,6 +538,12 @@ def attribute(
     cross_valid = pairs > 0
     if granularity == "none":
         cross_valid = torch.ones(1, 1, dtype=torch.bool)
+    if method == "exact":
+        from circuits._methods import exact_attribute
+
+        return exact_attribute(pm, met, data, ablation=str(ablation), sizes=sizes, pairs=pairs,
+                               cross_valid=cross_valid, out_dt=out_dt, max_edges=exact_max_edges,
+                               progress=progress, meta_extra={"task": task, "t0": t0})
     batches = list(range(0, n, batch_size))
     sink = None
     if positional:
@@ -574,17 +592,24 @@ def attribute(
 
         with torch.no_grad():
             e_clean = pm.embed(toks, pm.position_ids(mask))
-        if method == "eap":  # the ablation source after the backward: not live during it
+        if method in ("eap", "atp*", "clean-corrupted"):
+            # the ablation source after the backward: not live during it
             acts, gp, tot = eap_grads(pm, met, e_clean, mask, idx.to(dev))
+            clean_ln1 = gp.ln1_in[0]
             abl = ablation_source()
+            if method == "clean-corrupted":
+                from circuits._methods import add_corrupt_point
+
+                gp = add_corrupt_point(pm, met, gp, e_clean, abl, mask, idx.to(dev))
         else:
             abl = ablation_source()
             with torch.no_grad():
-                out0 = pm.forward(toks, mask, record=True, record_pattern=False)
+                out0 = pm.forward(toks, mask, record=True, record_pattern=False,
+                                  grad_nodes=method == "atp*-ig")
             acts = out0["activations"]
+            clean_ln1 = out0["ln1_in"]
             clean_logits = out0["logits"] if met.needs_clean else None
             tot = float(met(out0["logits"], MetricBatch.from_mask(mask, idx.to(dev), clean_logits)).sum())
-            del out0
             e_abl = (abl.senders[:, :, 0] if abl is not None else torch.zeros_like(e_clean)).expand_as(e_clean)
 
             def mb_fn(mc: int, mask: Tensor = mask, idx: Tensor = idx, cl: Any = clean_logits) -> MetricBatch:
@@ -592,6 +617,7 @@ def attribute(
                                              None if cl is None else cl.repeat(mc, 1, 1))
 
             gp = ig_grads(pm, met, e_clean, e_abl, mask, mb_fn, ig_steps, min(ig_chunk, ig_steps))
+            del out0
         metric_total += tot
         # sender deltas z* − z [b p S d]; ablated q/k/v per layer
         if abl is None:
@@ -626,6 +652,13 @@ def attribute(
                 Dr = delta[:, c0:c1, :ns].reshape(b_ * (c1 - c0), ns, d)
                 Gr = G_l[:, c0:c1].reshape(b_ * (c1 - c0), nr, d)
                 blk = torch.bmm(Dr, Gr.transpose(1, 2)).view(b_, c1 - c0, ns, nr)
+                if method in ("atp*", "atp*-ig") and l < L:  # QK fix: exact softmax for q/k receivers
+                    from circuits._atp import qk_fix_block
+
+                    blk[..., :H + pm.n_kv_heads] = qk_fix_block(
+                        pm, l, clean_ln1[l], delta[:, c0:c1, :ns], c0, q_all[:, l], k_all[:, l],
+                        v_all[:, l], z_all[:, l], gp.mean(gp.z[l]), mask,
+                        torch.promote_types(dt, torch.float32)).to(blk.dtype)
                 blk = blk * realf[:, c0:c1, None, None]
                 if sink is not None:
                     sink.add_same(rs, ns, c0, blk.sum(0))
@@ -654,7 +687,7 @@ def attribute(
     meta = {
         "version": GRAPH_VERSION,
         "method": method,
-        "ig_steps": ig_steps if method == "eap-ig" else None,
+        "ig_steps": ig_steps if method in ("eap-ig", "atp*-ig") else (2 if method == "clean-corrupted" else None),
         "ablation": ablation,
         "metric": met.name,
         "metric_clean_mean": metric_total / n,

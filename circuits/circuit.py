@@ -295,9 +295,11 @@ class Circuit(Result):
                 f"method={self.meta.get('method')!r})")
 
     # ------------------------------------------------------------------ plot
-    def plot(self, max_edges: int | None = 400, title: str | None = None):
-        """Interactive plotly graph of the circuit (see :func:`circuits.circuit.plot_circuit`)."""
-        return plot_circuit(self, max_edges=max_edges, title=title)
+    def plot(self, max_edges: int | None = 400, title: str | None = None, stability: Any = None):
+        """Interactive plotly graph of the circuit (see :func:`circuits.circuit.plot_circuit`);
+        with ``stability`` (a :class:`circuits.stability.Stability`) edge opacity shows how often
+        each edge was selected under resampling."""
+        return plot_circuit(self, max_edges=max_edges, title=title, stability=stability)
 
 
 def _jsonable(x: Any) -> Any:
@@ -340,7 +342,8 @@ def concrete_edge_counts(
 _KIND_COLOURS = {"q": "#1f77b4", "k": "#2ca02c", "v": "#ff7f0e", "mlp": "#9467bd", "logits": "#d62728"}
 
 
-def plot_circuit(circuit: Circuit, max_edges: int | None = 400, title: str | None = None):
+def plot_circuit(circuit: Circuit, max_edges: int | None = 400, title: str | None = None,
+                 stability: Any = None):
     """Plot a circuit as an interactive layered graph.
 
     Layout: columns are positions (tokens / spans / "all"), rows are layers — the embedding at the
@@ -350,6 +353,9 @@ def plot_circuit(circuit: Circuit, max_edges: int | None = 400, title: str | Non
     positive and dotted for negative scores; crossing edges run from the key/value node at ``kpos``
     to the head at ``qpos``. Hovering an edge midpoint shows its names and score; hovering a node
     shows its name and position. Only the ``max_edges`` highest-|score| edges are drawn.
+    With ``stability`` (:class:`circuits.stability.Stability` of the same graph) each edge's
+    opacity is its bootstrap selection frequency (4 bins: < 0.5, < 0.8, < 0.95, ≥ 0.95) and the
+    hover text shows it.
     """
     import plotly.graph_objects as go
 
@@ -383,20 +389,34 @@ def plot_circuit(circuit: Circuit, max_edges: int | None = 400, title: str | Non
             return head_xy(l, h, p)
         return p * col_w, 3.0 * l + 2.0
 
-    edges = []  # (x0, y0, x1, y1, score, kind, label)
+    edges = []  # (x0, y0, x1, y1, score, kind, label, freq)
+    if stability is not None and (tuple(stability.same_freq.shape) != tuple(circuit.same_pos.shape)
+                                  or tuple(stability.cross_freq.shape) != tuple(circuit.cross.shape)):
+        raise ValueError("stability= comes from a graph of another shape than the circuit's")
+
+    def fr(idx: tuple, cross: bool) -> float:
+        if stability is None:
+            return 1.0
+        return float((stability.cross_freq if cross else stability.same_freq)[idx])
+
+    def ftxt(f: float) -> str:
+        return "" if stability is None else f"<br>selected in {100 * f:.0f}% of resamples"
+
     for (p, s, r), v in zip(circuit.same_pos.nonzero().tolist(), circuit.same_pos_scores[circuit.same_pos].tolist()):
         x0, y0 = sender_xy(s, p)
         x1, y1 = recv_xy(r, p)
         kind = RECEIVER_KINDS[ix.recv_kind[r]]
+        f = fr((p, s, r), False)
         edges.append((x0, y0, x1, y1, v, kind,
-                      f"{circuit.senders[s]} → {circuit.receivers[r]} @ {circuit.positions[p]}<br>score {v:+.4g}"))
+                      f"{circuit.senders[s]} → {circuit.receivers[r]} @ {circuit.positions[p]}<br>score {v:+.4g}{ftxt(f)}", f))
     for (l, h, k, qp, kp), v in zip(circuit.cross.nonzero().tolist(), circuit.cross_scores[circuit.cross].tolist()):
         parent = int(ix.cross_parent[l, h, k])
         x0, y0 = recv_xy(parent, qp if k == 0 else kp)
         x1, y1 = head_xy(l, h, qp)
+        f = fr((l, h, k, qp, kp), True)
         edges.append((x0, y0, x1, y1, v, "qkv"[k],
                       f"{circuit.receivers[parent]} @ {circuit.positions[kp]} ⇒ L{l}H{h} @ "
-                      f"{circuit.positions[qp]} ({'qkv'[k]}, crossing)<br>score {v:+.4g}"))
+                      f"{circuit.positions[qp]} ({'qkv'[k]}, crossing)<br>score {v:+.4g}{ftxt(f)}", f))
     edges.sort(key=lambda e: -abs(e[4]))
     n_total = len(edges)
     if max_edges is not None:
@@ -408,23 +428,26 @@ def plot_circuit(circuit: Circuit, max_edges: int | None = 400, title: str | Non
         bins = np.clip((mags / top * 4).astype(int), 0, 3)
         widths = [0.8, 1.6, 3.0, 5.0]
         legend_done: set[tuple[str, int]] = set()
+        fbins = np.digitize([e[7] for e in edges], [0.5, 0.8, 0.95]) if stability is not None else np.full(len(edges), 3)
+        opac = [0.15, 0.35, 0.6, 0.9] if stability is not None else [0.75] * 4
         for kind in RECEIVER_KINDS:
             for sign in (1, -1):
                 for b in range(4):
-                    xs: list[float | None] = []
-                    ys: list[float | None] = []
-                    for e, bb in zip(edges, bins):
-                        if e[5] == kind and bb == b and (e[4] >= 0) == (sign > 0):
-                            xs += [e[0], e[2], None]
-                            ys += [e[1], e[3], None]
-                    if xs:
-                        fig.add_trace(go.Scatter(
-                            x=xs, y=ys, mode="lines", hoverinfo="skip",
-                            line=dict(color=_KIND_COLOURS[kind], width=widths[b],
-                                      dash="solid" if sign > 0 else "dot"),
-                            opacity=0.75, legendgroup=f"{kind}{sign}",
-                            name=f"{kind} {'+' if sign > 0 else '−'}", showlegend=(kind, sign) not in legend_done))
-                        legend_done.add((kind, sign))
+                    for fb in range(4):
+                        xs: list[float | None] = []
+                        ys: list[float | None] = []
+                        for e, bb, ff in zip(edges, bins, fbins):
+                            if e[5] == kind and bb == b and ff == fb and (e[4] >= 0) == (sign > 0):
+                                xs += [e[0], e[2], None]
+                                ys += [e[1], e[3], None]
+                        if xs:
+                            fig.add_trace(go.Scatter(
+                                x=xs, y=ys, mode="lines", hoverinfo="skip",
+                                line=dict(color=_KIND_COLOURS[kind], width=widths[b],
+                                          dash="solid" if sign > 0 else "dot"),
+                                opacity=opac[fb], legendgroup=f"{kind}{sign}",
+                                name=f"{kind} {'+' if sign > 0 else '−'}", showlegend=(kind, sign) not in legend_done))
+                            legend_done.add((kind, sign))
         fig.add_trace(go.Scatter(
             x=[(e[0] + e[2]) / 2 for e in edges], y=[(e[1] + e[3]) / 2 for e in edges], mode="markers",
             marker=dict(size=6, color=[_KIND_COLOURS[e[5]] for e in edges], opacity=0.35),

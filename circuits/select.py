@@ -303,6 +303,7 @@ def select(
     method: str = "greedy",
     roots: Literal["all", "last"] | Sequence[int] = "all",
     do_prune: bool = True,
+    min_freq: float = 0.9,
 ) -> Circuit:
     """Select a circuit from an :class:`~circuits.graph.AttributionGraph`.
 
@@ -315,7 +316,9 @@ def select(
         method: ``"greedy"`` — growth from the logits, always adding the highest-|score| edge
             whose child is already in the circuit (Haklay et al. 2025); ``"topn"`` — the
             ``n_edges`` highest-|score| edges (or all above ``threshold``) regardless of
-            connectivity (Hanna et al. 2024; MIB).
+            connectivity (Hanna et al. 2024; MIB); ``"stable"`` — ``graph`` is a
+            :class:`~circuits.stability.Stability` (from :func:`circuits.resample`) and the
+            circuit keeps the edges selected in ≥ ``min_freq`` of the bootstrap resamples.
         roots: logits positions the circuit grows from (``"all"``, ``"last"`` or indices); also
             the targets of pruning.
         do_prune: drop edges not on a path from the embeddings to the logits.
@@ -324,6 +327,10 @@ def select(
         :class:`Circuit` with boolean masks shaped like the graph's tensors; pruning can leave
         fewer than ``n_edges`` edges (``meta["n_requested"]`` keeps the request).
     """
+    if method == "stable":
+        from circuits.stability import select_stable
+
+        return select_stable(graph, min_freq, do_prune=do_prune, roots=roots)
     if n_edges is None and threshold is None:
         raise ValueError("select() needs n_edges=..., threshold=... or both")
     if n_edges is not None and n_edges < 0:
@@ -333,7 +340,7 @@ def select(
         order = greedy_order(graph, n_edges, roots=roots, threshold=threshold)
         return circuit_from_order(graph, order, len(order), meta, do_prune=do_prune, roots=roots)
     if method != "topn":
-        raise ValueError(f"method must be 'greedy' or 'topn', got {method!r}")
+        raise ValueError(f"method must be 'greedy', 'topn' or 'stable', got {method!r}")
     sp, valid, cr, cv = _graph_parts(graph)
     scores = torch.cat([torch.where(valid, sp.abs(), torch.full_like(sp, -1.0)).reshape(-1),
                         torch.where(cv, cr.abs(), torch.full_like(cr, -1.0)).reshape(-1)])
