@@ -307,7 +307,8 @@ def _short(v: Any, width: int = 60) -> str:
         return repr(v if len(v) <= width else v[: width - 1] + "…")
     if isinstance(v, (list, tuple)):
         if v and all(isinstance(x, (str, int, float)) and not isinstance(x, bool) for x in v) and len(v) <= 6:
-            r = repr(list(v) if isinstance(v, list) else tuple(v))
+            items = [f"{x:.4g}" if isinstance(x, float) else repr(x) for x in v]
+            r = ("[" + ", ".join(items) + "]") if isinstance(v, list) else ("(" + ", ".join(items) + ")")
             if len(r) <= width:
                 return r
         return f"{type(v).__name__}[{len(v)}]"
@@ -461,10 +462,16 @@ class Result:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         meta = fields.get("meta") if isinstance(fields.get("meta"), dict) else {}
         gm = meta.get("graph_meta") if isinstance(meta.get("graph_meta"), dict) else {}
+        nested = [v for v in fields.values() if isinstance(v, Result)]
         model = fields.get("model", meta.get("model", gm.get("model")))
+        if model is None:
+            model = next((getattr(v, "model") for v in nested if isinstance(getattr(v, "model", None), str)), None)
         if model is not None:
             out["model"] = _short(model)
         bos = fields.get("prepend_bos", meta.get("prepend_bos", gm.get("prepend_bos")))
+        if bos is None:
+            bos = next((getattr(v, "prepend_bos") for v in nested
+                        if isinstance(getattr(v, "prepend_bos", None), bool)), None)
         out["prepend_bos"] = _short(bos) if bos is not None else "not recorded"
         for name, v in fields.items():
             if name in ("model", "prepend_bos") or name in out:

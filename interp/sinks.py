@@ -206,7 +206,7 @@ class SinkResult(Result):
     eps: float
     sink_position: int
     n_kv_heads: int
-    alpha: Float[Tensor, "prompt layer head key"] = field(metadata={"json": False})
+    alpha: Float[Tensor, "prompt layer head key"]
     alpha_mean: Float[Tensor, "layer head key"]
     str_tokens: list[list[str]]
     value_norm: Float[Tensor, "layer head key"] | None = None
@@ -217,8 +217,9 @@ class SinkResult(Result):
     params: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        """All fields but the per-prompt ``alpha`` (large), plus ``Sink_k^ε`` for every ``k`` and
-        the sink discovery table."""
+        """All fields (the per-prompt ``alpha`` too, NaN past each prompt's end written as
+        ``null``, so :meth:`from_json` rebuilds a result whose every method works), plus
+        ``Sink_k^ε`` for every ``k`` and the sink discovery table."""
         out = super().to_json()
         from interp.results import to_jsonable
 
