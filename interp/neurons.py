@@ -100,6 +100,19 @@ class PositionalNeuronsResult(Result):
         """1 where ``I > threshold`` (bias-corrected ``I`` by default)."""
         return ((self.info_corrected if corrected else self.info) > self.threshold).float()
 
+    def to_frame(self) -> Any:
+        """One row per MLP neuron: ``layer``, ``neuron``, ``label`` ``L{l}N{i}``, ``info`` (nats),
+        ``info_corrected``, ``overall_rate``, ``positional`` (corrected I > threshold)."""
+        from interp.results import tensor_frame
+
+        df = tensor_frame(self.info, ["layer", "neuron"], value="info", model=self.model,
+                          prepend_bos=self.prepend_bos)
+        df.insert(2, "label", [f"L{l}N{n}" for l, n in zip(df["layer"], df["neuron"])])
+        df["info_corrected"] = self.info_corrected.float().reshape(-1).numpy()
+        df["overall_rate"] = self.overall_rate.float().reshape(-1).numpy()
+        df["positional"] = self.positional().bool().reshape(-1).numpy()
+        return df
+
     def count_per_layer(self) -> list[int]:
         return [int(x) for x in self.positional().sum(1)]
 

@@ -51,12 +51,18 @@ def to_jsonable(obj: Any, float_digits: int | None = 6) -> Any:
 
     Non-finite floats become ``None`` (JSON has no NaN/Inf).
     """
+    return _to_jsonable(obj, float_digits)
 
-    def fix(x: float) -> float | None:
-        if not math.isfinite(x):
-            return None
-        return round(x, float_digits) if float_digits is not None else x
 
+def _fix_float(x, float_digits):
+    if not math.isfinite(x):
+        return None
+    return round(x, float_digits) if float_digits is not None else x
+
+
+def _to_jsonable(obj, float_digits):
+    # module-level, unannotated, no nested defs: runtime type checkers (the test suite's jaxtyping
+    # import hook) would otherwise wrap a fresh closure on every recursive call (20 s for a SinkResult)
     if isinstance(obj, Result):
         return obj.to_json()
     if isinstance(obj, torch.Tensor):
@@ -66,20 +72,21 @@ def to_jsonable(obj: Any, float_digits: int | None = 6) -> Any:
         obj = obj.numpy()
     if isinstance(obj, np.ndarray):
         if obj.dtype.kind == "f":
-            return to_jsonable(obj.tolist(), float_digits)
+            flat = [_fix_float(v, float_digits) for v in obj.reshape(-1).tolist()]
+            return np.array(flat, dtype=object).reshape(obj.shape).tolist() if obj.ndim else flat[0]
         return obj.tolist()
     if isinstance(obj, (np.floating, float)):
-        return fix(float(obj))
+        return _fix_float(float(obj), float_digits)
     if isinstance(obj, (np.integer,)):
         return int(obj)
     if isinstance(obj, (np.bool_,)):
         return bool(obj)
     if isinstance(obj, dict):
-        return {str(k): to_jsonable(v, float_digits) for k, v in obj.items()}
+        return {str(k): _to_jsonable(v, float_digits) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v, float_digits) for v in obj]
+        return [_to_jsonable(v, float_digits) for v in obj]
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_jsonable(getattr(obj, f.name), float_digits) for f in dataclasses.fields(obj)}
+        return {f.name: _to_jsonable(getattr(obj, f.name), float_digits) for f in dataclasses.fields(obj)}
     if isinstance(obj, (Path, torch.dtype, torch.device)):
         return str(obj)
     return obj
@@ -130,6 +137,7 @@ def load_result(data: dict[str, Any] | str | os.PathLike[str]) -> "Result":
     the ``"type"`` key picks the class, then ``cls.from_json`` decodes it."""
     d = _read_json_arg(data)
     name = d.get("type") if isinstance(d, dict) else None
+    name = name.split(".")[-1] if isinstance(name, str) else name  # "probes.SweepResult"
     if name not in _REGISTRY:
         _import_all_results()
     if name not in _REGISTRY:
@@ -416,7 +424,7 @@ class Result:
         d = _read_json_arg(data)
         if not isinstance(d, dict):
             raise ValueError(f"{cls.__name__}.from_json needs a JSON object, got {type(d).__name__}")
-        if d.get("type") not in (None, cls.__name__):
+        if str(d.get("type", cls.__name__)).split(".")[-1] != cls.__name__:
             raise ValueError(f"JSON of a {d.get('type')!r}, not a {cls.__name__}; use "
                              "interp.results.load_result to dispatch on the type")
         d = cls._json_fields(dict(d))
@@ -456,22 +464,32 @@ class Result:
     __hash__ = None  # type: ignore[assignment]  # mutable, tensor-valued
 
     # ------------------------------------------------------------------ display
+    def _recorded(self, key: str) -> Any:
+        """A field (``model``, ``prepend_bos`` …) of the result, else of its ``meta`` (or the
+        graph metadata kept in it), else of a nested result; ``None`` when not recorded."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if fields.get(key) is not None:
+            return fields[key]
+        meta = fields.get("meta") if isinstance(fields.get("meta"), dict) else {}
+        gm = meta.get("graph_meta") if isinstance(meta.get("graph_meta"), dict) else {}
+        for src in (meta, gm):
+            if src.get(key) is not None:
+                return src[key]
+        for v in fields.values():
+            if isinstance(v, Result):
+                got = v._recorded(key)
+                if got is not None:
+                    return got
+        return None
+
     def _summary(self) -> dict[str, str]:
         """Field name → short description (model and BOS policy first)."""
         out: dict[str, str] = {}
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        meta = fields.get("meta") if isinstance(fields.get("meta"), dict) else {}
-        gm = meta.get("graph_meta") if isinstance(meta.get("graph_meta"), dict) else {}
-        nested = [v for v in fields.values() if isinstance(v, Result)]
-        model = fields.get("model", meta.get("model", gm.get("model")))
-        if model is None:
-            model = next((getattr(v, "model") for v in nested if isinstance(getattr(v, "model", None), str)), None)
+        model = self._recorded("model")
         if model is not None:
             out["model"] = _short(model)
-        bos = fields.get("prepend_bos", meta.get("prepend_bos", gm.get("prepend_bos")))
-        if bos is None:
-            bos = next((getattr(v, "prepend_bos") for v in nested
-                        if isinstance(getattr(v, "prepend_bos", None), bool)), None)
+        bos = self._recorded("prepend_bos")
         out["prepend_bos"] = _short(bos) if bos is not None else "not recorded"
         for name, v in fields.items():
             if name in ("model", "prepend_bos") or name in out:
@@ -534,21 +552,39 @@ class Result:
         a jaxtyping annotation) in long form, one column per named axis, plus ``model`` and
         ``prepend_bos`` columns when the result records them."""
         hints = typing.get_type_hints(type(self))
+        best = None  # the largest float tensor with named axes (ties: the first field)
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
             tp = hints.get(f.name)
             cands = [tp, *typing.get_args(tp)]
             ann = next((a for a in cands if getattr(a, "dim_str", None)), None)
-            if isinstance(v, torch.Tensor) and ann is not None:
-                axes = [a.strip("*#_ ") or f"dim{i}" for i, a in enumerate(ann.dim_str.split())]
-                if len(axes) != v.ndim:
-                    axes = [f"dim{i}" for i in range(v.ndim)]
-                return tensor_frame(v, axes, value=f.name, **self._frame_constants())
-        raise NotImplementedError(f"{type(self).__name__} has no tensor to tabulate; override to_frame")
+            if isinstance(v, torch.Tensor) and ann is not None and v.is_floating_point():
+                if best is None or v.numel() > best[1].numel():
+                    best = (f.name, v, ann)
+        if best is None:
+            raise NotImplementedError(f"{type(self).__name__} has no tensor to tabulate; override to_frame")
+        name, v, ann = best
+        axes = [a.strip("*#_ ") or f"dim{i}" for i, a in enumerate(ann.dim_str.split())]
+        if len(axes) != v.ndim:
+            axes = [f"dim{i}" for i in range(v.ndim)]
+        return tensor_frame(v, axes, self._frame_labels(axes), value=name, **self._frame_constants())
+
+    def _frame_labels(self, axes: list[str]) -> dict[str, list[Any]]:
+        """Labels of named axes: the list attribute ``{axis}_names`` or ``{axis}s`` when there is one
+        (``score`` → ``score_names``, ``condition`` → ``conditions``, ``dtype`` → ``dtypes`` …)."""
+        out: dict[str, list[Any]] = {}
+        for ax in axes:
+            for attr in (f"{ax}_names", f"{ax}s"):
+                v = getattr(self, attr, None)
+                if isinstance(v, (list, tuple)):
+                    out[ax] = list(v)
+                    break
+        return out
+
+    def _bos_model(self) -> str:
+        """``model=…, prepend_bos=…`` from the summary (for hand-written ``__repr__``\ s)."""
+        s = self._summary()
+        return f"model={s.get('model', 'unknown')}, prepend_bos={s['prepend_bos']}"
 
     def _frame_constants(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for name in ("model", "prepend_bos"):
-            if hasattr(self, name):
-                out[name] = getattr(self, name)
-        return out
+        return {name: self._recorded(name) for name in ("model", "prepend_bos")}
