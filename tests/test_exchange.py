@@ -315,3 +315,33 @@ def test_smollm2_eap_ig_and_graph_json_format(smollm2, tmp_path):
     dc = to_eap_ig(circ)
     loader_check(dc)
     _graph_json_check(to_graph_json(g, max_links=100), 3)
+
+
+# ------------------------------------------------------------------ CLI
+@pytest.mark.parametrize("fmt", ["eap-ig", "mib", "graph-json"])
+def test_cli_circuit_export(fmt, tmp_path, monkeypatch, toy_model):
+    from typer.testing import CliRunner
+
+    from interp import cli
+
+    m = toy_model("toy-induction")
+    monkeypatch.setattr(cli, "_load_model", lambda name, debug, dtype="float32": m)
+    dest = tmp_path / ("subs" if fmt == "mib" else "g.json")
+    res = CliRunner().invoke(cli.app, ["circuit", "toy-induction", "--task", "induction", "--n", "2",
+                                       "--granularity", "position", "--export", fmt, str(dest), "--json"],
+                             catch_exceptions=False)
+    assert res.exit_code == 0, res.stderr
+    data = json.loads(res.stdout)["sections"][0]["data"]
+    written = data["export"]["path"]
+    d = json.loads(open(written).read())
+    if fmt == "graph-json":
+        _graph_json_check(d, len(data["circuit"]["positions"]))
+        assert len(d["links"]) == data["circuit"]["n_edges"]
+    else:
+        loader_check(d)
+        if fmt == "mib":
+            assert written == str(dest / "induction_toy-induction" / "importances.json")
+        else:
+            assert any(e["in_graph"] for e in d["edges"].values())
+    bad = CliRunner().invoke(cli.app, ["circuit", "toy-induction", "--export", "eap-ig", str(tmp_path)])
+    assert bad.exit_code == 2 and "is a directory" in bad.stderr
