@@ -290,9 +290,38 @@ class Circuit(Result):
                    list(d["positions"]), dict(d.get("meta", {})))
 
     def __repr__(self) -> str:
+        top = "; ".join(f"{e['sender']}→{e['receiver']}@{e.get('position', e.get('qpos'))}={e['score']:.3g}"
+                        for e in self.top(3))
         return (f"Circuit({self.n_edges} edges: {self.n_same_pos} same-position + {self.n_cross} crossing; "
                 f"granularity={self.granularity!r}, {len(self.positions)} positions, "
-                f"method={self.meta.get('method')!r})")
+                f"method={self.meta.get('method')!r}, {self._bos_model()}, top: {top})")
+
+    def equals(self, other: Any, *, rtol: float = 1e-5, atol: float = 1e-6) -> bool:
+        """Same edges (masks), names, positions, metadata and the same scores *on the circuit's
+        edges*. Scores of edges outside the circuit are context from the graph it came from and
+        are not part of the circuit (its JSON does not keep them), so they are not compared."""
+        from interp.results import _values_equal
+
+        if type(other) is not type(self):
+            return False
+        if not (torch.equal(self.same_pos, other.same_pos) and torch.equal(self.cross, other.cross)):
+            return False
+        return (_values_equal(self.same_pos_scores[self.same_pos], other.same_pos_scores[other.same_pos], rtol, atol)
+                and _values_equal(self.cross_scores[self.cross], other.cross_scores[other.cross], rtol, atol)
+                and _values_equal([self.senders, self.receivers, [str(p) for p in self.positions], self.meta],
+                                  [other.senders, other.receivers, [str(p) for p in other.positions], other.meta],
+                                  rtol, atol))
+
+    def to_frame(self) -> Any:
+        """Tidy edge table of the circuit (:meth:`edges`): ``type`` (``same_pos``/``cross``),
+        ``sender``, ``receiver``, ``kind``, ``position`` (same-position edges), ``qpos``/``kpos``
+        (crossing edges), ``score``; sorted by decreasing |score|."""
+        from interp.results import _pandas
+
+        cols = ["type", "sender", "receiver", "kind", "position", "qpos", "kpos", "score"]
+        df = _pandas().DataFrame(self.edges(), columns=cols)
+        df["model"], df["prepend_bos"] = self._recorded("model"), self._recorded("prepend_bos")
+        return df
 
     # ------------------------------------------------------------------ plot
     def plot(self, max_edges: int | None = 400, title: str | None = None, stability: Any = None):

@@ -113,7 +113,22 @@ class FaithfulnessCurve(Result):
     def __repr__(self) -> str:
         e = self.edges_for(0.8)
         return (f"FaithfulnessCurve({self.label!r}: {len(self.f)} sizes, CPR={self.cpr:.3f}, "
-                f"CMD={self.cmd:.3f}, f>=0.8 at {'never' if e is None else f'{e:.0f} concrete edges'})")
+                f"CMD={self.cmd:.3f}, f>=0.8 at {'never' if e is None else f'{e:.0f} concrete edges'}, "
+                f"{self._bos_model()})")
+
+    def to_frame(self) -> Any:
+        """One row per circuit size: ``label``, ``fraction``, ``n_requested``, ``n_edges``,
+        ``concrete_edges``, ``concrete_fraction``, ``f``, ``f_lo``, ``f_hi``, ``soft``, ``hard``;
+        CPR/CMD in ``df.attrs``."""
+        from interp.results import _pandas
+
+        df = _pandas().DataFrame({"label": self.label, "fraction": self.fractions, "n_requested": self.n_requested,
+                                  "n_edges": self.n_edges, "concrete_edges": self.concrete_edges,
+                                  "concrete_fraction": self.concrete_fraction, "f": self.f, "f_lo": self.f_lo,
+                                  "f_hi": self.f_hi, "soft": self.soft, "hard": self.hard})
+        df.attrs.update(cpr=self.cpr, cmd=self.cmd, total_edges=self.total_edges,
+                        total_concrete=self.total_concrete)
+        return df
 
 
 def _full_circuit(graph: Any) -> Circuit:

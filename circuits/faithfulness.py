@@ -73,7 +73,22 @@ class Faithfulness(Result):
     def __repr__(self) -> str:
         return (f"Faithfulness(f={self.f:.3f} [{self.f_ci[0]:.3f}, {self.f_ci[1]:.3f}], "
                 f"soft={self.soft:.3f}, hard={self.hard:.3f}, edges={self.n_edges} "
-                f"(~{self.concrete_edges:.0f} concrete/example), ablation={self.meta.get('ablation')!r})")
+                f"(~{self.concrete_edges:.0f} concrete/example), ablation={self.meta.get('ablation')!r}, "
+                f"examples={self.per_example.shape[-1]}, {self._bos_model()})")
+
+    def to_frame(self) -> Any:
+        """One row per example: ``m_circuit``, ``m_full``, ``m_empty`` (the metric with the circuit,
+        the full model, the empty circuit) and ``hard`` (argmax agreement); the summary (f, soft,
+        hard, CIs, edges) is in ``df.attrs``."""
+        from interp.results import _pandas
+
+        pe = self.per_example.detach().float()
+        df = _pandas().DataFrame({"example": range(pe.shape[-1]), "m_circuit": pe[0].numpy(),
+                                  "m_full": pe[1].numpy(), "m_empty": pe[2].numpy(),
+                                  "hard": self.hard_per_example.bool().numpy()})
+        df.attrs.update(f=self.f, f_ci=self.f_ci, soft=self.soft, soft_ci=self.soft_ci, hard=self.hard,
+                        hard_ci=self.hard_ci, n_edges=self.n_edges, concrete_edges=self.concrete_edges)
+        return df
 
 
 # ------------------------------------------------------------------------------------------

@@ -410,9 +410,22 @@ class AttributionGraph(Result):
         return plot_graph(self, view)
 
     def __repr__(self) -> str:
+        top = "; ".join(f"{e.sender}→{e.receiver}@{e.pos}{'' if e.kind == 'same' else f'<-{e.kpos} ({e.kind})'}"
+                        f"={e.score:.3g}" for e in self.top_edges(3))
         return (f"AttributionGraph({self.meta.get('method', '?')}, granularity={self.granularity}, "
                 f"positions={len(self.positions)}, senders={len(self.senders)}, "
-                f"receivers={len(self.receivers)}, edges={self.n_edges()})")
+                f"receivers={len(self.receivers)}, edges={self.n_edges()}, {self._bos_model()}, "
+                f"task={self.meta.get('task')!r}, top: {top})")
+
+    def to_frame(self, n: int | None = None) -> Any:
+        """Tidy edge table (the ``n`` highest-|score| edges; ``None`` = every valid edge): ``kind``
+        (``same``/``q``/``k``/``v``), ``sender``, ``receiver``, ``pos`` (query position/span),
+        ``kpos`` (key position/span; = ``pos`` for same-position edges), ``score``."""
+        from interp.results import _pandas
+
+        df = _pandas().DataFrame(self.top_edges(n), columns=list(Edge._fields))
+        df["model"], df["prepend_bos"] = self.meta.get("model"), self.meta.get("prepend_bos")
+        return df
 
 
 def plot_graph(g: Any, view: str = "nodes") -> Any:

@@ -316,6 +316,12 @@ class CircuitGranularity(str, Enum):
     none = "none"
 
 
+class CircuitExport(str, Enum):
+    eap_ig = "eap-ig"
+    mib = "mib"
+    graph_json = "graph-json"
+
+
 def _check_pairs(model: Any, options: dict[str, Any], seed: int, no_bos: bool) -> None:
     """Build the user's task once before the analysis so a bad pairs file is a usage error (exit 2)
     with load_jsonl's own message on one line."""
@@ -352,6 +358,12 @@ def circuit(model: str = ModelArg,
                                            "saying what would fit."),
             dry_run: bool = typer.Option(False, "--dry-run", help="Print the memory estimate per part "
                                                                    "(circuits.estimate_memory) and exit."),
+            export: tuple[CircuitExport, Path] | None = typer.Option(
+                None, "--export", metavar="FORMAT FILE",
+                help="Also write the graph for other tools: eap-ig FILE.json (EAP-IG graph JSON, position-"
+                     "agnostic projection, circuit marked in_graph), mib DIR (MIB importance scores, "
+                     "DIR/{task}_{model}/importances.json) or graph-json FILE.json (Neuronpedia/circuit-tracer "
+                     "style graph of the positional circuit)."),
             seed: int = SeedOpt, no_bos: bool = NoBosOpt, json_out: bool = JsonOpt, html: Path | None = HtmlOpt,
             dtype: str = DtypeOpt, debug: bool = DebugOpt) -> None:
     """Position-aware circuit (EAP/EAP-IG over schema spans or positions) on IOI, Greater-Than,
@@ -367,6 +379,14 @@ def circuit(model: str = ModelArg,
              "trim the file)", EXIT_USAGE)
     options: dict[str, Any] = {"n": 6 if n is None else n, "method": method.value, "ig_steps": ig_steps,
                                "granularity": granularity.value}
+    if export is not None and export[0] is not None:
+        fmt, dest = export
+        if fmt != CircuitExport.mib and dest.is_dir():
+            _die(f"--export {fmt.value}: {str(dest)!r} is a directory; give a file name (e.g. graph.json)", EXIT_USAGE)
+        if fmt == CircuitExport.mib and dest.exists() and not dest.is_dir():
+            _die(f"--export mib: {str(dest)!r} is a file; give a directory for the {{task}}_{{model}} folder",
+                 EXIT_USAGE)
+        options["export"] = {"format": fmt.value, "path": str(dest)}
     if pairs is not None:
         options["pairs"] = str(pairs)
         if not pairs.is_file():

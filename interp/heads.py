@@ -153,6 +153,31 @@ class PositionalHeadsResult(Result):
         H = s.shape[1]
         return [(head_label(int(i) // H, int(i) % H), float(v)) for v, i in zip(vals, idx)]
 
+    def to_frame(self) -> Any:
+        """One row per head: ``layer``, ``head``, ``head_label``, every score (and its random /
+        repeated control when computed), the class ``label``, ``roles`` and ``positional``."""
+        from interp.results import _pandas
+
+        L, H = self.scores.shape[:2]
+        cls = {(c.layer, c.head): c for c in self.classes}
+        rows = []
+        for l in range(L):
+            for h in range(H):
+                r: dict[str, Any] = {"layer": l, "head": h, "head_label": head_label(l, h)}
+                for i, n in enumerate(self.score_names):
+                    r[n] = float(self.scores[l, h, i])
+                    if self.random_scores is not None:
+                        r[f"{n}_random"] = float(self.random_scores[l, h, i])
+                    if self.repeated_scores is not None:
+                        r[f"{n}_repeated"] = float(self.repeated_scores[l, h, i])
+                c = cls.get((l, h))
+                r.update(label=c.label if c else None, roles=",".join(c.roles) if c else "",
+                         positional=c.positional if c else None)
+                rows.append(r)
+        df = _pandas().DataFrame(rows)
+        df["model"], df["prepend_bos"] = self.model, self.prepend_bos
+        return df
+
     def heads_with(self, label: str) -> list[str]:
         """Labels of heads whose primary class or roles include ``label``."""
         return [c.name for c in self.classes if c.label == label or label in c.roles]
@@ -404,6 +429,18 @@ class ScanResult(Result):
     def plot(self) -> dict[str, go.Figure]:
         return {"previous_token": self.heads.plot("previous_token"), "classes": self.heads.plot_classes(),
                 "sink": self.sinks.plot()}
+
+    def to_frame(self) -> Any:
+        """The heads table (:meth:`PositionalHeadsResult.to_frame`) with each head's mean sink
+        attention ``alpha_sink`` (α at the sink position) beside it."""
+        df = self.heads.to_frame()
+        a = self.sinks.alpha_mean[:, :, self.sinks.sink_position]
+        df["alpha_sink"] = [float(a[l, h]) for l, h in zip(df["layer"], df["head"])]
+        return df
+
+    def top(self, n: int = 10) -> list[tuple[str, float]]:
+        """The heads' top previous-token scores (see :meth:`PositionalHeadsResult.top`)."""
+        return self.heads.top(n)
 
 
 def scan(

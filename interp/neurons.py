@@ -100,6 +100,19 @@ class PositionalNeuronsResult(Result):
         """1 where ``I > threshold`` (bias-corrected ``I`` by default)."""
         return ((self.info_corrected if corrected else self.info) > self.threshold).float()
 
+    def to_frame(self) -> Any:
+        """One row per MLP neuron: ``layer``, ``neuron``, ``label`` ``L{l}N{i}``, ``info`` (nats),
+        ``info_corrected``, ``overall_rate``, ``positional`` (corrected I > threshold)."""
+        from interp.results import tensor_frame
+
+        df = tensor_frame(self.info, ["layer", "neuron"], value="info", model=self.model,
+                          prepend_bos=self.prepend_bos)
+        df.insert(2, "label", [f"L{l}N{n}" for l, n in zip(df["layer"], df["neuron"])])
+        df["info_corrected"] = self.info_corrected.float().reshape(-1).numpy()
+        df["overall_rate"] = self.overall_rate.float().reshape(-1).numpy()
+        df["positional"] = self.positional().bool().reshape(-1).numpy()
+        return df
+
     def count_per_layer(self) -> list[int]:
         return [int(x) for x in self.positional().sum(1)]
 
@@ -124,7 +137,20 @@ class PositionalNeuronsResult(Result):
                 "bias": self.bias,
                 "positional_per_layer": self.count_per_layer(), "top": top,
                 "firing_rate_top": to_jsonable(curves), "tokens_per_position": to_jsonable(self.tokens_per_position),
+                "overall_rate": to_jsonable(self.overall_rate), "firing_rate_shape": list(self.firing_rate.shape),
                 "params": to_jsonable(self.params)}
+
+    @classmethod
+    def _json_fields(cls, d: dict[str, Any]) -> dict[str, Any]:
+        """:meth:`from_json` hook: the JSON keeps firing curves of the top 50 neurons only (size:
+        SmolLM2 has 46,080 neurons), so the rebuilt ``firing_rate`` is NaN for the others."""
+        if "firing_rate" not in d and "firing_rate_shape" in d:
+            fr = torch.full(tuple(d["firing_rate_shape"]), float("nan"))
+            for name, curve in (d.get("firing_rate_top") or {}).items():
+                l, n = (int(x) for x in name[1:].split("N"))
+                fr[l, n] = torch.tensor([float("nan") if c is None else c for c in curve])
+            d["firing_rate"] = fr.tolist()
+        return d
 
     def plot(self) -> go.Figure:
         """Number of positional neurons per layer and the max I per layer."""

@@ -599,6 +599,22 @@ class SchemaSpans(Result):
                           yaxis_autorange="reversed", height=120 + 40 * n)
         return fig
 
+    def to_frame(self) -> Any:
+        """One row per (example, span): ``example``, ``span``, ``start``, ``end`` (half-open token
+        range), ``text`` (the span's tokens joined); failed examples have no rows."""
+        from interp.results import _pandas
+
+        rows = []
+        for b, row in enumerate(self.spans):
+            if row is None:
+                continue
+            for name, (s, e) in zip(self.names, row):
+                rows.append(dict(example=b, span=name, start=int(s), end=int(e),
+                                 text="".join(self.str_tokens[b][s:e]) if b < len(self.str_tokens) else ""))
+        df = _pandas().DataFrame(rows, columns=["example", "span", "start", "end", "text"])
+        df["prepend_bos"] = self.prepend_bos
+        return df
+
     def to_json(self) -> dict[str, Any]:
         d = super().to_json()
         d["ok"] = self.ok

@@ -151,6 +151,16 @@ class MassiveActivationsResult(Result):
         rows.sort(key=lambda r: -abs(r["value"]))
         return rows[:n]
 
+    def to_frame(self) -> Any:
+        """One row per recorded activation (layer, rank, dim, position, prompt, token, value,
+        ratio_to_median, massive)."""
+        from interp.results import _pandas
+
+        rows = self.top(self.top_values.numel())
+        df = _pandas().DataFrame(rows)
+        df["model"], df["prepend_bos"] = self.model, self.prepend_bos
+        return df
+
     def massive_layers(self) -> list[int]:
         return [l for l, n in enumerate(self.n_flagged) if n > 0]
 
@@ -189,6 +199,16 @@ class SinkDiscovery(Result):
     def top(self, n: int = 10) -> list[dict[str, Any]]:
         return self.tokens[:n]
 
+    def to_frame(self) -> Any:
+        """One row per token string: ``token``, ``count``, ``mean_share``, ``max_share`` (sorted by
+        mean share of heads with α > ε); the categories are in ``df.attrs["categories"]``."""
+        from interp.results import _pandas
+
+        df = _pandas().DataFrame(self.tokens, columns=["token", "count", "mean_share", "max_share"])
+        df["prepend_bos"] = self.prepend_bos
+        df.attrs["categories"] = self.categories
+        return df
+
 
 @dataclass
 class SinkResult(Result):
@@ -206,7 +226,7 @@ class SinkResult(Result):
     eps: float
     sink_position: int
     n_kv_heads: int
-    alpha: Float[Tensor, "prompt layer head key"] = field(metadata={"json": False})
+    alpha: Float[Tensor, "prompt layer head key"]
     alpha_mean: Float[Tensor, "layer head key"]
     str_tokens: list[list[str]]
     value_norm: Float[Tensor, "layer head key"] | None = None
@@ -217,8 +237,9 @@ class SinkResult(Result):
     params: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        """All fields but the per-prompt ``alpha`` (large), plus ``Sink_k^ε`` for every ``k`` and
-        the sink discovery table."""
+        """All fields (the per-prompt ``alpha`` too, NaN past each prompt's end written as
+        ``null``, so :meth:`from_json` rebuilds a result whose every method works), plus
+        ``Sink_k^ε`` for every ``k`` and the sink discovery table."""
         out = super().to_json()
         from interp.results import to_jsonable
 
@@ -255,6 +276,17 @@ class SinkResult(Result):
         vals, idx = s.flatten().topk(min(n, s.numel()))
         H = s.shape[1]
         return [(head_label(int(i) // H, int(i) % H), float(v)) for v, i in zip(vals, idx)]
+
+    def to_frame(self) -> Any:
+        """One row per (layer, head, key): mean ``alpha`` (α_k over the prompts having key k), and
+        ``value_norm`` when computed; ``head_label`` ``L{l}H{h}``."""
+        from interp.results import tensor_frame
+
+        df = tensor_frame(self.alpha_mean, ["layer", "head", "key"], value="alpha", model=self.model,
+                          prepend_bos=self.prepend_bos)
+        if self.value_norm is not None:
+            df["value_norm"] = self.value_norm.detach().float().reshape(-1).numpy()
+        return df
 
     def discover(self, eps: float | None = None, *, min_queries: int = 4) -> SinkDiscovery:
         """Which positions/tokens are sinks. Keys with fewer than ``min_queries`` queries after

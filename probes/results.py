@@ -105,6 +105,36 @@ class SweepResult(Result):
         order = sorted(range(len(self.hooks)), key=lambda i: key(float(m[i])) if not math.isnan(float(m[i])) else math.inf)
         return [(self.labels[i], float(m[i])) for i in order[:n]]
 
+    def to_frame(self) -> Any:
+        """Tidy scores: one row per (hook, [cell,] metric, fold) with ``hook``, ``label``, ``layer``,
+        ``cell`` (position/span sweeps), ``metric`` (controls as ``"control.metric"``), ``fold``,
+        ``value``."""
+        from interp.results import _pandas
+
+        rows = []
+        src: dict[str, Tensor] = {}
+        if self.by == "layer":
+            src.update(self.scores)
+            for c, d in self.controls.items():
+                src.update({f"{c}.{m}": v for m, v in d.items()})
+            if self.selectivity is not None:
+                src["selectivity"] = self.selectivity
+        else:
+            src.update(self.grid)
+        for m, t in src.items():
+            t = t.detach().float()
+            for i, h in enumerate(self.hooks):
+                if t.ndim == 2:
+                    rows += [dict(hook=h, label=self.labels[i], layer=self.layers[i], cell=None, metric=m,
+                                  fold=k, value=float(t[i, k])) for k in range(t.shape[1])]
+                else:
+                    rows += [dict(hook=h, label=self.labels[i], layer=self.layers[i], cell=self.cells[c],
+                                  metric=m, fold=k, value=float(t[i, c, k]))
+                             for c in range(t.shape[1]) for k in range(t.shape[2])]
+        df = _pandas().DataFrame(rows, columns=["hook", "label", "layer", "cell", "metric", "fold", "value"])
+        df["target"], df["prepend_bos"] = self.target, self.meta.get("prepend_bos")
+        return df
+
     def table(self) -> list[dict[str, Any]]:
         """One dict per hook: mean of each metric and control, with CI bounds."""
         rows = []

@@ -118,6 +118,20 @@ class BaseBoundsResult(Result):
     critical_dim: list[int]
     curves: list[Tensor]
 
+    def to_frame(self) -> Any:
+        """One row per (layer type, m): ``layer_type``, ``base``, ``m`` (relative distance), ``B``
+        (the bound curve B(m)), ``satisfied``, ``first_negative``."""
+        from interp.results import _pandas
+
+        rows = []
+        for i, t in enumerate(self.layer_types):
+            c = self.curves[i].detach().double().reshape(-1)
+            rows += [dict(layer_type=t, base=self.bases[i], m=m, B=float(c[m]), satisfied=self.satisfied[i],
+                          first_negative=self.first_negative[i]) for m in range(c.numel())]
+        df = _pandas().DataFrame(rows, columns=["layer_type", "base", "m", "B", "satisfied", "first_negative"])
+        df["model"] = self.model
+        return df
+
     def plot(self) -> go.Figure:
         """B(m) for each layer type's base (and at the minimum base), zero line, model base in the legend."""
         fig = go.Figure()

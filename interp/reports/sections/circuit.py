@@ -149,4 +149,13 @@ def run(ctx: ReportContext) -> SectionOutput:
         "circuit": circ.to_json(), f"graph_{gran}_top_edges": top_edges}
     for g, c in curves.items():
         data[f"curve_{g}"] = c.to_json()
+    exp = ctx.options.get("export")
+    if exp:  # interp circuit --export FORMAT FILE
+        from circuits.exchange import export
+
+        written = export(str(exp["format"]), exp["path"], graph=graphs["none"] if exp["format"] != "graph-json"
+                         else main_g, circuit=circ, task=task.name, model=ctx.model_name,
+                         d_model=int(getattr(ctx.model.cfg, "d_model", 0) or 0))
+        notes.append(f"exported {exp['format']} to {written}")
+        data["export"] = {"format": str(exp["format"]), "path": str(written)}
     return SectionOutput(data=data, figures=figs, tables=tables, notes=notes)
