@@ -370,25 +370,38 @@ def atlas(
                 cd = cards[hn]
                 l, h, d = cd["layer"], cd["head"], cd["offset"]
                 before = C.offset_score(C.head_patterns(model, batch, [(l, h)], batch_size=batch_size)[(l, h)], d)
+                margin = float(sum(cd["margin_by_chunk"]))
                 for bname, band in bands.items():
                     after = C.offset_score(C.head_patterns(model, batch, [(l, h)], batch_size=batch_size,
                                                            extra=C.unrotate_hooks(spec, l, h, band))[(l, h)], d)
                     with C.patched_unrotation(pm, spec, l, h, band):
-                        fa = ev(circuit).f
+                        ev_b = FaithfulnessEvaluator(pm, t.clean, t.corrupt, t.metric, ablation=t.ablation,
+                                                     schema=t.schema, n_boot=0, seed=seed,
+                                                     batch_size=min(16, len(lengths)))
+                        m_c = ev_b(circuit).m_circuit
+                    den = faith.m_full - faith.m_empty
+                    fa = (m_c - faith.m_empty) / den if den != 0 else float("nan")
                     bshare = cd["band_margin_shares"]["q1" if bname == "highest" else "q4"]
-                    pred_f = min(1.0, max(0.0, faith.f - cd["edge_share"] * max(0.0, min(1.0, bshare))))
+                    a_pred = _predicted_attention(before, margin, bshare)
+                    keep = a_pred / before if before > 0 else 1.0
+                    pred_f = faith.f * (1.0 - cd["edge_share"] * (1.0 - keep))
                     measured = {"positional_score_before": before, "positional_score_after": after,
                                 "faithfulness_before": float(faith.f), "faithfulness_after": float(fa),
                                 "faithfulness_drop": float(faith.f - fa)}
-                    predicted = {"faithfulness_after": pred_f, "faithfulness_drop": float(faith.f - pred_f)}
+                    predicted = {"positional_score_after": a_pred, "faithfulness_after": pred_f,
+                                 "faithfulness_drop": float(faith.f - pred_f)}
                     chk = CausalCheck(
                         head=hn, kind="band_ablation", band=f"{bname} {fraction:g} of chunks",
                         heads=[head_label(l, x) for x in C.group_heads(spec, h)], measured=measured,
                         predicted=predicted, tolerance=tolerance,
                         agrees={k: abs(measured[k] - v) <= tolerance for k, v in predicted.items()},
-                        note=(f"offset Δ={d}; band carries {bshare:.2f} of the margin; the head carries "
-                              f"{cd['edge_share']:.2f} of the circuit's |edge scores|; prediction "
-                              "f_after = f − edge_share · band_share"))
+                        note=(f"offset Δ={d}; the band carries {bshare:.2f} of the head's logit margin "
+                              f"{margin:.2f}; the head carries {cd['edge_share']:.2f} of the circuit's |edge "
+                              "scores|. Prediction: attention A' = 1/(1 + K·exp(−m(1−share))) with K fitted to "
+                              "the measured A at the full margin m, and f' = f·(1 − edge_share·(1 − A'/A)). "
+                              "Measured f' = (M'(C) − M(∅))/(M(N) − M(∅)): the circuit run (ablated "
+                              "activations included) in the model with the band removed, normalised by the "
+                              "intact model's full and empty runs."))
                     cd["checks"].append(len(check_list))
                     check_list.append(chk.to_json())
         sinks = [hn for hn in order if "sink" in cards[hn]["tags"] and not cards[hn]["inert"]
@@ -452,6 +465,17 @@ def atlas(
                     induction_control=ph.params.get("induction_control"),
                     induction_seg_len=ph.params.get("induction_seg_len")),
         seconds=times)
+
+
+def _predicted_attention(a: float, margin: float, share: float) -> float:
+    """Attention to the offset key when the logit margin shrinks from ``margin`` to
+    ``margin·(1 − share)``, in a softmax with ``K`` equivalent competitors fitted to the measured
+    attention ``a``: ``A(m) = 1/(1 + K e^{−m})``."""
+    if not (0 < a < 1) or not math.isfinite(margin) or not math.isfinite(share):
+        return a
+    logk = math.log(1 / a - 1) + margin
+    x = logk - margin * (1 - share)
+    return 1.0 / (1.0 + math.exp(min(x, 700.0)))
 
 
 def _first(tb: Any) -> Any:

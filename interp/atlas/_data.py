@@ -70,7 +70,7 @@ def _toy(model: Any, name: str, n: int | None, seed: int) -> AtlasTask:
     b = make_batch(name, n or 8, seed=seed + 3)
     trig, big = b.extra["trigger_mask"], b.extra["bigram_mask"]
     return AtlasTask("toy-backcopy", token_batch(model, b.tokens), None,
-                     logprob(b.targets.clamp(min=0), trig), None, "mean", "position", "eap",
+                     logprob(b.targets.clamp(min=0), trig), None, "mean", "position", "eap-ig",
                      domains={"trigger": trig, "non-trigger": big}, focus=trig,
                      meta=dict(triggers="query holds a trigger token (back-copy x_{t-1})"))
 
