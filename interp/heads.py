@@ -268,7 +268,8 @@ def positional_heads(
             repeated segments (``toy-induction``), whose control is its own task layout
             ``BOS, noise, A, A`` with ``|A|`` = the manifest's ``max_segment`` (inside its
             training range; a 20-token ``[BOS] r r`` is outside it and the toy does not copy
-            there), and on other zoo toys ``|r| = min(20, task length // 2)``.
+            there), and on other zoo toys ``|r| = min(20, task length // 2)``. A given length
+            always means ``[BOS] r r`` with ``|r|`` = it.
         induction_prompts: prompts to use for the induction control instead of ``[BOS] r r``
             (e.g. a model's own repeated-segment task data when it only copies in-distribution).
         threshold: a positional/duplicate score above it gives the head that role.
@@ -353,23 +354,21 @@ def _finish(model: Any, batch: PromptBatch, text: PatternAccumulator, measure: A
 
 def _toy_induction_control(model: Any, n: int, seg_len: int | None, *, prepend_bos: bool,
                            seed: int) -> tuple[PromptBatch, int] | None:
-    """The induction control inside a zoo toy's training distribution, or ``None`` (not a toy,
-    or ``seg_len`` given on a toy not trained on repeated segments: use ``[BOS] r r``)."""
+    """The default induction control of a zoo toy, inside its training distribution; ``None``
+    when ``model`` is not a zoo toy or ``seg_len`` was given (then ``[BOS] r r`` with it)."""
     from interp.zoo import TOY_MODELS
 
     info = TOY_MODELS.get(model_name(model))
-    if info is None:
+    if info is None or seg_len is not None:
         return None
     p = dict(info.task_params)
     if info.task == "induction":
-        ell = int(p.get("max_segment", 16)) if seg_len is None else int(seg_len)
         from interp.zoo.tasks import induction_batch
 
+        ell = int(p["max_segment"])
         tb = induction_batch(n, n_vocab=int(p["n_vocab"]), length=int(p["length"]), min_segment=ell,
                              max_segment=ell, seed=seed)
         return as_batch(model, tb.texts(), prepend_bos=prepend_bos, min_len=2), ell
-    if seg_len is not None:
-        return None
     ell = max(2, min(20, int(p.get("length", 40)) // 2))
     return repeated_random(model, n, ell, prepend_bos=prepend_bos, seed=seed), ell
 

@@ -31,6 +31,7 @@ the per-domain loss) is reported.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from typing import Any
 
@@ -130,6 +131,7 @@ def atlas(
     seed: int = 0,
     prepend_bos: bool = True,
     batch_size: int = 8,
+    verbose: bool = False,
 ) -> Atlas:
     """Explain every head of ``model`` on one prompt set and join it with a circuit.
 
@@ -151,6 +153,7 @@ def atlas(
         checks: run the causal checks (at most ``max_checks`` of each kind, circuit heads by
             |node score| first).
         max_cross_edges: crossing edges decomposed by chunk (largest |score| first).
+        verbose: print each stage's time to stderr (the result keeps them in ``seconds``).
 
     Returns:
         :class:`Atlas`.
@@ -173,6 +176,8 @@ def atlas(
         nonlocal t0
         times[what] = round(time.perf_counter() - t0, 3)
         t0 = time.perf_counter()
+        if verbose:
+            print(f"atlas: {what} {times[what]:.1f} s", file=sys.stderr, flush=True)
 
     name = model_name(model)
     spec = model_spec(model)
@@ -255,7 +260,14 @@ def atlas(
     edge_cards: list[dict[str, Any]] = []
     share_of: dict[str, float] = {hn: 0.0 for hn in cards}
     cross_done = 0
+    # rotated q/k of every layer that will be decomposed, captured in one pass
+    touched = {head_label(*lh) for e in edges_all for nm in (e["sender"], e["receiver"])
+               if (lh := _parse_node(nm)) is not None}
+    need = {int(_parse_node(e["receiver"])[0]) for e in [e for e in edges_all if e["type"] == "cross"][:max_cross_edges]}  # type: ignore[index]
+    need |= {c.layer for c in ph.classes if _offset_of(c.label) is not None and (L * H <= 16 or c.name in touched)}
     qk_cache: dict[int, Any] = {}
+    if rope is not None and need:
+        qk_cache = C.capture_qk(model, batch, sorted(need), batch_size=batch_size)
     for e in edges_all:
         heads_touched = set()
         for nm in (e["sender"], e["receiver"]):

@@ -32,25 +32,25 @@ def _node_y(kind: str, layer: int, head: int, H: int) -> float:
 def _sender_xy(a: Any, name: str, pos: int, H: int) -> tuple[float, float]:
     L = int(a.role_scores.shape[0])
     if name == "embed":
-        return pos, -1.0
+        return float(pos), -1.0
     if name.startswith("M"):
         return pos + 0.3, int(name[1:]) + 0.45
     l, h = name[1:].split("H")
-    return pos, _node_y("head", int(l), int(h), H)
+    return float(pos), _node_y("head", int(l), int(h), H)
 
 
 def _receiver_xy(a: Any, name: str, pos: int, H: int) -> tuple[float, float]:
     L = int(a.role_scores.shape[0])
     if name == "logits":
-        return pos, float(L)
+        return float(pos), float(L)
     if name.startswith("M"):
         return pos + 0.3, int(name[1:]) + 0.45
     base = name.split(".")[0]
     if "KV" in base:
         l = int(base[1:].split("KV")[0])
-        return pos - 0.2, l - 0.35
+        return pos - 0.2, float(l) - 0.35
     l, h = base[1:].split("H")
-    return pos, _node_y("head", int(l), int(h), H)
+    return float(pos), _node_y("head", int(l), int(h), H)
 
 
 def _summary(name: str, c: dict[str, Any]) -> str:
@@ -80,7 +80,7 @@ def graph_figure(a: Any) -> go.Figure:
         else:
             qp, kp = pos_ix.get(str(e["qpos"]), 0), pos_ix.get(str(e["kpos"]), 0)
             l, h = e["receiver"][1:].split("H")
-            x1, y1 = qp, _node_y("head", int(l), int(h), H)
+            x1, y1 = float(qp), _node_y("head", int(l), int(h), H)
             x0, y0 = (kp - 0.2, int(l) - 0.35) if e["kind"] != "q" else (qp - 0.2, int(l) - 0.35)
             kind = e["kind"]
         xs, ys = seg[kind]
