@@ -221,7 +221,7 @@ def test_atlas_html_renders_in_chromium(induction_atlas, tmp_path):
 
     p = induction_atlas.save_html(tmp_path / "atlas.html")
     text = p.read_text()
-    assert "cdn.plot.ly" not in text and "L1H1" in text
+    assert "<script src=" not in text and "L1H1" in text  # plotly.js embedded: opens offline
     if find_chromium() is None:
         pytest.skip("no Chromium installed (apt-get install -y chromium)")
     r = check_rendering(p)
@@ -254,7 +254,8 @@ def test_report_section_atlas(toy_model):
                        options={"probes": False}, progress=False)
     (res,) = rep.results
     assert res.status == "ok", res.reason
-    assert res.data["heads"]["L0H1"]["label"] == "offset-3"
+    assert res.output.data["heads"]["L0H1"]["label"] == "offset-3"
+    assert len(res.output.figures) == 2
 
 
 # ------------------------------------------------------------------------------- SmolLM2 IOI
