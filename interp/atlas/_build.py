@@ -281,9 +281,7 @@ def atlas(
             card["composition"] = _composition(e["sender"], e["receiver"], e["kind"])
         else:
             l, h = _parse_node(e["receiver"])  # type: ignore[misc]
-            card["composition"] = (f"{e['kind']} input of {e['receiver']}: query {e['qpos']} ← key {e['kpos']}"
-                                   + (" (from a head: " + _composition(e['sender'], e['receiver'], e['kind']) + ")"
-                                      if _parse_node(e["sender"]) is not None else ""))
+            card["composition"] = f"{e['kind']} input of {e['receiver']}: query {e['qpos']} ← key {e['kpos']}"
             qp, kp = positions.index(str(e["qpos"])), positions.index(str(e["kpos"]))
             prs = _pairs_for(pi, lengths, qp, kp)
             keys = [(b, s) for b, m in enumerate(prs) for s in m.any(0).nonzero().flatten().tolist()]
