@@ -8,6 +8,8 @@ Public API (imported lazily so ``import interp`` stays fast)::
     Schema, SchemaSpans                 # interp.schema
     capture, ActivationStore            # interp.capture
 
+``interp.atlas(model, task)`` joins them head by head (:mod:`interp.atlas`).
+
 Analysis modules: ``interp.sinks``, ``interp.heads``, ``interp.neurons``, ``interp.rope``,
 ``interp.zoo``; sister packages ``probes`` and ``circuits``.
 """
@@ -33,7 +35,7 @@ _EXPORTS: dict[str, str] = {
     "ActivationStore": "interp.capture",
 }
 
-_SUBMODULES = {"sinks", "heads", "neurons", "rope", "zoo", "plots", "results", "errors", "spec", "families",
+_SUBMODULES = {"atlas", "sinks", "heads", "neurons", "rope", "zoo", "plots", "results", "errors", "spec", "families",
                "schema", "capture", "models", "tokens", "cli", "reports"}
 
 __all__ = sorted(_EXPORTS) + sorted(_SUBMODULES)

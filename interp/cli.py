@@ -440,6 +440,73 @@ def _circuit_memory(model: str, options: dict[str, Any], max_memory: str | None,
                 typer.echo(f"    {part:<17} {format_bytes(v)}")
 
 
+class AtlasTask(str, Enum):
+    ioi = "ioi"
+    greater_than = "greater-than"
+    induction = "induction"
+    toy = "toy"
+
+
+@app.command("atlas")
+def atlas_cmd(model: str = ModelArg,
+              task: AtlasTask | None = typer.Option(None, "--task", help="ioi (default on language models), "
+                                                    "greater-than, induction, or toy (a zoo model's own task; "
+                                                    "the default on toys). Not with --pairs."),
+              pairs: Path | None = typer.Option(None, "--pairs", help="Your clean/counterfactual pairs (JSONL, "
+                                                "see `interp circuit --help`). Not with --task."),
+              n: int | None = typer.Option(None, "--n", min=1, help="Examples of the built-in task (IOI: 32)."),
+              n_edges: int | None = typer.Option(None, "--edges", min=1, help="Circuit size (default: the "
+                                                 "smallest of 8, 16, … 512 edges with faithfulness ≥ 0.8)."),
+              no_probes: bool = typer.Option(False, "--no-probes", help="Skip the per-layer position probes."),
+              html: Path | None = typer.Option(None, "--html", help="Write the interactive atlas (one offline "
+                                               "HTML file) here."),
+              seed: int = SeedOpt, no_bos: bool = NoBosOpt, json_out: bool = JsonOpt,
+              dtype: str = DtypeOpt, debug: bool = DebugOpt) -> None:
+    """Mechanism atlas: every head's role, sink status, RoPE frequency use and position probes on one
+    task, joined with its circuit, with causal checks (band ablation, sink removal)."""
+    if task is not None and pairs is not None:
+        _die("--task and --pairs are mutually exclusive: pass a built-in --task or your own --pairs "
+             "FILE.jsonl, not both", EXIT_USAGE)
+    if pairs is not None and not pairs.is_file():
+        _die(f"--pairs: file {str(pairs)!r} does not exist (or is not a file); pass a JSONL of "
+             "clean/counterfactual pairs", EXIT_USAGE)
+    m = _load_model(model, debug, dtype)
+
+    def build() -> Any:
+        from interp.atlas._data import build_task
+        from interp._attnstats import model_name
+
+        return build_task(m, None if task is None else task.value, model_name=model_name(m), n=n,
+                          pairs=None if pairs is None else str(pairs), seed=seed, prepend_bos=not no_bos)
+
+    t = _guard(debug, "input", build)
+
+    def run() -> Any:
+        from interp.atlas import atlas
+
+        return atlas(m, t, n_edges=n_edges, probes=not no_probes, seed=seed, prepend_bos=not no_bos,
+                     verbose=not json_out)
+
+    a = _guard(debug, "analysis", run)
+    if html is not None:
+        _guard(debug, "analysis", lambda: a.save_html(html if html.suffix else html / f"atlas-{_slug(model)}.html"))
+    if json_out:
+        typer.echo(json.dumps(a.to_json(), indent=1, allow_nan=False))
+        return
+    typer.echo(f"atlas — {model}, {a.task['name']} ({a.task['n']} examples): circuit of {a.params['n_edges']} "
+               f"edges, f = {a.faithfulness:.3f}; {sum(a.seconds.values()):.1f} s")
+    typer.echo("  head | label | tags | node score | alpha0 | high-freq share")
+    for row in a.summary():
+        typer.echo("  " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row))
+    for c in a.checks:
+        typer.echo(f"  check {c['head']} {c['kind']} ({c['band']}): measured "
+                   + ", ".join(f"{k}={v:.3g}" for k, v in c["measured"].items())
+                   + ("; predicted " + ", ".join(f"{k}={v:.3g}" for k, v in c["predicted"].items())
+                      if c["predicted"] else ""))
+    if html is not None:
+        typer.echo(f"wrote {html if html.suffix else html / f'atlas-{_slug(model)}.html'}", err=True)
+
+
 @app.command("capture")
 def capture_cmd(
     model: str = ModelArg,

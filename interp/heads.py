@@ -272,7 +272,7 @@ def positional_heads(
     batch_size: int = 8,
     random_control: bool = True,
     induction_control: bool = True,
-    induction_seg_len: int = 20,
+    induction_seg_len: int | None = None,
     induction_prompts: Any = None,
     threshold: float = 0.4,
     induction_threshold: float = 0.3,
@@ -289,6 +289,12 @@ def positional_heads(
         random_control: also score on random tokens (position-versus-content test).
         induction_control: also score on repeated random sequences ``[BOS] r r`` with
             ``|r| = induction_seg_len``.
+        induction_seg_len: ``None`` (default): 20 tokens, except on a zoo toy trained on
+            repeated segments (``toy-induction``), whose control is its own task layout
+            ``BOS, noise, A, A`` with ``|A|`` = the manifest's ``max_segment`` (inside its
+            training range; a 20-token ``[BOS] r r`` is outside it and the toy does not copy
+            there), and on other zoo toys ``|r| = min(20, task length // 2)``. A given length
+            always means ``[BOS] r r`` with ``|r|`` = it.
         induction_prompts: prompts to use for the induction control instead of ``[BOS] r r``
             (e.g. a model's own repeated-segment task data when it only copies in-distribution).
         threshold: a positional/duplicate score above it gives the head that role.
@@ -309,7 +315,7 @@ def positional_heads(
     for nm, v in (("threshold", threshold), ("induction_threshold", induction_threshold),
                   ("keep_ratio", keep_ratio)):
         _check_fraction(nm, v)
-    if induction_seg_len < 2:
+    if induction_seg_len is not None and induction_seg_len < 2:
         raise ValueError(f"induction_seg_len must be >= 2, got {induction_seg_len}.")
     prompts = DEFAULT_PROMPTS if prompts is None else prompts
     batch = as_batch(model, prompts, prepend_bos=prepend_bos, min_len=max_offset + 1)
@@ -332,17 +338,25 @@ def positional_heads(
 
 
 def _finish(model: Any, batch: PromptBatch, text: PatternAccumulator, measure: Any, *, max_offset: int,
-            random_control: bool, induction_control: bool, induction_seg_len: int, threshold: float,
+            random_control: bool, induction_control: bool, induction_seg_len: int | None, threshold: float,
             induction_threshold: float, keep_ratio: float, seed: int, batch_size: int,
             induction_batch: PromptBatch | None = None) -> PositionalHeadsResult:
     """Run the controls and assemble the result from the text-pass accumulator."""
     rand = measure(random_like(model, batch, seed=seed)) if random_control else None
     rep = None
+    toy_control = False
     if induction_control and induction_batch is not None:
         rep = measure(induction_batch)
     elif induction_control:
         n_rep = max(4, min(len(batch), 16))
-        rep = measure(repeated_random(model, n_rep, induction_seg_len, prepend_bos=batch.prepend_bos, seed=seed + 1))
+        toy = _toy_induction_control(model, n_rep, induction_seg_len, prepend_bos=batch.prepend_bos, seed=seed + 1)
+        if toy is not None:
+            (induction_batch, induction_seg_len), toy_control = toy, True
+            rep = measure(induction_batch)
+        else:
+            induction_seg_len = 20 if induction_seg_len is None else induction_seg_len
+            rep = measure(repeated_random(model, n_rep, induction_seg_len, prepend_bos=batch.prepend_bos,
+                                          seed=seed + 1))
     res = PositionalHeadsResult(
         model=model_name(model), prepend_bos=batch.prepend_bos, n_prompts=len(batch), max_offset=max_offset,
         score_names=list(SCORE_NAMES), scores=text.mean_scores(),
@@ -353,13 +367,35 @@ def _finish(model: Any, batch: PromptBatch, text: PatternAccumulator, measure: A
         params=dict(threshold=threshold, induction_threshold=induction_threshold, keep_ratio=keep_ratio,
                     seed=seed, induction_seg_len=induction_seg_len, batch_size=batch_size,
                     lengths=list(batch.lengths),
-                    induction_control=("given prompts" if induction_batch is not None else
+                    induction_control=("toy task layout" if toy_control else
+                                       "given prompts" if induction_batch is not None else
                                        "repeated random" if induction_control else None)),
         n_kv_heads=n_kv_heads(model),
     )
     res.classes = classify_heads(res, threshold=threshold, induction_threshold=induction_threshold,
                                  keep_ratio=keep_ratio)
     return res
+
+
+def _toy_induction_control(model: Any, n: int, seg_len: int | None, *, prepend_bos: bool,
+                           seed: int) -> tuple[PromptBatch, int] | None:
+    """The default induction control of a zoo toy, inside its training distribution; ``None``
+    when ``model`` is not a zoo toy or ``seg_len`` was given (then ``[BOS] r r`` with it)."""
+    from interp.zoo import TOY_MODELS
+
+    info = TOY_MODELS.get(model_name(model))
+    if info is None or seg_len is not None:
+        return None
+    p = dict(info.task_params)
+    if info.task == "induction":
+        from interp.zoo.tasks import induction_batch
+
+        ell = int(p["max_segment"])
+        tb = induction_batch(n, n_vocab=int(p["n_vocab"]), length=int(p["length"]), min_segment=ell,
+                             max_segment=ell, seed=seed)
+        return as_batch(model, tb.texts(), prepend_bos=prepend_bos, min_len=2), ell
+    ell = max(2, min(20, int(p.get("length", 40)) // 2))
+    return repeated_random(model, n, ell, prepend_bos=prepend_bos, seed=seed), ell
 
 
 def classify_heads(
@@ -488,7 +524,7 @@ def scan(
         return a
 
     hres = _finish(model, batch, acc, measure, max_offset=max_offset, random_control=random_control,
-                   induction_control=induction_control, induction_seg_len=20,
+                   induction_control=induction_control, induction_seg_len=None,
                    threshold=float(classify.get("threshold", 0.4)),
                    induction_threshold=float(classify.get("induction_threshold", 0.3)),
                    keep_ratio=float(classify.get("keep_ratio", 0.7)), seed=seed, batch_size=batch_size)
