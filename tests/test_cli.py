@@ -329,10 +329,11 @@ def test_circuit_option_errors_are_usage_errors(tmp_path, toy_induction, args, e
 
 
 def test_circuit_section_defaults_are_the_report_defaults():
-    """``interp report`` passes no options: IOI, 6 examples, EAP, span granularity (as before)."""
+    """``interp report`` passes no options: IOI, 64 examples (the bundled ioi-t0 set; was 6 before the
+    report drew on interp.datasets), EAP, span granularity."""
     from interp.reports.sections.circuit import REPORT_GRID, circuit_config
 
-    assert circuit_config({}) == {"task": "ioi", "pairs": None, "n": 6, "method": "eap", "ig_steps": 5,
+    assert circuit_config({}) == {"task": "ioi", "pairs": None, "n": 64, "method": "eap", "ig_steps": 5,
                                   "granularity": "span", "grid": REPORT_GRID}
     assert circuit_config({"ioi_n": 4})["n"] == 4  # the older option name still works
     with pytest.raises(ValueError, match="granularity"):
