@@ -427,9 +427,12 @@ def capture_cmd(
     if out is None:
         _run_one("capture", model, prompts, seed, no_bos, json_out, html, debug, None, dtype)
         return
-    from interp.reports.prompts import prompts_for_model
+    from interp.reports.prompts import default_prompts, prompts_for_model
 
-    prompt_list = _load_prompts(prompts, debug) or prompts_for_model(model, seed=seed)
+    # an activation store of the whole bundled prompt set would be gigabytes: the store defaults to
+    # the seven built-in prompts (a toy's own task data for zoo models); --prompts for more
+    prompt_list = _load_prompts(prompts, debug) or (
+        prompts_for_model(model, seed=seed) if model.startswith("toy-") else default_prompts())
     m = _load_model(model, debug, dtype)
     hook_list = _split(hooks)
     if not hook_list:

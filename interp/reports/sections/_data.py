@@ -75,7 +75,11 @@ def draw(ctx: Any, key: str, *, longest: bool = False, min_tokens: int = 0) -> l
     n, t = size(ctx, key)
     prompts = list(ctx.prompts)
     if longest:
-        prompts = sorted(prompts, key=lambda p: -len(p.text))[: (n or len(prompts))]
+        from interp.tokens import tokenize
+
+        lens = tokenize(ctx.model, [p.text for p in prompts], prepend_bos=ctx.prepend_bos).lengths
+        order = sorted(range(len(prompts)), key=lambda i: (-int(lens[i]), i))
+        prompts = [prompts[i] for i in order[: (n or len(prompts))]]
     elif n is not None:
         prompts = sample(prompts, n, seed=ctx.seed)
     texts = truncate(ctx.model, [p.text for p in prompts], t, prepend_bos=ctx.prepend_bos)
