@@ -102,7 +102,8 @@ def test_report_writes_html_and_json_and_exit_zero(tmp_path, fake_sections, fake
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.html", "model.json"]
     doc = json.loads((tmp_path / "model.json").read_text())
     assert doc["meta"]["seed"] == 7 and doc["meta"]["prepend_bos"] is False
-    assert doc["sections"][0]["data"] == {"n_prompts": 7, "bos": False, "seed": 7}
+    # the default prompt set is the bundled interp.datasets set (280 prompts; was 7)
+    assert doc["sections"][0]["data"] == {"n_prompts": 280, "bos": False, "seed": 7}
 
 
 def test_failed_section_exits_one_but_still_writes_the_report(tmp_path, fake_sections, fake_model):
@@ -137,7 +138,7 @@ def test_subcommand_json_output(fake_sections, fake_model):
     assert out.exit_code == 0, out.stderr
     doc = json.loads(out.stdout)
     sec = doc["sections"][0]
-    assert sec["status"] == "ok" and sec["data"]["n_prompts"] == 7 and doc["meta"]["model"] == "m"
+    assert sec["status"] == "ok" and sec["data"]["n_prompts"] == 280 and doc["meta"]["model"] == "m"
     out = run("zgood", False)
     assert out.exit_code == 0 and "numbers" in out.stdout and "a | 1.5" in out.stdout
     out = run("zbad", True)

@@ -17,13 +17,13 @@ from typing import Any
 
 #: (number of prompts, max tokens per prompt incl. BOS) per use; None = no cap
 SIZES: dict[str, tuple[int | None, int | None]] = {
-    "scan": (256, 64),        # sinks + positional heads (and their random-token control)
+    "scan": (256, 48),        # sinks + positional heads (and their random-token control)
     "capture": (24, 192),     # residual norms / entropies (stores every layer's activations)
     "neurons": (160, 96),     # I(act; pos): many prompts per position
-    "probes": (128, 128),     # position probes, grouped CV by prompt
-    "rope": (48, 96),         # frequency usage and band ablation, short inputs
+    "probes": (96, 96),       # position probes, grouped CV by prompt
+    "rope": (24, 64),         # frequency usage and band ablation, short inputs
     "long": (6, 1024),        # long-context views: the longest prompts cut to 1,024 tokens
-    "rope_long": (3, 1024),   # RoPE usage / band ablation on long inputs
+    "rope_long": (2, 1024),   # RoPE usage / band ablation on long inputs
 }
 
 

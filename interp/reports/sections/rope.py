@@ -21,7 +21,7 @@ from typing import Any
 
 from interp.reports._core import ReportContext, SectionOutput, SectionSkipped, Table, section
 
-ROPE_GROUPS = 8
+ROPE_GROUPS = 6
 
 
 def _groups(texts: list[str], k: int) -> list[list[str]]:
