@@ -7,7 +7,7 @@ MODEL ?= smollm2-135m
 OUT ?= reports
 PYTEST_ARGS ?= -n 2
 
-.PHONY: report test setup bench browser clean-cache family-table
+.PHONY: report compare test setup bench browser clean-cache family-table
 
 setup: $(STAMP)
 
@@ -34,6 +34,11 @@ browser:
 
 report: $(STAMP)
 	HF_HUB_OFFLINE=1 .venv/bin/interp report $(MODEL) --out $(OUT)
+
+# Two models side by side on the same prompts: one HTML with paired figures and a table of differences.
+COMPARE ?= smollm2-135m gemma3-270m
+compare: $(STAMP)
+	HF_HUB_OFFLINE=1 .venv/bin/interp report --compare $(COMPARE) --out $(OUT)
 
 test: $(STAMP) browser
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(PYTEST_ARGS)

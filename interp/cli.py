@@ -3,6 +3,7 @@
 Commands::
 
     interp report [MODEL] --out reports/ [--prompts FILE.jsonl] [--only a,b] [--skip c] [--seed N]
+    interp report --compare A B [--out reports/]   # two models side by side, one HTML
     interp sections                        # list report sections
     interp sinks|heads|rope|probe [MODEL] [--json] [--prompts FILE.jsonl]
     interp circuit [MODEL] [--task ioi|greater-than|induction | --pairs PAIRS.jsonl] [--method eap|eap-ig]
@@ -180,6 +181,9 @@ def report(
     dtype: str = DtypeOpt,
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
     debug: bool = DebugOpt,
+    compare: str | None = typer.Option(None, "--compare", help="Compare two models: `interp report --compare A B` "
+                                       "runs both on the same prompts and writes one compare-A-vs-B.html/.json "
+                                       "with paired figures and a table of differences."),
 ) -> None:
     """Run the analysis sections and write one self-contained HTML file plus a JSON with every number."""
     from interp.reports import build_report, choose_sections
@@ -187,6 +191,9 @@ def report(
     only_l, skip_l = _split(only), _split(skip)
     _guard(debug, "input", lambda: choose_sections(only_l, skip_l))  # unknown section → exit 2 before loading
     prompt_list = _load_prompts(prompts, debug)
+    if compare is not None:
+        _compare(compare, model, out, prompt_list, only_l, skip_l, seed, no_bos, dtype, no_progress, debug)
+        return
     m = _load_model(model, debug, dtype)
     rep = _guard(debug, "analysis", lambda: build_report(
         m, model_name=model, prompts=prompt_list, only=only_l, skip=skip_l, seed=seed,
@@ -206,6 +213,36 @@ def report(
     requested_skipped = [r.name for r in rep.results if r.status == "skipped" and r.name in only_l]
     if requested_skipped:
         _die(f"requested section(s) could not run: {', '.join(requested_skipped)}", EXIT_FAILED)
+
+
+def _compare(a: str, b: str, out: Path, prompt_list: Any, only_l: list[str], skip_l: list[str], seed: int,
+             no_bos: bool, dtype: str, no_progress: bool, debug: bool) -> None:
+    import gc
+
+    from interp.reports import build_report
+    from interp.reports.compare import save_comparison
+
+    if a == b:
+        _die(f"--compare needs two different models, got {a!r} twice (usage: interp report --compare A B)",
+             EXIT_USAGE)
+    reps = []
+    for name in (a, b):
+        m = _load_model(name, debug, dtype)
+        reps.append(_guard(debug, "analysis", lambda m=m, name=name: build_report(
+            m, model_name=name, prompts=prompt_list, only=only_l, skip=skip_l, seed=seed, prepend_bos=not no_bos,
+            debug=debug, progress=not no_progress, argv=sys.argv)))
+        del m
+        gc.collect()
+    html_path, json_path = _guard(debug, "analysis", lambda: save_comparison(out, (a, b), (reps[0], reps[1])))
+    for name, rep in zip((a, b), reps):
+        for r in rep.results:
+            line = f"  {name:16s} {r.status:8s} {r.name:10s} {r.seconds:6.1f}s"
+            typer.echo(line + (f"  ({r.reason})" if r.reason else ""), err=True)
+    typer.echo(f"wrote {html_path}", err=True)
+    typer.echo(f"wrote {json_path}", err=True)
+    failed = [f"{n}:{x}" for n, rep in zip((a, b), reps) for x in rep.failed]
+    if failed:
+        _die(f"section(s) failed: {', '.join(failed)} (reasons in the comparison)", EXIT_FAILED)
 
 
 @app.command()
@@ -523,9 +560,12 @@ def capture_cmd(
     if out is None:
         _run_one("capture", model, prompts, seed, no_bos, json_out, html, debug, None, dtype)
         return
-    from interp.reports.prompts import prompts_for_model
+    from interp.reports.prompts import default_prompts, prompts_for_model
 
-    prompt_list = _load_prompts(prompts, debug) or prompts_for_model(model, seed=seed)
+    # an activation store of the whole bundled prompt set would be gigabytes: the store defaults to
+    # the seven built-in prompts (a toy's own task data for zoo models); --prompts for more
+    prompt_list = _load_prompts(prompts, debug) or (
+        prompts_for_model(model, seed=seed) if model.startswith("toy-") else default_prompts())
     m = _load_model(model, debug, dtype)
     hook_list = _split(hooks)
     if not hook_list:

@@ -189,8 +189,20 @@ def positional_neurons(
     prepend_bos: bool = True,
     batch_size: int = 8,
     layers: Sequence[int] | None = None,
+    n_boot: int = 0,
+    seed: int = 0,
+    replicate_weights: Float[Tensor, "replicate prompt"] | None = None,
 ) -> PositionalNeuronsResult:
-    """I(act; pos) for every MLP neuron (see the module docstring for the rule and formula)."""
+    """I(act; pos) for every MLP neuron (see the module docstring for the rule and formula).
+
+    ``n_boot > 0`` also counts positional neurons on ``n_boot`` Poisson-bootstrap replicates of
+    the prompts (each prompt weighted by a Poisson(1) draw, Hanley & MacGibbon 2006 — the
+    streaming form of resampling prompts with replacement), each with its own Miller–Madow
+    correction, in the same forward pass; the per-replicate counts per layer are kept in
+    ``params["bootstrap_counts"]`` (``[replicate][layer]``). ``replicate_weights`` (one row of
+    per-prompt weights per replicate, e.g. 0/1 indicators of two halves of the prompts) replaces
+    the Poisson draws.
+    """
     if rule not in ("positive", "quantile"):
         raise ValueError(f"rule must be 'positive' or 'quantile', got {rule!r}.")
     if not 0.0 < quantile < 1.0:
@@ -214,11 +226,27 @@ def positional_neurons(
     fires: dict[int, Tensor] = {}
     totals = torch.zeros(Tm, dtype=torch.float64)
     thresholds: dict[int, Tensor] = {}
+    if n_boot < 0:
+        raise ValueError(f"n_boot must be >= 0, got {n_boot}.")
+    if replicate_weights is not None:
+        wts = torch.as_tensor(replicate_weights, dtype=torch.float32)
+        if wts.ndim != 2 or wts.shape[1] != len(batch) or bool((wts < 0).any()):
+            raise ValueError(f"replicate_weights must be [replicate, {len(batch)}] non-negative weights, "
+                             f"got shape {tuple(wts.shape)}.")
+        n_boot = int(wts.shape[0])
+    else:
+        wts = torch.poisson(torch.ones(n_boot, len(batch)), generator=torch.Generator().manual_seed(seed)) if n_boot else None
+    bfires: dict[int, Tensor] = {}
+    btotals = torch.zeros(n_boot, Tm, dtype=torch.float64)
 
     def make(offset: int, toks: Tensor, lengths: list[int]):
         width = max(lengths)
         valid = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None])
         totals[:width] += valid.sum(0).double()
+        w = None
+        if wts is not None:
+            w = wts[:, offset:offset + len(lengths)]  # [boot b]
+            btotals[:, :width] += (w @ valid.float()).double()
 
         def hook(x: Tensor, hook: Any) -> None:
             l = int(hook.name.split(".")[1])
@@ -234,6 +262,10 @@ def positional_neurons(
             if l not in fires:
                 fires[l] = torch.zeros(x.shape[-1], Tm, dtype=torch.float64)
             fires[l][:, :width] += cnt
+            if w is not None:
+                if l not in bfires:
+                    bfires[l] = torch.zeros(n_boot, x.shape[-1], Tm)
+                bfires[l][:, :, :width] += torch.einsum("rb,btn->rnt", w, (on & valid[:, :, None]).float())
 
         return [(f"blocks.{l}.{hook_name}", hook) for l in layers]
 
@@ -254,8 +286,18 @@ def positional_neurons(
             f"I(act; pos) from {len(batch)} prompts has a small-sample bias of about {bias:.3f} nats "
             f"(threshold {threshold}); use at least {math.ceil(1 / max(threshold, 1e-3))} prompts per "
             "position — info_corrected subtracts it.", stacklevel=2)
+    params_extra: dict[str, Any] = {}
+    if n_boot:
+        boot_counts = []
+        for r in range(n_boot):
+            tot = btotals[r]
+            kept_r = int((tot > 0).sum())
+            bias_r = (kept_r - 1) / (2.0 * float(tot.sum()))
+            boot_counts.append([int(((position_mutual_information(bfires[l][r], tot.float()) - bias_r)
+                                     > threshold).sum()) if l in bfires else 0 for l in range(L)])
+        params_extra = {"bootstrap_counts": boot_counts, "n_boot": n_boot, "boot_seed": seed}
     return PositionalNeuronsResult(
         model=model_name(model), prepend_bos=batch.prepend_bos, rule=rule, threshold=threshold, info=info,
         firing_rate=fr_pos, overall_rate=fr, tokens_per_position=totals.float(), bias=bias,
         params=dict(quantile=quantile, layers=layers, hook=hook_name, n_prompts=len(batch),
-                    lengths=list(batch.lengths)))
+                    lengths=list(batch.lengths), **params_extra))

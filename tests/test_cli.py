@@ -104,7 +104,8 @@ def test_report_writes_html_and_json_and_exit_zero(tmp_path, fake_sections, fake
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.html", "model.json"]
     doc = json.loads((tmp_path / "model.json").read_text())
     assert doc["meta"]["seed"] == 7 and doc["meta"]["prepend_bos"] is False
-    assert doc["sections"][0]["data"] == {"n_prompts": 7, "bos": False, "seed": 7}
+    # the default prompt set is the bundled interp.datasets set (280 prompts; was 7)
+    assert doc["sections"][0]["data"] == {"n_prompts": 280, "bos": False, "seed": 7}
 
 
 def test_failed_section_exits_one_but_still_writes_the_report(tmp_path, fake_sections, fake_model):
@@ -139,7 +140,7 @@ def test_subcommand_json_output(fake_sections, fake_model):
     assert out.exit_code == 0, out.stderr
     doc = json.loads(out.stdout)
     sec = doc["sections"][0]
-    assert sec["status"] == "ok" and sec["data"]["n_prompts"] == 7 and doc["meta"]["model"] == "m"
+    assert sec["status"] == "ok" and sec["data"]["n_prompts"] == 280 and doc["meta"]["model"] == "m"
     out = run("zgood", False)
     assert out.exit_code == 0 and "numbers" in out.stdout and "a | 1.5" in out.stdout
     out = run("zbad", True)
@@ -345,10 +346,11 @@ def test_circuit_option_errors_are_usage_errors(tmp_path, toy_induction, args, e
 
 
 def test_circuit_section_defaults_are_the_report_defaults():
-    """``interp report`` passes no options: IOI, 6 examples, EAP, span granularity (as before)."""
+    """``interp report`` passes no options: IOI, 64 examples (the bundled ioi-t0 set; was 6 before the
+    report drew on interp.datasets), EAP, span granularity."""
     from interp.reports.sections.circuit import REPORT_GRID, circuit_config
 
-    assert circuit_config({}) == {"task": "ioi", "pairs": None, "n": 6, "method": "eap", "ig_steps": 5,
+    assert circuit_config({}) == {"task": "ioi", "pairs": None, "n": 64, "method": "eap", "ig_steps": 5,
                                   "granularity": "span", "grid": REPORT_GRID}
     assert circuit_config({"ioi_n": 4})["n"] == 4  # the older option name still works
     with pytest.raises(ValueError, match="granularity"):

@@ -278,7 +278,8 @@ def test_toy_model_report_every_section_renders(toy_model, tmp_path):
     assert chk.ok, (chk.figures, chk.rendered, chk.js_errors)
     assert chk.figures == sum(len(r.output.figures) for r in rep.results)
     doc = json.loads(json_path.read_text())
-    assert doc["meta"]["model"] == "toy-offset-rope" and len(doc["meta"]["prompts"]) == 6
+    # toys get 128 examples of their own task (was 6)
+    assert doc["meta"]["model"] == "toy-offset-rope" and len(doc["meta"]["prompts"]) == 128
 
 
 @pytest.mark.slow

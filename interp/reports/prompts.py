@@ -1,4 +1,9 @@
-"""The built-in prompt set of ``interp report`` and the JSONL prompt-file reader.
+"""The prompt set of ``interp report`` and the JSONL prompt-file reader.
+
+Real models get the bundled :mod:`interp.datasets` prompt set (280 prompts in five domains, 17 to
+1,856 tokens; each report section draws its own sized sample of it, see
+``interp.reports.sections._data``). :data:`DEFAULT_PROMPTS` is the older seven-prompt set, kept
+for quick runs (``default_prompts()``).
 
 JSONL format: one JSON object per line with ``"text"`` (or ``"prompt"``) and an optional
 ``"domain"`` (default ``"prose"``); other keys are kept as per-prompt metadata. A line may also
@@ -35,12 +40,20 @@ def default_prompts() -> list[Prompt]:
     return [Prompt(p.text, p.domain, dict(p.meta)) for p in DEFAULT_PROMPTS]
 
 
-def prompts_for_model(model_name: str, *, n_toy: int = 6, seed: int = 0) -> list[Prompt]:
+def bundled_prompts() -> list[Prompt]:
+    """The bundled prompt set (``interp.datasets.prompts("prompts")``)."""
+    from interp import datasets
+
+    return datasets.prompts("prompts")
+
+
+def prompts_for_model(model_name: str, *, n_toy: int = 128, seed: int = 0) -> list[Prompt]:
     """The default prompt set for ``model_name``.
 
-    Real models get :data:`DEFAULT_PROMPTS`. Toy zoo models (``toy-*``) have their own word-level
+    Real models get :func:`bundled_prompts`. Toy zoo models (``toy-*``) have their own word-level
     vocabulary (``t0 t1 …``), so they get ``n_toy`` examples of the task they were trained on
-    (``interp.zoo.make_batch``), as text without BOS (domain = the task name).
+    (``interp.zoo.make_batch``, the manifest's generator), as text without BOS (domain = the task
+    name).
     """
     if model_name.startswith("toy-"):
         from interp import zoo
@@ -49,7 +62,7 @@ def prompts_for_model(model_name: str, *, n_toy: int = 6, seed: int = 0) -> list
             batch = zoo.make_batch(model_name, n_toy, seed=seed)
             return [Prompt(t, batch.task, {"source": f"interp.zoo.make_batch({model_name!r}, seed={seed})"})
                     for t in batch.texts()]
-    return default_prompts()
+    return bundled_prompts()
 
 
 def load_prompts(path: str | Path) -> list[Prompt]:

@@ -1,3 +1,4 @@
 """Built-in report sections; importing this package registers them."""
 
-from interp.reports.sections import atlas, capture, circuit, heads, model, neurons, probes, rope, sinks  # noqa: F401
+from interp.reports.sections import (  # noqa: F401
+    atlas, capture, circuit, heads, longctx, model, neurons, planted, probes, rope, sinks)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from interp.reports._core import ReportContext, SectionOutput, Table, section
+from interp.reports._registry import ReportContext, SectionOutput, Table, section
 
 
 @section("atlas", "Mechanism atlas",

@@ -39,7 +39,10 @@ def per_prompt_stats(model: Any, text: str, prepend_bos: bool) -> tuple[torch.Te
 def run(ctx: ReportContext) -> SectionOutput:
     import plotly.graph_objects as go
 
+    from interp.reports.sections._data import describe, draw
+
     model = ctx.model
+    texts = draw(ctx, "capture")
     norms_all, ents_all, strs_all = [], [], []
     try:
         from interp.capture import capture
@@ -49,9 +52,9 @@ def run(ctx: ReportContext) -> SectionOutput:
         from interp.tokens import tokenize
 
         backend = "interp.capture (batched, padding removed)"
-        store = capture(model, ctx.texts, ["blocks.*.hook_resid_post", "blocks.*.attn.hook_pattern"],
+        store = capture(model, texts, ["blocks.*.hook_resid_post", "blocks.*.attn.hook_pattern"],
                         batch_size=4, prepend_bos=ctx.prepend_bos)
-        strs_all = [list(map(str, s)) for s in tokenize(model, ctx.texts, prepend_bos=ctx.prepend_bos).str_tokens]
+        strs_all = [list(map(str, s)) for s in tokenize(model, texts, prepend_bos=ctx.prepend_bos).str_tokens]
         for i in range(store.n_examples):
             norms_all.append(store.stack("blocks.*.hook_resid_post", i).float().norm(dim=-1))  # [layer pos]
             a = store.stack("blocks.*.attn.hook_pattern", i).float()  # [layer head q k]
@@ -59,7 +62,7 @@ def run(ctx: ReportContext) -> SectionOutput:
             ents_all.append(h[..., 1:].mean(-1) if h.shape[-1] > 1 else torch.zeros(h.shape[:2]))
     else:
         backend = "TransformerBridge.run_with_cache, one prompt at a time"
-        for text in ctx.texts:
+        for text in texts:
             n, e, s = per_prompt_stats(model, text, ctx.prepend_bos)
             norms_all.append(n)
             ents_all.append(e)
@@ -108,6 +111,7 @@ def run(ctx: ReportContext) -> SectionOutput:
             float(mean_norm[l, 0] / torch.nanmean(mean_norm[l, 1:])) if max_len > 1 else None
             for l in range(n_layers)],
         "attention_entropy": entropy,
+        "data": describe(ctx, "capture", texts),
     }
     return SectionOutput(data=data, figures=figs, hooks=hooks,
                          tables=[Table("lowest-entropy heads", ["head", "mean entropy (nats)"], rows)])

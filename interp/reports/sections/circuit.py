@@ -10,7 +10,8 @@ with CPR (area under f) and CMD (area under |1 − f|).
 Options (``ReportContext.options``; ``interp circuit`` sets them, ``interp report`` uses the
 defaults): ``task`` (``"ioi"`` default, ``"greater-than"``, ``"induction"``), ``pairs`` (a JSONL
 file of clean/counterfactual pairs for :func:`circuits.tasks.load_jsonl`; replaces ``task``),
-``n`` (examples of a built-in task, default 6; ``ioi_n`` is the older name), ``method``
+``n`` (examples of a built-in task, default 64; ``ioi_n`` is the older name; IOI with the default
+n on a real model reads the bundled ``interp.datasets`` file ``ioi-t0``: 64 pairs, ABBA/BABA), ``method``
 (``"eap"`` default or ``"eap-ig"``), ``ig_steps`` (default 5), ``granularity`` (``"span"``
 default, ``"position"`` or ``"none"``; every granularity but ``"none"`` is compared with the
 ``"none"`` baseline), ``grid`` (fractions of abstract edges).
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from interp.reports._registry import ReportContext, SectionOutput, SectionSkipped, Table, section
+from interp.reports.sections._util import CI_COLUMNS, ci_rows
+from interp.stats import describe
 
 # a short grid (fractions of abstract edges) keeps the default report fast; the full MIB grid is
 # circuits.curves.MIB_GRID
@@ -29,7 +32,7 @@ REPORT_GRID = (0.002, 0.01, 0.05, 0.2, 1.0)
 TASKS = ("ioi", "greater-than", "induction")
 METHODS = ("eap", "eap-ig")
 GRANULARITIES = ("span", "position", "none")
-DEFAULT_N = 6
+DEFAULT_N = 64
 _NATURAL_LANGUAGE = ("ioi", "greater-than")
 _LABELS = {"span": "span (positional)", "position": "position (positional)", "none": "none (non-positional)"}
 
@@ -77,6 +80,12 @@ def circuit_task(model: Any, options: dict[str, Any], *, seed: int = 0, prepend_
             task.schema.apply(batch)
         return task
     if cfg["task"] == "ioi":
+        if cfg["n"] == DEFAULT_N and not options.get("generated_ioi"):
+            from interp import datasets
+
+            task = tasks.load_jsonl(datasets.path("ioi-t0"), model, prepend_bos=prepend_bos, name="ioi")
+            task.meta.update(source="interp.datasets ioi-t0 (bundled)", order="both")
+            return task
         return tasks.ioi(model, n=cfg["n"], seed=seed, prepend_bos=prepend_bos)
     if cfg["task"] == "greater-than":
         return tasks.greater_than(model, n=cfg["n"], seed=seed, prepend_bos=prepend_bos)
@@ -94,7 +103,6 @@ def circuit_task(model: Any, options: dict[str, Any], *, seed: int = 0, prepend_
          requires=("circuits",), order=70)
 def run(ctx: ReportContext) -> SectionOutput:
     import circuits
-    from circuits.faithfulness import FaithfulnessEvaluator
 
     cfg = circuit_config(ctx.options)
     if ctx.model_name.startswith("toy-") and (cfg["task"] or "") in _NATURAL_LANGUAGE:
@@ -107,9 +115,13 @@ def run(ctx: ReportContext) -> SectionOutput:
     grans = [gran] if gran == "none" else [gran, "none"]
     graphs = {g: circuits.attribute(ctx.model, task, granularity=g, method=method, ig_steps=cfg["ig_steps"],
                                     batch_size=4, max_memory=ctx.options.get("max_memory")) for g in grans}
-    ev = FaithfulnessEvaluator(ctx.model, task, batch_size=4, seed=ctx.seed, n_boot=200)
-    curves = {g: circuits.faithfulness_curve(ctx.model, graphs[g], sizes=grid, evaluator=ev, label=_LABELS[g])
-              for g in grans}
+    ev = _RecordingEvaluator(ctx.model, task, batch_size=4, seed=ctx.seed, n_boot=200)
+    curves, records = {}, {}
+    for g in grans:
+        ev.records = []
+        curves[g] = circuits.faithfulness_curve(ctx.model, graphs[g], sizes=grid, evaluator=ev, label=_LABELS[g])
+        records[g] = list(ev.records)
+    area_ci = {g: area_estimates(curves[g], records[g], ev, seed=ctx.seed) for g in grans}
     main_g, main_c = graphs[gran], curves[gran]
     what = "IOI" if task.name == "ioi" else task.name
     figs: list[Any] = [circuits.plot_curves(list(curves.values()),
@@ -124,20 +136,26 @@ def run(ctx: ReportContext) -> SectionOutput:
         for i in range(len(c.f)):
             curve_rows.append([c.label, c.n_edges[i], c.concrete_edges[i], c.f[i], c.f_lo[i], c.f_hi[i], c.hard[i]])
     summary = []
-    for c in curves.values():
+    for g, c in curves.items():
         e = c.edges_for(0.8)
-        summary.append([c.label, c.cpr, c.cmd, "never" if e is None else round(e, 1), c.total_edges])
+        summary.append([c.label, area_ci[g]["cpr"].text(), area_ci[g]["cmd"].text(),
+                        "never" if e is None else round(e, 1), c.total_edges])
     top_edges = [[e.kind, f"{e.sender} @ {e.kpos if e.kind != 'same' else e.pos}", f"{e.receiver} @ {e.pos}", e.score]
                  for e in main_g.top_edges(10)]
     title = ("positional versus non-positional circuits" if len(curves) > 1 else "non-positional circuit")
-    tables = [Table(title, ["granularity", "CPR (↑)", "CMD (↓)", "concrete edges / example for f ≥ 0.8",
+    behaviour = ioi_behaviour(ctx) if task.name.startswith("ioi") else []
+    tables = [Table(title, ["granularity", "CPR (↑) [95% CI]", "CMD (↓) [95% CI]", "concrete edges / example for f ≥ 0.8",
                             "abstract edges in graph"], summary),
               Table("faithfulness curve points", ["curve", "abstract edges", "concrete edges / example", "f",
                                                   "f 95% lo", "f 95% hi", "hard"], curve_rows),
               Table(f"top {gran} edges by |EAP score|", ["kind", "sender @ " + gran, "receiver @ " + gran, "score"],
                     top_edges)]
+    if behaviour:
+        tables.append(Table("IOI behaviour on every bundled template and order: mean logit difference IO − S "
+                            "with 95% bootstrap CI over examples", CI_COLUMNS, ci_rows(behaviour)))
     source = (f"pairs from {cfg['pairs']}, template {task.meta.get('template')!r}" if cfg["pairs"]
-              else ("ABBA/BABA alternating" if task.name == "ioi" else "built-in task"))
+              else (f"ABBA/BABA alternating, {task.meta.get('source', 'generated')}" if task.name.startswith("ioi")
+                    else "built-in task"))
     ig = f" ({cfg['ig_steps']} steps)" if method == "eap-ig" else ""
     notes = [f"{what}: {len(task)} examples ({source}), counterfactual ablation, method {method}{ig}, "
              f"granularity {gran}, metric {task.metric.name}, "
@@ -149,6 +167,10 @@ def run(ctx: ReportContext) -> SectionOutput:
         "circuit": circ.to_json(), f"graph_{gran}_top_edges": top_edges}
     for g, c in curves.items():
         data[f"curve_{g}"] = c.to_json()
+        data[f"ci_{g}"] = {k: e.to_json() for k, e in area_ci[g].items()}
+        notes += [describe(f"{c.label} {k.upper()}", e) for k, e in area_ci[g].items()]
+    if behaviour:
+        data["behaviour"] = {k: e.to_json() for k, e in behaviour}
     exp = ctx.options.get("export")
     if exp:  # interp circuit --export FORMAT FILE
         from circuits.exchange import export
@@ -159,3 +181,99 @@ def run(ctx: ReportContext) -> SectionOutput:
         notes.append(f"exported {exp['format']} to {written}")
         data["export"] = {"format": str(exp["format"]), "path": str(written)}
     return SectionOutput(data=data, figures=figs, tables=tables, notes=notes)
+
+
+def _recording_class() -> Any:
+    from circuits.faithfulness import FaithfulnessEvaluator
+
+    class Recording(FaithfulnessEvaluator):  # type: ignore[misc, valid-type]
+        """Keeps every evaluated circuit's per-example metrics (for intervals on curve areas)."""
+
+        records: list[Any]
+
+        def __call__(self, circuit: Any) -> Any:
+            r = super().__call__(circuit)
+            self.records.append(r)
+            return r
+
+        def full_model_result(self, circuit: Any) -> Any:
+            r = super().full_model_result(circuit)
+            self.records.append(r)
+            return r
+
+    return Recording
+
+
+def _RecordingEvaluator(*args: Any, **kwargs: Any) -> Any:
+    ev = _recording_class()(*args, **kwargs)
+    ev.records = []
+    return ev
+
+
+def area_estimates(curve: Any, records: list[Any], ev: Any, *, seed: int, n_boot: int = 1000) -> dict[str, Any]:
+    """CPR and CMD with percentile-bootstrap intervals over examples.
+
+    Each replicate resamples the examples, recomputes every point's normalised faithfulness
+    f = (mean M(C) − mean M(∅)) / (mean M(N) − mean M(∅)) on the resample, and the areas under f
+    and |1 − f| over the (fixed) concrete-edge fractions, as ``circuits.curves`` does. Split halves:
+    the same areas on two random halves of the examples.
+    """
+    import numpy as np
+
+    from circuits.curves import area
+    from interp.stats import Estimate
+
+    mC = np.stack([r.per_example[0].double().numpy() for r in records])  # [point example]
+    mN = records[0].per_example[1].double().numpy()
+    mE = records[0].per_example[2].double().numpy()
+    xs = [0.0] + list(curve.concrete_fraction)
+    n = mC.shape[1]
+
+    def areas(idx: np.ndarray) -> tuple[float, float]:
+        den = mN[idx].mean() - mE[idx].mean()
+        f = (mC[:, idx].mean(1) - mE[idx].mean()) / den if den != 0 else np.full(mC.shape[0], np.nan)
+        fs = [0.0] + f.tolist()
+        return area(xs, fs), area(xs, [abs(1 - v) for v in fs])
+
+    rng = np.random.default_rng(seed)
+    reps = np.array([areas(rng.integers(0, n, n)) for _ in range(n_boot)])
+    perm = rng.permutation(n)
+    h1, h2 = areas(perm[: n // 2]), areas(perm[n // 2:])
+    out = {}
+    for j, (name, point) in enumerate((("cpr", curve.cpr), ("cmd", curve.cmd))):
+        lo, hi = np.nanquantile(reps[:, j], [0.025, 0.975])
+        out[name] = Estimate(float(point), float(lo), float(hi), n, halves=(float(h1[j]), float(h2[j])),
+                             unit="examples", n_boot=n_boot, abs_tol=0.05, rel_tol=0.25)
+    return out
+
+
+def ioi_behaviour(ctx: ReportContext) -> list[tuple[str, Any]]:
+    """Mean logit difference IO − S at the last token on each bundled IOI template, by name order
+    (bootstrap over examples)."""
+    import torch
+
+    from circuits.tasks import load_jsonl
+    from interp import datasets
+    from interp.stats import estimate
+
+    out = []
+    for t in range(3):
+        name = f"ioi-t{t}"
+        task = load_jsonl(datasets.path(name), ctx.model, prepend_bos=ctx.prepend_bos, name=name)
+        rows = [r for r in datasets.load(name) if "clean" in r]
+        b = task.clean
+        diffs = []
+        with torch.no_grad():
+            for s in range(0, len(b.lengths), 16):
+                toks = b.tokens[s:s + 16]
+                mask = b.attention_mask[s:s + 16]
+                lg = ctx.model(toks, attention_mask=mask, return_type="logits")
+                for i, r in enumerate(rows[s:s + 16]):
+                    last = lg[i, int(b.lengths[s + i]) - 1]
+                    io = ctx.model.tokenizer.encode(r["correct"], add_special_tokens=False)[0]
+                    sj = ctx.model.tokenizer.encode(r["wrong"], add_special_tokens=False)[0]
+                    diffs.append((r["order"], float(last[io] - last[sj])))
+        for order in ("ABBA", "BABA"):
+            v = torch.tensor([d for o, d in diffs if o == order], dtype=torch.float64)
+            out.append((f"template {t}, {order}", estimate(v, seed=ctx.seed, abs_tol=0.25, rel_tol=0.5)))
+    return out

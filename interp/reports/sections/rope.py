@@ -7,6 +7,12 @@ Chunk k is the 2-D pair rotated at θ_k = base^(−2k/d_rot) (chunk 0 = highest 
 highest / lowest quarter of chunks) with the loss and positional-score changes; positional score
 against high-frequency share; Men et al. 2024's B(m) ≥ 0 check and Liu et al. 2023's critical
 dimension.
+
+Uncertainty: usage shares and band-ablation losses are means over prompts that the analyses pool
+inside their pass, so they are also measured on disjoint groups of prompts (``ROPE_GROUPS``
+groups of the short sample; every long prompt is its own group) and the interval is the
+bootstrap over groups (``interp.stats.group_estimate``). Long inputs: the same usage shares and
+band ablation on the longest prompts cut to 1,024 tokens, next to B(m) up to that length.
 """
 
 from __future__ import annotations
@@ -14,6 +20,36 @@ from __future__ import annotations
 from typing import Any
 
 from interp.reports._registry import ReportContext, SectionOutput, SectionSkipped, Table, section
+
+ROPE_GROUPS = 6
+
+
+def _groups(texts: list[str], k: int) -> list[list[str]]:
+    k = max(2, min(k, len(texts)))
+    return [texts[i::k] for i in range(k)]
+
+
+def _group_estimates(model: Any, groups: list[list[str]], *, fraction: float, prepend_bos: bool, seed: int,
+                     modes: tuple[str, ...], tag: str) -> tuple[list[tuple[str, Any]], dict[str, Any]]:
+    """Per-group q-norm shares (lowest/highest ``fraction`` of chunks, per layer type) and band-ablation
+    Δloss per condition, with bootstrap intervals over the groups."""
+    from interp import rope
+    from interp.stats import group_estimate
+
+    shares: dict[str, list[float]] = {}
+    dloss: dict[str, list[float]] = {}
+    for g in groups:
+        u = rope.frequency_usage(model, g, prepend_bos=prepend_bos, batch_size=4)
+        for t, row in u.summary(fraction).items():
+            for band in ("lowest", "highest"):
+                shares.setdefault(f"{tag}{t}: query-norm share in the {band} {fraction:g} of chunks", []).append(
+                    float(row[f"q_{band}_{fraction}"]))
+        a = rope.band_ablation(model, g, fraction=fraction, modes=modes, prepend_bos=prepend_bos, batch_size=4)
+        for i, c in enumerate(a.conditions[1:], start=1):
+            dloss.setdefault(f"{tag}Δloss, {c} (nats/token)", []).append(float(a.loss_change[i]))
+    ests = [(k, group_estimate(v, seed=seed, abs_tol=0.01)) for k, v in shares.items()]
+    ests += [(k, group_estimate(v, seed=seed, abs_tol=0.01)) for k, v in dloss.items()]
+    return ests, {"shares": shares, "loss_change": dloss}
 
 
 @section("rope", "RoPE frequency usage",
@@ -25,15 +61,33 @@ def run(ctx: ReportContext) -> SectionOutput:
     from interp import rope
     from interp.spec import NoRotaryError
 
+    from interp.reports.sections._data import describe, draw, is_toy
+    from interp.reports.sections._util import CI_COLUMNS, ci_rows
+    from interp.stats import describe as say
+
     fraction = float(ctx.options.get("rope_fraction", 0.25))
+    texts = draw(ctx, "rope")
     try:
-        usage = rope.frequency_usage(ctx.model, ctx.texts, prepend_bos=ctx.prepend_bos, batch_size=4, decompose=True)
+        usage = rope.frequency_usage(ctx.model, texts, prepend_bos=ctx.prepend_bos, batch_size=4, decompose=True)
     except NoRotaryError as e:
         raise SectionSkipped(str(e)) from None
-    abl = rope.band_ablation(ctx.model, ctx.texts, fraction=fraction, prepend_bos=ctx.prepend_bos, batch_size=4)
-    pfh = rope.positional_frequency_heads(ctx.model, ctx.texts, fraction=fraction, prepend_bos=ctx.prepend_bos,
+    abl = rope.band_ablation(ctx.model, texts, fraction=fraction, prepend_bos=ctx.prepend_bos, batch_size=4)
+    pfh = rope.positional_frequency_heads(ctx.model, texts, fraction=fraction, prepend_bos=ctx.prepend_bos,
                                           batch_size=4)
     bounds = rope.base_bounds(ctx.model)
+    ests, groups_data = _group_estimates(ctx.model, _groups(texts, ROPE_GROUPS), fraction=fraction,
+                                         prepend_bos=ctx.prepend_bos, seed=ctx.seed, modes=("unrotate", "zero"),
+                                         tag="")
+    long_texts = [] if is_toy(ctx) else draw(ctx, "rope_long", longest=True)
+    long_ests: list[tuple[str, Any]] = []
+    long_data: dict[str, Any] = {}
+    long_bounds = None
+    if len(long_texts) >= 2:
+        long_ests, long_data = _group_estimates(ctx.model, [[t] for t in long_texts], fraction=fraction,
+                                                prepend_bos=ctx.prepend_bos, seed=ctx.seed, modes=("unrotate",),
+                                                tag="long inputs, ")
+        long_len = max(describe(ctx, "rope_long", long_texts)["tokens_max"], 2)
+        long_bounds = rope.base_bounds(ctx.model, length=long_len, compute_min_base=True)
     figs: list[Any] = [usage.plot("q"), usage.plot("k")]
     top_heads = usage.top(3, fraction)
     if top_heads:
@@ -43,9 +97,24 @@ def run(ctx: ReportContext) -> SectionOutput:
     if usage.decomposition is not None:
         figs.append(usage.decomposition.plot())
     figs += [abl.plot(), abl.plot_heads(), pfh.plot(), bounds.plot()]
+    if long_bounds is not None:
+        fig = long_bounds.plot()
+        fig.update_layout(title=f"B(m) up to the long inputs' length {long_bounds.length} (Men et al. 2024), "
+                                "beside the band ablation on those inputs (table)")
+        figs.append(fig)
 
     summ = usage.summary(fraction)
-    tables = [Table(f"share of query/key norm in the lowest and highest {fraction:g} of chunks, per layer type",
+    n_groups = len(_groups(texts, ROPE_GROUPS))
+    tables = [Table(f"headline numbers with 95% bootstrap intervals over {n_groups} disjoint prompt groups "
+                    f"({len(texts)} prompts of ≤ {usage.context} tokens)", CI_COLUMNS, ci_rows(ests))]
+    if long_ests:
+        tables.append(Table(f"long inputs: {len(long_texts)} prompts of ~{long_bounds.length} tokens (interval over "
+                            "prompts); B(m) at this length: " + ", ".join(
+                                f"{t} base {b:g} {'satisfies B(m) ≥ 0' if ok else f'first B(m) < 0 at m = {fn}'}"
+                                for t, b, ok, fn in zip(long_bounds.layer_types, long_bounds.bases,
+                                                        long_bounds.satisfied, long_bounds.first_negative)),
+                            CI_COLUMNS, ci_rows(long_ests)))
+    tables += [Table(f"share of query/key norm in the lowest and highest {fraction:g} of chunks, per layer type",
                     ["layer type", *next(iter(summ.values())).keys()], [[t, *row.values()] for t, row in summ.items()])]
     tables.append(Table(f"heads with the largest high-frequency share (highest {fraction:g} of chunks)",
                         ["head", "share"], [[h, v] for h, v in usage.top(10, fraction)]))
@@ -59,7 +128,7 @@ def run(ctx: ReportContext) -> SectionOutput:
                         [[t, b, s, fn, cd] for t, b, s, fn, cd in zip(bounds.layer_types, bounds.bases,
                                                                        bounds.satisfied, bounds.first_negative,
                                                                        bounds.critical_dim)]))
-    notes = []
+    notes = [say(k, e) for k, e in ests + long_ests if e.noisy]
     for t, row in summ.items():
         lo, hi = row.get(f"q_lowest_{fraction}"), row.get(f"q_highest_{fraction}")
         if lo is not None and hi is not None:
@@ -75,5 +144,11 @@ def run(ctx: ReportContext) -> SectionOutput:
     hooks = ([f"blocks.{l}.attn.hook_rot_q" for l in range(L)] + [f"blocks.{l}.attn.hook_rot_k" for l in range(L)]
              + [f"blocks.{l}.attn.hook_attn_scores" for l in range(L)])
     data = {"usage": usage.to_json(), "band_ablation": abl.to_json(), "positional_frequency_heads": pfh.to_json(),
-            "base_bounds": bounds.to_json()}
+            "base_bounds": bounds.to_json(),
+            "ci": {k: e.to_json() for k, e in ests + long_ests}, "groups": groups_data, "long": long_data,
+            "long_base_bounds": None if long_bounds is None else {
+                "length": long_bounds.length, "bases": long_bounds.bases, "satisfied": long_bounds.satisfied,
+                "first_negative": long_bounds.first_negative, "min_base": long_bounds.min_base},
+            "data": describe(ctx, "rope", texts),
+            "data_long": describe(ctx, "rope_long", long_texts) if long_texts else None}
     return SectionOutput(data=data, figures=figs, tables=tables, notes=notes, hooks=hooks)

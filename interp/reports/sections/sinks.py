@@ -14,8 +14,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from interp.reports._registry import ReportContext, SectionOutput, Table, section
-from interp.reports.sections._util import head_scan
+from interp.reports.sections._data import describe as describe_data
+from interp.reports.sections._data import draw
+from interp.reports.sections._util import CI_COLUMNS, ci_rows, head_map_estimates, head_scan
 
 
 @section("sinks", "Attention sinks and extreme tokens",
@@ -39,6 +43,8 @@ def run(ctx: ReportContext) -> SectionOutput:
         figs.append(res.plot_resid_peaks())
     figs.append(rep.plot())
     rate0 = res.sink_rate(0)
+    ests = sink_estimates(res, eps, seed=ctx.seed)
+    ests += head_map_estimates(res.alpha[..., res.sink_position], res.top(5), seed=ctx.seed, what="α_0 of ")
     summary = [[f"Sink_0^{eps} (position 0, report prompts, BOS={'yes' if ctx.prepend_bos else 'no'})", rate0],
                [f"Sink_1^{eps} (position 1)", res.sink_rate(1)],
                [f"Sink_0^{eps} on '{rep.token}' × {rep.length}, no BOS (repeated-token check)", rep.sink_rate]]
@@ -47,7 +53,9 @@ def run(ctx: ReportContext) -> SectionOutput:
                         float(res.resid_peak_ratio.nan_to_num(nan=0).max())])
     if res.massive is not None:
         summary.append(["layers with massive activations", ", ".join(map(str, res.massive.massive_layers())) or "none"])
-    tables = [Table("summary", ["quantity", "value"], summary),
+    tables = [Table(f"headline numbers with 95% bootstrap intervals over {res.alpha.shape[0]} prompts "
+                    "(split halves: the same number on two random halves)", CI_COLUMNS, ci_rows(ests)),
+              Table("summary", ["quantity", "value"], summary),
               Table(f"heads with the largest α_{res.sink_position}", ["head", "α"], [[h, v] for h, v in res.top(top)]),
               Table("sink discovery by category (share of heads with α_k > ε)", ["category", "count", "mean share",
                     "max share"], [[c, int(s["count"]), s["mean_share"], s["max_share"]]
@@ -65,14 +73,32 @@ def run(ctx: ReportContext) -> SectionOutput:
                              r["massive"]])
         tables.append(Table("largest residual activations (distinct layer, dim, position)",
                             ["layer", "dim", "position", "token", "value", "÷ median", "massive"], rows))
-    notes = [f"Sink_0^{eps} = {rate0:.3f} on the report prompts; on one token repeated {rep.length} times without "
-             f"BOS it is {rep.sink_rate:.3f} (theory: the sink vanishes for RoPE/NoPE models)."]
+    from interp.stats import describe
+
+    notes = [describe(f"Sink_0^{eps}", ests[0][1]), describe(f"Sink_1^{eps}", ests[1][1]),
+             f"On one token repeated {rep.length} times without BOS Sink_0^{eps} is {rep.sink_rate:.3f} "
+             "(one synthetic prompt, no interval; theory: the sink vanishes for RoPE/NoPE models)."]
     L = ctx.model.cfg.n_layers
     hooks = ([f"blocks.{l}.attn.hook_pattern" for l in range(L)] + [f"blocks.{l}.attn.hook_v" for l in range(L)]
              + [f"blocks.{l}.hook_resid_post" for l in range(L)])
     data = {"sinks": res.to_json(), "discovery": disc.to_json(), "repeated_token": rep.to_json(),
-            "sink_rate_0": rate0, "sink_rate_1": res.sink_rate(1)}
+            "sink_rate_0": rate0, "sink_rate_1": res.sink_rate(1),
+            "ci": {name: e.to_json() for name, e in ests}, "data": describe_data(ctx, "scan", draw(ctx, "scan"))}
     return SectionOutput(data=data, figures=figs, tables=tables, notes=notes, hooks=hooks)
+
+
+def sink_estimates(res: Any, eps: float, *, seed: int) -> list[tuple[str, Any]]:
+    """Sink_0^ε and Sink_1^ε with bootstrap intervals over prompts: the per-prompt share of heads
+    with α_k > ε, averaged over prompts (what ``SinkResult.sink_rate`` computes)."""
+    from interp.stats import estimate
+
+    out = []
+    for k in (0, 1):
+        a = res.alpha[..., k]  # [prompt layer head]
+        ok = ~torch.isnan(a[:, 0, 0])
+        share = (a[ok] > eps).double().mean(dim=(1, 2))
+        out.append((f"Sink_{k}^{eps}", estimate(share, seed=seed, abs_tol=0.02)))
+    return out
 
 
 @section("dormant", "Active and dormant heads",
