@@ -16,7 +16,7 @@ Public API (imported lazily)::
     estimate_memory                      # circuits.memory: bytes per part, max_memory plans
     SparseAttributionGraph, ShardedAttributionGraph  # circuits.stores: top-k / threshold / disk
 
-Definitions and citations: ``shared/REFERENCES.md`` §1–2 (Haklay et al. 2025; Hanna et al. 2024).
+Definitions and citations: REFERENCES.md (Haklay et al. 2025, arXiv:2502.04577; Hanna et al. 2024, arXiv:2403.17806).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The exact score of an abstract edge e is :math:`M(\\text{run with } e \\text{ ablated}) - M(\\text{clean})`,
 mean over examples, where ablating e feeds every concrete edge it stands for (all token pairs of
 its position group, span or — non-positional — every position) from the ablation source
-(counterfactual, mean or zero; Haklay et al. 2025; ``../shared/REFERENCES.md`` §1). This is
+(counterfactual, mean or zero; Haklay et al. 2025, arXiv:2502.04577). This is
 ACDC's / MIB's ``"exact"`` score (one patched forward per edge), computed here for several edges
 per forward by stacking copies of the batch, each copy with its own ``keep`` mask.
 

@@ -2,7 +2,7 @@
 
 :class:`PatchableModel` re-implements a TransformerBridge's forward pass from its HF weights so
 that every *edge* of the computational graph of Haklay et al. (2025) can be ablated on its own
-(see ``../shared/REFERENCES.md`` §1):
+(Haklay et al. 2025, arXiv:2502.04577; REFERENCES.md):
 
 * **senders** (outputs written into the residual stream): ``"embed"`` (token + learned position
   embeddings), ``"L{l}H{h}"`` (head output :math:`z_h W_O[h]`, :math:`z_h = A_h V_h`), ``"M{l}"``

@@ -5,7 +5,7 @@ Used by :class:`circuits._forward.PatchableModel` for Gemma 2 and Gemma 3 (sandw
 family facts themselves live in :mod:`interp.families`; Gemma 3 as the worked case follows.
 
 Facts taken from the installed ``transformers/models/gemma3/modeling_gemma3.py`` (the model:
-Gemma-3-270M, ``../shared/REFERENCES.md`` §7; graph of senders/receivers: §1, Haklay et al. 2025):
+Gemma-3-270M; graph of senders/receivers: Haklay et al. 2025, arXiv:2502.04577):
 
 * embeddings are multiplied by :math:`\\sqrt{d_{model}}` (cast to the model dtype);
 * every RMSNorm computes in float32 and multiplies by :math:`1 + w` (weights stored centred on 0);

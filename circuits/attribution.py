@@ -2,7 +2,7 @@
 
 For an edge u → v (sender u, receiver v) of the graph of :mod:`circuits._forward` at position
 p, with clean sender output :math:`z_u`, ablated output :math:`z^*_u` (counterfactual, mean or
-zero) and metric M (Haklay et al. 2025; Syed et al. 2023; ``../shared/REFERENCES.md`` §1–2):
+zero) and metric M (Haklay et al. 2025, arXiv:2502.04577; Syed et al. 2023, arXiv:2310.10348; REFERENCES.md):
 
 * **EAP**: :math:`g(u\\to v) = (z^*_u - z_u)\\cdot \\partial M/\\partial x_v` at the clean run —
   one forward on the counterfactual, one forward + backward on the clean input, all edges at once.

@@ -1,6 +1,6 @@
 """``AttributionGraph``: edge scores over the position-aware computational graph.
 
-The graph of Haklay et al. (2025) (``../shared/REFERENCES.md`` §1): senders (``"embed"``,
+The graph of Haklay et al. (2025) (arXiv:2502.04577): senders (``"embed"``,
 ``"L{l}H{h}"``, ``"M{l}"``) write into the residual stream, receivers (``"L{l}H{h}.q"``,
 ``"L{l}KV{g}.k"``, ``"L{l}KV{g}.v"``, ``"M{l}"``, ``"logits"``) read from it. One copy per
 position (granularity ``"position"``), per schema span (``"span"``) or one in all (``"none"``,

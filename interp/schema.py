@@ -1,7 +1,7 @@
 """Dataset schemas: named spans that give prompts of different lengths a shared position structure.
 
 A *schema* (Haklay et al., "Position-aware Automatic Circuit Discovery", ACL 2025; see
-``../shared/REFERENCES.md`` §1) is an ordered list of spans that covers every token of every
+arXiv:2502.04577) is an ordered list of spans that covers every token of every
 prompt. Span ``s`` of example ``x`` is a half-open token range ``[start, end)`` in the prompt's own
 token coordinates (BOS included when prepended). The abstract position of a span stands for all of
 its tokens; e.g. a span score is ``g_S = (1/|D|) Σ_x Σ_{t ∈ s(x)} g_x(t)``.

@@ -7,7 +7,7 @@ Three lines in a notebook::
     r = interp.sinks.sink_analysis(m, interp.heads.DEFAULT_PROMPTS)
     r.plot(); r.sink_rate(k=0); r.discover().top(5); r.massive.top(5)
 
-Definitions (see ``shared/REFERENCES.md`` §3):
+Definitions (sources in REFERENCES.md):
 
 * **Sink importance** (Gu et al., ICLR 2025): for head ``(l, h)`` and key ``k`` of a prompt of
   ``T`` tokens, ``α_k = (1/(T−k)) Σ_{t≥k} A[t, k]``. ``Sink_k^ε`` is the share of heads with

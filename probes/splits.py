@@ -2,7 +2,7 @@
 
 Rows of one prompt are correlated (and identical prompts give identical rows), so splits are
 made over *split groups* (``ProbeData.split_groups``: prompts with identical token sequences
-share one) -- never over rows. Hewitt & Liang 2019; see ../shared/REFERENCES.md section 6.
+share one) -- never over rows. Hewitt & Liang 2019 (arXiv:1909.03368); see REFERENCES.md.
 
 Confidence intervals (95 % by default):
 * ``"t"``: over the k fold scores, ``mean +- t_{k-1, 0.975} * sd / sqrt(k)`` (sd with k-1).
