@@ -703,7 +703,7 @@ class PatchableModel:
         allowed = causal[None] & mask[:, None, :]
         allowed = allowed | (torch.eye(p, dtype=torch.bool, device=dev)[None] & ~allowed.any(-1, keepdim=True))
         scores = torch.einsum("bqgre,bkge->bgrqk", q.view(b, p, G, H // G, e), k).reshape(b, H, p, p)
-        scores = (scores * self.scale).masked_fill(~allowed[:, None], float("-inf"))
+        scores = self.score(scores).masked_fill(~allowed[:, None], float("-inf"))
         return torch.softmax(scores, dim=-1)
 
     def __repr__(self) -> str:

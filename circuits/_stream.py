@@ -217,8 +217,17 @@ def layer_cross_blocks(pm: PatchableModel, layer: int, q: Tensor, k: Tensor, v: 
         s_v = A * (torch.einsum("bqhe,bkhe->bhqk", g, vah) - Gv)
         move = Gv - torch.einsum("bqhe,bqhe->bhq", g, zh)[..., None]
         del Gv
-        s_k = _softmax_shift(A, pm.scale * torch.einsum("bqhe,bkhe->bhqk", qh, kah - kh)) * move
-        s_q = _softmax_shift(A, pm.scale * torch.einsum("bqhe,bkhe->bhqk", qah - qh, kh)) * move
+        if getattr(pm, "attn_softcap", None) is None:
+            dk = pm.scale * torch.einsum("bqhe,bkhe->bhqk", qh, kah - kh)
+            dq = pm.scale * torch.einsum("bqhe,bkhe->bhqk", qah - qh, kh)
+        else:  # soft-capped scores (Gemma 2): the move of the capped score, pm.score(q·k)
+            s0 = pm.score(torch.einsum("bqhe,bkhe->bhqk", qh, kh))
+            dk = pm.score(torch.einsum("bqhe,bkhe->bhqk", qh, kah)) - s0
+            dq = pm.score(torch.einsum("bqhe,bkhe->bhqk", qah, kh)) - s0
+            del s0
+        s_k = _softmax_shift(A, dk) * move
+        s_q = _softmax_shift(A, dq) * move
+        del dk, dq
         del move, A
         out = torch.stack([s_q, s_k, s_v], dim=2)  # [b h 3 q k]
         del s_q, s_k, s_v

@@ -61,7 +61,7 @@ class Stability(Result):
     receivers: list[str]
     positions: list[str]
     meta: dict[str, Any] = field(default_factory=dict)
-    graph: Any = field(default=None, metadata={"json": False})  # the full-data graph
+    graph: Any = field(default=None, compare=False, metadata={"json": False})  # the full-data graph (not in JSON)
 
     def edges(self, min_freq: float = 0.0) -> list[dict[str, Any]]:
         """Edges with frequency ≥ ``min_freq`` (and > 0), most frequent first, then by |mean|."""
@@ -91,10 +91,9 @@ class Stability(Result):
         return float(self.cross_freq[l, h, "qkv".index(kind), pi(pos), pi(kpos if kpos is not None else pos)])
 
     def to_json(self) -> dict[str, Any]:
-        """Sparse JSON: every edge selected at least once, with frequency, mean and CI."""
-        return {"type": "Stability", "senders": self.senders, "receivers": self.receivers,
-                "positions": list(self.positions), "meta": _jsonable(self.meta),
-                "edges": [{**e, "ci": list(e["ci"])} for e in self.edges()]}
+        """Every field (so :meth:`from_json` rebuilds it) plus ``edges``: every edge selected at
+        least once, with frequency, mean and CI."""
+        return {**Result.to_json(self), "edges": [{**e, "ci": list(e["ci"])} for e in self.edges()]}
 
     def plot(self, max_edges: int = 40) -> Any:
         """Bar chart of the most frequently selected edges: frequency (bars) and the score's CI
@@ -124,13 +123,7 @@ class Stability(Result):
         n_all = int((self.same_freq > 0).sum() + (self.cross_freq > 0).sum())
         n_one = int((self.same_freq >= 1).sum() + (self.cross_freq >= 1).sum())
         return (f"Stability({self.meta.get('method')}, {self.meta.get('n')} resamples: {n_all} edges "
-                f"selected at least once, {n_one} always)")
-
-
-def _jsonable(x: Any) -> Any:
-    from circuits.circuit import _jsonable as j
-
-    return j(x)
+                f"selected at least once, {n_one} always, {self._bos_model()})")
 
 
 def _subset_batch(tb: Any, idx: Sequence[int]) -> Any:

@@ -297,13 +297,13 @@ class SparseAttributionGraph(_StoredGraph, Result):
                    **{n: t[n] for n in _SPARSE_TENSORS}, meta=dict(h.get("meta", {})))
 
     def to_json(self) -> dict[str, Any]:
-        return {"type": "SparseAttributionGraph", "senders": self.senders,
-                "receivers": self.receivers, "positions": self.positions,
-                "edges": [e._asdict() for e in self.top_edges(None)], "meta": to_jsonable(self.meta)}
+        """Every field (so :meth:`from_json` rebuilds the graph) plus the stored edges, decoded."""
+        return {**Result.to_json(self), "edges": [e._asdict() for e in self.top_edges(None)]}
 
     def __repr__(self) -> str:
         return (f"SparseAttributionGraph({self.meta.get('method', '?')}, store={self.meta.get('store')}, "
-                f"positions={len(self.positions)}, stored={self.n_stored} of {self.n_edges()} edges)")
+                f"positions={len(self.positions)}, stored={self.n_stored} of {self.n_edges()} edges, "
+                f"{self._bos_model()})")
 
 
 _SPARSE_TENSORS = ("valid", "cross_valid", "span_sizes", "cross_pairs", "edge_ids", "scores", "node",

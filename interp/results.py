@@ -125,7 +125,7 @@ def _import_all_results() -> None:
     for mod in ("interp.sinks", "interp.heads", "interp.neurons", "interp._active_dormant", "interp.schema",
                 "interp.rope.ablation", "interp.rope.usage", "interp.rope.precision", "interp.rope.bounds",
                 "probes.results", "circuits.graph", "circuits.circuit", "circuits.faithfulness",
-                "circuits.curves"):
+                "circuits.curves", "circuits.stores", "circuits.stability", "interp.atlas.result"):
         try:
             importlib.import_module(mod)
         except ImportError:  # pragma: no cover - optional parts of the package
@@ -450,11 +450,12 @@ class Result:
 
     # ------------------------------------------------------------------ equality
     def equals(self, other: Any, *, rtol: float = 1e-5, atol: float = 1e-6) -> bool:
-        """Same type and every field equal (tensors: same shape, ``allclose`` with NaN == NaN)."""
+        """Same type and every compared field equal (tensors: same shape, ``allclose`` with NaN
+        == NaN). Fields declared with ``compare=False`` (caches, back-references) are skipped."""
         if type(other) is not type(self):
             return False
         return all(_values_equal(getattr(self, f.name), getattr(other, f.name), rtol, atol)
-                   for f in dataclasses.fields(self))
+                   for f in dataclasses.fields(self) if f.compare)
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):

@@ -19,8 +19,9 @@ from interp.results import Result, load_result, result_types
 pd = pytest.importorskip("pandas")
 
 
-def _all_results(model, prompts, *, graph_model=None, gb=3, gt=7) -> dict[str, Result]:
-    """One instance of every result type (analyses on ``model``; circuits on ``graph_model``)."""
+def _all_results(model, prompts, *, graph_model=None, atlas_model=None, gb=3, gt=7) -> dict[str, Result]:
+    """One instance of every result type (analyses on ``model``; circuits on ``graph_model``; the
+    atlas on ``atlas_model``, a zoo toy, which runs its own task)."""
     from interp import Schema
 
     out: dict[str, Result] = {}
@@ -67,6 +68,15 @@ def _all_results(model, prompts, *, graph_model=None, gb=3, gt=7) -> dict[str, R
     out["Faithfulness"] = circuits.faithfulness(gm, circ, clean, corrupt, metric, prepend_bos=True, n_boot=50)
     out["FaithfulnessCurve"] = circuits.faithfulness_curve(gm, graph, clean, corrupt, metric, sizes=(0.05, 0.5),
                                                            n_boot=50)
+    out["SparseAttributionGraph"] = circuits.attribute(gm, clean, corrupt, metric, granularity="position",
+                                                       batch_size=gb, store="topk", k=50)
+    out["Stability"] = circuits.resample(gm, clean, corrupt=corrupt, metric=metric, n=3, n_edges=10,
+                                         granularity="position")
+    import interp.atlas
+
+    atlas = interp.atlas(atlas_model or model, probes=False)
+    out["Atlas"] = atlas
+    out["CausalCheck"] = load_result(atlas.checks[0])
     return out
 
 
@@ -197,7 +207,7 @@ def test_neurons_json_keeps_top_curves_only():
 def test_repr_under_1000_characters_on_smollm2(smollm2, toy_model):
     prompts = ["The cat sat on the mat because it was warm.", "When Mary and John went to the store, John gave",
                "1 2 3 4 5 6 7 8", "def f(x):\n    return x + 1"]
-    got = _all_results(smollm2, prompts, graph_model=smollm2, gb=2, gt=6)
+    got = _all_results(smollm2, prompts, graph_model=smollm2, atlas_model=toy_model("toy-offset-rope"), gb=2, gt=6)
     assert set(got) == set(result_types())
     for name, r in got.items():
         text = repr(r)

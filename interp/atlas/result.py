@@ -37,6 +37,16 @@ class CausalCheck(Result):
     agrees: dict[str, bool]
     note: str = ""
 
+    def to_frame(self) -> Any:
+        """One row per measured quantity: ``quantity``, ``measured``, ``predicted`` (NaN when the
+        atlas makes no prediction), ``agrees``, plus the head, kind and band."""
+        from interp.results import _pandas
+
+        rows = [{"head": self.head, "kind": self.kind, "band": self.band, "quantity": k,
+                 "measured": v, "predicted": self.predicted.get(k, float("nan")),
+                 "agrees": self.agrees.get(k), "tolerance": self.tolerance} for k, v in self.measured.items()]
+        return _pandas().DataFrame(rows)
+
     def plot(self) -> go.Figure:
         keys = list(self.measured)
         fig = go.Figure()
