@@ -31,6 +31,7 @@ def backcopy_atlas(toy_model):
 
 
 # ------------------------------------------------------------------------------- heads fix
+@pytest.mark.slow
 def test_positional_heads_finds_the_toy_induction_head(toy_model):
     """The repeated-sequence control of a zoo toy stays inside its training distribution
     (segments of 6–16 tokens after a noise prefix): the induction head is found. With the old
@@ -216,6 +217,7 @@ def test_atlas_module_is_callable_and_plots(induction_atlas):
     assert names == {"L0H0", "L1H1"}
 
 
+@pytest.mark.slow
 def test_atlas_html_renders_in_chromium(induction_atlas, tmp_path):
     from interp.reports.browser import check_rendering, find_chromium
 
@@ -229,6 +231,7 @@ def test_atlas_html_renders_in_chromium(induction_atlas, tmp_path):
     assert "induction" in r.dom  # the card of the first head was filled in by the script
 
 
+@pytest.mark.slow
 def test_cli_atlas(tmp_path):
     from typer.testing import CliRunner
 
@@ -246,6 +249,7 @@ def test_cli_atlas(tmp_path):
     assert both.exit_code == 2 and "mutually exclusive" in both.output
 
 
+@pytest.mark.slow
 def test_report_section_atlas(toy_model):
     from interp.reports import available_sections, build_report
 

@@ -138,6 +138,7 @@ def test_unknown_method_error(random_toy):
         attribute(pm, clean, corrupt, met, method="atp")
 
 
+@pytest.mark.slow
 def test_atp_star_vs_exact_patching_on_trained_toy_induction():
     """Measured as in test_attribution_planted.test_trained_toys_scores_vs_exact_patching (graded
     corruption, per-position logit difference; nodes = every sender × position, edges = 25 top +

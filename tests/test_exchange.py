@@ -319,6 +319,7 @@ def test_smollm2_eap_ig_and_graph_json_format(smollm2, tmp_path):
 
 # ------------------------------------------------------------------ CLI
 @pytest.mark.parametrize("fmt", ["eap-ig", "mib", "graph-json"])
+@pytest.mark.slow
 def test_cli_circuit_export(fmt, tmp_path, monkeypatch, toy_model):
     from typer.testing import CliRunner
 

@@ -99,6 +99,7 @@ def test_truncate_cuts_at_a_token_boundary(toy_model):
     assert tokenize(model, [cut], prepend_bos=True).lengths[0] == 20
 
 
+@pytest.mark.slow
 def test_compare_differences_table_and_cli(tmp_path):
     from typer.testing import CliRunner
 
