@@ -21,7 +21,7 @@ import torch
 import interp.rope as R
 from interp import load_model
 from interp._attnstats import PromptBatch
-from interp.heads import DEFAULT_PROMPTS
+from interp.prompts import DEFAULT_PROMPTS
 from interp.tokens import bos_token_id
 
 

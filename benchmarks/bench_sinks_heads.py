@@ -5,7 +5,7 @@ Measured (interleaved, ``--reps`` rounds, best and median reported):
 
 * ``bare forward (logits)``: ``model(tokens)`` in mini-batches — the reference;
 * ``bare forward (no unembed)``: ``return_type=None`` — the same work as ours minus the hooks;
-* ``heads.scan``: one streaming pass computing the previous/self/first/duplicate/induction scores,
+* ``scan.scan``: one streaming pass computing the previous/self/first/duplicate/induction scores,
   A(Δ) for every Δ, α_k for every key and prompt, value drains (‖v W_O‖ per head and position),
   residual norms/peaks and massive activations;
 * with ``--controls``: ``heads.positional_heads`` with the random-token and repeated-random
@@ -28,8 +28,8 @@ import torch  # noqa: E402
 
 def make_batch(model, n: int = 64, length: int = 64):
     from interp._attnstats import PromptBatch
-    from interp.heads import DEFAULT_PROMPTS
-    from interp.sinks import DOMAINS
+    from interp.prompts import DEFAULT_PROMPTS
+    from interp.prompts import DOMAINS
     from interp.tokens import _display, bos_token_id
 
     text = " ".join(DEFAULT_PROMPTS + DOMAINS["prose"] + DOMAINS["code"])
@@ -52,7 +52,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from interp import heads, load_model, sinks
+    from interp import heads, load_model, scan, sinks
 
     model = load_model("smollm2-135m")
     batch = make_batch(model, args.n, args.length)
@@ -66,7 +66,7 @@ def main() -> None:
     runs = {
         "bare forward (logits)": lambda: bare("logits"),
         "bare forward (no unembed)": lambda: bare(None),
-        "heads.scan (all head scores + sink stats, 1 pass)": lambda: heads.scan(model, batch, batch_size=bs),
+        "scan.scan (all head scores + sink stats, 1 pass)": lambda: scan.scan(model, batch, batch_size=bs),
     }
     if args.controls:
         runs["heads.positional_heads (+ random & repeated controls)"] = lambda: heads.positional_heads(
@@ -90,7 +90,7 @@ def main() -> None:
     for name, ts in times.items():
         b, m = min(ts), statistics.median(ts)
         print(f"| {name} | {b:.2f} | {m:.2f} | {b / base:.2f}x | {m / base_med:.2f}x |")
-    r = heads.scan(model, batch, batch_size=bs)
+    r = scan.scan(model, batch, batch_size=bs)
     print(f"\nSink_0^0.3 = {r.sinks.sink_rate(0):.3f}; massive layers = {r.sinks.massive.massive_layers()}; "
           f"top prev-token heads = {r.heads.top(3, 'previous_token')}")
 

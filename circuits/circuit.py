@@ -300,15 +300,15 @@ class Circuit(Result):
         """Same edges (masks), names, positions, metadata and the same scores *on the circuit's
         edges*. Scores of edges outside the circuit are context from the graph it came from and
         are not part of the circuit (its JSON does not keep them), so they are not compared."""
-        from interp.results import _values_equal
+        from interp.results import values_equal
 
         if type(other) is not type(self):
             return False
         if not (torch.equal(self.same_pos, other.same_pos) and torch.equal(self.cross, other.cross)):
             return False
-        return (_values_equal(self.same_pos_scores[self.same_pos], other.same_pos_scores[other.same_pos], rtol, atol)
-                and _values_equal(self.cross_scores[self.cross], other.cross_scores[other.cross], rtol, atol)
-                and _values_equal([self.senders, self.receivers, [str(p) for p in self.positions], self.meta],
+        return (values_equal(self.same_pos_scores[self.same_pos], other.same_pos_scores[other.same_pos], rtol, atol)
+                and values_equal(self.cross_scores[self.cross], other.cross_scores[other.cross], rtol, atol)
+                and values_equal([self.senders, self.receivers, [str(p) for p in self.positions], self.meta],
                                   [other.senders, other.receivers, [str(p) for p in other.positions], other.meta],
                                   rtol, atol))
 
@@ -316,10 +316,10 @@ class Circuit(Result):
         """Tidy edge table of the circuit (:meth:`edges`): ``type`` (``same_pos``/``cross``),
         ``sender``, ``receiver``, ``kind``, ``position`` (same-position edges), ``qpos``/``kpos``
         (crossing edges), ``score``; sorted by decreasing |score|."""
-        from interp.results import _pandas
+        from interp.results import require_pandas
 
         cols = ["type", "sender", "receiver", "kind", "position", "qpos", "kpos", "score"]
-        df = _pandas().DataFrame(self.edges(), columns=cols)
+        df = require_pandas().DataFrame(self.edges(), columns=cols)
         df["model"], df["prepend_bos"] = self._recorded("model"), self._recorded("prepend_bos")
         return df
 

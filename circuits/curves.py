@@ -120,9 +120,9 @@ class FaithfulnessCurve(Result):
         """One row per circuit size: ``label``, ``fraction``, ``n_requested``, ``n_edges``,
         ``concrete_edges``, ``concrete_fraction``, ``f``, ``f_lo``, ``f_hi``, ``soft``, ``hard``;
         CPR/CMD in ``df.attrs``."""
-        from interp.results import _pandas
+        from interp.results import require_pandas
 
-        df = _pandas().DataFrame({"label": self.label, "fraction": self.fractions, "n_requested": self.n_requested,
+        df = require_pandas().DataFrame({"label": self.label, "fraction": self.fractions, "n_requested": self.n_requested,
                                   "n_edges": self.n_edges, "concrete_edges": self.concrete_edges,
                                   "concrete_fraction": self.concrete_fraction, "f": self.f, "f_lo": self.f_lo,
                                   "f_hi": self.f_hi, "soft": self.soft, "hard": self.hard})

@@ -80,10 +80,10 @@ class Faithfulness(Result):
         """One row per example: ``m_circuit``, ``m_full``, ``m_empty`` (the metric with the circuit,
         the full model, the empty circuit) and ``hard`` (argmax agreement); the summary (f, soft,
         hard, CIs, edges) is in ``df.attrs``."""
-        from interp.results import _pandas
+        from interp.results import require_pandas
 
         pe = self.per_example.detach().float()
-        df = _pandas().DataFrame({"example": range(pe.shape[-1]), "m_circuit": pe[0].numpy(),
+        df = require_pandas().DataFrame({"example": range(pe.shape[-1]), "m_circuit": pe[0].numpy(),
                                   "m_full": pe[1].numpy(), "m_empty": pe[2].numpy(),
                                   "hard": self.hard_per_example.bool().numpy()})
         df.attrs.update(f=self.f, f_ci=self.f_ci, soft=self.soft, soft_ci=self.soft_ci, hard=self.hard,

@@ -421,9 +421,9 @@ class AttributionGraph(Result):
         """Tidy edge table (the ``n`` highest-|score| edges; ``None`` = every valid edge): ``kind``
         (``same``/``q``/``k``/``v``), ``sender``, ``receiver``, ``pos`` (query position/span),
         ``kpos`` (key position/span; = ``pos`` for same-position edges), ``score``."""
-        from interp.results import _pandas
+        from interp.results import require_pandas
 
-        df = _pandas().DataFrame(self.top_edges(n), columns=list(Edge._fields))
+        df = require_pandas().DataFrame(self.top_edges(n), columns=list(Edge._fields))
         df["model"], df["prepend_bos"] = self.meta.get("model"), self.meta.get("prepend_bos")
         return df
 

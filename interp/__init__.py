@@ -35,7 +35,7 @@ _EXPORTS: dict[str, str] = {
     "ActivationStore": "interp.capture",
 }
 
-_SUBMODULES = {"atlas", "sinks", "heads", "neurons", "rope", "zoo", "plots", "results", "errors", "spec", "families",
+_SUBMODULES = {"atlas", "sinks", "heads", "scan", "prompts", "neurons", "rope", "zoo", "plots", "results", "errors", "spec", "families",
                "schema", "capture", "models", "tokens", "cli", "reports"}
 
 __all__ = sorted(_EXPORTS) + sorted(_SUBMODULES)

@@ -17,23 +17,18 @@ from interp._attnstats import (
     PromptBatch,
     as_batch,
     check_attention_model,
+    check_eps,
     model_name,
     run_streaming,
 )
 from interp.plots import layer_head_heatmap
+from interp.prompts import DOMAINS
 from interp.results import Result, head_label
 
 __all__ = ["ActiveDormantResult", "active_dormant"]
 
 
-def _check_eps(eps: float) -> None:
-    if not (0.0 <= eps < 1.0):
-        raise ValueError(f"eps must be in [0, 1) (attention is a probability), got {eps}.")
-
-
 def _domains() -> dict[str, Any]:
-    from interp.sinks import DOMAINS
-
     return DOMAINS
 
 
@@ -136,7 +131,7 @@ def active_dormant(
         layers: layers to measure (default all); unmeasured layers are NaN.
     """
     check_attention_model(model)
-    _check_eps(eps)
+    check_eps(eps)
     if method not in ("zero", "sink"):
         raise ValueError(f"method must be 'zero' or 'sink', got {method!r}.")
     if dormant_threshold < 0 or active_threshold < dormant_threshold:

@@ -268,3 +268,9 @@ class PatternAccumulator:
         out = (self.rel_sum / cnt).float()
         out[:, :, self.rel_count == 0] = float("nan")
         return out
+
+
+def check_eps(eps: float) -> None:
+    """Raise a ValueError unless ``eps`` is a valid attention threshold in [0, 1)."""
+    if not (0.0 <= eps < 1.0):
+        raise ValueError(f"eps must be in [0, 1) (attention is a probability), got {eps}.")

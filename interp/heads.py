@@ -3,7 +3,7 @@
 Three lines in a notebook::
 
     m = interp.load_model()
-    r = interp.heads.positional_heads(m, interp.heads.DEFAULT_PROMPTS)
+    r = interp.heads.positional_heads(m, interp.prompts.DEFAULT_PROMPTS)
     r.plot()            # layer × head heatmap of the previous-token score; r.top(10); r.to_json()
 
 Scores (all per head ``(l, h)``, pattern ``A[t, s]`` of a prompt of ``T`` tokens, mean over prompts):
@@ -47,6 +47,7 @@ from interp._attnstats import (
     run_streaming,
 )
 from interp.plots import attention_heatmap, layer_head_heatmap, lines
+from interp.prompts import DEFAULT_PROMPTS
 from interp.results import Result, head_label
 
 __all__ = [
@@ -58,31 +59,9 @@ __all__ = [
     "attention_patterns",
     "attention_viewer",
     "classify_heads",
-    "scan",
-    "ScanResult",
 ]
 
 SCORE_NAMES = PatternAccumulator.NAMES
-
-DEFAULT_PROMPTS: list[str] = [
-    "The old lighthouse keeper climbed the narrow stairs every evening to light the great lamp, "
-    "and the ships that passed in the night trusted its steady beam to guide them home.",
-    "In 1869 the transcontinental railroad was completed, joining the eastern and western "
-    "networks of the United States and cutting the journey across the continent to a week.",
-    "She opened the letter slowly, read the first line twice, and then sat down by the window "
-    "without saying a word to anyone in the quiet house.",
-    "Photosynthesis converts light energy into chemical energy: plants take in carbon dioxide "
-    "and water and release oxygen while storing sugar in their leaves and roots.",
-    "def mean(values):\n    total = 0\n    for v in values:\n        total += v\n"
-    "    return total / len(values)\n\nprint(mean([1, 2, 3, 4]))\n",
-    "Mix the flour, sugar and salt in a large bowl. Add the butter and rub it in until the "
-    "mixture looks like fine crumbs, then stir in the milk to make a soft dough.",
-    "The committee met on Tuesday to review the budget. After a long discussion, the members "
-    "agreed to postpone the vote until the auditors had finished their report.",
-    "When Mary and John went to the store, John gave a drink to Mary. Later that day, the two "
-    "friends walked along the river and talked about their plans for the summer.",
-]
-
 
 @dataclass
 class HeadClass:
@@ -156,7 +135,7 @@ class PositionalHeadsResult(Result):
     def to_frame(self) -> Any:
         """One row per head: ``layer``, ``head``, ``head_label``, every score (and its random /
         repeated control when computed), the class ``label``, ``roles`` and ``positional``."""
-        from interp.results import _pandas
+        from interp.results import require_pandas
 
         L, H = self.scores.shape[:2]
         cls = {(c.layer, c.head): c for c in self.classes}
@@ -174,7 +153,7 @@ class PositionalHeadsResult(Result):
                 r.update(label=c.label if c else None, roles=",".join(c.roles) if c else "",
                          positional=c.positional if c else None)
                 rows.append(r)
-        df = _pandas().DataFrame(rows)
+        df = require_pandas().DataFrame(rows)
         df["model"], df["prepend_bos"] = self.model, self.prepend_bos
         return df
 
@@ -453,82 +432,6 @@ def classify_heads(
                     positional = ev[rk] >= keep_ratio * ev[key]
             out.append(HeadClass(l, h, label, roles, positional, ev))
     return out
-
-
-@dataclass
-class ScanResult(Result):
-    """Positional-head scores and sink statistics of the same prompts, from one forward pass."""
-
-    heads: PositionalHeadsResult
-    sinks: Any  # interp.sinks.SinkResult
-
-    def plot(self) -> dict[str, go.Figure]:
-        return {"previous_token": self.heads.plot("previous_token"), "classes": self.heads.plot_classes(),
-                "sink": self.sinks.plot()}
-
-    def to_frame(self) -> Any:
-        """The heads table (:meth:`PositionalHeadsResult.to_frame`) with each head's mean sink
-        attention ``alpha_sink`` (α at the sink position) beside it."""
-        df = self.heads.to_frame()
-        a = self.sinks.alpha_mean[:, :, self.sinks.sink_position]
-        df["alpha_sink"] = [float(a[l, h]) for l, h in zip(df["layer"], df["head"])]
-        return df
-
-    def top(self, n: int = 10) -> list[tuple[str, float]]:
-        """The heads' top previous-token scores (see :meth:`PositionalHeadsResult.top`)."""
-        return self.heads.top(n)
-
-
-def scan(
-    model: Any,
-    prompts: Any = None,
-    *,
-    max_offset: int = 8,
-    eps: float = 0.3,
-    prepend_bos: bool = True,
-    batch_size: int = 8,
-    random_control: bool = False,
-    induction_control: bool = False,
-    drains: bool = True,
-    peaks: bool = True,
-    massive: bool = True,
-    seed: int = 0,
-    **classify: float,
-) -> ScanResult:
-    """Every head score (:func:`positional_heads`) and every sink statistic
-    (:func:`interp.sinks.sink_analysis`) of ``prompts`` in a single streaming pass.
-
-    The controls (random tokens, repeated random sequences) are off by default: each costs one more
-    pass over inputs of the same size. ``classify`` takes ``threshold``, ``induction_threshold``,
-    ``keep_ratio``.
-    """
-    from interp.sinks import _sink_pass
-
-    if max_offset < 1:
-        raise ValueError(f"max_offset must be >= 1, got {max_offset}.")
-    for nm, v in classify.items():
-        if nm not in ("threshold", "induction_threshold", "keep_ratio"):
-            raise TypeError(f"Unknown classification option {nm!r}.")
-        _check_fraction(nm, v)
-    if prompts is None:
-        prompts = DEFAULT_PROMPTS
-    sres, acc, batch = _sink_pass(model, prompts, eps=eps, prepend_bos=prepend_bos, sink_position=0,
-                                  batch_size=batch_size, drains=drains, peaks=peaks, massive=massive,
-                                  massive_threshold=100.0, massive_ratio=1000.0, top_k=5,
-                                  min_len=max_offset + 1)
-    L, H = int(model.cfg.n_layers), int(model.cfg.n_heads)
-
-    def measure(b: PromptBatch) -> PatternAccumulator:
-        a = PatternAccumulator(len(b), L, H, max(b.lengths), keep_alpha=False)
-        run_streaming(model, b, a.hooks, batch_size=batch_size)
-        return a
-
-    hres = _finish(model, batch, acc, measure, max_offset=max_offset, random_control=random_control,
-                   induction_control=induction_control, induction_seg_len=None,
-                   threshold=float(classify.get("threshold", 0.4)),
-                   induction_threshold=float(classify.get("induction_threshold", 0.3)),
-                   keep_ratio=float(classify.get("keep_ratio", 0.7)), seed=seed, batch_size=batch_size)
-    return ScanResult(heads=hres, sinks=sres)
 
 
 # ---------------------------------------------------------------------- pattern viewer

@@ -4,7 +4,7 @@ neuron's firing and the token position.
 Three lines in a notebook::
 
     m = interp.load_model()
-    r = interp.neurons.positional_neurons(m, interp.heads.DEFAULT_PROMPTS)
+    r = interp.neurons.positional_neurons(m, interp.prompts.DEFAULT_PROMPTS)
     r.top(10); r.plot(); r.plot_curves()
 
 With ``fr(pos)`` the firing rate at position ``pos`` (share of prompts having that position where
@@ -47,6 +47,7 @@ from torch import Tensor
 
 from interp._attnstats import as_batch, model_name, run_streaming
 from interp.plots import lines
+from interp.prompts import DEFAULT_PROMPTS
 from interp.results import Result
 
 __all__ = ["PositionalNeuronsResult", "positional_neurons", "position_mutual_information"]
@@ -218,8 +219,6 @@ def positional_neurons(
         if f"blocks.{l}.{hook_name}" not in model.hook_dict:
             raise ValueError(f"Model {model_name(model)!r} has no 'blocks.{l}.{hook_name}' hook (no MLP?).")
     if prompts is None:
-        from interp.heads import DEFAULT_PROMPTS
-
         prompts = DEFAULT_PROMPTS
     batch = as_batch(model, prompts, prepend_bos=prepend_bos, min_len=2)
     Tm = max(batch.lengths)

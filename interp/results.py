@@ -122,7 +122,7 @@ def result_types() -> dict[str, type]:
 def _import_all_results() -> None:
     import importlib
 
-    for mod in ("interp.sinks", "interp.heads", "interp.neurons", "interp._active_dormant", "interp.schema",
+    for mod in ("interp.sinks", "interp.heads", "interp.scan", "interp.neurons", "interp._active_dormant", "interp.schema",
                 "interp.rope.ablation", "interp.rope.usage", "interp.rope.precision", "interp.rope.bounds",
                 "probes.results", "circuits.graph", "circuits.circuit", "circuits.faithfulness",
                 "circuits.curves", "circuits.stores", "circuits.stability", "interp.atlas.result"):
@@ -254,7 +254,9 @@ def _decode_key(tp: Any, k: str) -> Any:
 
 
 # ---------------------------------------------------------------------------------- equality
-def _values_equal(a: Any, b: Any, rtol: float, atol: float) -> bool:
+def values_equal(a: Any, b: Any, rtol: float, atol: float) -> bool:
+    """Field equality used by :meth:`Result.equals`: tensors by shape and ``allclose`` (NaN == NaN),
+    results by their own ``equals``, containers element-wise, floats within ``rtol``/``atol``."""
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
             return False
@@ -270,15 +272,15 @@ def _values_equal(a: Any, b: Any, rtol: float, atol: float) -> bool:
         return type(a) is type(b) and a.equals(b, rtol=rtol, atol=atol)
     if dataclasses.is_dataclass(a) and not isinstance(a, type):
         return type(a) is type(b) and all(
-            _values_equal(getattr(a, f.name), getattr(b, f.name), rtol, atol) for f in dataclasses.fields(a))
+            values_equal(getattr(a, f.name), getattr(b, f.name), rtol, atol) for f in dataclasses.fields(a))
     if isinstance(a, dict):
         if not isinstance(b, dict):
             return False
         ka, kb = {str(k): k for k in a}, {str(k): k for k in b}
-        return ka.keys() == kb.keys() and all(_values_equal(a[ka[k]], b[kb[k]], rtol, atol) for k in ka)
+        return ka.keys() == kb.keys() and all(values_equal(a[ka[k]], b[kb[k]], rtol, atol) for k in ka)
     if isinstance(a, (list, tuple)):
         return (isinstance(b, (list, tuple)) and len(a) == len(b)
-                and all(_values_equal(x, y, rtol, atol) for x, y in zip(a, b)))
+                and all(values_equal(x, y, rtol, atol) for x, y in zip(a, b)))
     if isinstance(a, (float, np.floating)) or isinstance(b, (float, np.floating)):
         if a is None or b is None:  # NaN written as null and read back as None
             other = b if a is None else a
@@ -293,7 +295,7 @@ def _values_equal(a: Any, b: Any, rtol: float, atol: float) -> bool:
             return fa == fb or math.isnan(fb) or math.isnan(fa)
         return abs(fa - fb) <= atol + rtol * abs(fb)
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        return _values_equal(torch.as_tensor(np.asarray(a)), torch.as_tensor(np.asarray(b)), rtol, atol)
+        return values_equal(torch.as_tensor(np.asarray(a)), torch.as_tensor(np.asarray(b)), rtol, atol)
     return bool(a == b)
 
 
@@ -355,7 +357,7 @@ def tensor_frame(tensor: Any, axes: list[str] | str, labels: dict[str, list[Any]
     (integer index, or the label from ``labels[axis]``), the entry in column ``value``, plus
     constant columns (``model=...``). Axis names ``layer`` and ``head`` also add ``"L{l}H{h}"`` in
     column ``head_label``."""
-    pd = _pandas()
+    pd = require_pandas()
     t = tensor.detach().cpu() if isinstance(tensor, torch.Tensor) else torch.as_tensor(np.asarray(tensor))
     if t.dtype in (torch.bfloat16, torch.float16):
         t = t.float()
@@ -378,7 +380,8 @@ def tensor_frame(tensor: Any, axes: list[str] | str, labels: dict[str, list[Any]
     return df
 
 
-def _pandas() -> Any:
+def require_pandas() -> Any:
+    """pandas (the optional `frames` extra), or an ImportError saying how to install it."""
     try:
         import pandas as pd
     except ImportError as e:  # pragma: no cover - depends on the environment
@@ -454,7 +457,7 @@ class Result:
         == NaN). Fields declared with ``compare=False`` (caches, back-references) are skipped."""
         if type(other) is not type(self):
             return False
-        return all(_values_equal(getattr(self, f.name), getattr(other, f.name), rtol, atol)
+        return all(values_equal(getattr(self, f.name), getattr(other, f.name), rtol, atol)
                    for f in dataclasses.fields(self) if f.compare)
 
     def __eq__(self, other: object) -> bool:

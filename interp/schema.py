@@ -602,7 +602,7 @@ class SchemaSpans(Result):
     def to_frame(self) -> Any:
         """One row per (example, span): ``example``, ``span``, ``start``, ``end`` (half-open token
         range), ``text`` (the span's tokens joined); failed examples have no rows."""
-        from interp.results import _pandas
+        from interp.results import require_pandas
 
         rows = []
         for b, row in enumerate(self.spans):
@@ -611,7 +611,7 @@ class SchemaSpans(Result):
             for name, (s, e) in zip(self.names, row):
                 rows.append(dict(example=b, span=name, start=int(s), end=int(e),
                                  text="".join(self.str_tokens[b][s:e]) if b < len(self.str_tokens) else ""))
-        df = _pandas().DataFrame(rows, columns=["example", "span", "start", "end", "text"])
+        df = require_pandas().DataFrame(rows, columns=["example", "span", "start", "end", "text"])
         df["prepend_bos"] = self.prepend_bos
         return df
 

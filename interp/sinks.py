@@ -4,7 +4,7 @@ residual peaks, active/dormant heads and the repeated-token check.
 Three lines in a notebook::
 
     m = interp.load_model()
-    r = interp.sinks.sink_analysis(m, interp.heads.DEFAULT_PROMPTS)
+    r = interp.sinks.sink_analysis(m, interp.prompts.DEFAULT_PROMPTS)
     r.plot(); r.sink_rate(k=0); r.discover().top(5); r.massive.top(5)
 
 Definitions (sources in REFERENCES.md):
@@ -45,11 +45,14 @@ from interp._attnstats import (
     PromptBatch,
     as_batch,
     check_attention_model,
+    check_eps,
     model_name,
     n_kv_heads,
     run_streaming,
 )
+from interp._active_dormant import ActiveDormantResult, active_dormant  # noqa: F401  (public here)
 from interp.plots import layer_head_heatmap, lines
+from interp.prompts import DEFAULT_PROMPTS, DOMAINS
 from interp.results import Result, head_label
 
 __all__ = [
@@ -66,40 +69,12 @@ __all__ = [
     "sink_rate",
 ]
 
-DOMAINS: dict[str, list[str]] = {
-    "prose": [
-        "The old lighthouse keeper climbed the narrow stairs every evening to light the lamp, "
-        "and the ships that passed in the night trusted its steady beam.",
-        "She opened the letter slowly, read the first line twice, and then sat down by the "
-        "window without saying a word to anyone in the quiet house.",
-        "The committee met on Tuesday to review the budget. After a long discussion, the "
-        "members agreed to postpone the vote until the auditors had finished.",
-        "Mix the flour, sugar and salt in a large bowl, then rub in the butter until the "
-        "mixture looks like fine crumbs and stir in the milk.",
-    ],
-    "code": [
-        "def mean(values):\n    total = 0\n    for v in values:\n        total += v\n"
-        "    return total / len(values)\n",
-        "import os\n\nfor name in sorted(os.listdir('.')):\n    if name.endswith('.py'):\n"
-        "        print(name)\n",
-        "class Stack:\n    def __init__(self):\n        self.items = []\n\n"
-        "    def push(self, x):\n        self.items.append(x)\n",
-        "x = [i * i for i in range(10)]\ny = {k: v for k, v in zip('abc', x)}\n"
-        "assert len(y) == 3\nprint(sum(x), y)\n",
-    ],
-}
-
 _DELIM = re.compile(r"^\s*[.,;:!?\-—()\[\]{}\"']+\s*$")
-
-
-def _check_eps(eps: float) -> None:
-    if not (0.0 <= eps < 1.0):
-        raise ValueError(f"eps must be in [0, 1) (attention is a probability), got {eps}.")
 
 
 def sink_rate(alpha: Float[Tensor, "prompt layer head key"], k: int = 0, eps: float = 0.3) -> float:
     """``Sink_k^ε``: share of heads with ``α_k > ε``, averaged over the prompts that have key ``k``."""
-    _check_eps(eps)
+    check_eps(eps)
     if not 0 <= k < alpha.shape[-1]:
         raise ValueError(f"key position {k} outside 0..{alpha.shape[-1] - 1}.")
     a = alpha[..., k]  # [prompt layer head]
@@ -154,10 +129,10 @@ class MassiveActivationsResult(Result):
     def to_frame(self) -> Any:
         """One row per recorded activation (layer, rank, dim, position, prompt, token, value,
         ratio_to_median, massive)."""
-        from interp.results import _pandas
+        from interp.results import require_pandas
 
         rows = self.top(self.top_values.numel())
-        df = _pandas().DataFrame(rows)
+        df = require_pandas().DataFrame(rows)
         df["model"], df["prepend_bos"] = self.model, self.prepend_bos
         return df
 
@@ -202,9 +177,9 @@ class SinkDiscovery(Result):
     def to_frame(self) -> Any:
         """One row per token string: ``token``, ``count``, ``mean_share``, ``max_share`` (sorted by
         mean share of heads with α > ε); the categories are in ``df.attrs["categories"]``."""
-        from interp.results import _pandas
+        from interp.results import require_pandas
 
-        df = _pandas().DataFrame(self.tokens, columns=["token", "count", "mean_share", "max_share"])
+        df = require_pandas().DataFrame(self.tokens, columns=["token", "count", "mean_share", "max_share"])
         df["prepend_bos"] = self.prepend_bos
         df.attrs["categories"] = self.categories
         return df
@@ -264,7 +239,7 @@ class SinkResult(Result):
     def head_sink_share(self, k: int = 0, eps: float | None = None) -> Float[Tensor, "layer head"]:
         """Per head, the share of prompts where ``α_k > ε``."""
         e = self.eps if eps is None else eps
-        _check_eps(e)
+        check_eps(e)
         a = self.alpha[..., k]
         ok = ~torch.isnan(a[:, 0, 0])
         return (a[ok] > e).float().mean(0)
@@ -292,7 +267,7 @@ class SinkResult(Result):
         """Which positions/tokens are sinks. Keys with fewer than ``min_queries`` queries after
         them (``T − k < min_queries``) are skipped: their α is dominated by self-attention."""
         e = self.eps if eps is None else eps
-        _check_eps(e)
+        check_eps(e)
         share = (self.alpha > e).float().mean(dim=(1, 2))  # [prompt key]
         cats: dict[str, list[float]] = {c: [] for c in ("position 0", "first token after BOS", "first delimiter", "newline", "other")}
         toks: dict[str, list[float]] = {}
@@ -382,7 +357,7 @@ def sink_analysis(
     """α_k for every head and key, value drains, residual peaks and massive activations, one pass.
 
     Args:
-        prompts: strings, a right-padded ``TokenBatch``, or ``None`` (``heads.DEFAULT_PROMPTS``).
+        prompts: strings, a right-padded ``TokenBatch``, or ``None`` (``interp.prompts.DEFAULT_PROMPTS``).
         eps: sink threshold ε in [0, 1) (strict ``α > ε``).
         sink_position: the position used for drain and peak ratios (0 = BOS/first token).
         massive_threshold, massive_ratio: Sun et al.'s rules ``|x| > 100`` and ``|x| > 1000·median``.
@@ -401,14 +376,12 @@ def _sink_pass(model: Any, prompts: Any, *, eps: float, prepend_bos: bool, sink_
                ) -> tuple[SinkResult, PatternAccumulator, PromptBatch]:
     """One streaming pass; also returns the pattern accumulator (head scores) and the batch."""
     check_attention_model(model)
-    _check_eps(eps)
+    check_eps(eps)
     if massive_threshold < 0 or massive_ratio < 1:
         raise ValueError(f"massive_threshold must be >= 0 and massive_ratio >= 1, got {massive_threshold}, {massive_ratio}.")
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}.")
     if prompts is None:
-        from interp.heads import DEFAULT_PROMPTS
-
         prompts = DEFAULT_PROMPTS
     batch = as_batch(model, prompts, prepend_bos=prepend_bos, min_len=max(min_len, sink_position + 2))
     L, H = int(model.cfg.n_layers), int(model.cfg.n_heads)
@@ -610,7 +583,7 @@ def repeated_token_sink(
     the same BOS policy for comparison.
     """
     check_attention_model(model)
-    _check_eps(eps)
+    check_eps(eps)
     if length < 2:
         raise ValueError(f"length must be >= 2, got {length}.")
     tok = model.tokenizer
@@ -649,8 +622,3 @@ def repeated_token_sink(
                                token_id=tid, length=length, prepend_bos=prepend_bos, eps=eps,
                                sink_rate=sink_rate(acc.alpha, 0, eps), alpha=acc.alpha[0],
                                reference_sink_rate=ref)
-
-
-# ----------------------------------------------------------------------- active / dormant
-# (implemented in interp/_active_dormant.py, re-exported here)
-from interp._active_dormant import ActiveDormantResult, _ablated_losses, _token_loss, active_dormant  # noqa: E402,F401

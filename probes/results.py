@@ -109,7 +109,7 @@ class SweepResult(Result):
         """Tidy scores: one row per (hook, [cell,] metric, fold) with ``hook``, ``label``, ``layer``,
         ``cell`` (position/span sweeps), ``metric`` (controls as ``"control.metric"``), ``fold``,
         ``value``."""
-        from interp.results import _pandas
+        from interp.results import require_pandas
 
         rows = []
         src: dict[str, Tensor] = {}
@@ -131,7 +131,7 @@ class SweepResult(Result):
                     rows += [dict(hook=h, label=self.labels[i], layer=self.layers[i], cell=self.cells[c],
                                   metric=m, fold=k, value=float(t[i, c, k]))
                              for c in range(t.shape[1]) for k in range(t.shape[2])]
-        df = _pandas().DataFrame(rows, columns=["hook", "label", "layer", "cell", "metric", "fold", "value"])
+        df = require_pandas().DataFrame(rows, columns=["hook", "label", "layer", "cell", "metric", "fold", "value"])
         df["target"], df["prepend_bos"] = self.target, self.meta.get("prepend_bos")
         return df
 

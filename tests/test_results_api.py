@@ -10,6 +10,7 @@ import torch
 
 import circuits
 import interp.heads as heads_mod
+import interp.scan as scan_mod
 import interp.neurons as neurons_mod
 import interp.rope as R
 import interp.sinks as sinks_mod
@@ -31,7 +32,7 @@ def _all_results(model, prompts, *, graph_model=None, atlas_model=None, gb=3, gt
     out["MassiveActivationsResult"] = sink.massive
     out["RepeatedTokenResult"] = sinks_mod.repeated_token_sink(model, length=8)
     out["PositionalHeadsResult"] = heads_mod.positional_heads(model, prompts, random_control=True)
-    out["ScanResult"] = heads_mod.scan(model, prompts)
+    out["ScanResult"] = scan_mod.scan(model, prompts)
     out["PositionalNeuronsResult"] = neurons_mod.positional_neurons(model, prompts)
     out["ActiveDormantResult"] = sinks_mod.active_dormant(model, {"a": prompts[:2], "b": prompts[2:4]}, layers=[0])
     usage = R.frequency_usage(model, prompts, decompose=True)
@@ -111,10 +112,10 @@ def test_json_round_trip(results, name):
     assert type(back) is type(r)
     assert back == r
     assert type(r).from_json(json.loads(text)) == r
-    from interp.results import _values_equal
+    from interp.results import values_equal
 
     again = json.loads(json.dumps(back.to_json(), allow_nan=False))
-    assert _values_equal(again, json.loads(text), 1e-5, 1e-6)  # to_json(from_json(j)) == j
+    assert values_equal(again, json.loads(text), 1e-5, 1e-6)  # to_json(from_json(j)) == j
 
 
 def test_equality_can_fail(results):

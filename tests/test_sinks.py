@@ -13,7 +13,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from interp import sinks  # noqa: E402
+from interp import scan, sinks  # noqa: E402
 
 from helpers import PROMPTS, _tiny_llama  # noqa: E402
 
@@ -119,7 +119,7 @@ def test_discovery_categories():
 def _per_head_reference(model, prompts, layer, head, method):
     """Loss change of one head, ablated alone in its own unbatched run (reference)."""
     from interp._attnstats import as_batch
-    from interp.sinks import _token_loss
+    from interp._active_dormant import _token_loss
 
     out = []
     for p in prompts:
@@ -253,9 +253,7 @@ def test_gemma_alpha_and_scan(gemma):
     r, errs = _alpha_vs_hf_eager(gemma, ALPHA_PROMPTS)
     print(f"\nGemma-3-270M: max |alpha_0 - HF eager| per prompt = {errs}")
     assert r.n_kv_heads == 1 and max(errs) < 1e-4
-    from interp import heads
-
-    s = heads.scan(gemma, ALPHA_PROMPTS, max_offset=3, batch_size=2)
+    s = scan.scan(gemma, ALPHA_PROMPTS, max_offset=3, batch_size=2)
     assert s.heads.scores.shape == (18, 4, 5) and s.sinks.value_norm.shape[:2] == (18, 4)
 
 
@@ -277,7 +275,7 @@ def test_smollm2_repeated_token_sink_reported(smollm2):
 def test_scan_single_pass_equals_separate_calls(tiny):
     from interp import heads
 
-    s = heads.scan(tiny, PROMPTS, max_offset=3, batch_size=1)
+    s = scan.scan(tiny, PROMPTS, max_offset=3, batch_size=1)
     h = heads.positional_heads(tiny, PROMPTS, max_offset=3, random_control=False, induction_control=False)
     r = sinks.sink_analysis(tiny, PROMPTS)
     assert torch.allclose(s.heads.scores, h.scores, atol=1e-6)
@@ -288,7 +286,7 @@ def test_scan_single_pass_equals_separate_calls(tiny):
     assert set(s.plot()) == {"previous_token", "classes", "sink"}
     assert json.dumps(s.to_json())
     with pytest.raises(ValueError, match="at least 9"):
-        heads.scan(tiny, ["w1 w2 w3"])
+        scan.scan(tiny, ["w1 w2 w3"])
 
 
 # ------------------------------------------------------------------------ planted toy sink

@@ -40,12 +40,12 @@ class CausalCheck(Result):
     def to_frame(self) -> Any:
         """One row per measured quantity: ``quantity``, ``measured``, ``predicted`` (NaN when the
         atlas makes no prediction), ``agrees``, plus the head, kind and band."""
-        from interp.results import _pandas
+        from interp.results import require_pandas
 
         rows = [{"head": self.head, "kind": self.kind, "band": self.band, "quantity": k,
                  "measured": v, "predicted": self.predicted.get(k, float("nan")),
                  "agrees": self.agrees.get(k), "tolerance": self.tolerance} for k, v in self.measured.items()]
-        return _pandas().DataFrame(rows)
+        return require_pandas().DataFrame(rows)
 
     def plot(self) -> go.Figure:
         keys = list(self.measured)

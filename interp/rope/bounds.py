@@ -121,14 +121,14 @@ class BaseBoundsResult(Result):
     def to_frame(self) -> Any:
         """One row per (layer type, m): ``layer_type``, ``base``, ``m`` (relative distance), ``B``
         (the bound curve B(m)), ``satisfied``, ``first_negative``."""
-        from interp.results import _pandas
+        from interp.results import require_pandas
 
         rows = []
         for i, t in enumerate(self.layer_types):
             c = self.curves[i].detach().double().reshape(-1)
             rows += [dict(layer_type=t, base=self.bases[i], m=m, B=float(c[m]), satisfied=self.satisfied[i],
                           first_negative=self.first_negative[i]) for m in range(c.numel())]
-        df = _pandas().DataFrame(rows, columns=["layer_type", "base", "m", "B", "satisfied", "first_negative"])
+        df = require_pandas().DataFrame(rows, columns=["layer_type", "base", "m", "B", "satisfied", "first_negative"])
         df["model"] = self.model
         return df
 

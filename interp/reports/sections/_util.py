@@ -64,7 +64,7 @@ def toy_segment_length(name: str) -> int:
 
 
 def head_scan(ctx: Any) -> Any:
-    """``interp.heads.scan`` of the section's sample of the report prompts (``_data.draw(ctx, "scan")``:
+    """``interp.scan.scan`` of the section's sample of the report prompts (``_data.draw(ctx, "scan")``:
     head scores + sink statistics in one streaming pass, with the random-token and
     repeated-sequence controls), computed once per report and shared by the ``sinks`` and
     ``heads`` sections through ``ctx.cache``.
@@ -76,7 +76,8 @@ def head_scan(ctx: Any) -> Any:
     """
     key = "heads.scan"
     if key not in ctx.cache:
-        from interp.heads import ScanResult, positional_heads, scan
+        from interp.heads import positional_heads
+        from interp.scan import ScanResult, scan
         from interp.reports.sections._data import draw, is_toy
 
         texts = draw(ctx, "scan")
