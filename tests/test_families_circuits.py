@@ -123,7 +123,12 @@ def test_attribute_select_faithfulness_run(family):
     assert torch.isfinite(graph.same_pos).all() and graph.same_pos.abs().max() > 0
     full = circuits.select(graph, n_edges=10 ** 6, do_prune=False)
     r = circuits.faithfulness(pm, full, clean, corrupt, met, n_boot=20, include_bos=True)
-    assert abs(r.f - 1.0) < 1e-4, r
+    # f = (M(C) - M(∅)) / (M(N) - M(∅)) is ill-conditioned when the corruption barely moves the
+    # metric (a random tiny model: M(N) - M(∅) ≈ 2e-4 on stablelm); float32 rounding of ~3e-8 then
+    # reads as |f - 1| ≈ 1e-4. Check M(C) = M(N) to 1e-4 of the gap, the gap floored at 0.01.
+    gap = max(abs(r.m_full - r.m_empty), 1e-2)
+    assert abs(r.m_circuit - r.m_full) < 1e-4 * gap, r
+    torch.testing.assert_close(r.per_example[0], r.per_example[1], atol=1e-5, rtol=0)
     small = circuits.select(graph, n_edges=5)
     r2 = circuits.faithfulness(pm, small, clean, corrupt, met, n_boot=20)
     assert torch.isfinite(torch.tensor(r2.f))
