@@ -198,7 +198,9 @@ class SparseMasks:
         """Concrete ``[b n q k]`` crossing mask of ``heads`` (full rows/columns kept)."""
         pi = self.pos_index.clamp(min=0)
         cr = self.cross[layer, heads, kind]  # [n P P]
-        m = cr[:, pi[:, :, None], pi[:, None, :]].permute(1, 0, 2, 3)  # [b n q k]
+        n, (bsz, T) = cr.shape[0], pi.shape
+        rows = cr[:, pi]  # [n b q P]: one gather per query, then one per key
+        m = torch.gather(rows, 3, pi[None, :, None, :].expand(n, bsz, T, T)).permute(1, 0, 2, 3)  # [b n q k]
         f = self.full
         return m | f[:, None, :, None] | f[:, None, None, :]
 
