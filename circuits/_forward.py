@@ -485,6 +485,7 @@ class PatchableModel:
         grad_nodes: bool = False,
         record_pattern: bool = True,
         masks: SparseMasks | None = None,
+        record_heads: bool = True,
     ) -> dict[str, Any]:
         """The forward pass. Returns a dict with ``"logits"`` and, on request:
 
@@ -498,6 +499,9 @@ class PatchableModel:
         ``embeds`` (``[b p d]``) replaces the ``"embed"`` sender's output (EAP-IG).
         ``masks`` (:class:`circuits._sparse.SparseMasks`): the circuit masks stored sparsely (each
         receiver corrected over its kept or its ablated edges, whichever are fewer).
+        ``record_heads=False`` records no per-head sender outputs: ``senders`` is then
+        ``[b p 1+L d]`` (embed, then each layer's MLP; head outputs are recomputed from ``z``
+        where needed, :func:`circuits._stream.full_senders`).
         ``record_pattern=False`` records no attention patterns (``pattern`` is then an empty
         ``[b L H 0 0]``; :meth:`attention_pattern` recomputes one layer's from q and k).
         """
@@ -698,7 +702,7 @@ class PatchableModel:
                 masks.store(dstore, slot, ss.stop - 1, dm[:, :, None])
                 dcum = dcum + dm
             if record:
-                rec_s += [head_out, mlp_out[:, :, None]]
+                rec_s += [head_out, mlp_out[:, :, None]] if record_heads else [mlp_out[:, :, None]]
                 rec["q"].append(q)
                 rec["k"].append(k)
                 rec["v"].append(v)
