@@ -100,7 +100,7 @@ def long_context(args) -> None:
             ev = FaithfulnessEvaluator(model, clean, corrupt, met, span_index=span_index, n_boot=0)
         rows.append({"T": T, "run": "evaluator setup (ablation + full + empty runs)", "seconds": pk.seconds,
                      "ratio_time": pk.seconds / base_t, "extra_bytes": pk.extra})
-        print(f"  setup {pk.seconds:.2f}s ({pk.seconds / base_t:.1f}x), holds +{pk.extra / 2**20:.0f} MiB", flush=True)
+        print(f"  setup {pk.seconds:.2f}s ({pk.seconds / base_t:.1f}x), peak +{pk.extra / 2**20:.0f} MiB", flush=True)
         for name, c in (("none", c_none), ("span", c_span)):
             ts = []
             for _ in range(args.repeats):
@@ -110,6 +110,7 @@ def long_context(args) -> None:
             t, m = min(x[0] for x in ts), min(x[1] for x in ts)
             row = {"T": T, "run": f"one evaluation, {name} circuit 1 % ({c.n_edges} edges)", "seconds": t,
                    "ratio_time": t / base_t, "extra_bytes": m, "f": r.f}
+            row["load_avg_1min"] = os.getloadavg()[0]  # other processes share the CPUs
             rows.append(row)
             print(f"  {row['run']}: {t:.2f}s ({t / base_t:.2f}x forward), +{m / 2**20:.0f} MiB, f={r.f:.3f}",
                   flush=True)

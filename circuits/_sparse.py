@@ -218,8 +218,13 @@ class SparseMasks:
         st = self._head_status(layer).to(dev)  # [H 3]
         full = self.full.to(dev)
         sel = lambda c, cur, abl: torch.where((c == 1)[None, None, :, None], cur, abl)  # noqa: E731
-        qs, ks = sel(st[:, 0], q, qa), sel(st[:, 1], kh, kah)
-        scores = torch.einsum("bqhe,bkhe->bhqk", qs, ks)
+        qs = sel(st[:, 0], q, qa)
+        kst, vst = st[:, 1].view(G, rep), st[:, 2].view(G, rep)
+        if bool((kst == kst[:, :1]).all()):  # one key source per KV group: the forward's grouped product
+            ks = sel(kst[:, 0], k, ka)
+            scores = torch.einsum("bqgre,bkge->bgrqk", qs.view(b, T, G, rep, e), ks).reshape(b, H, T, T)
+        else:
+            scores = torch.einsum("bqhe,bkhe->bhqk", qs, sel(st[:, 1], kh, kah))
         mixed = torch.nonzero((st[:, 0] < 0) | (st[:, 1] < 0)).flatten()
         if len(mixed):
             Mq = self._concrete(layer, mixed.cpu(), 0).to(dev)
@@ -241,8 +246,11 @@ class SparseMasks:
             scores[:, :, rows, :] = torch.where(fr[:, None, :, None], s_r, scores[:, :, rows, :])
         scores = pm.score(scores).masked_fill(~allowed, float("-inf"))
         A = torch.softmax(scores, dim=-1)
-        vs = sel(st[:, 2], vh, vah)
-        z = torch.einsum("bhqk,bkhe->bqhe", A, vs)
+        if bool((vst == vst[:, :1]).all()):
+            z = torch.einsum("bgrqk,bkge->bqgre", A.view(b, G, rep, T, T),
+                             sel(vst[:, 0], v, va)).reshape(b, T, H, e)
+        else:
+            z = torch.einsum("bhqk,bkhe->bqhe", A, sel(st[:, 2], vh, vah))
         if len(rows):
             # full key columns read the current v (heads that read the ablated one)
             ab = (st[:, 2] != 1)
