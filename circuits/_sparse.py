@@ -225,17 +225,27 @@ class SparseMasks:
             scores = torch.einsum("bqgre,bkge->bgrqk", qs.view(b, T, G, rep, e), ks).reshape(b, H, T, T)
         else:
             scores = torch.einsum("bqhe,bkhe->bhqk", qs, sel(st[:, 1], kh, kah))
-        mixed = torch.nonzero((st[:, 0] < 0) | (st[:, 1] < 0)).flatten()
-        if len(mixed):
-            Mq = self._concrete(layer, mixed.cpu(), 0).to(dev)
-            Mk = self._concrete(layer, mixed.cpu(), 1).to(dev)
-            qm, qam, km_, kam = q[:, :, mixed], qa[:, :, mixed], kh[:, :, mixed], kah[:, :, mixed]
+        def sc(a: Tensor, c: Tensor) -> Tensor:
+            return torch.einsum("bqhe,bkhe->bhqk", a, c)
 
-            def sc(a: Tensor, c: Tensor) -> Tensor:
-                return torch.einsum("bqhe,bkhe->bhqk", a, c)
-
-            scores[:, mixed] = torch.where(Mq, torch.where(Mk, sc(qm, km_), sc(qm, kam)),
-                                           torch.where(Mk, sc(qam, km_), sc(qam, kam)))
+        # heads whose q or k mask varies over position pairs: only the products they use
+        both = torch.nonzero((st[:, 0] < 0) & (st[:, 1] < 0)).flatten()
+        q_only = torch.nonzero((st[:, 0] < 0) & (st[:, 1] >= 0)).flatten()
+        k_only = torch.nonzero((st[:, 0] >= 0) & (st[:, 1] < 0)).flatten()
+        if len(both):
+            Mq = self._concrete(layer, both.cpu(), 0).to(dev)
+            Mk = self._concrete(layer, both.cpu(), 1).to(dev)
+            qm, qam, km_, kam = q[:, :, both], qa[:, :, both], kh[:, :, both], kah[:, :, both]
+            scores[:, both] = torch.where(Mq, torch.where(Mk, sc(qm, km_), sc(qm, kam)),
+                                          torch.where(Mk, sc(qam, km_), sc(qam, kam)))
+        if len(q_only):  # the key source is constant: ks
+            Mq = self._concrete(layer, q_only.cpu(), 0).to(dev)
+            kk = sel(st[:, 1], kh, kah)[:, :, q_only]
+            scores[:, q_only] = torch.where(Mq, sc(q[:, :, q_only], kk), sc(qa[:, :, q_only], kk))
+        if len(k_only):  # the query source is constant: qs
+            Mk = self._concrete(layer, k_only.cpu(), 1).to(dev)
+            qq = qs[:, :, k_only]
+            scores[:, k_only] = torch.where(Mk, sc(qq, kh[:, :, k_only]), sc(qq, kah[:, :, k_only]))
         # protected / padding rows and columns keep every edge: current q and k
         rows = torch.nonzero(full.any(0)).flatten()
         if len(rows):
