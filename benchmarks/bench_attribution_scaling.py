@@ -227,6 +227,7 @@ def main() -> None:
                        "seconds": t, "ratio_time": t / base_t, "extra_bytes": mem,
                        "ratio_memory": mem / max(base_m, 1), "estimate_bytes": est["peak"],
                        "estimate_over_measured": est["peak"] / max(mem, 1)}
+                row["load_avg_1min"] = os.getloadavg()[0]  # other processes share the CPUs
                 rows.append(row)
                 print(f"  {row['run']:<32} {t:8.2f}s {row['ratio_time']:5.2f}x  +{mem / 2**20:7.0f} MiB "
                       f"({row['ratio_memory']:.2f}x)  estimate {est['peak'] / 2**20:7.0f} MiB "

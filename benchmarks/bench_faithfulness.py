@@ -10,7 +10,8 @@ Measured in one process on the same IOI batch (timings interleaved, best of ``--
 * a full 10-point MIB curve (0.1 … 100 % of the span graph's edges, greedy selection included;
   goal < 2 minutes on the 2-core CPU).
 
-Run: ``.venv/bin/python benchmarks/bench_faithfulness.py [--n 16 --threads 1]``. The machine is
+Run: ``.venv/bin/python benchmarks/bench_faithfulness.py [--n 16 --threads 1]``; long context
+(issue 13): ``--long-tokens 512 2048`` (see :func:`long_context`). The machine is
 shared: ``--threads 1`` avoids oversubscription (with 2 threads on a busy box a forward pass was
 ~15× slower); the thread count is printed with the results.
 """
@@ -28,17 +29,115 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
+def long_context(args) -> None:
+    """One evaluation of a 1 %-of-edges circuit at long context vs one bare forward pass.
+
+    SmolLM2, batch 1, random tokens with BOS, counterfactual = second half resampled, metric =
+    one logit at the last position (as ``bench_attribution_scaling.py``). The circuits are the
+    top 1 % of the edges of an EAP graph built on a ``--attr-tokens`` prompt of the same kind:
+    non-positional (``none``), and over an 8-span schema (spans = 8 equal parts of the prompt,
+    evaluated with the same 8 equal parts of the long prompt). Reported, in one process: time
+    (min over ``--repeats``) and peak extra RSS (sampled every 10 ms above the RSS before the
+    call) of the bridge's forward (no gradients), of one evaluation with a ready evaluator, and
+    the RSS the evaluator holds (the ablation source)."""
+    import json
+
+    import torch
+
+    from bench_attribution_scaling import Peak
+    import circuits
+    from circuits.faithfulness import FaithfulnessEvaluator
+    from circuits.metrics import Metric
+    from interp import load_model
+    from interp.schema import SchemaSpans
+
+    torch.manual_seed(0)
+    model = load_model(args.model)
+    V = model.original_model.config.vocab_size
+    bos = model.tokenizer.bos_token_id
+    rows = []
+
+    def data(T: int, seed: int):
+        g = torch.Generator().manual_seed(seed)
+        clean = torch.randint(100, V, (1, T), generator=g)
+        clean[:, 0] = bos
+        corrupt = clean.clone()
+        corrupt[:, T // 2:] = torch.randint(100, V, (1, T - T // 2), generator=g)
+        return clean, corrupt
+
+    def spans8(T: int):
+        bounds = torch.linspace(0, T, 9).round().long().tolist()
+        return [[(bounds[i], bounds[i + 1]) for i in range(8)]], bounds
+
+    target = 1234
+    met = Metric(lambda lg, b: lg[torch.arange(lg.shape[0]), b.last, target], "one_logit")
+    Ta = args.attr_tokens
+    ca, xa = data(Ta, 0)
+    sp, _ = spans8(Ta)
+    schema = SchemaSpans(names=[f"s{i}" for i in range(8)], spans=sp, lengths=[Ta], prepend_bos=True,
+                         prompts=[""], str_tokens=[[""] * Ta])
+    g_none = circuits.attribute(model, ca, xa, met, granularity="none")
+    g_span = circuits.attribute(model, ca, xa, met, granularity="span", schema=schema)
+    c_none = circuits.select(g_none, max(1, g_none.n_edges() // 100))
+    c_span = circuits.select(g_span, max(1, g_span.n_edges() // 100))
+    print(f"circuits from EAP at {Ta} tokens: none {c_none.n_edges} of {g_none.n_edges()} edges, "
+          f"span {c_span.n_edges} of {g_span.n_edges()}", flush=True)
+    for T in args.long_tokens:
+        clean, corrupt = data(T, T)
+        _, bounds = spans8(T)
+        span_index = torch.zeros(1, T, dtype=torch.long)
+        for i in range(8):
+            span_index[:, bounds[i]: bounds[i + 1]] = i
+        fw = []
+        for _ in range(args.repeats):
+            with torch.no_grad(), Peak() as pk:
+                model(clean)
+            fw.append((pk.seconds, pk.extra))
+        base_t, base_m = min(f[0] for f in fw), min(f[1] for f in fw)
+        rows.append({"T": T, "run": "bridge forward (no grad)", "seconds": base_t, "extra_bytes": base_m})
+        print(f"T={T}: forward {base_t:.2f}s +{base_m / 2**20:.0f} MiB", flush=True)
+        with Peak() as pk:
+            ev = FaithfulnessEvaluator(model, clean, corrupt, met, span_index=span_index, n_boot=0)
+        rows.append({"T": T, "run": "evaluator setup (ablation + full + empty runs)", "seconds": pk.seconds,
+                     "ratio_time": pk.seconds / base_t, "extra_bytes": pk.extra})
+        print(f"  setup {pk.seconds:.2f}s ({pk.seconds / base_t:.1f}x), peak +{pk.extra / 2**20:.0f} MiB", flush=True)
+        for name, c in (("none", c_none), ("span", c_span)):
+            ts = []
+            for _ in range(args.repeats):
+                with Peak() as pk:
+                    r = ev(c)
+                ts.append((pk.seconds, pk.extra))
+            t, m = min(x[0] for x in ts), min(x[1] for x in ts)
+            row = {"T": T, "run": f"one evaluation, {name} circuit 1 % ({c.n_edges} edges)", "seconds": t,
+                   "ratio_time": t / base_t, "extra_bytes": m, "f": r.f}
+            row["load_avg_1min"] = os.getloadavg()[0]  # other processes share the CPUs
+            rows.append(row)
+            print(f"  {row['run']}: {t:.2f}s ({t / base_t:.2f}x forward), +{m / 2**20:.0f} MiB, f={r.f:.3f}",
+                  flush=True)
+        del ev
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"model": args.model, "threads": torch.get_num_threads(), "rows": rows}, indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description="faithfulness benchmark")
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--long-tokens", type=int, nargs="*", default=None,
+                    help="long-context mode: one evaluation of a 1 %% circuit at these lengths (batch 1)")
+    ap.add_argument("--attr-tokens", type=int, default=128, help="prompt length of the graph the circuits come from")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "faithfulness_long.json"))
     args = ap.parse_args()
 
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.long_tokens:
+        long_context(args)
+        return
     import circuits
     from circuits.tasks import ioi
     from circuits.curves import MIB_GRID, faithfulness_curve

@@ -100,6 +100,8 @@ class Activations:
                 idx = pm[:, :, None, None].expand(b, p, *t.shape[2:])
                 return torch.gather(t, 1, idx)
             if name == "pattern":
+                if t.shape[-1] == 0:  # not recorded (record_pattern=False)
+                    return t.new_zeros(b, *t.shape[1:3], 0, 0)
                 i1 = pm[:, None, None, :, None].expand(b, *t.shape[1:3], p, t.shape[4])
                 t1 = torch.gather(t, 3, i1)
                 i2 = pm[:, None, None, None, :].expand(b, *t.shape[1:3], p, p)

@@ -85,6 +85,7 @@ from circuits._activations import Activations
 from interp.families import family_of
 from circuits._blocks import Layer, _b, _up, _w, get, load_layers, unsupported
 from circuits._gemma import head_shares
+from circuits._sparse import SparseMasks
 
 __all__ = ["Activations", "PatchableModel", "sender_names", "receiver_names"]
 
@@ -445,17 +446,22 @@ class PatchableModel:
         ablated: Activations | None = None,
         keep: Bool[Tensor, "batch pos sender receiver"] | None = None,
         keep_cross: Bool[Tensor, "batch layer head kind qpos kpos"] | None = None,
+        masks: SparseMasks | None = None,
     ) -> Float[Tensor, "batch pos vocab"]:
         """Logits with edges ``keep == False`` fed from ``ablated`` (see module docstring).
 
         ``ablated`` must be in the same position coordinates as ``tokens`` (use
         :meth:`Activations.align` for counterfactuals of other lengths) with batch 1 or batch.
+        ``masks`` (:class:`circuits._sparse.SparseMasks`) gives the same masks sparsely, in
+        place of ``keep``/``keep_cross``.
         """
-        if (keep is not None or keep_cross is not None) and ablated is None:
-            raise ValueError("keep/keep_cross need `ablated` activations (from .activations(), "
+        if (keep is not None or keep_cross is not None or masks is not None) and ablated is None:
+            raise ValueError("keep/keep_cross/masks need `ablated` activations (from .activations(), "
                              ".mean() or .zeros_like())")
+        if masks is not None and (keep is not None or keep_cross is not None):
+            raise ValueError("pass either masks= (sparse) or keep=/keep_cross= (dense), not both")
         return self.forward(tokens, attention_mask, ablated=ablated, keep=keep,
-                            keep_cross=keep_cross)["logits"]
+                            keep_cross=keep_cross, masks=masks)["logits"]
 
     @torch.no_grad()
     def activations(
@@ -478,6 +484,8 @@ class PatchableModel:
         record: bool = False,
         grad_nodes: bool = False,
         record_pattern: bool = True,
+        masks: SparseMasks | None = None,
+        record_heads: bool = True,
     ) -> dict[str, Any]:
         """The forward pass. Returns a dict with ``"logits"`` and, on request:
 
@@ -489,6 +497,11 @@ class PatchableModel:
           ``[b p 1 d]`` and ``"z"`` (list ``[b p H e]``) — tensors in the autograd graph.
 
         ``embeds`` (``[b p d]``) replaces the ``"embed"`` sender's output (EAP-IG).
+        ``masks`` (:class:`circuits._sparse.SparseMasks`): the circuit masks stored sparsely (each
+        receiver corrected over its kept or its ablated edges, whichever are fewer).
+        ``record_heads=False`` records no per-head sender outputs: ``senders`` is then
+        ``[b p 1+L d]`` (embed, then each layer's MLP; head outputs are recomputed from ``z``
+        where needed, :func:`circuits._stream.full_senders`).
         ``record_pattern=False`` records no attention patterns (``pattern`` is then an empty
         ``[b L H 0 0]``; :meth:`attention_pattern` recomputes one layer's from q and k).
         """
@@ -535,20 +548,39 @@ class PatchableModel:
             delta = x_embed.new_zeros(b, p, S, d)  # z_current - z_ablated, filled as we go
             delta[:, :, 0] = x_embed - abl_s[:, :, 0]
 
+        sparse = masks is not None
+        if sparse:
+            if ablated is None:
+                raise ValueError("masks= needs `ablated` activations")
+            if tuple(masks.pos_index.shape) != (b, p):
+                raise ValueError(f"masks are for a batch {tuple(masks.pos_index.shape)}, the run is {(b, p)}")
+            R = len(self.receivers)
+            groups = [g for l in range(L) for g in (
+                (self.receiver_slice(l).start, self.receiver_slice(l).stop - 1, self.n_upstream(l, "attn")),
+                (self.receiver_slice(l).stop - 1, self.receiver_slice(l).stop, self.n_upstream(l, "mlp")))]
+            slot = masks.senders_needed(groups + [(R - 1, R, S)], S)
+            dstore = x_embed.new_zeros(b, p, max(1, int((slot >= 0).sum())), d)  # δ of needed senders
+            dcum = x_embed - abl_s[:, :, 0]  # Σ δ over the senders so far
+            masks.store(dstore, slot, 0, dcum[:, :, None])
         resid = x_embed
         rec_s: list[Tensor] = [x_embed[:, :, None]]
         rec: dict[str, list[Tensor]] = {k: [] for k in ("q", "k", "v", "z", "pattern")}
-        if patch and grad_nodes:
+        if (patch or masks is not None) and grad_nodes:
             raise ValueError("grad_nodes is for unpatched runs (attribution); drop keep=")
         out: dict[str, Any] = {"qkv": [], "ln1_in": [], "mlp_in": [], "z": []}
         for l, W in enumerate(self.layers):
             rs = self.receiver_slice(l)
             nA = self.n_upstream(l, "attn")
             resid_in = resid  # what a parallel block's MLP reads
-            if patch:  # one input per receiver (each normalised on its own)
-                x = resid[:, :, None, :].expand(b, p, H + 2 * G, d)
-                corr = torch.einsum("bpsr,bpsd->bprd", drop[:, :, :nA, rs.start: rs.stop - 1], delta[:, :, :nA])
-                x = x - corr
+            if sparse:
+                dcum_in = dcum
+            if patch or sparse:  # one input per receiver (each normalised on its own)
+                if sparse:
+                    x = masks.receiver_inputs(resid, dcum, dstore, slot, rs.start, rs.stop - 1, nA)
+                else:
+                    x = resid[:, :, None, :].expand(b, p, H + 2 * G, d)
+                    corr = torch.einsum("bpsr,bpsd->bprd", drop[:, :, :nA, rs.start: rs.stop - 1], delta[:, :, :nA])
+                    x = x - corr
                 xn = self._norm(x, W.ln1_w, W.ln1_b)
                 if self.qk_norm == "proj":  # each receiver: full projection of its own input
                     q = self._diag_proj(xn[:, :, :H], W.W_Q, W.b_Q, W.q_norm_w)
@@ -584,7 +616,11 @@ class PatchableModel:
                 k = self._rot(k, cos, sin)
             kc = None if keep_cross is None else keep_cross[:, l].to(dev)  # [b H 3 q k]
             qg = q.view(b, p, G, rep, e)
-            if kc is not None:
+            if sparse:
+                z, A = masks.attend(self, l, q, k, v, ablated.q[:, l].to(dev).expand_as(q),
+                                    ablated.k[:, l].to(dev).expand_as(k),
+                                    ablated.v[:, l].to(dev).expand_as(v), allowed_by[W.window])
+            elif kc is not None:
                 qa = ablated.q[:, l].to(dev).expand_as(q).reshape(b, p, G, rep, e)
                 ka = ablated.k[:, l].to(dev).expand_as(k)
                 va = ablated.v[:, l].to(dev).expand_as(v)
@@ -597,16 +633,17 @@ class PatchableModel:
                                      torch.where(Mk, sc(qa, k), sc(qa, ka)))
             else:
                 scores = torch.einsum("bqgre,bkge->bgrqk", qg, k).reshape(b, H, p, p)
-            scores = self.score(scores).masked_fill(~allowed_by[W.window], float("-inf"))
-            A = torch.softmax(scores, dim=-1)
-            Ag = A.view(b, G, rep, p, p)
-            if kc is not None:
-                Mv_f = Mv.to(A.dtype).view(b, G, rep, p, p)
-                z = (torch.einsum("bgrqk,bkge->bqgre", Ag * Mv_f, v)
-                     + torch.einsum("bgrqk,bkge->bqgre", Ag * (1 - Mv_f), va))
-            else:
-                z = torch.einsum("bgrqk,bkge->bqgre", Ag, v)
-            z = z.reshape(b, p, H, e)
+            if not sparse:
+                scores = self.score(scores).masked_fill(~allowed_by[W.window], float("-inf"))
+                A = torch.softmax(scores, dim=-1)
+                Ag = A.view(b, G, rep, p, p)
+                if kc is not None:
+                    Mv_f = Mv.to(A.dtype).view(b, G, rep, p, p)
+                    z = (torch.einsum("bgrqk,bkge->bqgre", Ag * Mv_f, v)
+                         + torch.einsum("bgrqk,bkge->bqgre", Ag * (1 - Mv_f), va))
+                else:
+                    z = torch.einsum("bgrqk,bkge->bqgre", Ag, v)
+                z = z.reshape(b, p, H, e)
             if grad_nodes:
                 out["z"].append(z)
             head_out = torch.einsum("bqhe,hed->bqhd", z, W.W_O)
@@ -623,11 +660,19 @@ class PatchableModel:
             ss = self.sender_slice(l)
             if patch:
                 delta[:, :, ss.start: ss.stop - 1] = head_out - abl_s[:, :, ss.start: ss.stop - 1]
+            elif sparse:
+                dh = head_out - abl_s[:, :, ss.start: ss.stop - 1]
+                masks.store(dstore, slot, ss.start, dh)
+                dcum = dcum + dh.sum(2)
             # MLP (a parallel block's MLP reads the block's input, not the attention output)
             nM = self.n_upstream(l, "mlp")
             xm = (resid_in if self.parallel else resid).unsqueeze(2)  # a view of its own: its gradient is the MLP input's only
             if patch:
                 xm = xm - torch.einsum("bps,bpsd->bpd", drop[:, :, :nM, rs.stop - 1], delta[:, :, :nM]).unsqueeze(2)
+            elif sparse:
+                xm = masks.receiver_inputs(resid_in if self.parallel else resid,
+                                           dcum_in if self.parallel else dcum, dstore, slot,
+                                           rs.stop - 1, rs.stop, nM)
             if grad_nodes:
                 out["mlp_in"].append(xm)
             xm = xm[:, :, 0]
@@ -652,8 +697,12 @@ class PatchableModel:
             resid = resid + mlp_out
             if patch:
                 delta[:, :, ss.stop - 1] = mlp_out - abl_s[:, :, ss.stop - 1]
+            elif sparse:
+                dm = mlp_out - abl_s[:, :, ss.stop - 1]
+                masks.store(dstore, slot, ss.stop - 1, dm[:, :, None])
+                dcum = dcum + dm
             if record:
-                rec_s += [head_out, mlp_out[:, :, None]]
+                rec_s += [head_out, mlp_out[:, :, None]] if record_heads else [mlp_out[:, :, None]]
                 rec["q"].append(q)
                 rec["k"].append(k)
                 rec["v"].append(v)
@@ -663,6 +712,9 @@ class PatchableModel:
         xf = resid.unsqueeze(2)
         if patch:
             xf = xf - torch.einsum("bps,bpsd->bpd", drop[:, :, :, -1], delta).unsqueeze(2)
+        elif sparse:
+            R = len(self.receivers)
+            xf = masks.receiver_inputs(resid, dcum, dstore, slot, R - 1, R, S)
         out["logits_in"] = xf
         xf = xf[:, :, 0]
         logits = self._norm(xf, self.lnf_w, self.lnf_b) @ self.W_U

@@ -30,7 +30,7 @@ from torch import Tensor
 from circuits._forward import Activations, PatchableModel
 
 __all__ = ["GradPoints", "eap_grads", "ig_grads", "align_lite", "layer_same_blocks",
-           "layer_cross_blocks", "acc_dtype_for"]
+           "layer_cross_blocks", "acc_dtype_for", "full_senders", "sender_delta"]
 
 
 def acc_dtype_for(device: torch.device) -> torch.dtype:
@@ -97,7 +97,9 @@ def eap_grads(pm: PatchableModel, met: Any, e_clean: Tensor, mask: Tensor, idx: 
     emb = e_clean.clone().requires_grad_(True)
     b = e_clean.shape[0]
     with torch.enable_grad():
-        out = pm.forward(None, mask, embeds=emb, grad_nodes=True, record=True, record_pattern=False)
+        # no per-head sender outputs ([b p S d]) live during the backward: recomputed from z after
+        out = pm.forward(None, mask, embeds=emb, grad_nodes=True, record=True, record_pattern=False,
+                         record_heads=False)
         acts = out["activations"].detach()
         from circuits.metrics import MetricBatch
 
@@ -141,6 +143,57 @@ def ig_grads(pm: PatchableModel, met: Any, e_clean: Tensor, e_abl: Tensor, mask:
             z = [x + y for x, y in zip(z, z_c)]
     assert mlp is not None and logits is not None and z is not None
     return GradPoints(ln_all, qkv_all, mlp, logits, z, m, b)
+
+
+def _head_outputs(pm: PatchableModel, layer: int, z: Tensor) -> Tensor:
+    """Head sender outputs ``[b p H d]`` of layer ``layer`` from its head results ``z``, exactly
+    as :meth:`PatchableModel.forward` computes them (sandwich / post-norm: shares of the
+    normalised sum, :func:`circuits._gemma.head_shares`)."""
+    from circuits._gemma import head_shares
+
+    W = pm.layers[layer]
+    out = torch.einsum("bqhe,hed->bqhd", z, W.W_O)
+    if W.post_attn_w is not None:
+        out, _ = head_shares(out, W.b_O, W.post_attn_w, pm.eps, pm.norm_offset)
+    return out
+
+
+def full_senders(pm: PatchableModel, acts: Activations) -> Tensor:
+    """Sender outputs ``[b p S d]`` of activations recorded with ``record_heads=False``
+    (``senders`` = embed and MLP outputs): head outputs recomputed from ``z`` layer by layer."""
+    S = len(pm.senders)
+    if acts.senders.shape[2] == S:
+        return acts.senders
+    b, p, _, d = acts.senders.shape
+    out = acts.senders.new_empty(b, p, S, d)
+    out[:, :, 0] = acts.senders[:, :, 0]
+    for l in range(pm.n_layers):
+        ss = pm.sender_slice(l)
+        out[:, :, ss.start: ss.stop - 1] = _head_outputs(pm, l, acts.z[:, l])
+        out[:, :, ss.stop - 1] = acts.senders[:, :, 1 + l]
+    return out
+
+
+def sender_delta(pm: PatchableModel, clean: Activations, abl: Activations | None, in_place: bool) -> Tensor:
+    """Sender deltas ``z* − z`` ``[b p S d]`` (``abl`` None: zero ablation, ``−z``). ``clean`` may
+    lack head outputs (``record_heads=False``): they are recomputed one layer at a time and
+    subtracted into ``abl.senders`` itself when ``in_place`` (its own per-example buffer), so
+    no second ``[b p S d]`` buffer is made."""
+    S = len(pm.senders)
+    lite = clean.senders.shape[2] != S
+    if abl is None:
+        return full_senders(pm, clean).neg_() if lite else clean.senders.neg_()
+    if not lite:
+        return abl.senders.sub_(clean.senders) if in_place else clean.senders.neg_().add_(abl.senders)
+    if not in_place:
+        return full_senders(pm, clean).neg_().add_(abl.senders)
+    delta = abl.senders
+    delta[:, :, 0] -= clean.senders[:, :, 0]
+    for l in range(pm.n_layers):
+        ss = pm.sender_slice(l)
+        delta[:, :, ss.start: ss.stop - 1] -= _head_outputs(pm, l, clean.z[:, l])
+        delta[:, :, ss.stop - 1] -= clean.senders[:, :, 1 + l]
+    return delta
 
 
 def align_lite(a: Activations, position_map: Tensor) -> Activations:

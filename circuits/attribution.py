@@ -47,7 +47,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from circuits._forward import Activations, PatchableModel
-from circuits._stream import acc_dtype_for, align_lite, eap_grads, ig_grads, layer_cross_blocks
+from circuits._stream import (acc_dtype_for, align_lite, eap_grads, ig_grads, layer_cross_blocks,
+                              sender_delta)
 from circuits.graph import GRAPH_VERSION, AttributionGraph
 from circuits.metrics import Metric, MetricBatch, as_metric
 
@@ -605,7 +606,7 @@ def attribute(
             abl = ablation_source()
             with torch.no_grad():
                 out0 = pm.forward(toks, mask, record=True, record_pattern=False,
-                                  grad_nodes=method == "atp*-ig")
+                                  grad_nodes=method == "atp*-ig", record_heads=False)
             acts = out0["activations"]
             clean_ln1 = out0["ln1_in"]
             clean_logits = out0["logits"] if met.needs_clean else None
@@ -620,13 +621,12 @@ def attribute(
             del out0
         metric_total += tot
         # sender deltas z* − z [b p S d]; ablated q/k/v per layer
+        # (head outputs recomputed from z: the clean runs record none, _stream.sender_delta)
+        delta = sender_delta(pm, acts, abl, in_place=ablation == "counterfactual")
         if abl is None:
-            delta = acts.senders.neg_()
             za = torch.zeros_like(acts.q[:1])
             qa_all, ka_all, va_all = za, torch.zeros_like(acts.k[:1]), torch.zeros_like(acts.v[:1])
         else:  # in place: one [b p S d] buffer
-            delta = (abl.senders.sub_(acts.senders) if ablation == "counterfactual"
-                     else acts.senders.neg_().add_(abl.senders))
             qa_all, ka_all, va_all = abl.q, abl.k, abl.v
         q_all, k_all, v_all, z_all = acts.q, acts.k, acts.v, acts.z
         del acts, abl

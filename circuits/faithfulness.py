@@ -34,6 +34,7 @@ from torch import Tensor
 from interp.results import Result
 
 from ._forward import Activations
+from ._sparse import SparseMasks
 from .circuit import Circuit, concrete_edge_counts
 
 __all__ = ["Faithfulness", "FaithfulnessEvaluator", "faithfulness", "expand_masks", "position_index"]
@@ -365,15 +366,23 @@ class FaithfulnessEvaluator:
             if self.ablation == "counterfactual":
                 xb, pmap = self.data.corrupt, self.data.position_map
                 wx = int(xb.mask[sl].sum(1).max())
-                ax = self.pm.activations(xb.tokens[sl, :wx].to(self.pm.device), xb.mask[sl, :wx].to(self.pm.device))
+                ax = self._record(xb.tokens[sl, :wx], xb.mask[sl, :wx])
                 src = pmap[sl, :w].clamp(max=wx - 1).to(self.pm.device)
                 # as in attribution: aligned counterfactual q/k re-rotated to the clean positions
                 self._acts[key] = _realign_rope(self.pm, ax.align(src), src)
             elif self.ablation == "mean":
                 self._acts[key] = self._fit_width(self._mean, w)
             else:
-                self._acts[key] = self.pm.activations(self.tokens[sl][:1, :w], self.mask[sl][:1, :w]).zeros_like()
+                self._acts[key] = self._record(self.tokens[sl][:1, :w], self.mask[sl][:1, :w]).zeros_like()
         return self._acts[key]
+
+    def _record(self, tokens: Tensor, mask: Tensor) -> Activations:
+        """Ablation source without attention patterns (the patched forward does not read them;
+        ``[b L H T T]`` would dominate memory at long context)."""
+        dev = self.pm.device
+        with torch.no_grad():
+            return self.pm.forward(tokens.to(dev), mask.to(dev), record=True,
+                                   record_pattern=False)["activations"]
 
     def _run_all(self, circuit: Any) -> tuple[Tensor, Tensor]:
         """Run every chunk (``circuit``: a Circuit, ``"empty"``, ``None`` = unpatched, or a
@@ -390,12 +399,13 @@ class FaithfulnessEvaluator:
                 if self.metric.needs_clean:
                     self._clean_logits[sl.start] = logits
             else:
-                if isinstance(circuit, tuple):
+                if isinstance(circuit, tuple):  # explicit dense masks
                     keep, keep_cross = circuit[0][sl, :w], circuit[1][sl, ..., :w, :w]
+                    logits = self.pm.run(tok, mask, ablated=self._ablated(sl, w), keep=keep.to(dev),
+                                         keep_cross=keep_cross.to(dev))
                 else:
-                    keep, keep_cross = self._masks(circuit, sl, w)
-                logits = self.pm.run(tok, mask, ablated=self._ablated(sl, w), keep=keep.to(dev),
-                                     keep_cross=keep_cross.to(dev))
+                    logits = self.pm.run(tok, mask, ablated=self._ablated(sl, w),
+                                         masks=self._sparse_masks(circuit, sl, w))
             idx = torch.arange(sl.start, sl.stop, device=dev)
             mb = MetricBatch.from_mask(mask, idx, self._clean_logits.get(sl.start))
             vals = self.metric(logits, mb).detach().float()
@@ -406,6 +416,20 @@ class FaithfulnessEvaluator:
             rows = torch.arange(logits.shape[0], device=logits.device)
             last_logits.append(logits[rows, self.last[sl].to(logits.device)].float().cpu())
         return torch.cat(metric_vals), torch.cat(last_logits)
+
+    def _sparse_masks(self, circuit: Circuit | str, sl: slice, w: int) -> SparseMasks:
+        """The circuit's masks for examples ``sl`` (width ``w``), stored sparsely: the abstract
+        circuit and each token's abstract position (:class:`circuits._sparse.SparseMasks`)."""
+        prot = self.protect[sl, :w]
+        if circuit == "empty":
+            S, R = len(self.pm.senders), len(self.pm.receivers)
+            L, H = self.pm.n_layers, self.pm.n_heads
+            pi = torch.where(self.mask[sl, :w].cpu().bool(), 0, -1)
+            return SparseMasks.build(torch.zeros(1, S, R, dtype=torch.bool),
+                                     torch.zeros(L, H, 3, 1, 1, dtype=torch.bool), pi, prot)
+        assert isinstance(circuit, Circuit)
+        pi = self.position_index(circuit)[sl, :w]
+        return SparseMasks.build(circuit.same_pos, circuit.cross, pi, prot)
 
     def _masks(self, circuit: Circuit | str, sl: slice, w: int) -> tuple[Tensor, Tensor]:
         b = sl.stop - sl.start
@@ -480,10 +504,9 @@ class FaithfulnessEvaluator:
         B, T = self.tokens.shape
         out = None
         for sl, w in self._chunks():
-            keep, keep_cross = self._masks(circuit, sl, w)
             dev = self.pm.device
             lg = self.pm.run(self.tokens[sl, :w].to(dev), self.mask[sl, :w].to(dev),
-                             ablated=self._ablated(sl, w), keep=keep.to(dev), keep_cross=keep_cross.to(dev))
+                             ablated=self._ablated(sl, w), masks=self._sparse_masks(circuit, sl, w))
             if out is None:
                 out = lg.new_zeros(B, T, lg.shape[-1])
             out[sl, :w] = lg

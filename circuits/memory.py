@@ -6,8 +6,9 @@ of :func:`circuits.attribute` holds at its peak (beyond the model's weights):
 * ``forward_backward``: what autograd saves in one forward + backward of the patchable model
   (per layer and token: the attention row ``H·T``, the q/k/v/rotary/z activations and the MLP
   activations; EAP-IG: times the interpolation points run together);
-* ``activations``: the recorded clean run (all sender outputs ``S·d`` plus per-layer q/k/v/z)
-  and ``ablation``: the ablation source (sender outputs and q/k/v, no patterns);
+* ``activations``: the recorded clean run (embedding and MLP outputs ``(1+L)·d`` plus per-layer
+  q/k/v/z; head outputs are recomputed from z after the backward) and ``ablation``: the ablation
+  source (all sender outputs and q/k/v, no patterns; its sender buffer becomes the deltas);
 * ``gradients``: the compact gradients (per layer and point: the residual and q/k/v
   gradients; MLP-input and head-result gradients);
 * ``layer_work``: one layer's receiver gradients ``[b T H+2G+1 d]``, its recomputed attention
@@ -106,7 +107,7 @@ def estimate_memory(model: Any, n_tokens: int, batch_size: int = 1, *,
     lin = 8 * d + 6 * (H + 2 * G) * e + 5 * m
     rows = H * T * el if attention == "eager" else 0
     fwd_bwd = pts * (bt * L * (lin * el + rows) + bt * 2 * s["vocab"] * el)
-    acts = bt * (S * d + L * 4 * H * e) * el
+    acts = bt * ((1 + L) * d + L * 4 * H * e) * el  # no per-head sender outputs (recomputed from z)
     abl = bt * (S * d + L * 3 * H * e) * el
     n_pts = 1 if method == "eap" else int(ig_steps)
     grads = bt * L * (n_pts * (d + (H + 2 * G) * e) + d + H * e) * el
@@ -125,7 +126,7 @@ def estimate_memory(model: Any, n_tokens: int, batch_size: int = 1, *,
         output = 8 * P * (S + R) + WORK_BYTES
     # EAP runs the ablation source after the backward; EAP-IG needs it before (interpolation)
     phase_a = fwd_bwd + acts + grads + (abl if method != "eap" else 0)
-    phase_b = acts - bt * S * d * el + abl + grads + layer_work  # delta replaces the ablated senders
+    phase_b = acts + abl + grads + layer_work  # the deltas are made in the ablated senders' buffer
     peak = max(phase_a, phase_b) + output
     return {"forward_backward": int(fwd_bwd), "activations": int(acts), "ablation": int(abl),
             "gradients": int(grads), "layer_work": int(layer_work), "output": int(output),
@@ -183,16 +184,18 @@ def plan_attribution(pm: Any, *, n_tokens: int, n_examples: int, batch_size: int
 
 
 def estimate_faithfulness_memory(model: Any, n_tokens: int, batch_size: int = 1) -> dict[str, int]:
-    """Bytes of one patched forward of :class:`circuits.FaithfulnessEvaluator` (dense masks, as
-    the patched forward takes them today): ``masks`` (``keep`` ``[b T S R]`` bools + its float
-    drop copy, ``keep_cross`` ``[b L H 3 T T]`` bools), ``ablation`` (sender outputs and q/k/v of
-    the ablation source), ``forward`` (sender deltas ``[b T S d]``, one layer's four score
-    combinations and receiver inputs), ``peak`` their sum."""
+    """Bytes of one patched forward of :class:`circuits.FaithfulnessEvaluator` with sparse masks
+    (:class:`circuits._sparse.SparseMasks`), upper bounds for any circuit: ``masks`` (one layer's
+    concrete crossing masks when every head's mask varies over position pairs, ``[b H 3 T T]``
+    bools), ``ablation`` (sender outputs and q/k/v/z of the ablation source, held by the
+    evaluator), ``forward`` (the stored sender deltas ``[b T S d]`` when every sender is needed,
+    one layer's score / pattern temporaries and receiver inputs, the logits), ``peak`` their
+    sum."""
     s = _shapes(model)
     L, H, G, d, e, S, R, el = (s[x] for x in ("L", "H", "G", "d", "e", "S", "R", "elem"))
     b, T = int(batch_size), int(n_tokens)
-    masks = b * T * S * R * (1 + el) + b * L * H * 3 * T * T
-    abl = b * T * (S * d + L * 3 * H * e) * el
+    masks = b * H * 3 * T * T
+    abl = b * T * (S * d + L * 4 * H * e) * el
     fwd = b * T * S * d * el + 6 * b * H * T * T * el + b * T * (H + 2 * G + 1) * d * el * 3 \
         + b * T * s["vocab"] * el
     return {"masks": int(masks), "ablation": int(abl), "forward": int(fwd),
@@ -209,5 +212,5 @@ def fit_faithfulness_batch(model: Any, n_tokens: int, batch_size: int, max_memor
             return b
     need = estimate_faithfulness_memory(model, n_tokens, 1)["peak"]
     raise MemoryError(f"one patched forward of a {n_tokens}-token example needs about "
-                      f"{format_bytes(need)} beyond the weights (dense keep masks) but max_memory is "
+                      f"{format_bytes(need)} beyond the weights but max_memory is "
                       f"{format_bytes(budget)}: use shorter prompts or raise max_memory")

@@ -1,0 +1,279 @@
+"""Circuit masks of a batch stored sparsely, and the patched forward's sparse corrections.
+
+The dense patched forward (:meth:`circuits._forward.PatchableModel.forward` with ``keep`` /
+``keep_cross``) holds ``keep [b T S R]`` and ``keep_cross [b L H 3 T T]`` and corrects every
+receiver over all upstream senders:
+:math:`x_r[t] = \\mathrm{resid}[t] - \\sum_{s} (1-\\mathrm{keep}[t,s,r])\\,\\delta_s[t]`,
+:math:`\\delta_s = z_s - z^*_s` (Haklay et al. 2025, arXiv:2502.04577; MIB, Mueller et al. 2025,
+arXiv:2504.13151). :class:`SparseMasks` keeps the *abstract* circuit (``same_pos [P S R]``,
+``cross [L H 3 P P]``) plus each token's abstract position, and per receiver uses whichever of
+the two equal forms has fewer terms:
+
+.. math:: x_r[t] = \\mathrm{resid}[t] - \\sum_{s \\notin C_r} \\delta_s[t]
+          = \\underbrace{\\mathrm{resid}[t] - \\sum_{s} \\delta_s[t]}_{\\text{ablated residual}}
+          + \\sum_{s \\in C_r} \\delta_s[t]
+
+(kept edges ``C_r`` for a small circuit, ablated ones for a large one); the ablated residual is
+one running sum. Tokens that keep every edge (BOS unless ``include_bos``, padding) read the
+current residual. Only the senders some correction needs have their ``δ`` stored.
+
+Crossing edges: for each head and kind (q, k, v) the abstract mask restricted to the position
+pairs that occur in the batch (causal pairs of non-protected tokens) is mostly constant (all
+kept or all ablated — always at granularity ``"none"``); such heads take their query / key /
+value from the current or the ablated run with one score and one value product, and only the
+rows and columns of protected tokens are recomputed with the current q/k/v. Heads whose mask
+varies over pairs are computed with the dense four-combination formula for those heads only.
+Masks are expanded to tokens one layer (and one head set) at a time, never all at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+__all__ = ["SparseMasks"]
+
+_CHUNK = 1 << 15  # concrete same-position terms added per index_put_ (bounds the [n d] temporary)
+
+
+@dataclass
+class _Terms:
+    """Concrete correction terms of one receiver group: ``x[tok, r] += sign · δ[tok, slot]``."""
+
+    kept_mode: Tensor  # [Rl] bool: receiver reads the ablated residual + kept edges
+    tok: Tensor  # [C] flat token index b·T + t
+    r: Tensor  # [C] receiver index within the group
+    slot: Tensor  # [C] delta slot of the sender
+    sign: Tensor  # [C] +1 (kept edge) / −1 (ablated edge)
+
+
+@dataclass
+class SparseMasks:
+    """Concrete circuit masks of one batch, stored as the abstract circuit and token positions.
+
+    ``keep[b, t, s, r] = same_pos[pos_index[b, t], s, r] or full[b, t]`` and
+    ``keep_cross[b, l, h, k, t, t'] = cross[l, h, k, pos_index[b, t], pos_index[b, t']]`` or
+    ``full[b, t]`` or ``full[b, t']`` — exactly :func:`circuits.faithfulness.expand_masks`
+    (``full`` = padding or protected); neither is ever materialised for the whole model.
+    """
+
+    same_pos: Bool[Tensor, "pos sender receiver"]
+    cross: Bool[Tensor, "layer head kind qpos kpos"]
+    pos_index: Int[Tensor, "batch tok"]
+    full: Bool[Tensor, "batch tok"]
+    _cache: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @classmethod
+    def build(cls, same_pos: Bool[Tensor, "pos sender receiver"], cross: Bool[Tensor, "layer head kind qpos kpos"],
+              pos_index: Int[Tensor, "batch tok"], protect: Bool[Tensor, "batch tok"] | None = None,
+              ) -> "SparseMasks":
+        full = pos_index < 0
+        if protect is not None:
+            full = full | protect.to(full.device)
+        return cls(same_pos.bool(), cross.bool(), pos_index.long(), full)
+
+    @property
+    def n_kept(self) -> int:
+        """Abstract edges kept (same-position + crossing)."""
+        return int(self.same_pos.sum()) + int(self.cross.sum())
+
+    # ------------------------------------------------------------------ same-position edges
+    def _tokens_by_position(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Non-full tokens (flat ``b·T + t``) sorted by abstract position, with per-position
+        start offsets and counts ``[P]``."""
+        if "tok" not in self._cache:
+            P = self.same_pos.shape[0]
+            pi = self.pos_index.reshape(-1)
+            ok = ~self.full.reshape(-1)
+            flat = torch.nonzero(ok).flatten()
+            p_of = pi[flat]
+            order = torch.argsort(p_of, stable=True)
+            flat, p_of = flat[order], p_of[order]
+            counts = torch.bincount(p_of, minlength=P)
+            starts = torch.cumsum(counts, 0) - counts
+            self._cache["tok"] = (flat, starts, counts)
+        return self._cache["tok"]
+
+    def _group(self, r0: int, r1: int, n_up: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Abstract terms of receivers ``r0:r1`` with senders ``< n_up``: ``(kept_mode [Rl],
+        p, s, r_local)`` (cached)."""
+        key = ("g", r0, r1, n_up)
+        if key not in self._cache:
+            _, _, counts = self._tokens_by_position()
+            sp = self.same_pos[:, :n_up, r0:r1]  # [P s Rl]
+            w = counts.to(torch.float64)  # tokens per abstract position
+            kept_w = torch.einsum("psr,p->r", sp.to(torch.float64), w)
+            total = float(w.sum()) * n_up
+            kept_mode = kept_w <= total / 2
+            sel = torch.where(kept_mode[None, None, :], sp, ~sp)
+            p, s, r = sel.nonzero(as_tuple=True)
+            self._cache[key] = (kept_mode, p, s, r)
+        return self._cache[key]
+
+    def senders_needed(self, groups: list[tuple[int, int, int]], n_senders: int) -> Tensor:
+        """Slot of every sender whose δ some correction of ``groups`` needs (``-1``: none)."""
+        used = torch.zeros(n_senders, dtype=torch.bool)
+        for r0, r1, n_up in groups:
+            _, _, s, _ = self._group(r0, r1, n_up)
+            used[s] = True
+        slot = torch.full((n_senders,), -1, dtype=torch.long)
+        slot[used] = torch.arange(int(used.sum()))
+        return slot
+
+    @staticmethod
+    def store(dstore: Tensor, slot: Tensor, s0: int, deltas: Tensor) -> None:
+        """Keep ``δ`` of senders ``s0 : s0 + n`` (``deltas [b T n d]``) that have a slot."""
+        sl = slot[s0: s0 + deltas.shape[2]]
+        m = sl >= 0
+        if bool(m.any()):
+            dstore[:, :, sl[m].to(dstore.device)] = deltas[:, :, m.to(deltas.device)]
+
+    def _terms(self, r0: int, r1: int, n_up: int, slot: Tensor) -> _Terms:
+        kept_mode, p, s, r = self._group(r0, r1, n_up)
+        flat, starts, counts = self._tokens_by_position()
+        cnt = counts[p]
+        e_rep = torch.repeat_interleave(torch.arange(len(p)), cnt)
+        within = torch.arange(int(cnt.sum())) - (torch.cumsum(cnt, 0) - cnt)[e_rep]
+        tok = flat[starts[p][e_rep] + within]
+        sign = torch.where(kept_mode[r], 1.0, -1.0)
+        return _Terms(kept_mode, tok, r[e_rep], slot[s][e_rep], sign[e_rep])
+
+    def receiver_inputs(
+        self, resid: Float[Tensor, "batch tok d_model"], dcum: Float[Tensor, "batch tok d_model"],
+        delta: Float[Tensor, "batch tok slot d_model"], slot: Int[Tensor, " sender"],
+        r0: int, r1: int, n_up: int,
+    ) -> Float[Tensor, "batch tok recv d_model"]:
+        """Inputs of receivers ``r0:r1`` (senders ``< n_up`` upstream): ``resid`` is the current
+        residual they read, ``dcum = Σ_{s < n_up} δ_s`` (so ``resid − dcum`` is the ablated
+        residual) and ``delta`` the stored ``δ`` of the needed senders (``slot``)."""
+        b, T, d = resid.shape
+        tm = self._terms(r0, r1, n_up, slot)
+        dev = resid.device
+        km = tm.kept_mode.to(dev)
+        use_abl = km[None, None, :] & ~self.full.to(dev)[:, :, None]  # [b T Rl]
+        x = torch.where(use_abl[..., None], (resid - dcum)[:, :, None], resid[:, :, None])  # [b T Rl d]
+        if len(tm.tok):
+            xf = x.view(b * T * (r1 - r0), d)
+            df = delta.reshape(b * T * delta.shape[2], d)
+            ns = delta.shape[2]
+            for i in range(0, len(tm.tok), _CHUNK):
+                tk = tm.tok[i: i + _CHUNK].to(dev)
+                src = df[tk * ns + tm.slot[i: i + _CHUNK].to(dev)] * tm.sign[i: i + _CHUNK].to(dev, x.dtype)[:, None]
+                xf.index_put_((tk * (r1 - r0) + tm.r[i: i + _CHUNK].to(dev),), src, accumulate=True)
+        return x
+
+    # ------------------------------------------------------------------ crossing edges
+    def _pair_occurs(self) -> Tensor:
+        """``[P P]``: abstract pair ``(p, p')`` has a causal token pair ``t' ≤ t`` of non-full
+        tokens with ``pos_index`` ``p`` at ``t`` and ``p'`` at ``t'`` in some example."""
+        if "occ" not in self._cache:
+            P = self.same_pos.shape[0]
+            b, T = self.pos_index.shape
+            ok = ~self.full
+            pi = torch.where(ok, self.pos_index, P)  # P: a dump slot
+            t = torch.arange(T).expand(b, T)
+            big = torch.full((b, P + 1), T, dtype=torch.long)
+            first = big.scatter_reduce(1, pi, t, "amin", include_self=True)[:, :P]
+            last = torch.full((b, P + 1), -1, dtype=torch.long).scatter_reduce(1, pi, t, "amax",
+                                                                                include_self=True)[:, :P]
+            occ = (first[:, None, :] <= last[:, :, None]) & (last[:, :, None] >= 0) & (first[:, None, :] < T)
+            self._cache["occ"] = occ.any(0)
+        return self._cache["occ"]
+
+    def _head_status(self, layer: int) -> Tensor:
+        """``[H 3]`` int: 1 = every occurring pair kept, 0 = every one ablated, −1 = mixed."""
+        occ = self._pair_occurs()
+        cr = self.cross[layer]  # [H 3 P P]
+        n = int(occ.sum())
+        if n == 0:
+            return torch.ones(cr.shape[:2], dtype=torch.long)
+        kept = (cr & occ).sum((-1, -2))
+        return torch.where(kept == n, 1, torch.where(kept == 0, 0, -1))
+
+    def _concrete(self, layer: int, heads: Tensor, kind: int) -> Tensor:
+        """Concrete ``[b n q k]`` crossing mask of ``heads`` (full rows/columns kept)."""
+        pi = self.pos_index.clamp(min=0)
+        cr = self.cross[layer, heads, kind]  # [n P P]
+        n, (bsz, T) = cr.shape[0], pi.shape
+        rows = cr[:, pi]  # [n b q P]: one gather per query, then one per key
+        m = torch.gather(rows, 3, pi[None, :, None, :].expand(n, bsz, T, T)).permute(1, 0, 2, 3)  # [b n q k]
+        f = self.full
+        return m | f[:, None, :, None] | f[:, None, None, :]
+
+    def attend(self, pm: Any, layer: int, q: Tensor, k: Tensor, v: Tensor, qa: Tensor, ka: Tensor,
+               va: Tensor, allowed: Tensor) -> tuple[Tensor, Tensor]:
+        """Attention of one layer with its crossing edges patched. ``q [b T H e]``, ``k``/``v``
+        ``[b T G e]`` (current run), ``qa``/``ka``/``va`` the ablated ones (same shapes),
+        ``allowed [b 1 T T]``. Returns ``z [b T H e]`` and the pattern ``[b H T T]``."""
+        b, T, H, e = q.shape
+        G = k.shape[2]
+        rep = H // G
+        dev = q.device
+        hk = torch.arange(H, device=dev) // rep
+        kh, vh, kah, vah = k[:, :, hk], v[:, :, hk], ka[:, :, hk], va[:, :, hk]  # per query head
+        st = self._head_status(layer).to(dev)  # [H 3]
+        full = self.full.to(dev)
+        sel = lambda c, cur, abl: torch.where((c == 1)[None, None, :, None], cur, abl)  # noqa: E731
+        qs = sel(st[:, 0], q, qa)
+        kst, vst = st[:, 1].view(G, rep), st[:, 2].view(G, rep)
+        if bool((kst == kst[:, :1]).all()):  # one key source per KV group: the forward's grouped product
+            ks = sel(kst[:, 0], k, ka)
+            scores = torch.einsum("bqgre,bkge->bgrqk", qs.view(b, T, G, rep, e), ks).reshape(b, H, T, T)
+        else:
+            scores = torch.einsum("bqhe,bkhe->bhqk", qs, sel(st[:, 1], kh, kah))
+        def sc(a: Tensor, c: Tensor) -> Tensor:
+            return torch.einsum("bqhe,bkhe->bhqk", a, c)
+
+        # heads whose q or k mask varies over position pairs: only the products they use
+        both = torch.nonzero((st[:, 0] < 0) & (st[:, 1] < 0)).flatten()
+        q_only = torch.nonzero((st[:, 0] < 0) & (st[:, 1] >= 0)).flatten()
+        k_only = torch.nonzero((st[:, 0] >= 0) & (st[:, 1] < 0)).flatten()
+        if len(both):
+            Mq = self._concrete(layer, both.cpu(), 0).to(dev)
+            Mk = self._concrete(layer, both.cpu(), 1).to(dev)
+            qm, qam, km_, kam = q[:, :, both], qa[:, :, both], kh[:, :, both], kah[:, :, both]
+            scores[:, both] = torch.where(Mq, torch.where(Mk, sc(qm, km_), sc(qm, kam)),
+                                          torch.where(Mk, sc(qam, km_), sc(qam, kam)))
+        if len(q_only):  # the key source is constant: ks
+            Mq = self._concrete(layer, q_only.cpu(), 0).to(dev)
+            kk = sel(st[:, 1], kh, kah)[:, :, q_only]
+            scores[:, q_only] = torch.where(Mq, sc(q[:, :, q_only], kk), sc(qa[:, :, q_only], kk))
+        if len(k_only):  # the query source is constant: qs
+            Mk = self._concrete(layer, k_only.cpu(), 1).to(dev)
+            qq = qs[:, :, k_only]
+            scores[:, k_only] = torch.where(Mk, sc(qq, kh[:, :, k_only]), sc(qq, kah[:, :, k_only]))
+        # protected / padding rows and columns keep every edge: current q and k
+        rows = torch.nonzero(full.any(0)).flatten()
+        if len(rows):
+            fr = full[:, rows]  # [b n]
+            s_c = torch.einsum("bqhe,bkhe->bhqk", q, kh[:, rows])  # columns
+            scores[:, :, :, rows] = torch.where(fr[:, None, None, :], s_c, scores[:, :, :, rows])
+            s_r = torch.einsum("bqhe,bkhe->bhqk", q[:, rows], kh)  # rows
+            scores[:, :, rows, :] = torch.where(fr[:, None, :, None], s_r, scores[:, :, rows, :])
+        scores = pm.score(scores).masked_fill(~allowed, float("-inf"))
+        A = torch.softmax(scores, dim=-1)
+        if bool((vst == vst[:, :1]).all()):
+            z = torch.einsum("bgrqk,bkge->bqgre", A.view(b, G, rep, T, T),
+                             sel(vst[:, 0], v, va)).reshape(b, T, H, e)
+        else:
+            z = torch.einsum("bhqk,bkhe->bqhe", A, sel(st[:, 2], vh, vah))
+        if len(rows):
+            # full key columns read the current v (heads that read the ablated one)
+            ab = (st[:, 2] != 1)
+            if bool(ab.any()):
+                fr = full[:, rows].to(A.dtype)  # [b n]
+                dv = (vh - vah)[:, rows] * ab.to(A.dtype)[None, None, :, None]  # [b n H e]
+                z = z + torch.einsum("bhqn,bn,bnhe->bqhe", A[:, :, :, rows], fr, dv)
+            zr = torch.einsum("bhqk,bkhe->bqhe", A[:, :, rows], vh)  # full query rows: all current
+            z[:, rows] = torch.where(full[:, rows][:, :, None, None], zr, z[:, rows])
+        vmix = torch.nonzero(st[:, 2] < 0).flatten()
+        if len(vmix):
+            Mv = self._concrete(layer, vmix.cpu(), 2).to(dev).to(A.dtype)
+            Am = A[:, vmix]
+            z[:, :, vmix] = (torch.einsum("bhqk,bkhe->bqhe", Am * Mv, vh[:, :, vmix])
+                             + torch.einsum("bhqk,bkhe->bqhe", Am * (1 - Mv), vah[:, :, vmix]))
+        return z, A

@@ -1,0 +1,134 @@
+"""Sparse circuit masks (:class:`circuits._sparse.SparseMasks`) give the same patched forward as
+the dense ``keep [b T S R]`` / ``keep_cross [b L H 3 T T]`` masks (which
+tests/test_faithfulness.py checks against TransformerLens hook patching): positions, spans and
+the non-positional granularity, small / half / large circuits (kept-edge and ablated-edge
+corrections), crossing edges constant or mixed per head, BOS protection, padding, GQA, Gemma 3
+(sandwich norms, sliding windows), Gemma 2 (soft-caps), OLMo-2 (q/k norm over the projection,
+post-norm) and GPT-J (parallel block)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from circuits._forward import PatchableModel
+from circuits._sparse import SparseMasks
+from circuits.faithfulness import expand_masks
+from helpers import _tiny_gemma
+
+B, T = 3, 9
+
+
+def _llama_gqa():
+    import transformers
+
+    cfg = transformers.LlamaConfig(
+        vocab_size=40, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        bos_token_id=0, eos_token_id=0, pad_token_id=1, attn_implementation="eager")
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def _family(name):
+    from families import tiny_hf
+
+    return tiny_hf(name).eval()
+
+
+MODELS = {
+    "llama-gqa": _llama_gqa,
+    "gemma3": lambda: _tiny_gemma(),
+    "gemma2": lambda: _family("gemma2"),
+    "olmo2": lambda: _family("olmo2"),
+    "gptj": lambda: _family("gptj"),
+}
+
+
+def _circuit(pm, P, density, seed, mode="mixed"):
+    """Random abstract masks: same-position edges at ``density`` (valid edges only); crossing
+    edges per head all kept, all ablated or (``mode="mixed"``) random."""
+    g = torch.Generator().manual_seed(seed)
+    S, R = len(pm.senders), len(pm.receivers)
+    same = (torch.rand(P, S, R, generator=g) < density) & pm.valid[None]
+    L, H = pm.n_layers, pm.n_heads
+    cross = torch.rand(L, H, 3, P, P, generator=g) < density
+    kind = torch.randint(0, 3 if mode == "mixed" else 2, (L, H, 3), generator=g)  # 0 none, 1 all, 2 random
+    cross = torch.where((kind == 1)[..., None, None], True, torch.where((kind == 0)[..., None, None], False, cross))
+    return same, cross
+
+
+def _C(same, cross, pm):
+    from circuits.circuit import Circuit
+
+    return Circuit(same, cross, same.float(), cross.float(), list(pm.senders), list(pm.receivers),
+                   list(range(same.shape[0])), {})
+
+
+def _data(vocab, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    clean = torch.randint(3, vocab, (B, T), generator=g)
+    corrupt = torch.randint(3, vocab, (B, T), generator=g)
+    clean[:, 0] = corrupt[:, 0] = 2
+    mask = torch.ones(B, T, dtype=torch.long)
+    mask[1, -2:] = 0  # right padding
+    return clean, corrupt, mask
+
+
+@pytest.fixture(scope="module", params=[
+    pytest.param(n, marks=() if n in ("llama-gqa", "gemma3") else pytest.mark.slow) for n in MODELS])
+def model_data(request):
+    pm = PatchableModel(MODELS[request.param]().double())
+    clean, corrupt, mask = _data(pm.W_E.shape[0])
+    return request.param, pm, clean, mask, pm.activations(corrupt, mask)
+
+
+def _pos_index(gran, mask):
+    if gran == "position":
+        pi, P = torch.arange(T).expand(B, T).clone(), T
+    elif gran == "span":
+        pi, P = torch.tensor([0, 1, 1, 1, 2, 2, 3, 3, 3]).expand(B, T).clone(), 4
+    else:
+        pi, P = torch.zeros(B, T, dtype=torch.long), 1
+    return torch.where(mask.bool(), pi, -1), P
+
+
+@pytest.mark.parametrize("gran", ["position", "span", "none"])
+@pytest.mark.parametrize("density", [0.01, 0.5, 0.97])
+def test_sparse_masks_equal_dense_masks(model_data, gran, density):
+    name, pm, clean, mask, abl = model_data
+    pi, P = _pos_index(gran, mask)
+    protect = torch.zeros(B, T, dtype=torch.bool)
+    protect[:, 0] = True
+    for seed, mode in ((0, "mixed"), (1, "const")):
+        same, cross = _circuit(pm, P, density, seed, mode)
+        keep, keep_cross = expand_masks(_C(same, cross, pm), pi, protect=protect)
+        dense = pm.run(clean, mask, ablated=abl, keep=keep, keep_cross=keep_cross)
+        sparse = pm.run(clean, mask, ablated=abl, masks=SparseMasks.build(same, cross, pi, protect))
+        err = (sparse - dense).abs().max()
+        assert err <= 1e-9 * dense.abs().max(), (name, gran, density, mode, float(err))
+
+
+def test_sparse_masks_without_protection_and_mean_ablation(model_data):
+    """include_bos (nothing protected) and a batch-1 (mean) ablation source."""
+    name, pm, clean, mask, abl = model_data
+    mean = abl.mean()
+    pi, P = _pos_index("span", mask)
+    same, cross = _circuit(pm, P, 0.05, 3)
+    keep, keep_cross = expand_masks(_C(same, cross, pm), pi)
+    dense = pm.run(clean, mask, ablated=mean, keep=keep, keep_cross=keep_cross)
+    sparse = pm.run(clean, mask, ablated=mean, masks=SparseMasks.build(same, cross, pi))
+    assert torch.allclose(sparse, dense, rtol=0, atol=1e-9 * float(dense.abs().max())), name
+
+
+def test_sparse_masks_store_only_needed_senders(model_data):
+    _, pm, clean, mask, abl = model_data
+    pi, P = _pos_index("none", mask)
+    S, R = len(pm.senders), len(pm.receivers)
+    same = torch.zeros(1, S, R, dtype=torch.bool)
+    same[0, 0, R - 1] = True  # embed -> logits only
+    m = SparseMasks.build(same, torch.zeros(pm.n_layers, pm.n_heads, 3, 1, 1, dtype=torch.bool), pi)
+    groups = [(pm.receiver_slice(l).start, pm.receiver_slice(l).stop - 1, pm.n_upstream(l, "attn"))
+              for l in range(pm.n_layers)] + [(R - 1, R, S)]
+    slot = m.senders_needed(groups, S)
+    assert int((slot >= 0).sum()) == 1 and int(slot[0]) == 0
