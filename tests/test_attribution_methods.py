@@ -216,6 +216,9 @@ def _hf_run(hf, tokens, *, replace=None, detach_layer=None, mlp_leaf=None):
     def z_hook(l):
         def fn(_m, args):
             keep[("z", l)] = args[0].detach()
+            if args[0].requires_grad:
+                args[0].retain_grad()
+                keep[("zg", l)] = args[0]
         handles.append(mods.layers[l].self_attn.o_proj.register_forward_pre_hook(fn))
 
     out_hook(("embed", -1), mods.embed_tokens)
@@ -286,6 +289,7 @@ def test_eap_ig_activations_is_mibs_definition(random_toy):
     L = hf.config.num_hidden_layers
     comps = [("embed", -1)] + [(kind, l) for l in range(L) for kind in ("attn", "mlp")]
     gsum = {s: torch.zeros_like(v) for s, v in sc.items()}
+    gz = [torch.zeros_like(zc[("z", l)]) for l in range(L)]
     for c in comps:
         for k in range(1, m + 1):
             a = k / m
@@ -295,6 +299,9 @@ def test_eap_ig_activations_is_mibs_definition(random_toy):
                 key = ("embed", -1) if s == "embed" else (("mlp", int(s[1:])) if s.startswith("M")
                                                           else ("attn", int(s[1:].split("H")[0])))
                 gsum[s] += _grad_of(keep, key)
+            for l in range(L):
+                if ("zg", l) in keep and keep[("zg", l)].grad is not None:
+                    gz[l] += keep[("zg", l)].grad
             hf.zero_grad(set_to_none=True)
     runs = len(comps) * m
     want = torch.stack([((sx[s] - sc[s]) * gsum[s] / runs).sum(-1).mean(0) for s in pm.senders], 1)
@@ -305,6 +312,16 @@ def test_eap_ig_activations_is_mibs_definition(random_toy):
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-9)
     gn = attribute(pm, clean, corrupt, met, method="eap-ig-activations", ig_steps=m, granularity="none")
     torch.testing.assert_close(gn.node_scores()[0], want.sum(0), rtol=1e-5, atol=1e-9)  # norm VJP in float32
+    # crossing value edges: A_tt' (v*_t' − v_t') · (mean over the runs of ∂M/∂z_t)
+    H, G = hf.config.num_attention_heads, hf.config.num_key_value_heads
+    ac, ax = pm.activations(clean), pm.activations(corrupt)
+    for l in range(L):
+        gzl = (gz[l] / runs).view(n, p, H, -1)
+        for h in range(H):
+            dv = ax.v[:, l, :, h // (H // G)] - ac.v[:, l, :, h // (H // G)]  # [b k e]
+            want_v = (ac.pattern[:, l, h] * torch.einsum("bqe,bke->bqk", gzl[:, :, h], dv)).mean(0)
+            torch.testing.assert_close(g.cross[l, h, 2].double(), want_v, rtol=1e-5, atol=1e-9)
+    assert g.cross[:, :, 2].abs().max() > 1e-4
     # not EAP-IG (inputs) and not EAP
     for other in ("eap", "eap-ig"):
         o = attribute(pm, clean, corrupt, met, method=other, ig_steps=m).node_scores()
