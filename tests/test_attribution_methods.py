@@ -342,6 +342,7 @@ def test_graddrop_is_its_definition(random_toy):
     L = hf.config.num_hidden_layers
     mb = MetricBatch.from_mask(torch.ones(n, p, dtype=torch.long))
     gd = attribute(pm, clean, corrupt, met, method="atp*", graddrop=True)
+    gd_none = attribute(pm, clean, corrupt, met, method="atp*", graddrop=True, granularity="none")
     atp = attribute(pm, clean, corrupt, met, method="atp*")
     assert gd.meta["graddrop"] and float(gd.same_pos.min()) >= 0 and float(gd.cross.min()) >= 0
     with torch.no_grad():
@@ -368,6 +369,9 @@ def test_graddrop_is_its_definition(random_toy):
             d = sx[s] - sc[s]
             want = sum(((d * gl).sum(-1)).abs() for gl in per_l).mean(0) / (L - 1)  # [p]
             torch.testing.assert_close(gd.same_pos[:, si, r].double(), want, rtol=1e-5, atol=1e-9)
+            # non-positional: |.| of each example's sum over positions
+            want_n = sum(((d * gl).sum((1, 2))).abs() for gl in per_l).mean(0) / (L - 1)
+            torch.testing.assert_close(gd_none.same_pos[0, si, r].double(), want_n, rtol=1e-5, atol=1e-9)
     # query/key receivers: 1/(L−1) Σ_ℓ |Δz · ∂M/∂z (gradient with layer ℓ dropped)|
     emb = pm.embed(clean, pm.position_ids(torch.ones(n, p, dtype=torch.long)))
     mask = torch.ones(n, p, dtype=torch.long)
