@@ -2,7 +2,8 @@
 
 For every model × task × granularity (positional = the task's schema spans for real models, token
 positions for the toys; non-positional = ``"none"``) and every method of
-:func:`circuits.attribute` (EAP, EAP-IG, AtP*, AtP*-IG, clean-corrupted):
+:func:`circuits.attribute` (EAP, EAP-IG, EAP-IG-activations, AtP*, AtP* with GradDrop — label
+``atp*+gd`` —, AtP*-IG, clean-corrupted):
 
 * **CPR / CMD** (MIB, Mueller et al. 2025): areas under f and |1 − f| of greedy circuits at the
   ``--sizes`` fractions of the graph's abstract edges (f by real patching on a held-out
@@ -12,6 +13,10 @@ positions for the toys; non-positional = ``"none"``) and every method of
 * **Spearman vs exact**: rank correlation of the method's edge scores with exact patching of a
   subsample of abstract edges (the top ``--n-top`` edges of every method plus ``--n-random``
   random valid edges, seeded; exact = M(edge ablated) − M(clean) on the attribution split);
+* **Spearman as in the tests** (toys): the measurement of ``tests/test_attribution_planted.py``
+  — node scores (every sender × position) against exact node patching, and the 25 top + 35
+  random (seed 0) position edges of EAP-IG against exact edge patching, zero–zero pairs dropped;
+  GradDrop scores are magnitudes, so its rows are also given against |exact| (``|.|`` columns);
 * **time**: attribution seconds / one HF forward + backward (w.r.t. the input embeddings) on the
   same batch, both measured in this process (min of ``--repeats``).
 
@@ -36,7 +41,12 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-METHODS = ["eap", "eap-ig", "atp*", "atp*-ig", "clean-corrupted"]
+METHODS = ["eap", "eap-ig", "eap-ig-activations", "atp*", "atp*+gd", "atp*-ig", "clean-corrupted"]
+
+
+def _method(label):
+    """(method, extra attribute() keywords) of a table label: ``atp*+gd`` is AtP* with GradDrop."""
+    return ("atp*", {"graddrop": True}) if label == "atp*+gd" else (label, {})
 
 
 def _log(*a: object) -> None:
@@ -136,8 +146,9 @@ def _compare(model, attr, eval_ev, granularity, args, *, clean, corrupt, metric,
         best = float("inf")
         for _ in range(args.repeats_attr):
             t = time.perf_counter()
-            g = attribute(model, clean, corrupt, metric, method=m, granularity=granularity, schema=schema,
-                          batch_size=args.batch_size, ig_steps=args.ig_steps)
+            meth, kw = _method(m)
+            g = attribute(model, clean, corrupt, metric, method=meth, granularity=granularity, schema=schema,
+                          batch_size=args.batch_size, ig_steps=args.ig_steps, **kw)
             best = min(best, time.perf_counter() - t)
         graphs[m], secs[m] = g, best
         _log(f"  [{label} {granularity}] {m}: {best:.1f}s = {best / fb_s:.1f}x fwd+bwd")
@@ -224,25 +235,44 @@ def _toys(args):
             graphs, secs = {}, {}
             for m in args.toy_methods + ["exact"]:
                 best = float("inf")
+                meth, kw = _method(m)
+                if kw.get("graddrop") and model.cfg.n_layers < 2:
+                    continue  # GradDrop divides by L − 1
                 for _ in range(args.repeats_attr if m != "exact" else 1):
                     t = time.perf_counter()
-                    g = attribute(model, clean, corrupt, met, method=m, granularity=gran,
-                                  exact_max_edges=10 ** 6)
+                    g = attribute(model, clean, corrupt, met, method=meth, granularity=gran,
+                                  exact_max_edges=10 ** 6, ig_steps=args.ig_steps, **kw)
                     best = min(best, time.perf_counter() - t)
                 graphs[m], secs[m] = g, best
             ex = graphs["exact"]
             look_ex = {_key(e): e.score for e in ex.top_edges(None)}
+            pick = []
+            if gran == "position" and "eap-ig" in graphs:  # the tests' edge sample
+                import torch
+
+                edges = graphs["eap-ig"].top_edges(None)
+                gen = torch.Generator().manual_seed(0)
+                pick = [_key(e) for e in edges[:25] + [edges[i] for i in
+                                                       torch.randperm(len(edges), generator=gen)[:35]]]
             rows = {}
-            for m in args.toy_methods + ["exact"]:
+            for m in [m for m in args.toy_methods + ["exact"] if m in graphs]:
                 look = {_key(e): e.score for e in graphs[m].top_edges(None)}
                 keys = list(look_ex)
                 sp_edges = _spearman([look[k] for k in keys], [look_ex[k] for k in keys])
-                sp_nodes = None
+                sp_nodes = sp_t = sp_t_abs = sp_nodes_abs = None
                 if gran == "position":
-                    sp_nodes = _spearman(graphs[m].node_scores().flatten().tolist(), ex_nodes.flatten().tolist())
+                    ns, exn = graphs[m].node_scores().flatten(), ex_nodes.flatten()
+                    sp_nodes = _spearman(ns.tolist(), exn.tolist())
+                    sp_nodes_abs = _spearman(ns.abs().tolist(), exn.abs().tolist())
+                    if pick:
+                        a, b = [look[k] for k in pick], [look_ex[k] for k in pick]
+                        sp_t = _spearman(a, b)
+                        sp_t_abs = _spearman([abs(x) for x in a], [abs(x) for x in b])
                 c = faithfulness_curve(model, graphs[m], evaluator=ev, sizes=args.toy_sizes, label=m)
                 rows[m] = {"cpr": c.cpr, "cmd": c.cmd, "edges_f08": c.edges_for(0.8),
                            "spearman_exact_edges_all": sp_edges, "spearman_exact_nodes": sp_nodes,
+                           "spearman_nodes_abs": sp_nodes_abs, "spearman_edges_test": sp_t,
+                           "spearman_edges_test_abs": sp_t_abs,
                            "seconds": secs[m], "x_fwd_bwd": secs[m] / fb}
                 _log(f"  [{name} {gran}] {m}: {secs[m]:.2f}s CPR {c.cpr:.3f} CMD {c.cmd:.3f} "
                      f"f>=0.8 at {c.edges_for(0.8)} spearman edges {sp_edges} nodes {sp_nodes}")
@@ -305,15 +335,18 @@ def _tables(res):
                 wins.append(_winner(f"{mod} {task} {'positional' if gran == 'span' else 'non-positional'}", rows,
                                     "spearman_exact"))
     lines.append("")
-    lines.append("| toy | graph | method | CPR ↑ | CMD ↓ | concrete edges f ≥ 0.8 | Spearman edges (all) | Spearman nodes | × fwd+bwd |")
-    lines.append("|---|---|---|---|---|---|---|---|---|")
+    lines.append("| toy | graph | method | CPR ↑ | CMD ↓ | concrete edges f ≥ 0.8 | Spearman edges (all) | "
+                 "Spearman nodes | Spearman edges (tests' 60) | Spearman abs nodes | Spearman abs edges (60) | × fwd+bwd |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for toy, cell in res["toys"].items():
         for gran in ("position", "none"):
             rows = cell[gran]["rows"]
             for m, r in rows.items():
                 lines.append(f"| {toy} | {'positional' if gran == 'position' else 'non-positional'} | {m} | "
                              f"{_fmt(r['cpr'])} | {_fmt(r['cmd'])} | {_fmt(r['edges_f08'], 1)} | "
-                             f"{_fmt(r['spearman_exact_edges_all'])} | {_fmt(r['spearman_exact_nodes'])} | {r['x_fwd_bwd']:.1f} |")
+                             f"{_fmt(r['spearman_exact_edges_all'])} | {_fmt(r['spearman_exact_nodes'])} | "
+                             f"{_fmt(r.get('spearman_edges_test'))} | {_fmt(r.get('spearman_nodes_abs'))} | "
+                             f"{_fmt(r.get('spearman_edges_test_abs'))} | {r['x_fwd_bwd']:.1f} |")
             wins.append(_winner(f"{toy} {'positional' if gran == 'position' else 'non-positional'}",
                                 {m: r for m, r in rows.items() if m != "exact"}, "spearman_exact_edges_all"))
     lines.append("")

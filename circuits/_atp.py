@@ -20,8 +20,10 @@ patched query or key and linearises only after the head's mixed value :math:`z`:
 
 Value, MLP and logits receivers keep the EAP score (AtP* fixes only the QK path), and crossing
 edges are already exact in the softmax (:mod:`circuits.attribution`). The gradient
-:math:`\\partial M/\\partial z` is the clean run's. GradDrop (AtP*'s second fix, against
-cancellation between paths) is not implemented here.
+:math:`\\partial M/\\partial z` is the clean run's (or, under GradDrop — AtP*'s second fix,
+``attribute(method="atp*", graddrop=True)``, defined in :mod:`circuits._methods` — the gradient
+of the pass with layer ℓ's outputs detached). Scores use the model's own attention logits
+(:meth:`PatchableModel.score`: scale and Gemma 2's soft-cap).
 """
 
 from __future__ import annotations
@@ -110,22 +112,24 @@ def qk_fix_block(
     idx = torch.arange(H, device=q.device) // rep
     kh, vh = kf[:, :, idx], vf[:, :, idx]  # [b p H e]
     allowed = allowed_keys(pm, layer, mask.to(q.device))  # [b q k]
-    scores = pm.scale * torch.einsum("bqhe,bkhe->bhqk", qf, kh)
-    scores = scores.masked_fill(~allowed[:, None], float("-inf"))
+    raw = torch.einsum("bqhe,bkhe->bhqk", qf, kh)  # q·k before scale / soft-cap (pm.score)
+    scores = pm.score(raw).masked_fill(~allowed[:, None], float("-inf"))
     A = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # rows of padding queries: 0
     Gv = torch.einsum("bqhe,bkhe->bhqk", gf, vh)  # g_t · v_t'
     Go = torch.einsum("bqhe,bqhe->bhq", gf, zf)  # g_t · z_t
     # --- query receivers at t in the chunk: the whole row t is recomputed
-    s_row = scores[:, :, c0:c1].permute(0, 2, 1, 3)[:, :, None]  # [b c 1 H k]
-    ds = pm.scale * torch.einsum("bcnhe,bkhe->bcnhk", dq, kh)
-    A_new = torch.softmax(s_row + ds, dim=-1).nan_to_num(0.0)
+    r_row = raw[:, :, c0:c1].permute(0, 2, 1, 3)[:, :, None]  # [b c 1 H k]
+    ok_row = allowed[:, c0:c1][:, :, None, None]  # [b c 1 1 k]
+    ds = torch.einsum("bcnhe,bkhe->bcnhk", dq, kh)
+    A_new = torch.softmax(pm.score(r_row + ds).masked_fill(~ok_row, float("-inf")), dim=-1).nan_to_num(0.0)
     A_row = A[:, :, c0:c1].permute(0, 2, 1, 3)[:, :, None]
     Gv_row = Gv[:, :, c0:c1].permute(0, 2, 1, 3)[:, :, None]
     s_q = ((A_new - A_row) * Gv_row).sum(-1)  # [b c n H]
-    del A_new, ds
+    del A_new, ds, r_row
     # --- key receivers at t' in the chunk: one score per row t >= t' moves
     dkh = dk[:, :, :, idx]  # [b c n H e]
-    dlt = pm.scale * torch.einsum("bthe,bcnhe->bnhtc", qf, dkh)  # [b n H t c]
+    r_col = raw[:, None, :, :, c0:c1]  # [b 1 H t c]
+    dlt = pm.score(r_col + torch.einsum("bthe,bcnhe->bnhtc", qf, dkh)) - pm.score(r_col)  # [b n H t c]
     Ac = A[:, None, :, :, c0:c1]  # [b 1 H t c]
     move = (Gv[:, :, :, c0:c1] - Go[..., None])[:, None]  # [b 1 H t c]
     ok = allowed[:, None, None, :, c0:c1]

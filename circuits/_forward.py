@@ -486,6 +486,8 @@ class PatchableModel:
         record_pattern: bool = True,
         masks: SparseMasks | None = None,
         record_heads: bool = True,
+        replace: dict[tuple[str, int], Tensor] | None = None,
+        stop_grad_layer: int | None = None,
     ) -> dict[str, Any]:
         """The forward pass. Returns a dict with ``"logits"`` and, on request:
 
@@ -502,6 +504,11 @@ class PatchableModel:
         ``record_heads=False`` records no per-head sender outputs: ``senders`` is then
         ``[b p 1+L d]`` (embed, then each layer's MLP; head outputs are recomputed from ``z``
         where needed, :func:`circuits._stream.full_senders`).
+        ``replace`` maps ``("attn", l)`` to constant head outputs ``[b p H d]`` and ``("mlp", l)``
+        to a constant MLP output ``[b p d]`` written into the residual stream instead of the
+        computed ones (no gradient flows through a replaced component: EAP-IG-activations).
+        ``stop_grad_layer=l`` detaches layer l's head and MLP outputs where they enter the
+        residual stream (AtP*'s GradDrop). Both leave the forward values unchanged otherwise.
         ``record_pattern=False`` records no attention patterns (``pattern`` is then an empty
         ``[b L H 0 0]``; :meth:`attention_pattern` recomputes one layer's from q and k).
         """
@@ -650,10 +657,20 @@ class PatchableModel:
             if W.post_attn_w is not None:  # sandwich / post-norm: shares of the normalised sum
                 head_out, bias_share = head_shares(head_out, W.b_O, W.post_attn_w, self.eps,
                                                    self.norm_offset)
+                if replace is not None and ("attn", l) in replace:
+                    head_out = replace[("attn", l)].to(head_out.dtype)
+                    bias_share = None if bias_share is None else bias_share.detach()
+                if stop_grad_layer == l:
+                    head_out = head_out.detach()
+                    bias_share = None if bias_share is None else bias_share.detach()
                 resid = resid + head_out.sum(2)
                 if bias_share is not None:
                     resid = resid + bias_share
             else:
+                if replace is not None and ("attn", l) in replace:
+                    head_out = replace[("attn", l)].to(head_out.dtype)
+                if stop_grad_layer == l:
+                    head_out = head_out.detach()
                 resid = resid + head_out.sum(2)
                 if W.b_O is not None:
                     resid = resid + W.b_O
@@ -694,6 +711,10 @@ class PatchableModel:
                 mlp_out = self._norm(mlp_out, W.post_mlp_w, None)
             elif W.b_out is not None:
                 resid = resid + W.b_out
+            if replace is not None and ("mlp", l) in replace:
+                mlp_out = replace[("mlp", l)].to(mlp_out.dtype)
+            if stop_grad_layer == l:
+                mlp_out = mlp_out.detach()
             resid = resid + mlp_out
             if patch:
                 delta[:, :, ss.stop - 1] = mlp_out - abl_s[:, :, ss.stop - 1]

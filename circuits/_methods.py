@@ -15,21 +15,36 @@ only the gradient points or the per-edge formula differ. For an edge u → v wit
   :math:`\\partial M/\\partial z` in their closed form. The corrupt point is the ablated input
   embedding in clean coordinates (the counterfactual aligned span by span; the mean; zero).
 * ``"atp*"`` (Kramár et al. 2024, arXiv 2403.00745): EAP with the QK fix for query/key receivers
-  (:mod:`circuits._atp`). GradDrop (their second fix) is not implemented.
+  (:mod:`circuits._atp`). ``graddrop=True`` adds their second fix, GradDrop (against cancellation
+  between paths): L backward passes, pass ℓ with the gradient through layer ℓ's outputs (heads
+  and MLP, where they enter the residual stream) zeroed, each giving AtP* scores
+  :math:`\hat c_{\ell}(e)` per example; the score is
+  :math:`\hat c_{GD}(e) = \frac{1}{L-1}\sum_{\ell=1}^{L}|\hat c_{\ell}(e)|` (a magnitude: GradDrop
+  scores are ≥ 0; an edge into layer ℓ's receivers gets 0 from pass ℓ, hence L − 1), averaged
+  over examples per abstract edge (the absolute value is taken per example, after summing the
+  concrete edges of a span).
+* ``"eap-ig-activations"`` (MIB, Mueller et al. 2025, arXiv 2504.13151; the reference
+  implementation of Hanna et al.'s EAP-IG library): instead of the input embeddings, the *output
+  of one component at a time* is interpolated — the component list is the input embedding and,
+  per layer, the attention layer (all its heads) and the MLP. For component c and
+  :math:`\alpha_k = k/m`, k = 1 … m, the clean forward is run with c's output replaced by the
+  constant :math:`z^*_c + \alpha_k (z_c - z^*_c)` (no gradient flows through it; everything
+  downstream is recomputed), and the receiver gradients of all (2L+1)·m runs are averaged:
+  :math:`g(u\to v) = \delta_u\cdot\frac{1}{(2L+1)m}\sum_c\sum_k \nabla_v M|_{c,\alpha_k}`.
+  Crossing edges use the averaged :math:`\partial M/\partial z` in their closed form. Cost:
+  (2L+1)·m forward + backward passes.
 * ``"atp*-ig"`` (this package, not a published method): the QK fix with EAP-IG's interpolated
   gradient at z (and EAP-IG scores for every other receiver). On trained toy-induction it ranks
   nodes / edges like exact patching at 0.93 / 0.89 where AtP* reaches 0.71 / 0.61 (BENCHMARKS.md).
 * ``"exact"``: every abstract edge patched exactly (:mod:`circuits._exact`).
 
-MIB's *EAP-IG-activations* (interpolating each component's output rather than the input) needs
-receiver gradients of a patched forward, which :class:`~circuits._forward.PatchableModel` does
-not expose; it is not implemented.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -40,9 +55,10 @@ from circuits._forward import PatchableModel
 from circuits._stream import GradPoints, ig_grads
 from circuits.metrics import Metric, MetricBatch
 
-__all__ = ["METHODS", "method_ablation_check", "add_corrupt_point", "exact_attribute"]
+__all__ = ["METHODS", "method_ablation_check", "add_corrupt_point", "exact_attribute",
+           "activation_ig_grads", "components"]
 
-METHODS = ("eap", "eap-ig", "atp*", "atp*-ig", "clean-corrupted", "exact")
+METHODS = ("eap", "eap-ig", "eap-ig-activations", "atp*", "atp*-ig", "clean-corrupted", "exact")
 
 
 def method_ablation_check(method: str, ablation: str) -> None:
@@ -71,6 +87,80 @@ def add_corrupt_point(pm: PatchableModel, met: Metric, gp: GradPoints, e_clean: 
     return GradPoints(gp.ln1_in + gc.ln1_in, gp.g_qkv + gc.g_qkv,
                       [a + b for a, b in zip(gp.mlp, gc.mlp)], gp.logits + gc.logits,
                       [a + b for a, b in zip(gp.z, gc.z)], 2, gp.b)
+
+
+def components(pm: PatchableModel) -> list[tuple[str, int]]:
+    """MIB's EAP-IG-activations component list: the input, then per layer attention and MLP."""
+    return [("embed", -1)] + [(kind, l) for l in range(pm.n_layers) for kind in ("attn", "mlp")]
+
+
+@dataclass
+class _SummedGradPoints(GradPoints):
+    """GradPoints whose attention-receiver gradients are already summed over the points
+    (``attn_sum[l]`` ``[b p H+2G d]``): the runs' residuals differ, so each point's norm
+    Jacobian is applied before summing, and nothing per point is kept."""
+
+    attn_sum: list[Tensor] = field(default_factory=list)
+
+    def attn(self, pm: PatchableModel, layer: int) -> Tensor:
+        return self.attn_sum[layer] / self.m
+
+
+def activation_ig_grads(pm: PatchableModel, met: Metric, e_clean: Tensor, e_abl: Tensor,
+                        clean_senders: Tensor, abl_senders: Tensor, mask: Tensor, mb_fn: Any,
+                        m: int, chunk: int) -> GradPoints:
+    """EAP-IG-activations (module docstring): receiver gradients summed over the (2L+1)·m runs,
+    each with one component's output replaced by :math:`z^*_c + \tfrac{k}{m}(z_c - z^*_c)`,
+    k = 1 … m (``chunk`` values of k stacked along the batch axis per forward/backward)."""
+    from circuits._stream import _split, _targets
+
+    b = e_clean.shape[0]
+    L = pm.n_layers
+    abl_s = abl_senders.expand_as(clean_senders)
+    alphas = torch.arange(1, m + 1, device=e_clean.device, dtype=e_clean.dtype) / m
+    attn_sum: list[Tensor | None] = [None] * L
+    mlp = logits = z = None
+    n_runs = 0
+    for kind, l in components(pm):
+        if kind == "attn":
+            ss = pm.sender_slice(l)
+            sl = slice(ss.start, ss.stop - 1)
+        elif kind == "mlp":
+            sl = pm.sender_slice(l).stop - 1
+        for k0 in range(0, m, chunk):
+            a = alphas[k0: min(m, k0 + chunk)]
+            mc = a.shape[0]
+            aa = a.view(mc, 1, 1, 1, *([1] if kind == "attn" else []))
+            if kind == "embed":
+                emb = (e_abl[None] + a[:, None, None, None] * (e_clean - e_abl)[None])
+                emb = emb.reshape(mc * b, *e_clean.shape[1:])
+                rep = None
+            else:
+                c, x = clean_senders[:, :, sl], abl_s[:, :, sl]
+                val = (x[None] + aa * (c - x)[None]).reshape(mc * b, *c.shape[1:]).detach()
+                emb = e_clean.repeat(mc, 1, 1)
+                rep = {(kind, l): val}
+            emb = emb.detach().requires_grad_(True)
+            with torch.enable_grad():
+                o = pm.forward(None, mask.repeat(mc, 1), embeds=emb, grad_nodes=True, replace=rep)
+                mval = met(o["logits"], mb_fn(mc))
+                gk = torch.autograd.grad(mval.sum(), _targets(o), allow_unused=True)
+            ln1, qkv, mlp_c, logits_c, z_c = _split(pm, o, gk, b)
+            del o, gk
+            for li in range(L):
+                r = pm.attn_receiver_grads(li, ln1[li], *qkv[li])
+                r = r.view(-1, b, *r.shape[1:]).sum(0) if r.shape[0] != b else r
+                attn_sum[li] = r if attn_sum[li] is None else attn_sum[li] + r
+            if mlp is None:
+                mlp, logits, z = mlp_c, logits_c, z_c
+            else:
+                mlp = [x_ + y_ for x_, y_ in zip(mlp, mlp_c)]
+                logits = logits + logits_c
+                z = [x_ + y_ for x_, y_ in zip(z, z_c)]
+            n_runs += mc
+    assert mlp is not None and logits is not None and z is not None
+    return _SummedGradPoints([], [], mlp, logits, z, n_runs, b,
+                             attn_sum=[t for t in attn_sum if t is not None])
 
 
 def _ablation_source(pm: PatchableModel, data: Any, ablation: str) -> Activations:

@@ -91,15 +91,16 @@ def _split(pm: PatchableModel, out: dict[str, Any], grads: Any, b: int) -> tuple
 
 
 def eap_grads(pm: PatchableModel, met: Any, e_clean: Tensor, mask: Tensor, idx: Tensor,
-              ) -> tuple[Activations, GradPoints, float]:
+              stop_grad_layer: int | None = None) -> tuple[Activations, GradPoints, float]:
     """One forward + backward on the clean embeddings: clean activations (no patterns), compact
-    gradients, and the summed metric."""
+    gradients, and the summed metric (``stop_grad_layer``: GradDrop's pass, see
+    :meth:`PatchableModel.forward`)."""
     emb = e_clean.clone().requires_grad_(True)
     b = e_clean.shape[0]
     with torch.enable_grad():
         # no per-head sender outputs ([b p S d]) live during the backward: recomputed from z after
         out = pm.forward(None, mask, embeds=emb, grad_nodes=True, record=True, record_pattern=False,
-                         record_heads=False)
+                         record_heads=False, stop_grad_layer=stop_grad_layer)
         acts = out["activations"].detach()
         from circuits.metrics import MetricBatch
 

@@ -47,15 +47,15 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from circuits._forward import Activations, PatchableModel
-from circuits._stream import (acc_dtype_for, align_lite, eap_grads, ig_grads, layer_cross_blocks,
-                              sender_delta)
+from circuits._stream import (acc_dtype_for, align_lite, eap_grads, full_senders, ig_grads,
+                              layer_cross_blocks, sender_delta)
 from circuits.graph import GRAPH_VERSION, AttributionGraph
 from circuits.metrics import Metric, MetricBatch, as_metric
 
 __all__ = ["attribute", "patchable", "exact_node_scores", "exact_edge_score", "AlignedData",
            "prepare"]
 
-Method = Literal["eap", "eap-ig", "atp*", "clean-corrupted", "exact"]
+Method = Literal["eap", "eap-ig", "eap-ig-activations", "atp*", "atp*-ig", "clean-corrupted", "exact"]
 Ablation = Literal["counterfactual", "mean", "zero"]
 Granularity = Literal["none", "position", "span"]
 
@@ -425,6 +425,7 @@ def attribute(
     path: str | Path | None = None,
     max_memory: int | str | None = None,
     exact_max_edges: int = 20000,
+    graddrop: bool = False,
 ) -> Any:
     """Score every edge of the position-aware graph (module docstring has the formulas).
 
@@ -438,10 +439,13 @@ def attribute(
         metric: :class:`~circuits.metrics.Metric` or callable ``f(logits, batch) -> [batch]``.
         method: ``"eap"``, ``"eap-ig"`` (``ig_steps`` interpolation points k/m, k = 0 … m−1),
             ``"atp*"`` (AtP*'s QK fix, :mod:`circuits._atp`), ``"atp*-ig"`` (the QK fix on EAP-IG
-            gradients), ``"clean-corrupted"`` (gradients
+            gradients), ``"eap-ig-activations"`` (MIB: each component's output interpolated in
+            turn, ``ig_steps`` points k/m, k = 1 … m), ``"clean-corrupted"`` (gradients
             averaged over the clean and the ablated point, MIB) or ``"exact"`` (every edge
             patched exactly, :mod:`circuits._exact`; at most ``exact_max_edges`` edges);
             definitions in :mod:`circuits._methods`.
+        graddrop: AtP*'s GradDrop (``method="atp*"`` only; L backward passes, scores are
+            magnitudes ≥ 0; :mod:`circuits._methods`).
         granularity: ``"position"`` (own token coordinates), ``"span"`` (needs ``schema``) or
             ``"none"`` (the non-positional baseline: sum over positions).
         schema: ``interp.Schema`` (applied to clean and corrupt), ``SchemaSpans``, or a pair of
@@ -482,7 +486,9 @@ def attribute(
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
     method_ablation_check(str(method), str(ablation))
-    if method == "eap-ig" and ig_steps < 1:
+    if graddrop and method != "atp*":
+        raise ValueError(f"graddrop=True is AtP*'s GradDrop: use it with method='atp*', not {method!r}")
+    if method in ("eap-ig", "atp*-ig", "eap-ig-activations") and ig_steps < 1:
         raise ValueError(f"ig_steps must be >= 1, got {ig_steps}")
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
@@ -504,6 +510,7 @@ def attribute(
     from circuits.memory import plan_attribution
 
     plan_method, plan_steps = {"eap-ig": ("eap-ig", ig_steps), "atp*-ig": ("eap-ig", ig_steps),
+                               "eap-ig-activations": ("eap-ig", ig_steps),
                                "clean-corrupted": ("eap-ig", 2)}.get(
         str(method), ("eap", 1))
     plan = plan_attribution(pm, n_tokens=P, n_examples=n, batch_size=batch_size,
@@ -539,6 +546,8 @@ def attribute(
     cross_valid = pairs > 0
     if granularity == "none":
         cross_valid = torch.ones(1, 1, dtype=torch.bool)
+    if graddrop and L < 2:
+        raise ValueError("GradDrop needs at least 2 layers (its scores are divided by L - 1)")
     if method == "exact":
         from circuits._methods import exact_attribute
 
@@ -595,7 +604,8 @@ def attribute(
             e_clean = pm.embed(toks, pm.position_ids(mask))
         if method in ("eap", "atp*", "clean-corrupted"):
             # the ablation source after the backward: not live during it
-            acts, gp, tot = eap_grads(pm, met, e_clean, mask, idx.to(dev))
+            acts, gp, tot = eap_grads(pm, met, e_clean, mask, idx.to(dev),
+                                      stop_grad_layer=0 if graddrop else None)
             clean_ln1 = gp.ln1_in[0]
             abl = ablation_source()
             if method == "clean-corrupted":
@@ -617,7 +627,17 @@ def attribute(
                 return MetricBatch.from_mask(mask.repeat(mc, 1), idx.to(dev).repeat(mc),
                                              None if cl is None else cl.repeat(mc, 1, 1))
 
-            gp = ig_grads(pm, met, e_clean, e_abl, mask, mb_fn, ig_steps, min(ig_chunk, ig_steps))
+            if method == "eap-ig-activations":
+                from circuits._methods import activation_ig_grads
+
+                # the clean run recorded no head outputs (record_heads=False): recompute them here
+                cs = full_senders(pm, acts)
+                abl_s = abl.senders if abl is not None else torch.zeros_like(cs[:1])
+                gp = activation_ig_grads(pm, met, e_clean, e_abl, cs, abl_s, mask, mb_fn,
+                                         ig_steps, min(ig_chunk, ig_steps))
+                del cs
+            else:
+                gp = ig_grads(pm, met, e_clean, e_abl, mask, mb_fn, ig_steps, min(ig_chunk, ig_steps))
             del out0
         metric_total += tot
         # sender deltas z* − z [b p S d]; ablated q/k/v per layer
@@ -637,49 +657,71 @@ def attribute(
             r_ = grp >= 0
             oh[r_] = torch.nn.functional.one_hot(grp[r_], K).to(acc)
         d = delta.shape[-1]
-        for l in range(L + 1):
-            if l < L:
-                rs = pm.receiver_slice(l)
-                ns = pm.n_upstream(l, "mlp")
-                G_l = torch.cat([gp.attn(pm, l), gp.mean(gp.mlp[l])], dim=2)  # [b p H+2G+1 d]
-            else:  # the logits receiver reads every sender
-                rs, ns = slice(R - 1, R), S
-                G_l = gp.mean(gp.logits)
-            nr = rs.stop - rs.start
-            pc = max(1, min(w, work // max(1, 4 * b_ * ns * (nr + (d if b_ > 1 else 0)))))
-            for c0 in range(0, w, pc):
-                c1 = min(w, c0 + pc)
-                Dr = delta[:, c0:c1, :ns].reshape(b_ * (c1 - c0), ns, d)
-                Gr = G_l[:, c0:c1].reshape(b_ * (c1 - c0), nr, d)
-                blk = torch.bmm(Dr, Gr.transpose(1, 2)).view(b_, c1 - c0, ns, nr)
-                if method in ("atp*", "atp*-ig") and l < L:  # QK fix: exact softmax for q/k receivers
-                    from circuits._atp import qk_fix_block
+        absw = 1.0 / (L - 1) if graddrop else None
+        ex = None
+        for drop in (range(L) if graddrop else [None]):
+            if drop:  # GradDrop pass drop > 0 (pass 0 came with the clean activations)
+                del gp
+                _, gp, _ = eap_grads(pm, met, e_clean, mask, idx.to(dev), stop_grad_layer=drop)
+            for l in range(L + 1):
+                if l < L:
+                    rs = pm.receiver_slice(l)
+                    ns = pm.n_upstream(l, "mlp")
+                    G_l = torch.cat([gp.attn(pm, l), gp.mean(gp.mlp[l])], dim=2)  # [b p H+2G+1 d]
+                else:  # the logits receiver reads every sender
+                    rs, ns = slice(R - 1, R), S
+                    G_l = gp.mean(gp.logits)
+                nr = rs.stop - rs.start
+                pc = max(1, min(w, work // max(1, 4 * b_ * ns * (nr + (d if b_ > 1 else 0)))))
+                for c0 in range(0, w, pc):
+                    c1 = min(w, c0 + pc)
+                    Dr = delta[:, c0:c1, :ns].reshape(b_ * (c1 - c0), ns, d)
+                    Gr = G_l[:, c0:c1].reshape(b_ * (c1 - c0), nr, d)
+                    blk = torch.bmm(Dr, Gr.transpose(1, 2)).view(b_, c1 - c0, ns, nr)
+                    if method in ("atp*", "atp*-ig") and l < L:  # QK fix: exact softmax for q/k receivers
+                        from circuits._atp import qk_fix_block
 
-                    blk[..., :H + pm.n_kv_heads] = qk_fix_block(
-                        pm, l, clean_ln1[l], delta[:, c0:c1, :ns], c0, q_all[:, l], k_all[:, l],
-                        v_all[:, l], z_all[:, l], gp.mean(gp.z[l]), mask,
-                        torch.promote_types(dt, torch.float32)).to(blk.dtype)
-                blk = blk * realf[:, c0:c1, None, None]
-                if sink is not None:
-                    sink.add_same(rs, ns, c0, blk.sum(0))
-                else:
-                    assert same is not None and oh is not None
-                    same[:, :ns, rs] += torch.einsum("bpk,bpsr->ksr", oh[:, c0:c1], blk.to(acc))
-            del G_l
-            if l == L:
-                break
-            hc = max(1, min(H, work // max(1, b_ * w * w * 8 * 12)))
-            for h0, h1, cs in layer_cross_blocks(
-                    pm, l, q_all[:, l], k_all[:, l], v_all[:, l], z_all[:, l], qa_all[:, l],
-                    ka_all[:, l], va_all[:, l], gp.mean(gp.z[l]), mask, hc, acc):
-                if sink is not None:
-                    sink.add_cross(l, h0, cs.sum(0))
-                elif granularity == "none":
-                    assert cross is not None
-                    cross[l, h0:h1, :, 0, 0] += cs.sum((0, 3, 4))
-                else:
-                    assert cross is not None and oh is not None
-                    cross[l, h0:h1] += torch.einsum("bqi,bhxqk,bkj->hxij", oh, cs, oh)
+                        blk[..., :H + pm.n_kv_heads] = qk_fix_block(
+                            pm, l, clean_ln1[l], delta[:, c0:c1, :ns], c0, q_all[:, l], k_all[:, l],
+                            v_all[:, l], z_all[:, l], gp.mean(gp.z[l]), mask,
+                            torch.promote_types(dt, torch.float32)).to(blk.dtype)
+                    blk = blk * realf[:, c0:c1, None, None]
+                    if absw is not None and sink is not None:  # GradDrop: |score| per example
+                        blk = blk.abs() * absw
+                    if sink is not None:
+                        sink.add_same(rs, ns, c0, blk.sum(0))
+                    elif absw is not None:  # per-example group sums, |.| after every chunk
+                        assert oh is not None
+                        if ex is None:
+                            ex = torch.zeros(b_, K, ns, nr, dtype=acc, device=dev)
+                        ex += torch.einsum("bpk,bpsr->bksr", oh[:, c0:c1], blk.to(acc))
+                    else:
+                        assert same is not None and oh is not None
+                        same[:, :ns, rs] += torch.einsum("bpk,bpsr->ksr", oh[:, c0:c1], blk.to(acc))
+                if ex is not None:
+                    assert same is not None and absw is not None
+                    same[:, :ns, rs] += ex.abs().sum(0) * absw
+                    ex = None
+                del G_l
+                if l == L:
+                    break
+                hc = max(1, min(H, work // max(1, b_ * w * w * 8 * 12)))
+                for h0, h1, cs in layer_cross_blocks(
+                        pm, l, q_all[:, l], k_all[:, l], v_all[:, l], z_all[:, l], qa_all[:, l],
+                        ka_all[:, l], va_all[:, l], gp.mean(gp.z[l]), mask, hc, acc):
+                    if sink is not None:
+                        sink.add_cross(l, h0, (cs if absw is None else cs.abs() * absw).sum(0))
+                    elif granularity == "none":
+                        assert cross is not None
+                        cross[l, h0:h1, :, 0, 0] += (cs.sum((0, 3, 4)) if absw is None
+                                                     else cs.sum((3, 4)).abs().sum(0) * absw)
+                    else:
+                        assert cross is not None and oh is not None
+                        if absw is None:
+                            cross[l, h0:h1] += torch.einsum("bqi,bhxqk,bkj->hxij", oh, cs, oh)
+                        else:
+                            cross[l, h0:h1] += torch.einsum("bqi,bhxqk,bkj->bhxij", oh, cs,
+                                                            oh).abs().sum(0) * absw
         del delta, gp
         if sink is not None:
             sink.end_batch()
@@ -687,7 +729,9 @@ def attribute(
     meta = {
         "version": GRAPH_VERSION,
         "method": method,
-        "ig_steps": ig_steps if method in ("eap-ig", "atp*-ig") else (2 if method == "clean-corrupted" else None),
+        "ig_steps": (ig_steps if method in ("eap-ig", "atp*-ig", "eap-ig-activations")
+                     else (2 if method == "clean-corrupted" else None)),
+        "graddrop": bool(graddrop),
         "ablation": ablation,
         "metric": met.name,
         "metric_clean_mean": metric_total / n,
