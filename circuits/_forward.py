@@ -83,6 +83,7 @@ from torch import Tensor
 
 from circuits._activations import Activations
 from interp.families import family_of
+from interp.provenance import model_name
 from circuits._blocks import Layer, _b, _up, _w, get, load_layers, unsupported
 from circuits._gemma import head_shares
 
@@ -138,8 +139,7 @@ class PatchableModel:
         self.bridge = bridge
         self.hf = hf
         self.model_type: str = getattr(cfg, "model_type", "?")
-        self.model_name: str = str(getattr(getattr(bridge, "cfg", None), "model_name", None)
-                                   or getattr(cfg, "_name_or_path", self.model_type))
+        self.model_name: str = model_name(bridge)
         fam = family_of(hf)  # raises UnsupportedFamilyError naming the missing adapter
         self.family = fam
         if self.model_type == "gemma3":  # multimodal wrapper: its text tower (paths say "model.…")

@@ -50,6 +50,7 @@ from circuits._forward import Activations, PatchableModel
 from circuits._stream import acc_dtype_for, align_lite, eap_grads, ig_grads, layer_cross_blocks
 from circuits.graph import GRAPH_VERSION, AttributionGraph
 from circuits.metrics import Metric, MetricBatch, as_metric
+from circuits.registry import GRANULARITIES
 
 __all__ = ["attribute", "patchable", "exact_node_scores", "exact_edge_score", "AlignedData",
            "prepare"]
@@ -167,7 +168,7 @@ def prepare(
 ) -> AlignedData:
     """Tokenise/canonicalise the inputs, align counterfactual positions and build the position
     groups of the requested granularity (see the module docstring)."""
-    if granularity not in ("none", "position", "span"):
+    if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be 'none', 'position' or 'span', got {granularity!r}")
     if ablation not in ("counterfactual", "mean", "zero"):
         raise ValueError(f"ablation must be 'counterfactual', 'mean' or 'zero', got {ablation!r}")
@@ -683,7 +684,6 @@ def attribute(
         del delta, gp
         if sink is not None:
             sink.end_batch()
-    info = getattr(pm.bridge, "interp_info", None)
     meta = {
         "version": GRAPH_VERSION,
         "method": method,
@@ -694,7 +694,7 @@ def attribute(
         "granularity": granularity,
         "schema_spans": data.span_names,
         "prepend_bos": cb.prepend_bos,
-        "model": getattr(info, "name", None) or pm.model_name,
+        "model": pm.model_name,
         "task": task,
         "n_examples": n,
         "batch_size": batch_size,

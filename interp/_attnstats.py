@@ -18,6 +18,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from interp.provenance import model_name  # re-exported: the one display name
+
 __all__ = [
     "PromptBatch",
     "as_batch",
@@ -43,13 +45,6 @@ class PromptBatch:
 
     def __len__(self) -> int:
         return len(self.lengths)
-
-
-def model_name(model: Any) -> str:
-    info = getattr(model, "interp_info", None)
-    if info is not None:
-        return str(info.name)
-    return str(getattr(model.cfg, "model_name", type(model).__name__))
 
 
 def n_kv_heads(model: Any) -> int:

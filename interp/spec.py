@@ -35,6 +35,7 @@ from torch import Tensor
 
 from interp.errors import InterpError
 from interp.families import Family, family_of, hf_config
+from interp.provenance import model_name
 
 __all__ = ["ModelSpec", "RopeSpec", "model_spec", "NoRotaryError"]
 
@@ -411,7 +412,7 @@ def model_spec(model: Any) -> ModelSpec:
     bos_id, bos, adds = _bos(model)
     rope = _rope_spec(fam) if positional == "rope" else None
     spec = ModelSpec(
-        name=str(getattr(cfg, "model_name", "") or getattr(hf_cfg, "_name_or_path", "")),
+        name=model_name(model),
         architecture=fam.model_type,
         n_layers=fam.n_layers,
         n_heads=fam.n_heads,

@@ -22,6 +22,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from interp.provenance import model_name
 from probes.errors import LabelAlignmentError, ProbeInputError
 
 __all__ = ["ProbeData", "collect", "default_hooks", "hook_label", "hook_layer"]
@@ -301,12 +302,6 @@ def collect(
     positions = torch.cat([torch.arange(s.numel()) for s in seqs])
     tokens = torch.cat([s.cpu().long() for s in seqs])
     meta: dict[str, Any] = {"hooks": names}
-    try:
-        from interp.models import model_info
-
-        info = model_info(model)
-        meta["model"] = info.name if info is not None else getattr(model.cfg, "model_name", "unknown")
-    except Exception:  # pragma: no cover
-        meta["model"] = getattr(getattr(model, "cfg", None), "model_name", "unknown")
+    meta["model"] = model_name(model)
     meta["dtype"] = str(dtype)
     return ProbeData(feats, groups, positions, tokens, prepend_bos, str_tokens=str_tokens, meta=meta)

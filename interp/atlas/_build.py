@@ -38,7 +38,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from interp._attnstats import as_batch, check_attention_model, model_name
+from interp._attnstats import as_batch, check_attention_model
+from interp.provenance import model_name
 from interp.atlas import _causal as C
 from interp.atlas._data import AtlasTask, build_task
 from interp.atlas.result import Atlas, CausalCheck

@@ -11,20 +11,12 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from interp._attnstats import PromptBatch, as_batch, model_name
+from interp.prompts import ROPE_PROMPTS
 from interp.spec import ModelSpec, RopeSpec, model_spec
 
 Hook = tuple[str, Callable[..., Any]]
 
-DEFAULT_PROMPTS: list[str] = [
-    "The old lighthouse keeper climbed the narrow stairs every evening to light the great lamp, "
-    "and the ships that passed in the night trusted its steady beam to guide them home.",
-    "In 1869 the transcontinental railroad was completed, joining the eastern and western "
-    "networks of the United States and cutting the journey across the continent to a week.",
-    "def mean(values):\n    total = 0\n    for v in values:\n        total += v\n"
-    "    return total / len(values)\n\nprint(mean([1, 2, 3, 4]))\n",
-    "When Mary and John went to the store, John gave a drink to Mary. Later that day, the two "
-    "friends walked along the river and talked about their plans for the summer.",
-]
+DEFAULT_PROMPTS: list[str] = ROPE_PROMPTS  # the RoPE analyses' default input (interp.prompts)
 
 
 def rope_model(model: Any) -> tuple[ModelSpec, RopeSpec]:
