@@ -122,7 +122,7 @@ def exact_edge_scores(model: Any, clean: Any, corrupt: Any, metric: Any, edges: 
     """Exact patching of many position-granularity edges (:class:`~circuits.graph.Edge` or
     ``(kind, sender, receiver, pos, kpos)``), several per forward: ``M(edge ablated) − M(clean)``,
     mean over examples. Equal to :func:`circuits.attribution.exact_edge_score` edge by edge."""
-    from circuits.attribution import _setup_exact
+    from circuits._inputs import _setup_exact
 
     pm, data, met, abl, toks = _setup_exact(model, clean, corrupt, metric, ablation, schema)  # type: ignore[arg-type]
     tup = []

@@ -73,7 +73,7 @@ def add_corrupt_point(pm: PatchableModel, met: Metric, gp: GradPoints, e_clean: 
 
 
 def _ablation_source(pm: PatchableModel, data: Any, ablation: str) -> Activations:
-    from circuits.attribution import _fit_width, _mean_activations, _realign_rope
+    from circuits._inputs import _fit_width, _mean_activations, _realign_rope
 
     cb = data.clean
     toks, mask = cb.tokens.to(pm.device), cb.mask.to(pm.device)

@@ -286,7 +286,7 @@ class FaithfulnessEvaluator:
         seed: int = 0,
         max_memory: int | str | None = None,
     ) -> None:
-        from circuits.attribution import _fit_width, _mean_activations, patchable, prepare
+        from circuits._inputs import _fit_width, _mean_activations, patchable, prepare
         from circuits.metrics import as_metric
         from circuits.tasks import Task
 
@@ -358,7 +358,7 @@ class FaithfulnessEvaluator:
         return out
 
     def _ablated(self, sl: slice, w: int) -> Activations:
-        from circuits.attribution import _realign_rope
+        from circuits._inputs import _realign_rope
 
         key = sl.start
         if key not in self._acts:

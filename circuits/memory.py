@@ -69,7 +69,7 @@ def shapes_from_config(cfg: dict[str, Any], *, dtype_bytes: int = 2, device: str
 def _shapes(model: Any) -> dict[str, Any]:
     if isinstance(model, dict):
         return model
-    from circuits.attribution import patchable
+    from circuits._inputs import patchable
 
     pm = patchable(model)
     W = pm.layers[0]

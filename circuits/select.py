@@ -328,8 +328,6 @@ def select(
         fewer than ``n_edges`` edges (``meta["n_requested"]`` keeps the request).
     """
     if method == "stable":
-        from circuits.stability import select_stable
-
         return select_stable(graph, min_freq, do_prune=do_prune, roots=roots)
     if n_edges is None and threshold is None:
         raise ValueError("select() needs n_edges=..., threshold=... or both")
@@ -354,3 +352,23 @@ def select(
     n_same = sp.numel()
     return circuit_from_masks(graph, keep[:n_same].reshape(sp.shape), keep[n_same:].reshape(cr.shape),
                               meta, do_prune=do_prune, roots=roots)
+
+
+def select_stable(stability: Any, min_freq: float = 0.9, *, do_prune: bool = True,
+                  roots: Any = "all") -> Any:
+    """The circuit of edges selected in ≥ ``min_freq`` of the resamples (scores: the full-data
+    graph's), pruned to paths from the embeddings to the logits unless ``do_prune=False``.
+
+    ``stability`` is a :class:`circuits.stability.Stability` (from :func:`circuits.resample`)."""
+    # duck-typed (a Stability has the frequencies and the full-data graph), so that select does not
+    # import stability, which imports select
+    if not all(hasattr(stability, a) for a in ("same_freq", "cross_freq", "graph", "meta")):
+        raise TypeError(f"method='stable' selects from a circuits.stability.Stability (from "
+                        f"circuits.resample(...)), got {type(stability).__name__}")
+    if not 0 < min_freq <= 1:
+        raise ValueError(f"min_freq must be in (0, 1], got {min_freq}")
+    meta = {"method": "stable", "min_freq": min_freq, "resamples": stability.meta.get("n"),
+            "selection": stability.meta.get("selection")}
+    return circuit_from_masks(stability.graph, stability.same_freq >= min_freq - 1e-9,
+                              stability.cross_freq >= min_freq - 1e-9, meta, do_prune=do_prune,
+                              roots=roots)

@@ -43,7 +43,7 @@ class AtlasTask:
 
 def _toy(model: Any, name: str, n: int | None, seed: int) -> AtlasTask:
     from circuits.metrics import logprob
-    from circuits.tasks._base import token_batch
+    from circuits.tasks import token_batch
     from interp.zoo import TOY_MODELS, make_batch
     from interp.zoo import tasks as T
 
