@@ -21,6 +21,7 @@ from torch import Tensor
 from circuits._activations import Activations
 from circuits._forward import PatchableModel
 from circuits.metrics import Metric, MetricBatch
+from interp.types import Model
 
 __all__ = ["exact_edge_scores", "exact_graph", "edges_per_forward"]
 
@@ -116,7 +117,7 @@ def run_exact(pm: PatchableModel, met: Metric, toks: Tensor, mask: Tensor, abl: 
     return out
 
 
-def exact_edge_scores(model: Any, clean: Any, corrupt: Any, metric: Any, edges: Sequence[Any], *,
+def exact_edge_scores(model: Model, clean: Any, corrupt: Any, metric: Any, edges: Sequence[Any], *,
                       ablation: str = "counterfactual", schema: Any = None,
                       per_forward: int | None = None, progress: bool = False) -> Tensor:
     """Exact patching of many position-granularity edges (:class:`~circuits.graph.Edge` or

@@ -86,6 +86,7 @@ from interp.families import family_of
 from interp.provenance import model_name
 from circuits._blocks import Layer, _b, _up, _w, get, load_layers, unsupported
 from circuits._gemma import head_shares
+from interp.types import Model
 
 __all__ = ["Activations", "PatchableModel", "sender_names", "receiver_names"]
 
@@ -133,7 +134,7 @@ class PatchableModel:
     no padding.
     """
 
-    def __init__(self, bridge: Any) -> None:
+    def __init__(self, bridge: Model) -> None:
         hf = getattr(bridge, "original_model", bridge)
         cfg = hf.config
         self.bridge = bridge

@@ -21,6 +21,7 @@ from torch import Tensor
 from circuits._forward import Activations, PatchableModel
 from circuits.metrics import Metric, as_metric
 from circuits.registry import GRANULARITIES
+from interp.types import Model
 
 __all__ = ["patchable", "prepare", "AlignedData", "Method", "Ablation", "Granularity"]
 
@@ -32,7 +33,7 @@ Granularity = Literal["none", "position", "span"]
 # ----------------------------------------------------------------------------------------------
 # inputs
 # ----------------------------------------------------------------------------------------------
-def patchable(model: Any) -> PatchableModel:
+def patchable(model: Model) -> PatchableModel:
     """The (cached) :class:`PatchableModel` of a bridge; a PatchableModel is returned as is."""
     if isinstance(model, PatchableModel):
         return model

@@ -61,6 +61,7 @@ from circuits._inputs import (  # re-exported: the inputs live below attribution
 from circuits._stream import acc_dtype_for, align_lite, eap_grads, ig_grads, layer_cross_blocks
 from circuits.graph import GRAPH_VERSION, AttributionGraph
 from circuits.metrics import Metric, MetricBatch, as_metric
+from interp.types import Model
 
 __all__ = ["attribute", "patchable", "exact_node_scores", "exact_edge_score", "AlignedData",
            "prepare"]
@@ -150,7 +151,7 @@ def crossing_scores(
 # the main entry point
 # ----------------------------------------------------------------------------------------------
 def attribute(
-    model: Any,
+    model: Model,
     clean: Any,
     corrupt: Any = None,
     metric: Metric | Callable[..., Tensor] | None = None,
@@ -467,7 +468,7 @@ def _metric_mean(pm: PatchableModel, met: Metric, logits: Tensor, mask: Tensor, 
 
 @torch.no_grad()
 def exact_node_scores(
-    model: Any,
+    model: Model,
     clean: Any,
     corrupt: Any,
     metric: Any,
@@ -501,7 +502,7 @@ def exact_node_scores(
 
 @torch.no_grad()
 def exact_edge_score(
-    model: Any,
+    model: Model,
     clean: Any,
     corrupt: Any,
     metric: Any,

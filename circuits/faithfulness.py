@@ -35,6 +35,7 @@ from interp.results import Result
 
 from ._forward import Activations
 from .circuit import Circuit, concrete_edge_counts
+from interp.types import Model
 
 __all__ = ["Faithfulness", "FaithfulnessEvaluator", "faithfulness", "expand_masks", "position_index"]
 
@@ -270,7 +271,7 @@ class FaithfulnessEvaluator:
 
     def __init__(
         self,
-        model: Any,
+        model: Model,
         clean: Any,
         corrupt: Any = None,
         metric: Callable[..., Any] | None = None,
@@ -524,7 +525,7 @@ class FaithfulnessEvaluator:
 
 
 def faithfulness(
-    model: Any,
+    model: Model,
     circuit: Circuit,
     clean: Any,
     corrupt: Any = None,

@@ -25,6 +25,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from interp.types import Model
+
 __all__ = ["estimate_memory", "estimate_faithfulness_memory", "fit_faithfulness_batch", "plan_attribution", "parse_bytes", "format_bytes", "shapes_from_config"]
 
 WORK_BYTES = 256 * 2**20  # chunk budget of the per-layer score blocks
@@ -82,7 +84,7 @@ def _shapes(model: Any) -> dict[str, Any]:
                 acc=8 if pm.device.type == "cpu" else 4)
 
 
-def estimate_memory(model: Any, n_tokens: int, batch_size: int = 1, *,
+def estimate_memory(model: Model, n_tokens: int, batch_size: int = 1, *,
                     granularity: str = "position", method: str = "eap", ig_steps: int = 5,
                     ig_chunk: int | None = None, store: str = "dense", k: int | None = None,
                     n_positions: int | None = None, attention: str = "eager") -> dict[str, int]:
@@ -182,7 +184,7 @@ def plan_attribution(pm: Any, *, n_tokens: int, n_examples: int, batch_size: int
                       f"or raise max_memory (see circuits.estimate_memory for the parts).")
 
 
-def estimate_faithfulness_memory(model: Any, n_tokens: int, batch_size: int = 1) -> dict[str, int]:
+def estimate_faithfulness_memory(model: Model, n_tokens: int, batch_size: int = 1) -> dict[str, int]:
     """Bytes of one patched forward of :class:`circuits.FaithfulnessEvaluator` (dense masks, as
     the patched forward takes them today): ``masks`` (``keep`` ``[b T S R]`` bools + its float
     drop copy, ``keep_cross`` ``[b L H 3 T T]`` bools), ``ablation`` (sender outputs and q/k/v of
@@ -199,7 +201,7 @@ def estimate_faithfulness_memory(model: Any, n_tokens: int, batch_size: int = 1)
             "peak": int(masks + abl + fwd), "weights": int(s["weights"])}
 
 
-def fit_faithfulness_batch(model: Any, n_tokens: int, batch_size: int, max_memory: int | str) -> int:
+def fit_faithfulness_batch(model: Model, n_tokens: int, batch_size: int, max_memory: int | str) -> int:
     """Largest batch size ≤ ``batch_size`` whose :func:`estimate_faithfulness_memory` fits the
     budget; ``MemoryError`` naming the need when one example does not."""
     budget = parse_bytes(max_memory)

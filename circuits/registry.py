@@ -13,19 +13,18 @@
 * :data:`GRANULARITIES` — where an edge lives: schema spans, token positions, or summed over
   positions (the non-positional baseline; Haklay et al. 2025, arXiv:2502.04577).
 
-This module imports only the standard library at module level, so the CLI can build its
-choices from it without loading torch.
+This module imports only the standard library (and :mod:`interp.types`) at module level, so the
+CLI can build its choices from it without loading torch. The task builders return a
+:class:`circuits.tasks.Task`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # pragma: no cover
-    from circuits.tasks import Task
-    from interp.types import Model
+from interp.types import Model
 
 __all__ = ["TASKS", "NATURAL_LANGUAGE_TASKS", "METHODS", "CLI_METHODS", "IG_METHODS", "GRANULARITIES",
            "DEFAULT_TASK", "DEFAULT_METHOD", "DEFAULT_GRANULARITY", "DEFAULT_N", "check_choice", "task_options",
@@ -73,7 +72,7 @@ def task_options(options: Mapping[str, Any]) -> dict[str, Any]:
                                         GRANULARITIES)}
 
 
-def builtin_task(name: str, model: "Model", *, n: int, seed: int = 0, prepend_bos: bool = True) -> "Task":
+def builtin_task(name: str, model: Model, *, n: int, seed: int = 0, prepend_bos: bool = True) -> Any:
     """The built-in task ``name`` (one of :data:`TASKS`) with ``n`` generated examples.
 
     Induction always starts with BOS (clean: BOS, A, A); the returned task says so in its
@@ -88,8 +87,8 @@ def builtin_task(name: str, model: "Model", *, n: int, seed: int = 0, prepend_bo
     return tasks.induction(model, n=n, seed=seed)
 
 
-def task_from_options(model: "Model", options: Mapping[str, Any], *, seed: int = 0,
-                      prepend_bos: bool = True) -> "Task":
+def task_from_options(model: Model, options: Mapping[str, Any], *, seed: int = 0,
+                      prepend_bos: bool = True) -> Any:
     """The :class:`circuits.tasks.Task` that ``interp circuit`` and the report's circuit section run:
     a built-in task (``n`` examples, ``seed``) or the user's pairs from ``options["pairs"]``
     (:func:`circuits.tasks.load_jsonl`).

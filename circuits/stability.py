@@ -32,6 +32,7 @@ from torch import Tensor
 from circuits.metrics import Metric, MetricBatch, as_metric
 from circuits.select import select_stable  # re-exported (it lives with select, below resample)
 from interp.results import Result
+from interp.types import Model
 
 __all__ = ["Stability", "resample", "select_stable"]
 
@@ -166,7 +167,7 @@ def _len(x: Any) -> int:
 
 
 def resample(
-    model: Any,
+    model: Model,
     task: Any,
     method: str = "eap",
     n: int = 20,

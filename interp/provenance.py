@@ -1,7 +1,8 @@
 """Where a result came from: the model's display name, prompt hashes and package versions.
 
 One implementation of each, shared by results, reports, the activation store, probes and
-circuits. No imports from the rest of ``interp``, so every module can use it.
+circuits. It imports nothing from the rest of ``interp`` but :mod:`interp.types`, so every
+module can use it.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from collections.abc import Sequence
 from importlib import metadata as importlib_metadata
 from typing import Any
 
+from interp.types import Model
+
 __all__ = ["model_name", "prompt_hash", "package_versions", "VERSIONED_PACKAGES"]
 
 #: the distributions whose versions a report or an activation store records
@@ -19,7 +22,7 @@ VERSIONED_PACKAGES: tuple[str, ...] = ("posinterp", "torch", "transformers", "tr
                                        "plotly", "numpy", "gguf", "jaxtyping", "typer")
 
 
-def model_name(model: Any) -> str:
+def model_name(model: Model) -> str:
     """The model's display name, the one every result, report and store records.
 
     In order: the name given to :func:`interp.load_model` (``model.interp_info.name``, e.g.

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from interp.provenance import model_name
 from probes.errors import LabelAlignmentError, ProbeInputError
+from interp.types import Model
 
 __all__ = ["ProbeData", "collect", "default_hooks", "hook_label", "hook_layer"]
 
@@ -53,7 +54,7 @@ def hook_label(hook: str) -> str:
     return hook
 
 
-def default_hooks(model: Any, kind: str = "resid_post", *, embed: bool = True) -> list[str]:
+def default_hooks(model: Model, kind: str = "resid_post", *, embed: bool = True) -> list[str]:
     """``["hook_embed", "blocks.0.hook_<kind>", ..., "blocks.{L-1}.hook_<kind>"]``."""
     n_layers = int(model.cfg.n_layers)
     kind = kind if kind.startswith("hook_") or "." in kind else f"hook_{kind}"
@@ -230,7 +231,7 @@ def _resolve_hooks(model: Any, hooks: Sequence[str] | str | None) -> list[str]:
 
 @torch.no_grad()
 def collect(
-    model: Any,
+    model: Model,
     prompts: Sequence[str] | Sequence[Tensor] | Tensor,
     hooks: Sequence[str] | str | None = None,
     *,

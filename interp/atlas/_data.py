@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from interp.types import Model
+
 
 @dataclass
 class AtlasTask:
@@ -75,7 +77,7 @@ def _toy(model: Any, name: str, n: int | None, seed: int) -> AtlasTask:
                      meta=dict(triggers="query holds a trigger token (back-copy x_{t-1})"))
 
 
-def build_task(model: Any, task: Any, *, model_name: str, n: int | None, pairs: str | None, seed: int,
+def build_task(model: Model, task: Any, *, model_name: str, n: int | None, pairs: str | None, seed: int,
                prepend_bos: bool) -> AtlasTask:
     """The atlas prompt set from a task name, a ``circuits.tasks.Task`` or a pairs file."""
     from circuits import tasks

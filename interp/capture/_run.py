@@ -23,6 +23,7 @@ from interp.capture._common import (
     resolve_hooks,
 )
 from interp.capture._store import ActivationStore
+from interp.types import Model
 
 __all__ = ["capture"]
 
@@ -102,7 +103,7 @@ _FINGERPRINT_KEYS = ("model", "hooks", "dtype", "prepend_bos", "padding_side", "
 
 
 def capture(
-    model: Any,
+    model: Model,
     prompts: str | Sequence[str],
     hooks: str | Sequence[str],
     *,

@@ -41,6 +41,7 @@ from interp.reports._registry import (
 from interp.provenance import model_name as display_name
 from interp.reports._meta import atomic_write_text, build_metadata, jsonable, prompt_hash
 from interp.reports.prompts import DEFAULT_PROMPTS, default_prompts, load_prompts, prompts_for_model
+from interp.types import Model
 
 __all__ = [
     "DEFAULT_PROMPTS", "Prompt", "Report", "ReportContext", "SECTIONS", "Section", "SectionOutput",
@@ -109,7 +110,7 @@ def seed_everything(seed: int) -> None:
 
 
 def build_report(
-    model: Any,
+    model: Model,
     *,
     model_name: str | None = None,
     prompts: Sequence[Prompt] | None = None,

@@ -10,6 +10,7 @@ from typing import Any
 
 from interp.provenance import package_versions, prompt_hash
 from interp.results import atomic_write_text, to_jsonable
+from interp.types import Model
 
 __all__ = ["jsonable", "prompt_hash", "package_versions", "model_metadata", "build_metadata", "atomic_write_text"]
 
@@ -21,7 +22,7 @@ def jsonable(x: Any) -> Any:
     return to_jsonable(x, float_digits=None, lenient=True)
 
 
-def model_metadata(model: Any) -> dict[str, Any]:
+def model_metadata(model: Model) -> dict[str, Any]:
     """dtype, device and a few config fields of a TransformerBridge (best effort, never raises)."""
     meta: dict[str, Any] = {}
     try:
@@ -38,7 +39,7 @@ def model_metadata(model: Any) -> dict[str, Any]:
 
 def build_metadata(
     *,
-    model: Any,
+    model: Model,
     model_name: str,
     prompts: Sequence[Any],
     seed: int,
