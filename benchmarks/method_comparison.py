@@ -36,7 +36,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-METHODS = ["eap", "eap-ig", "atp*", "atp*-ig", "clean-corrupted"]
+from circuits.registry import METHODS as _ALL_METHODS  # noqa: E402
+
+#: every gradient method of the registry (exact patching is the reference, not a contender)
+METHODS = [m for m in _ALL_METHODS if m != "exact"]
 
 
 def _log(*a: object) -> None:
