@@ -41,7 +41,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-METHODS = ["eap", "eap-ig", "eap-ig-activations", "atp*", "atp*+gd", "atp*-ig", "clean-corrupted"]
+from circuits.registry import METHODS as _ALL_METHODS  # noqa: E402
+
+#: every gradient method of the registry (exact patching is the reference, not a contender), and
+#: AtP* with GradDrop as its own row after AtP*
+METHODS = [x for m in _ALL_METHODS if m != "exact" for x in ((m, "atp*+gd") if m == "atp*" else (m,))]
 
 
 def _method(label):

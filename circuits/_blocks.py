@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from einops import rearrange
 from torch import Tensor
 
 __all__ = ["Layer", "get", "load_layers", "unsupported", "_up"]
@@ -86,9 +87,8 @@ class Layer:
 
 def _heads(w: Tensor, b: Tensor | None, n: int, e: int) -> tuple[Tensor, Tensor | None]:
     """nn.Linear weight ``[n·e, d]`` -> ``[n d e]``; bias -> ``[n e]``."""
-    d = w.shape[1]
-    return (w.view(n, e, d).transpose(1, 2).contiguous(),
-            None if b is None else b.view(n, e))
+    return (rearrange(w, "(head d_head) d_model -> head d_model d_head", head=n, d_head=e).contiguous(),
+            None if b is None else rearrange(b, "(head d_head) -> head d_head", head=n, d_head=e))
 
 
 def _conv1d(w: Tensor, d: int) -> Tensor:
@@ -117,7 +117,8 @@ def _qkv(fam: Any, at: Any, H: int, G: int, e: int, d: int) -> tuple[Tensor | No
         bs = (None, None, None) if bc is None else bc.split(H * e)
         out: list[Tensor | None] = []
         for w, b in zip(ws, bs):
-            out += [w.reshape(d, H, e).permute(1, 0, 2).contiguous(), None if b is None else b.reshape(H, e)]
+            out += [rearrange(w, "d_model (head d_head) -> head d_model d_head", head=H, d_head=e).contiguous(),
+                    None if b is None else rearrange(b, "(head d_head) -> head d_head", head=H, d_head=e)]
         return tuple(out)
     if fam.fused_qkv == "phi3":  # rows [q (H·e) | k (G·e) | v (G·e)]
         w, b = _w(m), _b(m)
@@ -128,11 +129,12 @@ def _qkv(fam: Any, at: Any, H: int, G: int, e: int, d: int) -> tuple[Tensor | No
     if fam.fused_qkv == "neox_per_head":  # rows per head [q_h | k_h | v_h]
         if G != H:
             raise unsupported(fam.model_type, "fused per-head qkv with grouped KV heads")
-        w4, b = _w(m).view(H, 3, e, d), _b(m)
-        bb = None if b is None else b.view(H, 3, e)
+        w4 = rearrange(_w(m), "(head qkv d_head) d_model -> qkv head d_model d_head", head=H, qkv=3, d_head=e)
+        b = _b(m)
+        bb = None if b is None else rearrange(b, "(head qkv d_head) -> qkv head d_head", head=H, qkv=3, d_head=e)
         out = []
         for i in range(3):
-            out += [w4[:, i].transpose(1, 2).contiguous(), None if bb is None else bb[:, i].contiguous()]
+            out += [w4[i].contiguous(), None if bb is None else bb[i].contiguous()]
         return tuple(out)
     raise unsupported(fam.model_type, f"fused qkv layout {fam.fused_qkv!r}")
 
@@ -182,9 +184,10 @@ def load_layers(pm: Any, root: Any, fam: Any) -> list[Layer]:
         W_Q, b_Q, W_K, b_K, W_V, b_V = _qkv(fam, at, H, G, e, d)
         o = get(at, P.o_proj)
         if fam.fused_qkv == "gpt2_conv1d":  # Conv1D [H·e, d]
-            W_O = _conv1d(_w(o), H * e).reshape(H, e, d).contiguous()
+            W_O = rearrange(_conv1d(_w(o), H * e), "(head d_head) d_model -> head d_head d_model",
+                            head=H, d_head=e).contiguous()
         else:
-            W_O = _w(o).view(d, H, e).permute(1, 2, 0).contiguous()  # [H e d]
+            W_O = rearrange(_w(o), "d_model (head d_head) -> head d_head d_model", head=H, d_head=e).contiguous()
         b_O = _b(o)
         W_gate, b_gate, W_in, b_in, W_out, b_out = _mlp(fam, mlp, d)
         if mult != 1.0:  # Granite: x + m·f(x), folded into the output projections

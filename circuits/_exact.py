@@ -21,6 +21,7 @@ from torch import Tensor
 from circuits._activations import Activations
 from circuits._forward import PatchableModel
 from circuits.metrics import Metric, MetricBatch
+from interp.types import Model
 
 __all__ = ["exact_edge_scores", "exact_graph", "edges_per_forward"]
 
@@ -116,13 +117,13 @@ def run_exact(pm: PatchableModel, met: Metric, toks: Tensor, mask: Tensor, abl: 
     return out
 
 
-def exact_edge_scores(model: Any, clean: Any, corrupt: Any, metric: Any, edges: Sequence[Any], *,
+def exact_edge_scores(model: Model, clean: Any, corrupt: Any, metric: Any, edges: Sequence[Any], *,
                       ablation: str = "counterfactual", schema: Any = None,
                       per_forward: int | None = None, progress: bool = False) -> Tensor:
     """Exact patching of many position-granularity edges (:class:`~circuits.graph.Edge` or
     ``(kind, sender, receiver, pos, kpos)``), several per forward: ``M(edge ablated) − M(clean)``,
     mean over examples. Equal to :func:`circuits.attribution.exact_edge_score` edge by edge."""
-    from circuits.attribution import _setup_exact
+    from circuits._inputs import _setup_exact
 
     pm, data, met, abl, toks = _setup_exact(model, clean, corrupt, metric, ablation, schema)  # type: ignore[arg-type]
     tup = []

@@ -78,14 +78,17 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from circuits._activations import Activations
 from interp.families import family_of
+from interp.provenance import model_name
 from circuits._blocks import Layer, _b, _up, _w, get, load_layers, unsupported
 from circuits._gemma import head_shares
 from circuits._sparse import SparseMasks
+from interp.types import Model
 
 __all__ = ["Activations", "PatchableModel", "sender_names", "receiver_names"]
 
@@ -133,14 +136,13 @@ class PatchableModel:
     no padding.
     """
 
-    def __init__(self, bridge: Any) -> None:
+    def __init__(self, bridge: Model) -> None:
         hf = getattr(bridge, "original_model", bridge)
         cfg = hf.config
         self.bridge = bridge
         self.hf = hf
         self.model_type: str = getattr(cfg, "model_type", "?")
-        self.model_name: str = str(getattr(getattr(bridge, "cfg", None), "model_name", None)
-                                   or getattr(cfg, "_name_or_path", self.model_type))
+        self.model_name: str = model_name(bridge)
         fam = family_of(hf)  # raises UnsupportedFamilyError naming the missing adapter
         self.family = fam
         if self.model_type == "gemma3":  # multimodal wrapper: its text tower (paths say "model.…")
@@ -286,8 +288,8 @@ class PatchableModel:
 
     def _proj_norm(self, x: Tensor, w: Tensor) -> Tensor:
         """RMSNorm over the whole q or k projection ``x [.. n e]`` (OLMo-2), weights ``[n·e]``."""
-        sh = x.shape
-        return self._qk_norm(x.reshape(*sh[:-2], sh[-2] * sh[-1]), w, None).view(sh)
+        y = self._qk_norm(rearrange(x, "... head d_head -> ... (head d_head)"), w, None)
+        return rearrange(y, "... (head d_head) -> ... head d_head", head=x.shape[-2])
 
     def _norm_vjp(self, x: Tensor, g: Tensor, w: Tensor | None) -> Tensor:
         """Gradient w.r.t. the norm's input ``x`` ``[b p d]`` of ``Σ g·norm(x)`` for many
@@ -318,10 +320,10 @@ class PatchableModel:
         only, ``∂/∂x̂ = r ((w_n ⊙ g_n) W_nᵀ − ⟨w_n ⊙ g_n, û_n⟩/D · û Wᵀ)``, ``û = u r``, ``D = N·e``.
         Returns ``[b p N d]``."""
         b, p, N, e = u.shape
-        uf = _up(u).reshape(b, p, N * e)
+        uf = rearrange(_up(u), "b p n e -> b p (n e)")
         r = torch.rsqrt(uf.pow(2).mean(-1, keepdim=True) + self.eps)  # [b p 1]
-        uh = (uf * r).view(b, p, N, e)
-        wg = _up(g) * _up(w).view(N, e)
+        uh = rearrange(uf * r, "b p (n e) -> b p n e", n=N)
+        wg = _up(g) * rearrange(_up(w), "(n e) -> n e", n=N)
         s = (wg * uh).sum(-1)  # [b p N]
         Wf = _up(W)
         a = torch.einsum("bpne,nde->bpnd", wg, Wf)
@@ -396,7 +398,7 @@ class PatchableModel:
         r = cos.shape[-1]
         xr = x if r == x.shape[-1] else x[..., :r]
         if self.pairing == "interleaved":
-            rot = torch.stack((-xr[..., 1::2], xr[..., ::2]), dim=-1).flatten(-2)
+            rot = rearrange(torch.stack((-xr[..., 1::2], xr[..., ::2]), dim=-1), "... pair two -> ... (pair two)")
         else:
             half = r // 2
             rot = torch.cat((-xr[..., half:], xr[..., :half]), dim=-1)
@@ -522,9 +524,8 @@ class PatchableModel:
         mask = attention_mask.to(dev).long()
         pos_ids = self.position_ids(mask)
         x_embed = self.embed(tokens.to(dev), pos_ids) if embeds is None else embeds
-        H, G, L, d, e = self.n_heads, self.n_kv_heads, self.n_layers, self.d_model, self.d_head
+        H, G, L, d = self.n_heads, self.n_kv_heads, self.n_layers, self.d_model
         S = len(self.senders)
-        rep = H // G
         # attention masks [b 1 q k] per sliding window (None: global): causal & real key &
         # (q − k < window); a padding query with no key sees itself
         allowed_by: dict[int | None, Tensor] = {}
@@ -622,35 +623,35 @@ class PatchableModel:
                 q = self._rot(q, cos, sin)
                 k = self._rot(k, cos, sin)
             kc = None if keep_cross is None else keep_cross[:, l].to(dev)  # [b H 3 q k]
-            qg = q.view(b, p, G, rep, e)
+            qg = rearrange(q, "b q (g r) e -> b q g r e", g=G)  # query heads grouped by their KV head
             if sparse:
                 z, A = masks.attend(self, l, q, k, v, ablated.q[:, l].to(dev).expand_as(q),
                                     ablated.k[:, l].to(dev).expand_as(k),
                                     ablated.v[:, l].to(dev).expand_as(v), allowed_by[W.window])
             elif kc is not None:
-                qa = ablated.q[:, l].to(dev).expand_as(q).reshape(b, p, G, rep, e)
+                qa = rearrange(ablated.q[:, l].to(dev).expand_as(q), "b q (g r) e -> b q g r e", g=G)
                 ka = ablated.k[:, l].to(dev).expand_as(k)
                 va = ablated.v[:, l].to(dev).expand_as(v)
                 Mq, Mk, Mv = kc[:, :, 0], kc[:, :, 1], kc[:, :, 2]
 
                 def sc(qq: Tensor, kk: Tensor) -> Tensor:
-                    return torch.einsum("bqgre,bkge->bgrqk", qq, kk).reshape(b, H, p, p)
+                    return rearrange(torch.einsum("bqgre,bkge->bgrqk", qq, kk), "b g r q k -> b (g r) q k")
 
                 scores = torch.where(Mq, torch.where(Mk, sc(qg, k), sc(qg, ka)),
                                      torch.where(Mk, sc(qa, k), sc(qa, ka)))
             else:
-                scores = torch.einsum("bqgre,bkge->bgrqk", qg, k).reshape(b, H, p, p)
+                scores = rearrange(torch.einsum("bqgre,bkge->bgrqk", qg, k), "b g r q k -> b (g r) q k")
             if not sparse:
                 scores = self.score(scores).masked_fill(~allowed_by[W.window], float("-inf"))
                 A = torch.softmax(scores, dim=-1)
-                Ag = A.view(b, G, rep, p, p)
+                Ag = rearrange(A, "b (g r) q k -> b g r q k", g=G)
                 if kc is not None:
-                    Mv_f = Mv.to(A.dtype).view(b, G, rep, p, p)
+                    Mv_f = rearrange(Mv.to(A.dtype), "b (g r) q k -> b g r q k", g=G)
                     z = (torch.einsum("bgrqk,bkge->bqgre", Ag * Mv_f, v)
                          + torch.einsum("bgrqk,bkge->bqgre", Ag * (1 - Mv_f), va))
                 else:
                     z = torch.einsum("bgrqk,bkge->bqgre", Ag, v)
-                z = z.reshape(b, p, H, e)
+                z = rearrange(z, "b q g r e -> b q (g r) e")
             if grad_nodes:
                 out["z"].append(z)
             head_out = torch.einsum("bqhe,hed->bqhd", z, W.W_O)
@@ -766,7 +767,7 @@ class PatchableModel:
         sliding window) and softmax as :meth:`forward`, for one layer at a time (streamed
         attribution recomputes patterns instead of holding all layers')."""
         W = self.layers[layer]
-        b, p, H, e = q.shape
+        b, p = q.shape[:2]
         G = k.shape[2]
         dev = q.device
         mask = attention_mask.to(dev).bool()
@@ -775,7 +776,8 @@ class PatchableModel:
             causal = causal & ~torch.ones(p, p, dtype=torch.bool, device=dev).tril(-W.window)
         allowed = causal[None] & mask[:, None, :]
         allowed = allowed | (torch.eye(p, dtype=torch.bool, device=dev)[None] & ~allowed.any(-1, keepdim=True))
-        scores = torch.einsum("bqgre,bkge->bgrqk", q.view(b, p, G, H // G, e), k).reshape(b, H, p, p)
+        qg = rearrange(q, "b q (g r) e -> b q g r e", g=G)
+        scores = rearrange(torch.einsum("bqgre,bkge->bgrqk", qg, k), "b g r q k -> b (g r) q k")
         scores = self.score(scores).masked_fill(~allowed[:, None], float("-inf"))
         return torch.softmax(scores, dim=-1)
 

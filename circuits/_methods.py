@@ -54,11 +54,10 @@ from circuits._activations import Activations
 from circuits._forward import PatchableModel
 from circuits._stream import GradPoints, ig_grads
 from circuits.metrics import Metric, MetricBatch
+from circuits.registry import METHODS  # re-exported: the one list
 
 __all__ = ["METHODS", "method_ablation_check", "add_corrupt_point", "exact_attribute",
            "activation_ig_grads", "components"]
-
-METHODS = ("eap", "eap-ig", "eap-ig-activations", "atp*", "atp*-ig", "clean-corrupted", "exact")
 
 
 def method_ablation_check(method: str, ablation: str) -> None:
@@ -164,7 +163,7 @@ def activation_ig_grads(pm: PatchableModel, met: Metric, e_clean: Tensor, e_abl:
 
 
 def _ablation_source(pm: PatchableModel, data: Any, ablation: str) -> Activations:
-    from circuits.attribution import _fit_width, _mean_activations, _realign_rope
+    from circuits._inputs import _fit_width, _mean_activations, _realign_rope
 
     cb = data.clean
     toks, mask = cb.tokens.to(pm.device), cb.mask.to(pm.device)
@@ -194,12 +193,11 @@ def exact_attribute(pm: PatchableModel, met: Metric, data: Any, *, ablation: str
         lg = pm.run(toks, cb.mask.to(pm.device))
         mclean = float(met(lg, MetricBatch.from_mask(cb.mask.to(pm.device), None,
                                                       lg if met.needs_clean else None)).mean())
-    info = getattr(pm.bridge, "interp_info", None)
     meta = {
         "version": GRAPH_VERSION, "method": "exact", "ig_steps": None, "ablation": ablation,
         "metric": met.name, "metric_clean_mean": mclean, "granularity": data.granularity,
         "schema_spans": data.span_names, "prepend_bos": cb.prepend_bos,
-        "model": getattr(info, "name", None) or pm.model_name, "task": meta_extra.get("task"),
+        "model": pm.model_name, "task": meta_extra.get("task"),
         "n_examples": int(cb.tokens.shape[0]), "batch_size": None,
         "position_alignment": ("schema spans (offset clipped to span)"
                                if data.span_names and ablation == "counterfactual" else "identity"),

@@ -32,7 +32,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from interp.results import Result
+from interp.results import Result, to_jsonable
 
 __all__ = ["Circuit", "GraphIndex", "RECEIVER_KINDS"]
 
@@ -257,7 +257,7 @@ class Circuit(Result):
             "n_edges": self.n_edges,
             "same_pos_edges": _tensor_to_sparse(self.same_pos, self.same_pos_scores),
             "cross_edges": _tensor_to_sparse(self.cross, self.cross_scores),
-            "meta": _jsonable(self.meta),
+            "meta": to_jsonable(self.meta, float_digits=None, lenient=True),
         }
 
     @classmethod
@@ -329,22 +329,6 @@ class Circuit(Result):
         with ``stability`` (a :class:`circuits.stability.Stability`) edge opacity shows how often
         each edge was selected under resampling."""
         return plot_circuit(self, max_edges=max_edges, title=title, stability=stability)
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, Tensor):
-        return x.tolist()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, (np.integer, np.floating)):
-        return x.item()
-    if isinstance(x, (str, int, float, bool)) or x is None:
-        return x
-    return str(x)
 
 
 def concrete_edge_counts(

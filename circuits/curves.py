@@ -25,6 +25,7 @@ from interp.results import Result
 from .circuit import Circuit, concrete_edge_counts
 from .faithfulness import FaithfulnessEvaluator
 from .select import _graph_parts, circuit_from_masks, circuit_from_order, greedy_order, n_valid_edges
+from interp.types import Model
 
 __all__ = ["MIB_GRID", "FaithfulnessCurve", "faithfulness_curve", "plot_curves", "area"]
 
@@ -137,7 +138,7 @@ def _full_circuit(graph: Any) -> Circuit:
 
 
 def faithfulness_curve(
-    model: Any,
+    model: Model,
     graph: Any,
     clean: Any = None,
     corrupt: Any = None,

@@ -36,6 +36,7 @@ from interp.results import Result
 from ._forward import Activations
 from ._sparse import SparseMasks
 from .circuit import Circuit, concrete_edge_counts
+from interp.types import Model
 
 __all__ = ["Faithfulness", "FaithfulnessEvaluator", "faithfulness", "expand_masks", "position_index"]
 
@@ -271,7 +272,7 @@ class FaithfulnessEvaluator:
 
     def __init__(
         self,
-        model: Any,
+        model: Model,
         clean: Any,
         corrupt: Any = None,
         metric: Callable[..., Any] | None = None,
@@ -287,7 +288,7 @@ class FaithfulnessEvaluator:
         seed: int = 0,
         max_memory: int | str | None = None,
     ) -> None:
-        from circuits.attribution import _fit_width, _mean_activations, patchable, prepare
+        from circuits._inputs import _fit_width, _mean_activations, patchable, prepare
         from circuits.metrics import as_metric
         from circuits.tasks import Task
 
@@ -359,7 +360,7 @@ class FaithfulnessEvaluator:
         return out
 
     def _ablated(self, sl: slice, w: int) -> Activations:
-        from circuits.attribution import _realign_rope
+        from circuits._inputs import _realign_rope
 
         key = sl.start
         if key not in self._acts:
@@ -547,7 +548,7 @@ class FaithfulnessEvaluator:
 
 
 def faithfulness(
-    model: Any,
+    model: Model,
     circuit: Circuit,
     clean: Any,
     corrupt: Any = None,

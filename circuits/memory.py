@@ -26,6 +26,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from interp.types import Model
+
 __all__ = ["estimate_memory", "estimate_faithfulness_memory", "fit_faithfulness_batch", "plan_attribution", "parse_bytes", "format_bytes", "shapes_from_config"]
 
 WORK_BYTES = 256 * 2**20  # chunk budget of the per-layer score blocks
@@ -70,7 +72,7 @@ def shapes_from_config(cfg: dict[str, Any], *, dtype_bytes: int = 2, device: str
 def _shapes(model: Any) -> dict[str, Any]:
     if isinstance(model, dict):
         return model
-    from circuits.attribution import patchable
+    from circuits._inputs import patchable
 
     pm = patchable(model)
     W = pm.layers[0]
@@ -83,7 +85,7 @@ def _shapes(model: Any) -> dict[str, Any]:
                 acc=8 if pm.device.type == "cpu" else 4)
 
 
-def estimate_memory(model: Any, n_tokens: int, batch_size: int = 1, *,
+def estimate_memory(model: Model, n_tokens: int, batch_size: int = 1, *,
                     granularity: str = "position", method: str = "eap", ig_steps: int = 5,
                     ig_chunk: int | None = None, store: str = "dense", k: int | None = None,
                     n_positions: int | None = None, attention: str = "eager") -> dict[str, int]:
@@ -183,7 +185,7 @@ def plan_attribution(pm: Any, *, n_tokens: int, n_examples: int, batch_size: int
                       f"or raise max_memory (see circuits.estimate_memory for the parts).")
 
 
-def estimate_faithfulness_memory(model: Any, n_tokens: int, batch_size: int = 1) -> dict[str, int]:
+def estimate_faithfulness_memory(model: Model, n_tokens: int, batch_size: int = 1) -> dict[str, int]:
     """Bytes of one patched forward of :class:`circuits.FaithfulnessEvaluator` with sparse masks
     (:class:`circuits._sparse.SparseMasks`), upper bounds for any circuit: ``masks`` (one layer's
     concrete crossing masks when every head's mask varies over position pairs, ``[b H 3 T T]``
@@ -202,7 +204,7 @@ def estimate_faithfulness_memory(model: Any, n_tokens: int, batch_size: int = 1)
             "peak": int(masks + abl + fwd), "weights": int(s["weights"])}
 
 
-def fit_faithfulness_batch(model: Any, n_tokens: int, batch_size: int, max_memory: int | str) -> int:
+def fit_faithfulness_batch(model: Model, n_tokens: int, batch_size: int, max_memory: int | str) -> int:
     """Largest batch size ≤ ``batch_size`` whose :func:`estimate_faithfulness_memory` fits the
     budget; ``MemoryError`` naming the need when one example does not."""
     budget = parse_bytes(max_memory)

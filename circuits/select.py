@@ -19,6 +19,7 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
+from einops import rearrange
 from jaxtyping import Bool
 from torch import Tensor
 
@@ -97,11 +98,13 @@ def greedy_order(
         raise ValueError("graph has no 'logits' receiver to grow the circuit from")
     n_same = P * S * R
     # receiver nodes: p*R + r ; head-output nodes: P*R + (l*H + h)*P + qp
-    A = torch.where(valid, sp.abs(), torch.full_like(sp, -1.0)).permute(0, 2, 1).contiguous()  # [P R S]
+    A = rearrange(torch.where(valid, sp.abs(), torch.full_like(sp, -1.0)),
+                  "pos send recv -> pos recv send").contiguous()
     A_sorted, A_order = torch.sort(A, dim=-1, descending=True, stable=True)
-    A_sorted = A_sorted.reshape(P * R, S).numpy().astype(np.float64)
-    A_order = A_order.reshape(P * R, S).numpy()
-    C = torch.where(cv, cr.abs(), torch.full_like(cr, -1.0)).permute(0, 1, 3, 2, 4).reshape(L * H * P, 3 * P)
+    A_sorted = rearrange(A_sorted, "pos recv send -> (pos recv) send").numpy().astype(np.float64)
+    A_order = rearrange(A_order, "pos recv send -> (pos recv) send").numpy()
+    C = rearrange(torch.where(cv, cr.abs(), torch.full_like(cr, -1.0)),
+                  "layer head kind qpos kpos -> (layer head qpos) (kind kpos)")
     C_sorted, C_order = torch.sort(C, dim=-1, descending=True, stable=True)
     C_sorted = C_sorted.numpy().astype(np.float64)
     C_order = C_order.numpy()
@@ -204,11 +207,14 @@ def prune(
         new[:, mlp_s] |= fr[:, mlp_r]
         if L * H:
             # q: parent at qp ; k, v: parent at kp
-            fq = fr[:, parent[:, :, 0].clamp(min=0)].permute(1, 2, 0) & (parent[:, :, 0] >= 0)[..., None]  # [L H P]
-            fk = fr[:, parent[:, :, 1].clamp(min=0)].permute(1, 2, 0) & (parent[:, :, 1] >= 0)[..., None]
-            fv = fr[:, parent[:, :, 2].clamp(min=0)].permute(1, 2, 0) & (parent[:, :, 2] >= 0)[..., None]
+            fq = (rearrange(fr[:, parent[:, :, 0].clamp(min=0)], "pos layer head -> layer head pos")
+                  & (parent[:, :, 0] >= 0)[..., None])  # [L H P]
+            fk = (rearrange(fr[:, parent[:, :, 1].clamp(min=0)], "pos layer head -> layer head pos")
+                  & (parent[:, :, 1] >= 0)[..., None])
+            fv = (rearrange(fr[:, parent[:, :, 2].clamp(min=0)], "pos layer head -> layer head pos")
+                  & (parent[:, :, 2] >= 0)[..., None])
             head_f = (cq & fq) | (C[:, :, 1] & fk[:, :, None, :]).any(-1) | (C[:, :, 2] & fv[:, :, None, :]).any(-1)
-            new[:, lh_sender.reshape(-1)] |= head_f.reshape(L * H, P).T
+            new[:, lh_sender.reshape(-1)] |= rearrange(head_f, "layer head pos -> pos (layer head)")
         if torch.equal(new, fs):
             break
         fs = new
@@ -222,7 +228,8 @@ def prune(
         new = br.clone()
         new[:, mlp_r] |= bs[:, mlp_s]
         if L * H:
-            bh = bs[:, lh_sender.reshape(-1)].T.reshape(L, H, P)  # head output at qp reaches logits
+            # head output at qp reaches logits
+            bh = rearrange(bs[:, lh_sender.reshape(-1)], "pos (layer head) -> layer head pos", layer=L)
             live = C & bh[:, :, None, :, None]  # [L H 3 qp kp]
             q_need = live[:, :, 0].any(-1)  # [L H qp]
             k_need = live[:, :, 1].any(-2)  # [L H kp]
@@ -241,11 +248,11 @@ def prune(
     bs = torch.einsum("pr,psr->ps", br.float(), M) > 0
     same_keep = same_pos & fs[:, :, None] & br[:, None, :]
     if L * H:
-        bh = bs[:, lh_sender.reshape(-1)].T.reshape(L, H, P)
+        bh = rearrange(bs[:, lh_sender.reshape(-1)], "pos (layer head) -> layer head pos", layer=L)
         fpar = []
         for kind in range(3):
             par = parent[:, :, kind]
-            f = fr[:, par.clamp(min=0)].permute(1, 2, 0) & (par >= 0)[..., None]  # [L H P]
+            f = rearrange(fr[:, par.clamp(min=0)], "pos layer head -> layer head pos") & (par >= 0)[..., None]
             fpar.append(f)
         f_parent = torch.stack([fpar[0][..., :, None].expand(L, H, P, P),
                                 fpar[1][..., None, :].expand(L, H, P, P),
@@ -328,8 +335,6 @@ def select(
         fewer than ``n_edges`` edges (``meta["n_requested"]`` keeps the request).
     """
     if method == "stable":
-        from circuits.stability import select_stable
-
         return select_stable(graph, min_freq, do_prune=do_prune, roots=roots)
     if n_edges is None and threshold is None:
         raise ValueError("select() needs n_edges=..., threshold=... or both")
@@ -354,3 +359,23 @@ def select(
     n_same = sp.numel()
     return circuit_from_masks(graph, keep[:n_same].reshape(sp.shape), keep[n_same:].reshape(cr.shape),
                               meta, do_prune=do_prune, roots=roots)
+
+
+def select_stable(stability: Any, min_freq: float = 0.9, *, do_prune: bool = True,
+                  roots: Any = "all") -> Any:
+    """The circuit of edges selected in ≥ ``min_freq`` of the resamples (scores: the full-data
+    graph's), pruned to paths from the embeddings to the logits unless ``do_prune=False``.
+
+    ``stability`` is a :class:`circuits.stability.Stability` (from :func:`circuits.resample`)."""
+    # duck-typed (a Stability has the frequencies and the full-data graph), so that select does not
+    # import stability, which imports select
+    if not all(hasattr(stability, a) for a in ("same_freq", "cross_freq", "graph", "meta")):
+        raise TypeError(f"method='stable' selects from a circuits.stability.Stability (from "
+                        f"circuits.resample(...)), got {type(stability).__name__}")
+    if not 0 < min_freq <= 1:
+        raise ValueError(f"min_freq must be in (0, 1], got {min_freq}")
+    meta = {"method": "stable", "min_freq": min_freq, "resamples": stability.meta.get("n"),
+            "selection": stability.meta.get("selection")}
+    return circuit_from_masks(stability.graph, stability.same_freq >= min_freq - 1e-9,
+                              stability.cross_freq >= min_freq - 1e-9, meta, do_prune=do_prune,
+                              roots=roots)

@@ -30,7 +30,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from circuits.metrics import Metric, MetricBatch, as_metric
+from circuits.select import select_stable  # re-exported (it lives with select, below resample)
 from interp.results import Result
+from interp.types import Model
 
 __all__ = ["Stability", "resample", "select_stable"]
 
@@ -165,7 +167,7 @@ def _len(x: Any) -> int:
 
 
 def resample(
-    model: Any,
+    model: Model,
     task: Any,
     method: str = "eap",
     n: int = 20,
@@ -281,21 +283,3 @@ def resample(
     return Stability((fs / n).float(), (fc / n).float(), RS.mean(0), RSs[lo_i], RSs[hi_i],
                      RC.mean(0), RCs[lo_i], RCs[hi_i], list(full.senders), list(full.receivers),
                      list(full.positions), meta, full)
-
-
-def select_stable(stability: Stability, min_freq: float = 0.9, *, do_prune: bool = True,
-                  roots: Any = "all") -> Any:
-    """The circuit of edges selected in ≥ ``min_freq`` of the resamples (scores: the full-data
-    graph's), pruned to paths from the embeddings to the logits unless ``do_prune=False``."""
-    from circuits.select import circuit_from_masks
-
-    if not isinstance(stability, Stability):
-        raise TypeError(f"method='stable' selects from a circuits.stability.Stability (from "
-                        f"circuits.resample(...)), got {type(stability).__name__}")
-    if not 0 < min_freq <= 1:
-        raise ValueError(f"min_freq must be in (0, 1], got {min_freq}")
-    meta = {"method": "stable", "min_freq": min_freq, "resamples": stability.meta.get("n"),
-            "selection": stability.meta.get("selection")}
-    return circuit_from_masks(stability.graph, stability.same_freq >= min_freq - 1e-9,
-                              stability.cross_freq >= min_freq - 1e-9, meta, do_prune=do_prune,
-                              roots=roots)

@@ -34,6 +34,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from circuits._graph import STORE_LOADERS
 from interp.results import Result, to_jsonable
 
 __all__ = ["PositionSink", "SparseAttributionGraph", "ShardedAttributionGraph", "STORES"]
@@ -99,7 +100,7 @@ class _StoredGraph:
         return 4 * (P * S * R + self.n_layers * self.n_heads * 3 * P * P)
 
     def _decode(self, ids: Tensor, scores: Tensor) -> list[Any]:
-        from circuits.graph import KINDS, Edge
+        from circuits._graph import KINDS, Edge
 
         P, S, R = len(self.positions), len(self.senders), len(self.receivers)
         H = self.n_heads
@@ -122,7 +123,7 @@ class _StoredGraph:
 
     def _filter_ids(self, ids: Tensor, kinds: Iterable[str], positions: Iterable[int | str] | None,
                     layers: Iterable[int] | None, receiver_kinds: Iterable[str] | None) -> Tensor:
-        from circuits.graph import node_layer, receiver_kind
+        from circuits._graph import node_layer, receiver_kind
 
         kinds = set(kinds)
         unknown = kinds - {"same", "q", "k", "v"}
@@ -167,7 +168,7 @@ class _StoredGraph:
 
     def plot(self, view: str = "nodes") -> Any:
         """Heatmap of exact node scores (see :meth:`circuits.graph.AttributionGraph.plot`)."""
-        from circuits.graph import plot_graph
+        from circuits._graph import plot_graph
 
         return plot_graph(self, view)
 
@@ -183,7 +184,7 @@ class _StoredGraph:
 
     def to_dense(self, max_bytes: int = DENSE_LIMIT) -> Any:
         """An :class:`~circuits.graph.AttributionGraph` with the stored edges (0 elsewhere)."""
-        from circuits.graph import AttributionGraph
+        from circuits._graph import AttributionGraph
 
         cached = self.__dict__.get("_dense")
         if cached is not None:
@@ -499,7 +500,7 @@ class PositionSink:
             r = torch.arange(r0, r1)[None, None, :]
             ids = ((p * S + s) * R + r).expand_as(block)
             okf = ok.expand_as(block)
-            from circuits.graph import node_layer
+            from circuits._graph import node_layer
 
             group = node_layer(self.receivers[r0]) if self.per == "layer" else 0
             meta = {"kind": "same", "r0": r0, "r1": r1, "n_send": ns, "c0": c0, "c1": c0 + pc}
@@ -539,7 +540,7 @@ class PositionSink:
 
     # ------------------------------------------------------------------ the result
     def finish(self, n: int, meta: dict[str, Any]) -> Any:
-        from circuits.graph import AttributionGraph
+        from circuits._graph import AttributionGraph
 
         self.meta.update(meta)
         if self.store == "dense":
@@ -579,3 +580,8 @@ class PositionSink:
         order = torch.argsort(sc_t.abs(), descending=True, stable=True)
         return SparseAttributionGraph(self.senders, self.receivers, self.positions, **agg,
                                       edge_ids=ids_t[order], scores=sc_t[order].float(), meta=self.meta)
+
+
+# AttributionGraph.load opens these stores' files (circuits._graph does not import this module)
+STORE_LOADERS["sparse"] = SparseAttributionGraph.load
+STORE_LOADERS["sharded"] = ShardedAttributionGraph

@@ -24,6 +24,7 @@ from interp._attnstats import (
 from interp.plots import layer_head_heatmap
 from interp.prompts import DOMAINS
 from interp.results import Result, head_label
+from interp.types import Model
 
 __all__ = ["ActiveDormantResult", "active_dormant"]
 
@@ -108,7 +109,7 @@ def _token_loss(logits: Tensor, toks: Tensor, lengths: list[int]) -> Tensor:
 
 
 def active_dormant(
-    model: Any,
+    model: Model,
     domains: dict[str, Any] | None = None,
     *,
     method: str = "zero",

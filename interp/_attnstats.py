@@ -18,6 +18,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from interp.provenance import model_name  # re-exported: the one display name
+from interp.types import Model
+
 __all__ = [
     "PromptBatch",
     "as_batch",
@@ -45,21 +48,14 @@ class PromptBatch:
         return len(self.lengths)
 
 
-def model_name(model: Any) -> str:
-    info = getattr(model, "interp_info", None)
-    if info is not None:
-        return str(info.name)
-    return str(getattr(model.cfg, "model_name", type(model).__name__))
-
-
-def n_kv_heads(model: Any) -> int:
+def n_kv_heads(model: Model) -> int:
     """KV heads of ``model``, from its family (:func:`interp.families.family_of`)."""
     from interp.families import family_of
 
     return int(family_of(model).n_kv_heads)
 
 
-def check_attention_model(model: Any) -> None:
+def check_attention_model(model: Model) -> None:
     """Raise a clear error if ``model`` does not expose attention patterns through hooks."""
     hook_dict = getattr(model, "hook_dict", None)
     cfg = getattr(model, "cfg", None)
@@ -77,7 +73,7 @@ def check_attention_model(model: Any) -> None:
         )
 
 
-def as_batch(model: Any, prompts: Any, *, prepend_bos: bool, min_len: int = 1) -> PromptBatch:
+def as_batch(model: Model, prompts: Any, *, prepend_bos: bool, min_len: int = 1) -> PromptBatch:
     """Tokenise ``prompts`` (str, list of str, or a ``TokenBatch``) into a right-padded batch."""
     from interp.tokens import TokenBatch, tokenize
 
@@ -110,7 +106,7 @@ def _content_ids(model: Any) -> Tensor:
     return ids
 
 
-def random_like(model: Any, batch: PromptBatch, *, seed: int) -> PromptBatch:
+def random_like(model: Model, batch: PromptBatch, *, seed: int) -> PromptBatch:
     """Same lengths and BOS policy, every non-BOS token replaced by a uniform random content token."""
     ids = _content_ids(model)
     g = torch.Generator().manual_seed(seed)
@@ -124,7 +120,7 @@ def random_like(model: Any, batch: PromptBatch, *, seed: int) -> PromptBatch:
     return _relabel(model, toks.to(batch.tokens.device), batch)
 
 
-def repeated_random(model: Any, n: int, seg_len: int, *, prepend_bos: bool, seed: int) -> PromptBatch:
+def repeated_random(model: Model, n: int, seg_len: int, *, prepend_bos: bool, seed: int) -> PromptBatch:
     """``n`` prompts ``[BOS] r r`` with ``r`` a random content sequence of ``seg_len`` tokens."""
     ids = _content_ids(model)
     g = torch.Generator().manual_seed(seed)
@@ -153,7 +149,7 @@ Hook = tuple[str, Callable[..., Any]]
 
 
 def run_streaming(
-    model: Any,
+    model: Model,
     batch: PromptBatch,
     make_hooks: Callable[[int, Int[Tensor, "b pos"], list[int]], Sequence[Hook]],
     *,

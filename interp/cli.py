@@ -33,6 +33,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import typer  # noqa: E402
 
+from circuits.registry import CLI_METHODS, GRANULARITIES, TASKS  # noqa: E402
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DEFAULT_MODEL = "smollm2-135m"
 
@@ -336,21 +338,15 @@ def probe(model: str = ModelArg, prompts: Path | None = PromptsOpt, seed: int = 
     _run_one("probes", model, prompts, seed, no_bos, json_out, html, debug, None, dtype)
 
 
-class CircuitTask(str, Enum):
-    ioi = "ioi"
-    greater_than = "greater-than"
-    induction = "induction"
+def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """A typer choice enum from a registry tuple (member ``greater_than`` has value ``"greater-than"``)."""
+    return Enum(name, {v.replace("-", "_").replace("*", "_star"): v for v in values}, type=str)  # type: ignore[return-value]
 
 
-class CircuitMethod(str, Enum):
-    eap = "eap"
-    eap_ig = "eap-ig"
-
-
-class CircuitGranularity(str, Enum):
-    span = "span"
-    position = "position"
-    none = "none"
+# the choices come from the one registry the report and circuits read (circuits.registry)
+CircuitTask = _choices("CircuitTask", TASKS)
+CircuitMethod = _choices("CircuitMethod", CLI_METHODS)
+CircuitGranularity = _choices("CircuitGranularity", GRANULARITIES)
 
 
 class CircuitExport(str, Enum):
@@ -362,10 +358,10 @@ class CircuitExport(str, Enum):
 def _check_pairs(model: Any, options: dict[str, Any], seed: int, no_bos: bool) -> None:
     """Build the user's task once before the analysis so a bad pairs file is a usage error (exit 2)
     with load_jsonl's own message on one line."""
-    from interp.reports.sections.circuit import circuit_task
+    from circuits.registry import task_from_options
 
     try:
-        circuit_task(model, options, seed=seed, prepend_bos=not no_bos)
+        task_from_options(model, options, seed=seed, prepend_bos=not no_bos)
     except (OSError, ValueError, KeyError, UnicodeDecodeError) as e:
         msg = " ".join(line.strip() for line in str(e.args[0] if isinstance(e, KeyError) and e.args else e)
                        .splitlines() if line.strip())
@@ -451,10 +447,10 @@ def _circuit_memory(model: str, options: dict[str, Any], max_memory: str | None,
         options["max_memory"] = budget
     if not dry_run:
         return
-    from interp.reports.sections.circuit import circuit_task
+    from circuits.registry import task_from_options
 
     m = _load_model(model, debug, dtype)
-    task = _guard(debug, "input", lambda: circuit_task(m, options, seed=seed, prepend_bos=not no_bos))
+    task = _guard(debug, "input", lambda: task_from_options(m, options, seed=seed, prepend_bos=not no_bos))
     n_tok = int(task.clean.tokens.shape[1]) if hasattr(task.clean, "tokens") else 0
     n_ex = int(task.clean.tokens.shape[0]) if hasattr(task.clean, "tokens") else int(options["n"])
     grans = [options["granularity"]] + ([] if options["granularity"] == "none" else ["none"])
@@ -477,11 +473,7 @@ def _circuit_memory(model: str, options: dict[str, Any], max_memory: str | None,
                 typer.echo(f"    {part:<17} {format_bytes(v)}")
 
 
-class AtlasTask(str, Enum):
-    ioi = "ioi"
-    greater_than = "greater-than"
-    induction = "induction"
-    toy = "toy"
+AtlasTask = _choices("AtlasTask", (*TASKS, "toy"))
 
 
 @app.command("atlas")
@@ -511,7 +503,7 @@ def atlas_cmd(model: str = ModelArg,
 
     def build() -> Any:
         from interp.atlas._data import build_task
-        from interp._attnstats import model_name
+        from interp.provenance import model_name
 
         return build_task(m, None if task is None else task.value, model_name=model_name(m), n=n,
                           pairs=None if pairs is None else str(pairs), seed=seed, prepend_bos=not no_bos)

@@ -49,6 +49,7 @@ from interp._attnstats import (
 from interp.plots import attention_heatmap, layer_head_heatmap, lines
 from interp.prompts import DEFAULT_PROMPTS
 from interp.results import Result, head_label
+from interp.types import Model
 
 __all__ = [
     "DEFAULT_PROMPTS",
@@ -243,7 +244,7 @@ def _check_fraction(name: str, v: float, *, strict_upper: bool = False) -> None:
 
 
 def positional_heads(
-    model: Any,
+    model: Model,
     prompts: Any = None,
     *,
     max_offset: int = 8,
@@ -438,7 +439,7 @@ def classify_heads(
 
 
 def attention_patterns(
-    model: Any, prompt: str, heads: Sequence[str], *, prepend_bos: bool = True,
+    model: Model, prompt: str, heads: Sequence[str], *, prepend_bos: bool = True,
 ) -> tuple[list[str], Float[Tensor, "n_heads query key"]]:
     """Token labels and the attention patterns of chosen heads (``"L{l}H{h}"``) on one prompt."""
     check_attention_model(model)
@@ -469,7 +470,7 @@ def attention_patterns(
 
 
 def attention_viewer(
-    model: Any, prompts: str | Sequence[str], heads: Sequence[str], *, prepend_bos: bool = True,
+    model: Model, prompts: str | Sequence[str], heads: Sequence[str], *, prepend_bos: bool = True,
 ) -> go.Figure:
     """Token-labelled attention heatmaps for chosen heads and prompts, one dropdown entry each."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)

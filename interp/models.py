@@ -37,6 +37,7 @@ import torch
 from interp.errors import CorruptModelFileError, ModelNotInstalledError, OfflineError, UnknownModelError
 from interp.zoo._specs import TOY_MODELS
 from interp.zoo._specs import model_dir as toy_model_dir
+from interp.types import Model
 
 __all__ = ["DEFAULT_MODEL", "ModelInfo", "known_models", "load_model", "model_info", "cache_dir"]
 
@@ -109,7 +110,7 @@ def cache_dir() -> Path:
     return Path(root).expanduser() if root else Path.home() / ".cache" / "interp" / "models"
 
 
-def model_info(model: Any) -> ModelInfo | None:
+def model_info(model: Model) -> ModelInfo | None:
     """The ``ModelInfo`` of a model returned by :func:`load_model` (``None`` otherwise)."""
     return getattr(model, "interp_info", None)
 

@@ -49,6 +49,7 @@ from interp._attnstats import as_batch, model_name, run_streaming
 from interp.plots import lines
 from interp.prompts import DEFAULT_PROMPTS
 from interp.results import Result
+from interp.types import Model
 
 __all__ = ["PositionalNeuronsResult", "positional_neurons", "position_mutual_information"]
 
@@ -181,7 +182,7 @@ class PositionalNeuronsResult(Result):
 
 
 def positional_neurons(
-    model: Any,
+    model: Model,
     prompts: Any = None,
     *,
     rule: str = "positive",

@@ -31,6 +31,7 @@ import os
 import tempfile
 import types
 import typing
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +47,20 @@ def head_label(layer: int, head: int) -> str:
     return f"L{layer}H{head}"
 
 
-def to_jsonable(obj: Any, float_digits: int | None = 6) -> Any:
-    """Convert tensors, arrays, dataclasses, paths and dtypes into JSON-serialisable values.
+def to_jsonable(obj: Any, float_digits: int | None = 6, *, lenient: bool = False) -> Any:
+    """Convert tensors, arrays, numpy scalars, dataclasses, paths and dtypes into JSON values.
 
-    Non-finite floats become ``None`` (JSON has no NaN/Inf).
+    The one JSON conversion of the project (results, reports, probes, circuits). Floats are
+    rounded to ``float_digits`` (``None``: kept exact); non-finite floats become ``None`` (JSON has
+    no NaN/Inf); a :class:`Result` becomes its ``to_json()``; mappings become dicts with string
+    keys, sequences and sets become lists.
+
+    ``lenient=True`` (report data and metadata: anything a section returns) also uses the
+    ``to_json()`` of any object that has one (before its dataclass fields), writes dtypes without
+    the ``torch.`` prefix and turns any other unknown object into ``str(obj)``; without it an
+    unknown object is returned unchanged (``json.dumps`` then names it).
     """
-    return _to_jsonable(obj, float_digits)
+    return _to_jsonable(obj, float_digits, lenient)
 
 
 def _fix_float(x, float_digits):
@@ -60,50 +69,73 @@ def _fix_float(x, float_digits):
     return round(x, float_digits) if float_digits is not None else x
 
 
-def _to_jsonable(obj, float_digits):
+def _to_jsonable(obj, float_digits, lenient):
     # module-level, unannotated, no nested defs: runtime type checkers (the test suite's jaxtyping
     # import hook) would otherwise wrap a fresh closure on every recursive call (20 s for a SinkResult)
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
     if isinstance(obj, Result):
-        return obj.to_json()
+        return _to_jsonable(obj.to_json(), float_digits, lenient) if lenient else obj.to_json()
+    if lenient and not isinstance(obj, type) and callable(getattr(obj, "to_json", None)):
+        return _to_jsonable(obj.to_json(), float_digits, lenient)
     if isinstance(obj, torch.Tensor):
         obj = obj.detach().cpu()
         if obj.dtype in (torch.bfloat16, torch.float16):
             obj = obj.float()
         obj = obj.numpy()
     if isinstance(obj, np.ndarray):
+        if obj.dtype.kind == "O":
+            return _to_jsonable(obj.tolist(), float_digits, lenient)
         if obj.dtype.kind == "f":
             flat = [_fix_float(v, float_digits) for v in obj.reshape(-1).tolist()]
             return np.array(flat, dtype=object).reshape(obj.shape).tolist() if obj.ndim else flat[0]
         return obj.tolist()
     if isinstance(obj, (np.floating, float)):
         return _fix_float(float(obj), float_digits)
-    if isinstance(obj, (np.integer,)):
+    if isinstance(obj, np.integer):
         return int(obj)
-    if isinstance(obj, (np.bool_,)):
+    if isinstance(obj, np.bool_):
         return bool(obj)
-    if isinstance(obj, dict):
-        return {str(k): _to_jsonable(v, float_digits) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_to_jsonable(v, float_digits) for v in obj]
+    if isinstance(obj, int):
+        return int(obj) if lenient else obj
+    if isinstance(obj, Mapping):
+        return {str(k): _to_jsonable(v, float_digits, lenient) for k, v in obj.items()}
+    if isinstance(obj, (Sequence, set, frozenset)) and not isinstance(obj, (bytes, bytearray)):
+        return [_to_jsonable(v, float_digits, lenient) for v in obj]
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _to_jsonable(getattr(obj, f.name), float_digits) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (Path, torch.dtype, torch.device)):
+        return {f.name: _to_jsonable(getattr(obj, f.name), float_digits, lenient) for f in dataclasses.fields(obj)}
+    if isinstance(obj, torch.dtype):
+        return str(obj).replace("torch.", "") if lenient else str(obj)
+    if isinstance(obj, (Path, torch.device)):
         return str(obj)
-    return obj
+    if isinstance(obj, np.generic):
+        return _to_jsonable(obj.item(), float_digits, lenient)
+    return str(obj) if lenient else obj
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` to ``path`` via a temporary file and rename: never a half-written file."""
+    """Write ``text`` to ``path`` via a flushed and fsynced temporary file in the same directory
+    and ``os.replace``: a reader sees the old file or the complete new one, never a half-written
+    one, and the data is on disk when the call returns.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; a result is a normal readable file
         os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
+    except BaseException:
+        try:
             os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
     return path
 
 

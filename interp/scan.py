@@ -16,6 +16,7 @@ from interp.heads import PositionalHeadsResult, _check_fraction, _finish
 from interp.prompts import DEFAULT_PROMPTS
 from interp.results import Result
 from interp.sinks import _sink_pass
+from interp.types import Model
 
 __all__ = ["scan", "ScanResult"]
 
@@ -45,7 +46,7 @@ class ScanResult(Result):
 
 
 def scan(
-    model: Any,
+    model: Model,
     prompts: Any = None,
     *,
     max_offset: int = 8,

@@ -44,6 +44,7 @@ from torch import Tensor
 
 from interp.errors import InterpError
 from interp.results import Result
+from interp.types import Model
 
 __all__ = ["Schema", "SchemaSpans", "SchemaFailure", "SchemaError", "BOS_SPAN"]
 
@@ -314,7 +315,7 @@ class Schema:
     def apply(
         self,
         prompts: Any,
-        model: Any = None,
+        model: Model = None,
         *,
         tokenizer: Any = None,
         prepend_bos: bool = True,

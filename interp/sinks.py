@@ -54,6 +54,7 @@ from interp._active_dormant import ActiveDormantResult, active_dormant  # noqa: 
 from interp.plots import layer_head_heatmap, lines
 from interp.prompts import DEFAULT_PROMPTS, DOMAINS
 from interp.results import Result, head_label
+from interp.types import Model
 
 __all__ = [
     "DOMAINS",
@@ -340,7 +341,7 @@ class SinkResult(Result):
 
 
 def sink_analysis(
-    model: Any,
+    model: Model,
     prompts: Any = None,
     *,
     eps: float = 0.3,
@@ -533,7 +534,7 @@ class _ResidStats:
 
 
 def massive_activations(
-    model: Any, prompts: Any = None, *, threshold: float = 100.0, ratio: float = 1000.0,
+    model: Model, prompts: Any = None, *, threshold: float = 100.0, ratio: float = 1000.0,
     prepend_bos: bool = True, top_k: int = 5, batch_size: int = 8,
 ) -> MassiveActivationsResult:
     """Sun et al. (2024) massive activations of every layer's residual output (see module doc)."""
@@ -573,7 +574,7 @@ class RepeatedTokenResult(Result):
 
 
 def repeated_token_sink(
-    model: Any, token: str | int | None = None, *, length: int = 64, prepend_bos: bool = False,
+    model: Model, token: str | int | None = None, *, length: int = 64, prepend_bos: bool = False,
     eps: float = 0.3, reference_prompts: Any = None,
 ) -> RepeatedTokenResult:
     """The repeated-token check of Gu et al. (2025): ``Sink_0^ε`` on ``[BOS?] x x … x`` (``length`` x's).

@@ -35,6 +35,8 @@ from torch import Tensor
 
 from interp.errors import InterpError
 from interp.families import Family, family_of, hf_config
+from interp.provenance import model_name
+from interp.types import Model
 
 __all__ = ["ModelSpec", "RopeSpec", "model_spec", "NoRotaryError"]
 
@@ -393,7 +395,7 @@ def _bos(bridge: Any) -> tuple[int | None, str | None, bool]:
     return (int(bos_id) if bos_id is not None else None), (str(bos) if bos is not None else None), adds
 
 
-def model_spec(model: Any) -> ModelSpec:
+def model_spec(model: Model) -> ModelSpec:
     """Describe ``model`` (a ``TransformerBridge``) exactly, from its HF config and modules.
 
     Cached per model object. Raises ``TypeError`` for objects without ``cfg``.
@@ -411,7 +413,7 @@ def model_spec(model: Any) -> ModelSpec:
     bos_id, bos, adds = _bos(model)
     rope = _rope_spec(fam) if positional == "rope" else None
     spec = ModelSpec(
-        name=str(getattr(cfg, "model_name", "") or getattr(hf_cfg, "_name_or_path", "")),
+        name=model_name(model),
         architecture=fam.model_type,
         n_layers=fam.n_layers,
         n_heads=fam.n_heads,

@@ -18,6 +18,8 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from interp.types import Model
+
 __all__ = ["TokenBatch", "tokenize", "bos_token_id", "check_prompt_texts", "check_prompt_length", "context_length"]
 
 PaddingSide = Literal["left", "right"]
@@ -74,7 +76,7 @@ class TokenBatch:
         return self
 
 
-def bos_token_id(model: Any) -> int:
+def bos_token_id(model: Model) -> int:
     """The BOS id TransformerLens prepends for this model (tokenizer's BOS, else its EOS)."""
     tok = model.tokenizer
     bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
@@ -83,7 +85,7 @@ def bos_token_id(model: Any) -> int:
     return int(bos)
 
 
-def context_length(model: Any) -> int:
+def context_length(model: Model) -> int:
     """The model's context ``cfg.n_ctx`` (unbounded when the config has none)."""
     return int(getattr(model.cfg, "n_ctx", 0) or 10**12)
 
@@ -111,7 +113,7 @@ def check_prompt_length(i: int, n_tokens: int, limit: int, *, error: type[Except
 
 
 def tokenize(
-    model: Any,
+    model: Model,
     prompts: str | Sequence[str],
     *,
     prepend_bos: bool = True,

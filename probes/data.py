@@ -22,7 +22,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from interp.provenance import model_name
 from probes.errors import LabelAlignmentError, ProbeInputError
+from interp.types import Model
 
 __all__ = ["ProbeData", "collect", "default_hooks", "hook_label", "hook_layer"]
 
@@ -52,7 +54,7 @@ def hook_label(hook: str) -> str:
     return hook
 
 
-def default_hooks(model: Any, kind: str = "resid_post", *, embed: bool = True) -> list[str]:
+def default_hooks(model: Model, kind: str = "resid_post", *, embed: bool = True) -> list[str]:
     """``["hook_embed", "blocks.0.hook_<kind>", ..., "blocks.{L-1}.hook_<kind>"]``."""
     n_layers = int(model.cfg.n_layers)
     kind = kind if kind.startswith("hook_") or "." in kind else f"hook_{kind}"
@@ -229,7 +231,7 @@ def _resolve_hooks(model: Any, hooks: Sequence[str] | str | None) -> list[str]:
 
 @torch.no_grad()
 def collect(
-    model: Any,
+    model: Model,
     prompts: Sequence[str] | Sequence[Tensor] | Tensor,
     hooks: Sequence[str] | str | None = None,
     *,
@@ -301,12 +303,6 @@ def collect(
     positions = torch.cat([torch.arange(s.numel()) for s in seqs])
     tokens = torch.cat([s.cpu().long() for s in seqs])
     meta: dict[str, Any] = {"hooks": names}
-    try:
-        from interp.models import model_info
-
-        info = model_info(model)
-        meta["model"] = info.name if info is not None else getattr(model.cfg, "model_name", "unknown")
-    except Exception:  # pragma: no cover
-        meta["model"] = getattr(getattr(model, "cfg", None), "model_name", "unknown")
+    meta["model"] = model_name(model)
     meta["dtype"] = str(dtype)
     return ProbeData(feats, groups, positions, tokens, prepend_bos, str_tokens=str_tokens, meta=meta)

@@ -10,21 +10,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from interp.results import Result
+from interp.results import Result, to_jsonable
 
 __all__ = ["SweepResult"]
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, Tensor):
-        return _jsonable(x.tolist())
-    if isinstance(x, float):
-        return None if math.isnan(x) or math.isinf(x) else x
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    return x
 
 
 def _nanmean(x: Tensor, dim: int = -1) -> Tensor:
@@ -177,7 +165,7 @@ class SweepResult(Result):
             "prepend_bos": self.meta.get("prepend_bos"),
             "model": self.meta.get("model"),
         }
-        return _jsonable(d)
+        return to_jsonable(d, float_digits=None)
 
     # ---- plots -------------------------------------------------------------------------
     def plot(self, metric: str | None = None):

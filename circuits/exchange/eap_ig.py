@@ -58,6 +58,7 @@ import torch
 from torch import Tensor
 
 from interp.results import atomic_write_text
+from interp.types import Model
 
 __all__ = ["EAPIGLayout", "to_eap_ig", "save_eap_ig", "load_eap_ig", "graph_from_eap_ig", "circuit_from_eap_ig",
            "eap_ig_edge_names", "save_mib_submission", "MIB_TASKS", "MIB_MODELS"]
@@ -282,7 +283,7 @@ def graph_from_eap_ig(
     data: dict[str, Any] | str | os.PathLike[str],
     *,
     n_kv_heads: int | None = None,
-    model: Any = None,
+    model: Model = None,
     prepend_bos: bool | None = None,
     model_name: str | None = None,
 ) -> Any:
@@ -325,7 +326,7 @@ def circuit_from_eap_ig(
     data: dict[str, Any] | str | os.PathLike[str],
     *,
     n_kv_heads: int | None = None,
-    model: Any = None,
+    model: Model = None,
     prepend_bos: bool | None = None,
     prune: bool = True,
 ) -> Any:

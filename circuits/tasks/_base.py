@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from circuits.metrics import Metric, logit_diff, prob_diff
+from interp.types import Model
 
 __all__ = ["Task", "single_token_words", "token_id", "answer_metric", "token_batch"]
 
@@ -48,7 +49,7 @@ class Task:
         return f"Task({self.name!r}, n={len(self)}, spans={names}, metric={self.metric.name})"
 
 
-def token_id(model: Any, text: str, *, what: str = "answer") -> int:
+def token_id(model: Model, text: str, *, what: str = "answer") -> int:
     """The id of ``text`` if it is exactly one token for the model's tokenizer, else ValueError."""
     ids = model.tokenizer.encode(text, add_special_tokens=False)
     if len(ids) != 1:
@@ -58,13 +59,13 @@ def token_id(model: Any, text: str, *, what: str = "answer") -> int:
     return int(ids[0])
 
 
-def single_token_words(model: Any, words: Sequence[str], *, prefix: str = " ") -> list[str]:
+def single_token_words(model: Model, words: Sequence[str], *, prefix: str = " ") -> list[str]:
     """The words whose ``prefix + word`` is a single token for the model's tokenizer."""
     tok = model.tokenizer
     return [w for w in words if len(tok.encode(prefix + w, add_special_tokens=False)) == 1]
 
 
-def answer_metric(model: Any, correct: Sequence[str], wrong: Sequence[str], kind: str = "logit_diff") -> Metric:
+def answer_metric(model: Model, correct: Sequence[str], wrong: Sequence[str], kind: str = "logit_diff") -> Metric:
     """Logit/probability difference between single-token answer strings."""
     c = torch.tensor([token_id(model, s, what="correct answer") for s in correct])
     w = torch.tensor([token_id(model, s, what="wrong answer") for s in wrong])
@@ -75,7 +76,7 @@ def answer_metric(model: Any, correct: Sequence[str], wrong: Sequence[str], kind
     raise ValueError(f"metric must be 'logit_diff' or 'prob_diff', got {kind!r}")
 
 
-def token_batch(model: Any, tokens: Tensor, *, prepend_bos: bool = True) -> Any:
+def token_batch(model: Model, tokens: Tensor, *, prepend_bos: bool = True) -> Any:
     """A right-padded ``interp.TokenBatch`` for equal-length token rows (token-level tasks).
 
     ``prompts`` are the decoded rows (they need not re-tokenise to the same ids); offsets are

@@ -22,6 +22,7 @@ import torch
 
 from circuits.metrics import Metric, MetricBatch
 from circuits.tasks._base import Task
+from interp.types import Model
 
 __all__ = ["greater_than"]
 
@@ -30,7 +31,7 @@ PREFIXES = ("The war lasted from the year ", "The expedition lasted from the yea
 MIDDLE = " to the year "
 
 
-def greater_than(model: Any, n: int = 16, *, seed: int = 0, prepend_bos: bool = True) -> Task:
+def greater_than(model: Model, n: int = 16, *, seed: int = 0, prepend_bos: bool = True) -> Task:
     """Digit Greater-Than task with tens digits 2…8 (see module docstring)."""
     from interp.schema import Schema
     from interp.tokens import tokenize

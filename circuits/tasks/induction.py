@@ -15,12 +15,13 @@ import torch
 
 from circuits.metrics import logprob
 from circuits.tasks._base import Task, token_batch
+from interp.types import Model
 
 __all__ = ["induction"]
 
 
 def induction(
-    model: Any,
+    model: Model,
     n: int = 16,
     *,
     seq_len: int = 10,

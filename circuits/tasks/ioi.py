@@ -18,6 +18,7 @@ import random
 from typing import Any, Literal
 
 from circuits.tasks._base import Task, answer_metric, single_token_words
+from interp.types import Model
 
 __all__ = ["ioi", "NAMES", "PLACES", "OBJECTS", "TEMPLATES"]
 
@@ -41,7 +42,7 @@ TEMPLATES = (
 
 
 def ioi(
-    model: Any,
+    model: Model,
     n: int = 32,
     *,
     order: Literal["ABBA", "BABA", "both"] = "both",

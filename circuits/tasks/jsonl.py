@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from circuits.tasks._base import Task, answer_metric
+from interp.types import Model
 
 __all__ = ["load_jsonl"]
 
 
 def load_jsonl(
     path: str | Path,
-    model: Any,
+    model: Model,
     *,
     template: str | None = None,
     metric: Literal["logit_diff", "prob_diff"] = "logit_diff",

@@ -38,11 +38,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from interp._attnstats import as_batch, check_attention_model, model_name
+from interp._attnstats import as_batch, check_attention_model
+from interp.provenance import model_name
 from interp.atlas import _causal as C
 from interp.atlas._data import AtlasTask, build_task
 from interp.atlas.result import Atlas, CausalCheck
 from interp.results import head_label
+from interp.types import Model
 
 POSITIONAL = ("previous-token", "self")
 GRID = (8, 16, 32, 64, 128, 256, 512)
@@ -110,7 +112,7 @@ def _pairs_for(pi: Tensor, lengths: list[int], qp: int, kp: int) -> list[Tensor]
 
 
 def atlas(
-    model: Any,
+    model: Model,
     task: Any = None,
     *,
     circuit: Any = None,

@@ -20,6 +20,7 @@ from torch import Tensor
 from interp._attnstats import PromptBatch, run_streaming
 from interp.rope._common import pre_rotation_hooks
 from interp.rope.usage import chunk_logits
+from interp.types import Model
 
 Hook = tuple[str, Callable[..., Any]]
 
@@ -130,7 +131,7 @@ def zero_head_hook(layer: int, head: int) -> Hook:
     return (f"blocks.{layer}.attn.hook_z", f)
 
 
-def capture_qk(model: Any, batch: PromptBatch, layers: Sequence[int], *, batch_size: int = 8,
+def capture_qk(model: Model, batch: PromptBatch, layers: Sequence[int], *, batch_size: int = 8,
                extra: Sequence[Hook] = ()) -> dict[int, tuple[list[Tensor], list[Tensor]]]:
     """Rotated queries and keys (``hook_rot_q``/``hook_rot_k``) of ``layers``, per prompt trimmed
     to its length: ``{layer: ([q [T H e]], [k [T G e]])}``."""
@@ -152,7 +153,7 @@ def capture_qk(model: Any, batch: PromptBatch, layers: Sequence[int], *, batch_s
     return out
 
 
-def head_patterns(model: Any, batch: PromptBatch, heads: Sequence[tuple[int, int]], *,
+def head_patterns(model: Model, batch: PromptBatch, heads: Sequence[tuple[int, int]], *,
                   batch_size: int = 8, extra: Sequence[Hook] = ()) -> dict[tuple[int, int], list[Tensor]]:
     """Attention patterns ``[T T]`` of ``heads`` on every prompt (optionally under ``extra``
     hooks, e.g. a band removal)."""
@@ -239,7 +240,7 @@ def masked_loss(logits: Tensor, toks: Tensor, mask: Tensor) -> tuple[float, int]
     return float(nll[m].sum()), int(m.sum())
 
 
-def domain_losses(model: Any, tokens: Int[Tensor, "batch pos"], domains: dict[str, Tensor],
+def domain_losses(model: Model, tokens: Int[Tensor, "batch pos"], domains: dict[str, Tensor],
                   hooks: Sequence[Hook] = ()) -> dict[str, float]:
     """Mean next-token loss on each query domain (equal-length rows, no padding)."""
     with torch.no_grad():

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from interp.types import Model
+
 
 @dataclass
 class AtlasTask:
@@ -43,7 +45,7 @@ class AtlasTask:
 
 def _toy(model: Any, name: str, n: int | None, seed: int) -> AtlasTask:
     from circuits.metrics import logprob
-    from circuits.tasks._base import token_batch
+    from circuits.tasks import token_batch
     from interp.zoo import TOY_MODELS, make_batch
     from interp.zoo import tasks as T
 
@@ -75,10 +77,11 @@ def _toy(model: Any, name: str, n: int | None, seed: int) -> AtlasTask:
                      meta=dict(triggers="query holds a trigger token (back-copy x_{t-1})"))
 
 
-def build_task(model: Any, task: Any, *, model_name: str, n: int | None, pairs: str | None, seed: int,
+def build_task(model: Model, task: Any, *, model_name: str, n: int | None, pairs: str | None, seed: int,
                prepend_bos: bool) -> AtlasTask:
     """The atlas prompt set from a task name, a ``circuits.tasks.Task`` or a pairs file."""
     from circuits import tasks
+    from circuits.registry import NATURAL_LANGUAGE_TASKS, TASKS, builtin_task
     from circuits.tasks import Task
     from interp.zoo import TOY_MODELS
 
@@ -103,20 +106,16 @@ def build_task(model: Any, task: Any, *, model_name: str, n: int | None, pairs: 
             raise ValueError(f"task='toy' is for zoo models; {model_name} is not one (use 'ioi', "
                              "'greater-than', 'induction' or a pairs file)")
         return _toy(model, model_name, n, seed)
-    if toy and task in ("ioi", "greater-than"):
+    if toy and task in NATURAL_LANGUAGE_TASKS:
         raise ValueError(f"{task} needs a natural-language model; {model_name} is a toy (use task='toy')")
-    if task == "ioi":
-        return build_task(model, tasks.ioi(model, n=n or 32, seed=seed, prepend_bos=prepend_bos),
-                          model_name=model_name, n=n, pairs=None, seed=seed, prepend_bos=prepend_bos)
-    if task == "greater-than":
-        return build_task(model, tasks.greater_than(model, n=n or 32, seed=seed, prepend_bos=prepend_bos),
-                          model_name=model_name, n=n, pairs=None, seed=seed, prepend_bos=prepend_bos)
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose {', '.join(map(repr, TASKS))}"
+                         + (" or 'toy'" if toy else "") + " (or pass pairs=FILE.jsonl)")
+    t = builtin_task(task, model, n=n or (16 if task == "induction" else 32), seed=seed, prepend_bos=prepend_bos)
     if task == "induction":
-        t = tasks.induction(model, n=n or 16, seed=seed)
         return AtlasTask(t.name, t.clean, t.corrupt, t.metric, t.schema, "counterfactual", "position", "eap",
                          meta=dict(t.meta))
-    raise ValueError(f"unknown task {task!r}; choose 'ioi', 'greater-than', 'induction'"
-                     + (" or 'toy'" if toy else "") + " (or pass pairs=FILE.jsonl)")
+    return build_task(model, t, model_name=model_name, n=n, pairs=None, seed=seed, prepend_bos=prepend_bos)
 
 
 def ensure_tensor(x: Any) -> Tensor:

@@ -8,6 +8,7 @@ import re
 from typing import Any, Literal, Sequence
 
 from interp.errors import InterpError
+from interp.types import Model
 
 __all__ = ["resolve_hooks", "CaptureError", "UnknownHookError", "ManifestMismatchError", "IncompleteStoreError"]
 
@@ -47,7 +48,7 @@ def _natural_key(name: str) -> list[Any]:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
-def resolve_hooks(model: Any, hooks: str | Sequence[str]) -> list[str]:
+def resolve_hooks(model: Model, hooks: str | Sequence[str]) -> list[str]:
     """Expand TransformerLens hook names and glob patterns (``"blocks.*.hook_resid_post"``).
 
     Exact names keep the given order; a pattern's matches are sorted naturally (layer 2 before

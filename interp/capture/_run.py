@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import importlib.metadata as md
 import json
 import os
 import shutil
@@ -16,6 +14,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
+from interp.provenance import model_name, package_versions, prompt_hash
 from interp.results import atomic_write_text
 from interp.schema import Schema, SchemaSpans
 from interp.tokens import check_prompt_length, check_prompt_texts, context_length
@@ -24,6 +23,7 @@ from interp.capture._common import (
     resolve_hooks,
 )
 from interp.capture._store import ActivationStore
+from interp.types import Model
 
 __all__ = ["capture"]
 
@@ -46,10 +46,6 @@ def _check_prompts(model: Any, prompts: Sequence[str], prepend_bos: bool) -> lis
         if n == 0:
             raise CaptureError(f"Prompt {i} ({prompts[i]!r}) has no tokens: give it text, or prepend_bos=True.")
     return lengths
-
-
-def _prompt_hash(p: str) -> str:
-    return hashlib.sha256(p.encode("utf-8")).hexdigest()[:16]
 
 
 def _apply_schema(schema: Schema | SchemaSpans, model: Any, prompts: list[str], prepend_bos: bool) -> SchemaSpans:
@@ -82,16 +78,6 @@ def _apply_schema(schema: Schema | SchemaSpans, model: Any, prompts: list[str], 
 # ----------------------------------------------------------------------------------------------
 
 
-def _versions() -> dict[str, str]:
-    out = {}
-    for d in ("posinterp", "torch", "transformers", "transformer-lens", "safetensors"):
-        try:
-            out[d] = md.version(d)
-        except md.PackageNotFoundError:
-            out[d] = "not installed"
-    return out
-
-
 def _model_dtype(model: Any) -> torch.dtype:
     try:
         return next(model.parameters()).dtype
@@ -102,9 +88,8 @@ def _model_dtype(model: Any) -> torch.dtype:
 def _model_meta(model: Any) -> dict[str, Any]:
     info = getattr(model, "interp_info", None)
     cfg = model.cfg
-    name = getattr(info, "name", None) or getattr(cfg, "model_name", None) or type(model).__name__
     return {
-        "name": str(name),
+        "name": model_name(model),
         "hf_name": getattr(info, "hf_name", None),
         "n_layers": int(getattr(cfg, "n_layers", 0) or 0),
         "n_heads": int(getattr(cfg, "n_heads", 0) or 0),
@@ -118,7 +103,7 @@ _FINGERPRINT_KEYS = ("model", "hooks", "dtype", "prepend_bos", "padding_side", "
 
 
 def capture(
-    model: Any,
+    model: Model,
     prompts: str | Sequence[str],
     hooks: str | Sequence[str],
     *,
@@ -176,11 +161,11 @@ def capture(
     out_dtype = dtype
     meta: dict[str, Any] = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "complete": False,
-        "model": _model_meta(model), "versions": _versions(),
+        "model": _model_meta(model), "versions": package_versions(),
         "dtype": str(dtype if dtype is not None else _model_dtype(model)).replace("torch.", ""),
         "prepend_bos": bool(prepend_bos), "padding_side": padding_side,
         "hooks": names, "layouts": {h: _layout(h) for h in names},
-        "n_examples": n, "lengths": lengths, "prompt_hashes": [_prompt_hash(p) for p in prompts],
+        "n_examples": n, "lengths": lengths, "prompt_hashes": [prompt_hash(p) for p in prompts],
         "schema": spans.schema if spans is not None else None,
         "spans": {"names": spans.names, "spans": spans.spans} if spans is not None else None,
         "batch_size": batch_size,

@@ -38,8 +38,10 @@ from interp.reports._registry import (
     register_section,
     section,
 )
+from interp.provenance import model_name as display_name
 from interp.reports._meta import atomic_write_text, build_metadata, jsonable, prompt_hash
 from interp.reports.prompts import DEFAULT_PROMPTS, default_prompts, load_prompts, prompts_for_model
+from interp.types import Model
 
 __all__ = [
     "DEFAULT_PROMPTS", "Prompt", "Report", "ReportContext", "SECTIONS", "Section", "SectionOutput",
@@ -108,7 +110,7 @@ def seed_everything(seed: int) -> None:
 
 
 def build_report(
-    model: Any,
+    model: Model,
     *,
     model_name: str | None = None,
     prompts: Sequence[Prompt] | None = None,
@@ -130,7 +132,7 @@ def build_report(
     chosen = choose_sections(only, skip)
     if not chosen:
         raise ValueError("no sections left to run after --only/--skip")
-    name = model_name or getattr(getattr(model, "cfg", None), "model_name", "model")
+    name = model_name or display_name(model)
     prompt_list = list(prompts) if prompts is not None else prompts_for_model(name, seed=seed)
     if not prompt_list:
         raise ValueError("the prompt set is empty; pass at least one prompt")

@@ -134,6 +134,27 @@ def render_figure(fig: Any, div_id: str) -> str:
     ) + "</div>"
 
 
+def page_head(title: str, css: str) -> str:
+    """The top of a self-contained report page (the report's and the comparison's): doctype, head
+    with ``css``, the JS error collector and plotly.js inline, the error banner and the ``<h1>``."""
+    from plotly.offline import get_plotlyjs
+
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{_esc(title)}</title>
+<style>{css}</style>
+<script>{_ERROR_COLLECTOR}</script>
+<script type="text/javascript">{get_plotlyjs()}</script>
+</head>
+<body>
+<div id="js-error-banner"></div>
+<h1>{_esc(title)}</h1>
+"""
+
+
 def _section_html(res: SectionResult, section_json: dict[str, Any]) -> str:
     parts = [f'<section id="sec-{_esc(res.name)}" data-status="{res.status}">',
              f'<h2>{_esc(res.title)}<span class="badge {res.status}">{res.status}</span></h2>',
@@ -165,8 +186,6 @@ def _section_html(res: SectionResult, section_json: dict[str, Any]) -> str:
 def render_html(results: Sequence[SectionResult], meta: dict[str, Any], section_json: Sequence[dict[str, Any]],
                 prompts: Sequence[Any]) -> str:
     """One self-contained HTML page for a report."""
-    from plotly.offline import get_plotlyjs
-
     summary_rows = "".join(
         f'<tr><td><a href="#sec-{_esc(r.name)}">{_esc(r.title)}</a></td>'
         f'<td><span class="badge {r.status}">{r.status}</span></td>'
@@ -193,20 +212,7 @@ def render_html(results: Sequence[SectionResult], meta: dict[str, Any], section_
     n_fail = sum(r.status == "failed" for r in results)
     n_skip = sum(r.status == "skipped" for r in results)
     title = f"interp report — {meta.get('model')}"
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{_esc(title)}</title>
-<style>{_CSS}</style>
-<script>{_ERROR_COLLECTOR}</script>
-<script type="text/javascript">{get_plotlyjs()}</script>
-</head>
-<body>
-<div id="js-error-banner"></div>
-<h1>{_esc(title)}</h1>
-<p class="muted">{len(results)} sections: {len(results) - n_fail - n_skip} ok, {n_fail} failed, {n_skip} skipped.
+    return page_head(title, _CSS) + f"""<p class="muted">{len(results)} sections: {len(results) - n_fail - n_skip} ok, {n_fail} failed, {n_skip} skipped.
 Every number shown here is also in the JSON file written beside this page.</p>
 <table><thead><tr><th>section</th><th>status</th><th>seconds</th><th>reason</th></tr></thead>
 <tbody>{summary_rows}</tbody></table>

@@ -83,9 +83,7 @@ def differences(doc_a: dict[str, Any], doc_b: dict[str, Any]) -> list[list[Any]]
 def render_comparison(names: tuple[str, str], reports: tuple[Any, Any]) -> str:
     """One self-contained HTML page: the table of differences, then every section with the two
     models' figures paired side by side."""
-    from plotly.offline import get_plotlyjs
-
-    from interp.reports._html import _CSS, _ERROR_COLLECTOR, _RENDER_CHECK, _esc, render_figure, render_table
+    from interp.reports._html import _CSS, _RENDER_CHECK, _esc, page_head, render_figure, render_table
     from interp.reports._registry import Table
 
     docs = [r.to_json() for r in reports]
@@ -125,20 +123,7 @@ def render_comparison(names: tuple[str, str], reports: tuple[Any, Any]) -> str:
     css = _CSS.replace("max-width: 1200px", "max-width: 1800px") + (
         ".pair { display: grid; grid-template-columns: 1fr 1fr; gap: 1rem; } .col { min-width: 0; }")
     title = f"interp comparison — {names[0]} vs {names[1]}"
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{_esc(title)}</title>
-<style>{css}</style>
-<script>{_ERROR_COLLECTOR}</script>
-<script type="text/javascript">{get_plotlyjs()}</script>
-</head>
-<body>
-<div id="js-error-banner"></div>
-<h1>{_esc(title)}</h1>
-<p class="muted">Same prompts, seed {docs[0]['meta'].get('seed')} and BOS policy for both models; each model's own
+    return page_head(title, css) + f"""<p class="muted">Same prompts, seed {docs[0]['meta'].get('seed')} and BOS policy for both models; each model's own
 report JSON is embedded in the comparison JSON written beside this page.</p>
 {render_table(diff)}
 {''.join(parts)}

@@ -15,24 +15,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from interp.prompts import QUICK_PROMPTS
 from interp.reports._registry import Prompt
 
-DEFAULT_PROMPTS: tuple[Prompt, ...] = (
-    Prompt("The old lighthouse keeper climbed the spiral stairs every evening to light the lamp. "
-           "Ships passing in the night relied on its steady beam to avoid the rocks below the cliff.", "prose"),
-    Prompt("In 1969, two astronauts walked on the Moon while a third orbited above them. Millions of "
-           "people watched the grainy television pictures and listened to the crackling voices.", "prose"),
-    Prompt("She opened the letter slowly, afraid of what it might say. The handwriting was familiar, "
-           "but the words inside were cold, formal and strangely distant.", "prose"),
-    Prompt("Photosynthesis converts light energy into chemical energy. Plants take in carbon dioxide "
-           "and water, and with sunlight they produce glucose and release oxygen.", "prose"),
-    Prompt("def fibonacci(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n"
-           "    return a\n\nprint(fibonacci(10))\n", "code"),
-    Prompt("import os\n\nfor root, dirs, files in os.walk('.'):\n    for name in files:\n"
-           "        if name.endswith('.py'):\n            print(os.path.join(root, name))\n", "code"),
-    Prompt("SELECT name, COUNT(*) AS n\nFROM orders\nWHERE created_at > '2024-01-01'\n"
-           "GROUP BY name\nORDER BY n DESC\nLIMIT 10;\n", "code"),
-)
+DEFAULT_PROMPTS: tuple[Prompt, ...] = tuple(Prompt(text, domain) for text, domain in QUICK_PROMPTS)
 
 
 def default_prompts() -> list[Prompt]:

@@ -11,29 +11,22 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from interp._attnstats import PromptBatch, as_batch, model_name
+from interp.prompts import ROPE_PROMPTS
 from interp.spec import ModelSpec, RopeSpec, model_spec
+from interp.types import Model
 
 Hook = tuple[str, Callable[..., Any]]
 
-DEFAULT_PROMPTS: list[str] = [
-    "The old lighthouse keeper climbed the narrow stairs every evening to light the great lamp, "
-    "and the ships that passed in the night trusted its steady beam to guide them home.",
-    "In 1869 the transcontinental railroad was completed, joining the eastern and western "
-    "networks of the United States and cutting the journey across the continent to a week.",
-    "def mean(values):\n    total = 0\n    for v in values:\n        total += v\n"
-    "    return total / len(values)\n\nprint(mean([1, 2, 3, 4]))\n",
-    "When Mary and John went to the store, John gave a drink to Mary. Later that day, the two "
-    "friends walked along the river and talked about their plans for the summer.",
-]
+DEFAULT_PROMPTS: list[str] = ROPE_PROMPTS  # the RoPE analyses' default input (interp.prompts)
 
 
-def rope_model(model: Any) -> tuple[ModelSpec, RopeSpec]:
+def rope_model(model: Model) -> tuple[ModelSpec, RopeSpec]:
     """``(model_spec(model), its RopeSpec)``; a clear :class:`~interp.spec.NoRotaryError` otherwise."""
     spec = model_spec(model)
     return spec, spec.require_rope()
 
 
-def batch_of(model: Any, prompts: Any, prepend_bos: bool, min_len: int = 2) -> PromptBatch:
+def batch_of(model: Model, prompts: Any, prepend_bos: bool, min_len: int = 2) -> PromptBatch:
     return as_batch(model, DEFAULT_PROMPTS if prompts is None else prompts, prepend_bos=prepend_bos,
                     min_len=min_len)
 
@@ -147,12 +140,12 @@ def _probe(model: Any) -> dict[str, bool]:
     return out
 
 
-def exposes_rotated(model: Any) -> bool:
+def exposes_rotated(model: Model) -> bool:
     """Whether the bridge fires ``hook_rot_q``/``hook_rot_k`` (see :func:`_probe`)."""
     return _probe(model)["rotated"]
 
 
-def scores_are_pattern(model: Any) -> bool:
+def scores_are_pattern(model: Model) -> bool:
     """Whether the bridge's ``hook_attn_scores`` carries the softmax pattern (see :func:`_probe`)."""
     return _probe(model)["scores_are_pattern"]
 
@@ -273,7 +266,7 @@ def shift_hooks(spec: ModelSpec, delta: int, *, exposed: bool = True, has_cos_si
     return hooks
 
 
-def has_cos_sin(model: Any) -> bool:
+def has_cos_sin(model: Model) -> bool:
     """Whether every layer's attention exposes ``hook_cos``/``hook_sin``."""
     hd = getattr(model, "hook_dict", {})
     return all(f"blocks.{l}.attn.hook_cos" in hd and f"blocks.{l}.attn.hook_sin" in hd
@@ -295,7 +288,7 @@ def next_token_loss(
     return float(nll[ok].sum()), int(ok.sum())
 
 
-def name_of(model: Any) -> str:
+def name_of(model: Model) -> str:
     return model_name(model)
 
 

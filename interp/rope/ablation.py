@@ -38,6 +38,7 @@ from interp.rope._common import (
     select_chunks,
 )
 from interp.rope.usage import _Acc
+from interp.types import Model
 
 __all__ = ["BandAblationResult", "band_ablation", "PositionalFrequencyResult", "positional_frequency_heads"]
 
@@ -162,7 +163,7 @@ def _measure(model: Any, batch: Any, extra: Any, batch_size: int, spec: Any, max
 
 
 def band_ablation(
-    model: Any,
+    model: Model,
     prompts: Any = None,
     *,
     fraction: float = 0.25,
@@ -264,7 +265,7 @@ def _spearman(a: Tensor, b: Tensor) -> float:
 
 
 def positional_frequency_heads(
-    model: Any,
+    model: Model,
     prompts: Any = None,
     *,
     fraction: float = 0.25,

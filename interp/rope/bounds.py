@@ -37,6 +37,7 @@ from torch import Tensor
 
 from interp.results import Result
 from interp.rope._common import name_of, rope_model
+from interp.types import Model
 
 __all__ = ["men_b", "min_base", "critical_dimension", "BaseBoundsResult", "base_bounds"]
 
@@ -160,7 +161,7 @@ class BaseBoundsResult(Result):
 
 
 def base_bounds(
-    model: Any = None,
+    model: Model = None,
     *,
     base: float | None = None,
     d: int | None = None,

@@ -30,6 +30,7 @@ from interp.results import Result
 from interp.rope._common import (
     as_mask, batch_of, exposes_rotated, has_cos_sin, name_of, rope_model, rotation_hooks, shift_hooks,
 )
+from interp.types import Model
 
 __all__ = ["ShiftInvarianceResult", "shift_invariance"]
 
@@ -77,7 +78,7 @@ def _as_dtype(model: Any, dtype: torch.dtype) -> Any:
 
 
 def shift_invariance(
-    model: Any,
+    model: Model,
     prompts: Any = None,
     *,
     deltas: tuple[int, int] = (0, 1000),

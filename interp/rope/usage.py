@@ -32,6 +32,7 @@ from interp.rope._common import (
     batch_of, exposes_rotated, name_of, pre_rotation_hooks, rope_model, scores_are_pattern, to_bphd, valid_tokens,
 )
 from interp.spec import RopeSpec
+from interp.types import Model
 
 __all__ = ["FrequencyUsage", "LogitDecomposition", "frequency_usage", "logit_decomposition", "chunk_logits"]
 
@@ -355,7 +356,7 @@ def _decomposition(model: Any, spec: Any, rope: RopeSpec, batch: Any, acc: _Acc)
 
 
 def frequency_usage(
-    model: Any,
+    model: Model,
     prompts: Any = None,
     *,
     prepend_bos: bool = True,
@@ -392,7 +393,7 @@ def frequency_usage(
 
 
 def logit_decomposition(
-    model: Any,
+    model: Model,
     prompts: Any = None,
     *,
     prepend_bos: bool = True,

@@ -25,6 +25,7 @@ from torch import Tensor
 from interp.zoo import measure as M
 from interp.zoo import tasks as T
 from interp.zoo._specs import ToyInfo
+from interp.types import Model
 
 EVAL_SEED = 20_251_126
 EVAL_N = 256
@@ -397,7 +398,7 @@ def _offset(info: ToyInfo, model: Any) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def position_probe(model: Any, tokens: Tensor, *, train_frac: float = 0.5,
+def position_probe(model: Model, tokens: Tensor, *, train_frac: float = 0.5,
                    ridge: float = 1e-2) -> dict[str, dict[str, float]]:
     """Least-squares (ridge) probe ``pos ≈ [h, 1] w`` per layer, split by prompt.
 

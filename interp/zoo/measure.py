@@ -17,13 +17,15 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from interp.types import Model
+
 __all__ = [
     "ablate_heads_hooks", "logits_with", "accuracy", "patterns", "attention_to_offset",
     "attention_to_position", "value_output_norms", "kv_group",
 ]
 
 
-def kv_group(model: Any, head: int) -> int:
+def kv_group(model: Model, head: int) -> int:
     """KV head used by query head ``head`` (GQA): ``head // (n_heads // n_kv_heads)``."""
     from interp.families import family_of
 
@@ -48,7 +50,7 @@ def ablate_heads_hooks(heads: Sequence[tuple[int, int]]) -> list[tuple[str, Any]
 
 @torch.no_grad()
 def logits_with(
-    model: Any, tokens: Int[Tensor, "batch pos"], hooks: Sequence[tuple[str, Any]] = (),
+    model: Model, tokens: Int[Tensor, "batch pos"], hooks: Sequence[tuple[str, Any]] = (),
 ) -> Float[Tensor, "batch pos vocab"]:
     """Logits of ``model`` on ``tokens`` with the given forward hooks active."""
     return model.run_with_hooks(tokens, fwd_hooks=list(hooks))
@@ -66,7 +68,7 @@ def accuracy(
 
 
 @torch.no_grad()
-def patterns(model: Any, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "layer batch head q k"]:
+def patterns(model: Model, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "layer batch head q k"]:
     """All attention patterns (``blocks.{l}.attn.hook_pattern``) stacked over layers."""
     n_layers = int(model.cfg.n_layers)
     names = {f"blocks.{l}.attn.hook_pattern" for l in range(n_layers)}
@@ -104,7 +106,7 @@ def attention_to_position(
 
 @torch.no_grad()
 def value_output_norms(
-    model: Any, tokens: Int[Tensor, "batch pos"], layer: int,
+    model: Model, tokens: Int[Tensor, "batch pos"], layer: int,
 ) -> Float[Tensor, "batch pos head"]:
     """``‖v_j W_O^h‖`` for every key position ``j`` and query head ``h`` of ``layer``
     (value-state drain, Guo et al. 2024). Uses ``hook_v`` (KV heads, expanded to query heads for

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from interp.types import Model
+
 #: (number of prompts, max tokens per prompt incl. BOS) per use; None = no cap
 SIZES: dict[str, tuple[int | None, int | None]] = {
     "scan": (256, 48),        # sinks + positional heads (and their random-token control)
@@ -41,7 +43,7 @@ def size(ctx: Any, key: str) -> tuple[int | None, int | None]:
     return SIZES[key]
 
 
-def truncate(model: Any, texts: list[str], max_tokens: int | None, *, prepend_bos: bool) -> list[str]:
+def truncate(model: Model, texts: list[str], max_tokens: int | None, *, prepend_bos: bool) -> list[str]:
     """Each text cut at a token boundary so that it has at most ``max_tokens`` tokens (BOS
     included), using the tokenizer's character offsets (``interp.tokenize``)."""
     if max_tokens is None:

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from interp.types import Model
+
 
 def token_label(i: int, tok: str) -> str:
     """Unique, readable axis label for position ``i`` (plotly merges duplicate category labels)."""
@@ -18,7 +20,7 @@ def token_label(i: int, tok: str) -> str:
     return f"{i}:{tok}"
 
 
-def tokens_for(model: Any, text: str, prepend_bos: bool) -> tuple[torch.Tensor, list[str]]:
+def tokens_for(model: Model, text: str, prepend_bos: bool) -> tuple[torch.Tensor, list[str]]:
     """``[1, pos]`` token ids and their strings for one prompt under the BOS policy (``interp.tokenize``)."""
     from interp.tokens import tokenize
 

@@ -14,9 +14,10 @@ import torch
 
 from interp.reports._registry import ReportContext, SectionOutput, Table, section
 from interp.reports.sections._util import heatmap_layer_head, token_label, tokens_for
+from interp.types import Model
 
 
-def per_prompt_stats(model: Any, text: str, prepend_bos: bool) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def per_prompt_stats(model: Model, text: str, prepend_bos: bool) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """(resid_norm [layer pos], entropy [layer head] mean over queries ≥ 1, str tokens) for one prompt."""
     tokens, strs = tokens_for(model, text, prepend_bos)
     n_layers = model.cfg.n_layers

@@ -19,7 +19,6 @@ default, ``"position"`` or ``"none"``; every granularity but ``"none"`` is compa
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from interp.reports._registry import ReportContext, SectionOutput, SectionSkipped, Table, section
@@ -29,70 +28,15 @@ from interp.stats import describe
 # a short grid (fractions of abstract edges) keeps the default report fast; the full MIB grid is
 # circuits.curves.MIB_GRID
 REPORT_GRID = (0.002, 0.01, 0.05, 0.2, 1.0)
-TASKS = ("ioi", "greater-than", "induction")
-METHODS = ("eap", "eap-ig")
-GRANULARITIES = ("span", "position", "none")
-DEFAULT_N = 64
-_NATURAL_LANGUAGE = ("ioi", "greater-than")
 _LABELS = {"span": "span (positional)", "position": "position (positional)", "none": "none (non-positional)"}
 
 
-def _choice(options: dict[str, Any], key: str, default: str, allowed: tuple[str, ...]) -> str:
-    v = str(options.get(key) or default)
-    if v not in allowed:
-        raise ValueError(f"circuit option {key}={v!r} is not one of {', '.join(allowed)}")
-    return v
-
-
 def circuit_config(options: dict[str, Any]) -> dict[str, Any]:
-    """The section's settings from its options, validated (ValueError naming the bad option)."""
-    pairs = options.get("pairs")
-    if pairs is not None and options.get("task") is not None:
-        raise ValueError("give either a task or a pairs file, not both")
-    n = int(options.get("n", options.get("ioi_n", DEFAULT_N)))
-    ig_steps = int(options.get("ig_steps", 5))
-    if n < 1 or ig_steps < 1:
-        raise ValueError(f"n and ig_steps must be ≥ 1 (got n={n}, ig_steps={ig_steps})")
-    return {"task": None if pairs is not None else _choice(options, "task", "ioi", TASKS),
-            "pairs": None if pairs is None else str(pairs), "n": n,
-            "method": _choice(options, "method", "eap", METHODS), "ig_steps": ig_steps,
-            "granularity": _choice(options, "granularity", "span", GRANULARITIES),
-            "grid": tuple(float(x) for x in options.get("grid", REPORT_GRID))}
+    """The section's settings from its options, validated (ValueError naming the bad option): the
+    task/method/granularity settings of :func:`circuits.registry.task_options` and the ``grid``."""
+    from circuits.registry import task_options
 
-
-def circuit_task(model: Any, options: dict[str, Any], *, seed: int = 0, prepend_bos: bool = True) -> Any:
-    """The :class:`circuits.tasks.Task` the section runs on: a built-in task (``n`` examples,
-    ``seed``) or the user's pairs from ``options["pairs"]`` (:func:`circuits.tasks.load_jsonl`).
-
-    The schema is applied to every clean and counterfactual prompt here, so bad input (no
-    template, a prompt that does not fit it, a multi-token answer, …) raises ValueError before
-    any analysis runs.
-    """
-    from circuits import tasks
-
-    cfg = circuit_config(options)
-    if cfg["pairs"] is not None:
-        path = Path(cfg["pairs"])
-        if not path.is_file():
-            raise FileNotFoundError(f"pairs file {str(path)!r} does not exist (or is not a file)")
-        task = tasks.load_jsonl(path, model, prepend_bos=prepend_bos)
-        for batch in (task.clean, task.corrupt):  # SchemaError (a ValueError) names every misfit
-            task.schema.apply(batch)
-        return task
-    if cfg["task"] == "ioi":
-        if cfg["n"] == DEFAULT_N and not options.get("generated_ioi"):
-            from interp import datasets
-
-            task = tasks.load_jsonl(datasets.path("ioi-t0"), model, prepend_bos=prepend_bos, name="ioi")
-            task.meta.update(source="interp.datasets ioi-t0 (bundled)", order="both")
-            return task
-        return tasks.ioi(model, n=cfg["n"], seed=seed, prepend_bos=prepend_bos)
-    if cfg["task"] == "greater-than":
-        return tasks.greater_than(model, n=cfg["n"], seed=seed, prepend_bos=prepend_bos)
-    task = tasks.induction(model, n=cfg["n"], seed=seed)
-    if task.prepend_bos != prepend_bos:
-        raise ValueError("the induction task always starts with BOS (clean: BOS, A, A); drop --no-bos")
-    return task
+    return {**task_options(options), "grid": tuple(float(x) for x in options.get("grid", REPORT_GRID))}
 
 
 @section("circuit", "Position-aware circuit",
@@ -103,15 +47,16 @@ def circuit_task(model: Any, options: dict[str, Any], *, seed: int = 0, prepend_
          requires=("circuits",), order=70)
 def run(ctx: ReportContext) -> SectionOutput:
     import circuits
+    from circuits.registry import NATURAL_LANGUAGE_TASKS, task_from_options
 
     cfg = circuit_config(ctx.options)
-    if ctx.model_name.startswith("toy-") and (cfg["task"] or "") in _NATURAL_LANGUAGE:
+    if ctx.model_name.startswith("toy-") and (cfg["task"] or "") in NATURAL_LANGUAGE_TASKS:
         raise SectionSkipped(f"{cfg['task'].upper() if cfg['task'] == 'ioi' else cfg['task']} needs a "
                              f"natural-language model; {ctx.model_name} is a toy model (its planted "
                              "circuits are tested in tests/test_attribution.py and the circuits notebook; "
                              "use the induction task or your own pairs)")
     method, gran, grid = cfg["method"], cfg["granularity"], cfg["grid"]
-    task = circuit_task(ctx.model, ctx.options, seed=ctx.seed, prepend_bos=ctx.prepend_bos)
+    task = task_from_options(ctx.model, ctx.options, seed=ctx.seed, prepend_bos=ctx.prepend_bos)
     grans = [gran] if gran == "none" else [gran, "none"]
     graphs = {g: circuits.attribute(ctx.model, task, granularity=g, method=method, ig_steps=cfg["ig_steps"],
                                     batch_size=4, max_memory=ctx.options.get("max_memory")) for g in grans}

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from interp.reports._registry import ReportContext, SectionOutput, SectionSkipped, Table, section
+from interp.types import Model
 
 _DELIM = re.compile(r"^\s*[.,;:]\s*$|\n")
 
@@ -46,7 +47,7 @@ def _bins(T: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 
 
-def measure_prompt(model: Any, tokens: torch.Tensor, eps: float) -> dict[str, torch.Tensor]:
+def measure_prompt(model: Model, tokens: torch.Tensor, eps: float) -> dict[str, torch.Tensor]:
     """One prompt ``[1, T]``: attention to token 0 per query ``[layer head T]``, pooled A(Δ) sums
     ``[layer head T]`` and max |resid_post| per position ``[layer T]``."""
     L = int(model.cfg.n_layers)

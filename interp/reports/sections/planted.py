@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from interp.reports._registry import ReportContext, SectionOutput, SectionSkipped, Table, section
+from interp.types import Model
 
 #: manifest role -> roles of interp.heads.classify_heads that realise it
 ROLE_MAP: dict[str, tuple[str, ...]] = {
@@ -32,7 +33,7 @@ def _expected(role: str) -> tuple[str, ...]:
     return ROLE_MAP.get(role, (role.replace("_", "-"),))
 
 
-def inert_heads(model: Any) -> set[str]:
+def inert_heads(model: Model) -> set[str]:
     """Heads whose ‖W_V W_O‖_F is below ``INERT_REL`` of the model's largest (they write ~nothing)."""
     import torch
 
