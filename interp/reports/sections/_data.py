@@ -61,13 +61,17 @@ def truncate(model: Any, texts: list[str], max_tokens: int | None, *, prepend_bo
     return out
 
 
-def draw(ctx: Any, key: str, *, longest: bool = False, min_tokens: int = 0, full_length: bool = False) -> list[str]:
+def draw(ctx: Any, key: str, *, longest: bool = False, min_tokens: int = 0, full_length: bool = False,
+         by_domain: bool = False) -> list[str]:
     """The texts section ``key`` analyses (cached per key in ``ctx.cache``).
 
     ``longest``: take the longest prompts (long-context views) instead of a stratified sample;
     ``min_tokens``: drop prompts shorter than that (after cutting); ``full_length``: sample only
     among prompts that have at least the token budget, so that every drawn text is cut to exactly
-    that many tokens (every position is covered by every prompt; used by ``neurons``).
+    that many tokens (every position is covered by every prompt; used by ``neurons``);
+    ``by_domain``: the same number of prompts from every domain (``n // k``, the first ``n % k``
+    domains one more), each a length-stratified sample, so that the domain mix does not change
+    with the seed (the drawn prompts' domains are in ``ctx.cache[f"data.{key}.domains"]``).
     """
     ck = f"data.{key}"
     if ck in ctx.cache:
@@ -88,7 +92,14 @@ def draw(ctx: Any, key: str, *, longest: bool = False, min_tokens: int = 0, full
 
             lens = tokenize(ctx.model, [p.text for p in prompts], prepend_bos=ctx.prepend_bos).lengths
             prompts = [p for p, m in zip(prompts, lens) if int(m) >= t]
-        if n is not None:
+        if n is not None and by_domain:
+            doms = sorted({p.domain for p in prompts})
+            picked = []
+            for j, d in enumerate(doms):
+                m = n // len(doms) + (1 if j < n % len(doms) else 0)
+                picked += sample([p for p in prompts if p.domain == d], m, seed=ctx.seed)
+            prompts = picked
+        elif n is not None:
             prompts = sample(prompts, n, seed=ctx.seed)
     texts = truncate(ctx.model, [p.text for p in prompts], t, prepend_bos=ctx.prepend_bos)
     if min_tokens:
@@ -97,6 +108,8 @@ def draw(ctx: Any, key: str, *, longest: bool = False, min_tokens: int = 0, full
         lens = tokenize(ctx.model, texts, prepend_bos=ctx.prepend_bos).lengths
         texts = [x for x, m in zip(texts, lens) if m >= min_tokens]
     ctx.cache[ck] = texts
+    if not min_tokens:
+        ctx.cache[ck + ".domains"] = [p.domain for p in prompts]
     return texts
 
 
