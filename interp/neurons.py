@@ -87,7 +87,7 @@ def position_mutual_information(
     return info.mean(-1).float()
 
 
-def small_sample_bias(totals: Float[Tensor, " pos"]) -> float:
+def small_sample_bias(totals: Float[Tensor, " pos"], sq_totals: Float[Tensor, " pos"] | None = None) -> float:
     """Expected plug-in ``I(act; pos)`` of a neuron whose firing is independent of position, to
     first order: ``(1/T) Σ_pos (1/(2 n_pos) − 1/(2 N_tok))`` over the ``T`` positions with
     ``n_pos = totals[pos] > 0`` tokens (``N_tok = Σ n_pos``). Equal ``n_pos`` give Miller–Madow's
@@ -96,12 +96,23 @@ def small_sample_bias(totals: Float[Tensor, " pos"]) -> float:
     Each term is a binary KL divergence ≈ ``χ²/(2·…)``: ``KL(p̂_pos ‖ p̂) ≈ (p̂_pos − p̂)²/(2p(1−p))``
     and ``Var(p̂_pos − p̂) = p(1−p)(1/n_pos − 1/N_tok)`` (``p̂`` pools ``p̂_pos``), whence the
     formula; it does not depend on the firing rate ``p``.
+
+    Weighted tokens (bootstrap replicates: ``totals[pos] = Σ_i w_i``, ``sq_totals[pos] = Σ_i w_i²``
+    over the prompts covering ``pos``): the weighted rate has variance ``p(1−p) Σw²/(Σw)²``, so
+    each count is replaced by Kish's effective size ``(Σw)²/Σw²`` (Kish 1965); with 0/1 weights
+    this is the plain count. Without it a Poisson(1) replicate (effective size ≈ n/2) keeps about
+    as much bias again as was subtracted, and every replicate count is shifted and spread.
     """
-    n = torch.as_tensor(totals, dtype=torch.float64)
-    n = n[n > 0]
-    if n.numel() == 0:
+    t = torch.as_tensor(totals, dtype=torch.float64)
+    keep = t > 0
+    if not bool(keep.any()):
         raise ValueError("No position has any token.")
-    return float((0.5 / n).mean() - 0.5 / n.sum())
+    if sq_totals is None:
+        n = t[keep]
+        return float((0.5 / n).mean() - 0.5 / n.sum())
+    q = torch.as_tensor(sq_totals, dtype=torch.float64)[keep]
+    n = t[keep] ** 2 / q
+    return float((0.5 / n).mean() - 0.5 * float(q.sum()) / float(t[keep].sum()) ** 2)
 
 
 @dataclass
@@ -277,6 +288,7 @@ def positional_neurons(
         wts = torch.poisson(torch.ones(n_boot, len(batch)), generator=torch.Generator().manual_seed(seed)) if n_boot else None
     bfires: dict[int, Tensor] = {}
     btotals = torch.zeros(n_boot, Tm, dtype=torch.float64)
+    bsq = torch.zeros(n_boot, Tm, dtype=torch.float64)
 
     def make(offset: int, toks: Tensor, lengths: list[int]):
         width = max(lengths)
@@ -286,6 +298,7 @@ def positional_neurons(
         if wts is not None:
             w = wts[:, offset:offset + len(lengths)]  # [boot b]
             btotals[:, :width] += (w @ valid.float()).double()
+            bsq[:, :width] += ((w * w) @ valid.float()).double()
 
         def hook(x: Tensor, hook: Any) -> None:
             l = int(hook.name.split(".")[1])
@@ -330,7 +343,7 @@ def positional_neurons(
             out = []
             for r in range(n_boot):
                 tot = btotals[r, first:]
-                bias_r = small_sample_bias(tot)
+                bias_r = small_sample_bias(tot, bsq[r, first:])
                 out.append([int(((position_mutual_information(bfires[l][r][:, first:], tot.float()) - bias_r)
                                  > threshold).sum()) if l in bfires else 0 for l in range(L)])
             return out

@@ -75,6 +75,25 @@ def test_small_sample_bias_matches_simulated_null():
         neurons.small_sample_bias(torch.zeros(3))
 
 
+def test_small_sample_bias_of_a_weighted_replicate():
+    """Poisson(1)-weighted prompts (a bootstrap replicate): the simulated null mean of the weighted
+    plug-in I matches the bias with Kish's effective counts (Σw)²/Σw², about twice the unweighted one."""
+    g = torch.Generator().manual_seed(1)
+    n_prompts, T, n_neurons = 120, 16, 4000
+    w = torch.poisson(torch.ones(n_prompts), generator=g)
+    p = 0.2 + 0.6 * torch.rand(n_neurons, 1, 1, generator=g)
+    x = (torch.rand(n_neurons, n_prompts, T, generator=g) < p).float()
+    fires = torch.einsum("i,kit->kt", w, x)
+    tot = torch.full((T,), float(w.sum()))
+    sq = torch.full((T,), float((w * w).sum()))
+    mean_info = float(neurons.position_mutual_information(fires, tot).double().mean())
+    kish = neurons.small_sample_bias(tot, sq)
+    assert mean_info == pytest.approx(kish, rel=0.08)
+    assert kish > 1.5 * neurons.small_sample_bias(tot)
+    ones = torch.full((T,), float(n_prompts))
+    assert neurons.small_sample_bias(ones, ones) == pytest.approx(neurons.small_sample_bias(ones))
+
+
 def _bruteforce(model, prompts, hook):
     counts, totals = None, torch.zeros(20)
     L = model.cfg.n_layers
