@@ -27,6 +27,7 @@ random halves, split within each domain. The count with the BOS position left ou
 from __future__ import annotations
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from interp.reports._registry import ReportContext, SectionOutput, Table, section
@@ -110,7 +111,8 @@ def _span(lengths: list[int]) -> str:
     return f"{lo}" if lo == hi else f"{lo}–{hi}"
 
 
-def stratified_replicates(strata: list[str], n_boot: int, *, seed: int) -> tuple[Tensor, Tensor]:
+def stratified_replicates(strata: list[str], n_boot: int, *,
+                          seed: int) -> tuple[Float[Tensor, "2 prompt"], Float[Tensor, "replicate prompt"]]:
     """Per-prompt weights: two disjoint random halves within every stratum (domain), and
     ``n_boot`` Poisson(1) bootstrap replicates rescaled within every stratum to its size (a
     stratified bootstrap: each replicate keeps the domain mix of the sample, as the draw does).
