@@ -16,11 +16,22 @@ in nats (``0 log 0 = 0``); a neuron is positional when ``I > threshold`` (0.05).
 number of prompts at every position this is exactly the mutual information between a uniform
 position and the binary firing variable.
 
-**Small-sample bias.** This plug-in estimate is biased upwards by about
-``(T − 1) / (2 N_tok)`` nats (Miller–Madow; ``N_tok`` = tokens counted, ``T`` positions), i.e.
+**Small-sample bias.** This plug-in estimate is biased upwards. For a neuron whose firing does
+not depend on position, each term is ``KL(fr̂(pos) ‖ fr̂) ≈ (fr̂(pos) − fr̂)² / (2 fr (1 − fr))`` with
+``Var(fr̂(pos) − fr̂) = fr (1 − fr)(1/n_pos − 1/N_tok)`` (``n_pos`` tokens at ``pos``, ``N_tok`` in
+all), so (:func:`small_sample_bias`)
+
+    bias = (1/T) Σ_pos (1/(2 n_pos) − 1/(2 N_tok))
+
+nats, which is Miller–Madow's ``(T − 1) / (2 N_tok)`` (Miller 1955) when every position has the
+same number of prompts, and larger when late positions are covered by few (short prompts): the
+positions average with equal weight, so the sparsest positions dominate the bias. It is
 ``≈ 1/(2·n_prompts)``: with 2 prompts almost every neuron looks positional. ``info_corrected``
-subtracts this bias and :meth:`PositionalNeuronsResult.positional` uses it by default; a warning
-is raised when the bias exceeds half the threshold (use ≥ 20–50 prompts).
+subtracts it and :meth:`PositionalNeuronsResult.positional` uses it by default; a warning is
+raised when the bias exceeds half the threshold (use ≥ 20–50 prompts per position). For a count
+that is stable between prompt draws, give every position the same prompts (prompts of at least
+``T`` tokens cut to ``T``; the report does this): then ``I`` is exactly the mutual information
+with a uniform position and no position is estimated from a handful of long prompts.
 
 **Activation rule.** Voita et al. study OPT (ReLU): a neuron fires when its activation is > 0.
 For SiLU/GELU (and gated SwiGLU/GeGLU MLPs) we use the sign of the *input of the nonlinearity*
@@ -51,7 +62,7 @@ from interp.prompts import DEFAULT_PROMPTS
 from interp.results import Result
 from interp.types import Model
 
-__all__ = ["PositionalNeuronsResult", "positional_neurons", "position_mutual_information"]
+__all__ = ["PositionalNeuronsResult", "positional_neurons", "position_mutual_information", "small_sample_bias"]
 
 
 def position_mutual_information(
@@ -77,6 +88,34 @@ def position_mutual_information(
     return info.mean(-1).float()
 
 
+def small_sample_bias(totals: Float[Tensor, " pos"], sq_totals: Float[Tensor, " pos"] | None = None) -> float:
+    """Expected plug-in ``I(act; pos)`` of a neuron whose firing is independent of position, to
+    first order: ``(1/T) Σ_pos (1/(2 n_pos) − 1/(2 N_tok))`` over the ``T`` positions with
+    ``n_pos = totals[pos] > 0`` tokens (``N_tok = Σ n_pos``). Equal ``n_pos`` give Miller–Madow's
+    ``(T − 1)/(2 N_tok)`` (Miller 1955; Paninski 2003, Neural Computation 15(6)).
+
+    Each term is a binary KL divergence ≈ ``χ²/(2·…)``: ``KL(p̂_pos ‖ p̂) ≈ (p̂_pos − p̂)²/(2p(1−p))``
+    and ``Var(p̂_pos − p̂) = p(1−p)(1/n_pos − 1/N_tok)`` (``p̂`` pools ``p̂_pos``), whence the
+    formula; it does not depend on the firing rate ``p``.
+
+    Weighted tokens (bootstrap replicates: ``totals[pos] = Σ_i w_i``, ``sq_totals[pos] = Σ_i w_i²``
+    over the prompts covering ``pos``): the weighted rate has variance ``p(1−p) Σw²/(Σw)²``, so
+    each count is replaced by Kish's effective size ``(Σw)²/Σw²`` (Kish 1965); with 0/1 weights
+    this is the plain count. Without it a Poisson(1) replicate (effective size ≈ n/2) keeps about
+    as much bias again as was subtracted, and every replicate count is shifted and spread.
+    """
+    t = torch.as_tensor(totals, dtype=torch.float64)
+    keep = t > 0
+    if not bool(keep.any()):
+        raise ValueError("No position has any token.")
+    if sq_totals is None:
+        n = t[keep]
+        return float((0.5 / n).mean() - 0.5 / n.sum())
+    q = torch.as_tensor(sq_totals, dtype=torch.float64)[keep]
+    n = t[keep] ** 2 / q
+    return float((0.5 / n).mean() - 0.5 * float(q.sum()) / float(t[keep].sum()) ** 2)
+
+
 @dataclass
 class PositionalNeuronsResult(Result):
     """``info[l, n]`` = I(act; pos) of MLP neuron ``n`` in layer ``l``; ``firing_rate[l, n, p]``
@@ -95,8 +134,17 @@ class PositionalNeuronsResult(Result):
 
     @property
     def info_corrected(self) -> Float[Tensor, "layer neuron"]:
-        """Miller–Madow corrected ``I − (T − 1)/(2 N_tok)``."""
+        """Bias-corrected ``I − bias`` (:func:`small_sample_bias`; Miller–Madow's
+        ``(T − 1)/(2 N_tok)`` when every position has the same number of prompts)."""
         return self.info - self.bias
+
+    def info_from(self, first: int) -> Float[Tensor, "layer neuron"]:
+        """Bias-corrected ``I`` over positions ``≥ first`` only (e.g. ``first=1`` leaves out the BOS
+        position, where every prompt has the same token, so firing there is the BOS token's, not
+        the position's), from ``firing_rate × tokens_per_position``."""
+        tot = self.tokens_per_position[first:].double()
+        fires = torch.nan_to_num(self.firing_rate[..., first:].double()) * tot
+        return (position_mutual_information(fires, tot) - small_sample_bias(tot)).float()
 
     def positional(self, corrected: bool = True) -> Float[Tensor, "layer neuron"]:
         """1 where ``I > threshold`` (bias-corrected ``I`` by default)."""
@@ -194,16 +242,19 @@ def positional_neurons(
     n_boot: int = 0,
     seed: int = 0,
     replicate_weights: Float[Tensor, "replicate prompt"] | None = None,
+    replicate_from: Sequence[int] = (),
 ) -> PositionalNeuronsResult:
     """I(act; pos) for every MLP neuron (see the module docstring for the rule and formula).
 
     ``n_boot > 0`` also counts positional neurons on ``n_boot`` Poisson-bootstrap replicates of
     the prompts (each prompt weighted by a Poisson(1) draw, Hanley & MacGibbon 2006 — the
-    streaming form of resampling prompts with replacement), each with its own Miller–Madow
+    streaming form of resampling prompts with replacement), each with its own small-sample bias
     correction, in the same forward pass; the per-replicate counts per layer are kept in
     ``params["bootstrap_counts"]`` (``[replicate][layer]``). ``replicate_weights`` (one row of
     per-prompt weights per replicate, e.g. 0/1 indicators of two halves of the prompts) replaces
-    the Poisson draws.
+    the Poisson draws. ``replicate_from``: for each ``first`` in it, also the replicate counts with
+    ``I`` over positions ``≥ first`` (:meth:`PositionalNeuronsResult.info_from`), in
+    ``params["bootstrap_counts_from"][first]``.
     """
     if rule not in ("positive", "quantile"):
         raise ValueError(f"rule must be 'positive' or 'quantile', got {rule!r}.")
@@ -238,6 +289,7 @@ def positional_neurons(
         wts = torch.poisson(torch.ones(n_boot, len(batch)), generator=torch.Generator().manual_seed(seed)) if n_boot else None
     bfires: dict[int, Tensor] = {}
     btotals = torch.zeros(n_boot, Tm, dtype=torch.float64)
+    bsq = torch.zeros(n_boot, Tm, dtype=torch.float64)
 
     def make(offset: int, toks: Tensor, lengths: list[int]):
         width = max(lengths)
@@ -247,6 +299,7 @@ def positional_neurons(
         if wts is not None:
             w = wts[:, offset:offset + len(lengths)]  # [boot b]
             btotals[:, :width] += (w @ valid.float()).double()
+            bsq[:, :width] += ((w * w) @ valid.float()).double()
 
         def hook(x: Tensor, hook: Any) -> None:
             l = int(hook.name.split(".")[1])
@@ -279,8 +332,7 @@ def positional_neurons(
         info[l] = position_mutual_information(f.float(), totals.float())
         fr_pos[l] = (f / n).float()
         fr[l] = (f.sum(-1) / totals.sum()).float()
-    kept = int((totals > 0).sum())
-    bias = (kept - 1) / (2.0 * float(totals.sum()))
+    bias = small_sample_bias(totals)
     if bias > threshold / 2:
         warnings.warn(
             f"I(act; pos) from {len(batch)} prompts has a small-sample bias of about {bias:.3f} nats "
@@ -288,14 +340,18 @@ def positional_neurons(
             "position — info_corrected subtracts it.", stacklevel=2)
     params_extra: dict[str, Any] = {}
     if n_boot:
-        boot_counts = []
-        for r in range(n_boot):
-            tot = btotals[r]
-            kept_r = int((tot > 0).sum())
-            bias_r = (kept_r - 1) / (2.0 * float(tot.sum()))
-            boot_counts.append([int(((position_mutual_information(bfires[l][r], tot.float()) - bias_r)
-                                     > threshold).sum()) if l in bfires else 0 for l in range(L)])
-        params_extra = {"bootstrap_counts": boot_counts, "n_boot": n_boot, "boot_seed": seed}
+        def rep_counts(first: int) -> list[list[int]]:
+            out = []
+            for r in range(n_boot):
+                tot = btotals[r, first:]
+                bias_r = small_sample_bias(tot, bsq[r, first:])
+                out.append([int(((position_mutual_information(bfires[l][r][:, first:], tot.float()) - bias_r)
+                                 > threshold).sum()) if l in bfires else 0 for l in range(L)])
+            return out
+
+        params_extra = {"bootstrap_counts": rep_counts(0), "n_boot": n_boot, "boot_seed": seed}
+        if replicate_from:
+            params_extra["bootstrap_counts_from"] = {int(f): rep_counts(int(f)) for f in replicate_from}
     return PositionalNeuronsResult(
         model=model_name(model), prepend_bos=batch.prepend_bos, rule=rule, threshold=threshold, info=info,
         firing_rate=fr_pos, overall_rate=fr, tokens_per_position=totals.float(), bias=bias,

@@ -51,6 +51,49 @@ def test_mutual_information_closed_forms():
     assert float(got2[0]) == pytest.approx(math.log(2), rel=1e-6)
 
 
+def test_small_sample_bias_matches_simulated_null():
+    """The expected plug-in I of position-independent firing, simulated, against the closed form
+    (1/T) Σ_pos (1/(2 n_pos) − 1/(2 N)); Miller–Madow's (T − 1)/(2N) only when n_pos are equal."""
+    g = torch.Generator().manual_seed(0)
+    n_pos = torch.tensor([200.0] * 20 + [60.0] * 10 + [30.0] * 10)  # short prompts: late positions sparse
+    n_neurons = 20000
+    p = 0.1 + 0.8 * torch.rand(n_neurons, 1, generator=g)  # firing rate, the same at every position
+    fires = torch.binomial(n_pos.expand(n_neurons, -1), p.expand(-1, n_pos.numel()), generator=g)
+    mean_info = float(neurons.position_mutual_information(fires, n_pos).double().mean())
+    closed = neurons.small_sample_bias(n_pos)
+    mm = (n_pos.numel() - 1) / (2 * float(n_pos.sum()))
+    assert closed == pytest.approx(float((0.5 / n_pos).mean() - 0.5 / n_pos.sum()))
+    assert mean_info == pytest.approx(closed, rel=0.05)
+    assert abs(mean_info - mm) > 0.5 * mm  # the equal-count formula is far off here
+    # equal counts: the closed form is Miller–Madow's
+    eq = torch.full((40,), 80.0)
+    assert neurons.small_sample_bias(eq) == pytest.approx(39 / (2 * 3200))
+    fires_eq = torch.binomial(eq.expand(n_neurons, -1), p.expand(-1, 40), generator=g)
+    assert float(neurons.position_mutual_information(fires_eq, eq).double().mean()) == pytest.approx(
+        neurons.small_sample_bias(eq), rel=0.05)
+    with pytest.raises(ValueError):
+        neurons.small_sample_bias(torch.zeros(3))
+
+
+def test_small_sample_bias_of_a_weighted_replicate():
+    """Poisson(1)-weighted prompts (a bootstrap replicate): the simulated null mean of the weighted
+    plug-in I matches the bias with Kish's effective counts (Σw)²/Σw², about twice the unweighted one."""
+    g = torch.Generator().manual_seed(1)
+    n_prompts, T, n_neurons = 120, 16, 4000
+    w = torch.poisson(torch.ones(n_prompts), generator=g)
+    p = 0.2 + 0.6 * torch.rand(n_neurons, 1, 1, generator=g)
+    x = (torch.rand(n_neurons, n_prompts, T, generator=g) < p).float()
+    fires = torch.einsum("i,kit->kt", w, x)
+    tot = torch.full((T,), float(w.sum()))
+    sq = torch.full((T,), float((w * w).sum()))
+    mean_info = float(neurons.position_mutual_information(fires, tot).double().mean())
+    kish = neurons.small_sample_bias(tot, sq)
+    assert mean_info == pytest.approx(kish, rel=0.08)
+    assert kish > 1.5 * neurons.small_sample_bias(tot)
+    ones = torch.full((T,), float(n_prompts))
+    assert neurons.small_sample_bias(ones, ones) == pytest.approx(neurons.small_sample_bias(ones))
+
+
 def _bruteforce(model, prompts, hook):
     counts, totals = None, torch.zeros(20)
     L = model.cfg.n_layers
@@ -86,8 +129,8 @@ def test_positive_rule_bruteforce(tiny):
     s = json.dumps(r.to_json())
     assert '"prepend_bos": true' in s
     assert r.plot().layout.title.text and r.plot_curves([top[0][0]]).layout.title.text
-    T_kept = int((totals > 0).sum())
-    assert r.bias == pytest.approx((T_kept - 1) / (2 * float(totals.sum())))
+    kept = totals[totals > 0]
+    assert r.bias == pytest.approx(float((0.5 / kept).mean() - 0.5 / kept.sum()))
     assert r.count_per_layer() == [int((r.info[l] - r.bias > 0.05).sum()) for l in range(2)]
     assert torch.equal(r.positional(corrected=False), (r.info > 0.05).float())
 

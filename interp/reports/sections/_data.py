@@ -21,7 +21,7 @@ from interp.types import Model
 SIZES: dict[str, tuple[int | None, int | None]] = {
     "scan": (256, 48),        # sinks + positional heads (and their random-token control)
     "capture": (24, 192),     # residual norms / entropies (stores every layer's activations)
-    "neurons": (160, 96),     # I(act; pos): many prompts per position
+    "neurons": (128, 64),     # I(act; pos): prompts of >= 64 tokens cut to 64 (the same prompts at every position)
     "probes": (96, 96),       # position probes, grouped CV by prompt
     "rope": (24, 64),         # frequency usage and band ablation, short inputs
     "long": (6, 1024),        # long-context views: the longest prompts cut to 1,024 tokens
@@ -63,11 +63,17 @@ def truncate(model: Model, texts: list[str], max_tokens: int | None, *, prepend_
     return out
 
 
-def draw(ctx: Any, key: str, *, longest: bool = False, min_tokens: int = 0) -> list[str]:
+def draw(ctx: Any, key: str, *, longest: bool = False, min_tokens: int = 0, full_length: bool = False,
+         by_domain: bool = False) -> list[str]:
     """The texts section ``key`` analyses (cached per key in ``ctx.cache``).
 
     ``longest``: take the longest prompts (long-context views) instead of a stratified sample;
-    ``min_tokens``: drop prompts shorter than that (after cutting).
+    ``min_tokens``: drop prompts shorter than that (after cutting); ``full_length``: sample only
+    among prompts that have at least the token budget, so that every drawn text is cut to exactly
+    that many tokens (every position is covered by every prompt; used by ``neurons``);
+    ``by_domain``: the same number of prompts from every domain (``n // k``, the first ``n % k``
+    domains one more), each a length-stratified sample, so that the domain mix does not change
+    with the seed (the drawn prompts' domains are in ``ctx.cache[f"data.{key}.domains"]``).
     """
     ck = f"data.{key}"
     if ck in ctx.cache:
@@ -82,8 +88,21 @@ def draw(ctx: Any, key: str, *, longest: bool = False, min_tokens: int = 0) -> l
         lens = tokenize(ctx.model, [p.text for p in prompts], prepend_bos=ctx.prepend_bos).lengths
         order = sorted(range(len(prompts)), key=lambda i: (-int(lens[i]), i))
         prompts = [prompts[i] for i in order[: (n or len(prompts))]]
-    elif n is not None:
-        prompts = sample(prompts, n, seed=ctx.seed)
+    else:
+        if full_length and t is not None:
+            from interp.tokens import tokenize
+
+            lens = tokenize(ctx.model, [p.text for p in prompts], prepend_bos=ctx.prepend_bos).lengths
+            prompts = [p for p, m in zip(prompts, lens) if int(m) >= t]
+        if n is not None and by_domain:
+            doms = sorted({p.domain for p in prompts})
+            picked = []
+            for j, d in enumerate(doms):
+                m = n // len(doms) + (1 if j < n % len(doms) else 0)
+                picked += sample([p for p in prompts if p.domain == d], m, seed=ctx.seed)
+            prompts = picked
+        elif n is not None:
+            prompts = sample(prompts, n, seed=ctx.seed)
     texts = truncate(ctx.model, [p.text for p in prompts], t, prepend_bos=ctx.prepend_bos)
     if min_tokens:
         from interp.tokens import tokenize
@@ -91,6 +110,8 @@ def draw(ctx: Any, key: str, *, longest: bool = False, min_tokens: int = 0) -> l
         lens = tokenize(ctx.model, texts, prepend_bos=ctx.prepend_bos).lengths
         texts = [x for x, m in zip(texts, lens) if m >= min_tokens]
     ctx.cache[ck] = texts
+    if not min_tokens:
+        ctx.cache[ck + ".domains"] = [p.domain for p in prompts]
     return texts
 
 

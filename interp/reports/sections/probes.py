@@ -72,7 +72,8 @@ def run(ctx: ReportContext) -> SectionOutput:
              say(f"best-layer probe {prim} ({best_label})", best)]
     noisy = [name for name, e in ests if e.noisy]
     if noisy:
-        notes.append(f"too noisy to read (95% CI half-width > 0.05): {', '.join(noisy)}.")
+        notes.append("too noisy to read (95% CI half-width > 0.05, or the split halves disagree by more than "
+                     f"2·half-width + 0.05): {', '.join(noisy)}.")
     tables = [Table(f"best layer: probe {prim} with its interval and split halves", CI_COLUMNS,
                     ci_rows([(f"{prim} at {best_label}", best)])),
               Table(f"probe for absolute position ({prim} is the primary metric)",
