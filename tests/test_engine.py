@@ -79,11 +79,14 @@ def test_engine_errors(tiny):
         stream(tiny, MORE, lambda sb: [("blocks.0.hook_nope", lambda x, hook: None)], batch_size=2)
     with pytest.raises(ValueError, match="batch_size"):
         stream(tiny, MORE, lambda sb: [], batch_size=0)
+    with pytest.raises(CaptureError, match="token id sequences"):
+        stream(tiny, MORE, lambda sb: [], batch_size=2, pad="repeat_last")
     with pytest.raises(CaptureError, match="left padding"):
         stream(tiny, MORE, lambda sb: [("blocks.0.hook_resid_post", lambda x, hook: x)], batch_size=3,
                padding_side="left")
 
 
+@pytest.mark.slow
 def test_store_replay_gives_the_live_numbers(tiny):
     """neurons from an ActivationStore: the reducer fed from stored activations is bit-identical."""
     from interp.neurons import positional_neurons
@@ -127,6 +130,7 @@ def test_no_forward_pass_outside_the_engine_in_analysis_sources():
     assert not bad, f"forward passes outside interp.capture.stream: {bad}"
 
 
+@pytest.mark.slow
 def test_every_analysis_runs_through_the_engine(tiny, monkeypatch):
     """Dynamic check: a forward pass outside ``stream`` fails; each analysis makes >= 1 inside."""
     import probes

@@ -128,6 +128,8 @@ def _plan(model: Any, prompts: Any, *, batch_size: int, prepend_bos: bool, paddi
         if n and not isinstance(prompts[0], str):  # token id sequences (own coordinates)
             prompts = [torch.as_tensor(p).long().flatten() for p in prompts]
             lengths_all = [int(p.numel()) for p in prompts]
+    if pad == "repeat_last" and (_is_pretokenised(prompts) or (n and isinstance(prompts[0], str))):
+        raise CaptureError("pad='repeat_last' needs prompts given as token id sequences (own coordinates).")
     if order == "length":
         if lengths_all is None:
             raise CaptureError("order='length' needs token lengths: pass tokenised prompts.")
