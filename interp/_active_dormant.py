@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 import plotly.graph_objects as go
 import torch
+from einops import rearrange, repeat
 from jaxtyping import Float
 from torch import Tensor
 
@@ -19,8 +20,8 @@ from interp._attnstats import (
     check_attention_model,
     check_eps,
     model_name,
-    run_streaming,
 )
+from interp.capture import stream
 from interp.plots import layer_head_heatmap
 from interp.prompts import DOMAINS
 from interp.results import Result, head_label
@@ -153,9 +154,8 @@ def active_dormant(
         batch = as_batch(model, domains[name], prepend_bos=prepend_bos, min_len=max(2, sink_position + 2))
         acc = PatternAccumulator(len(batch), L, H, max(batch.lengths), keep_alpha=True)
         losses: list[Tensor] = []
-        run_streaming(model, batch, acc.hooks, batch_size=batch_size, return_logits=True,
-                      on_logits=lambda off, lg: losses.append(
-                          _token_loss(lg, batch.tokens[off:off + lg.shape[0], :lg.shape[1]], batch.lengths[off:off + lg.shape[0]])))
+        stream(model, batch, acc.hooks, batch_size=batch_size,
+               on_logits=lambda sb, lg: losses.append(_token_loss(lg, sb.tokens, sb.lengths)))
         clean = torch.cat(losses)
         base.append(float(clean.mean()))
         assert acc.alpha is not None
@@ -180,7 +180,7 @@ def _ablated_losses(model: Any, batch: PromptBatch, layer: int, H: int, method: 
         b = stop - start
         toks = batch.tokens[start:stop, :width].repeat(H, 1)  # replica h = rows h*b .. h*b+b
         mask = batch.attention_mask[start:stop, :width].repeat(H, 1)
-        head_of_row = torch.arange(H).repeat_interleave(b)
+        head_of_row = repeat(torch.arange(H), "head -> (head batch)", batch=b)
 
         if method == "zero":
             def hook(z: Tensor, hook: Any) -> Tensor:
@@ -199,9 +199,10 @@ def _ablated_losses(model: Any, batch: PromptBatch, layer: int, H: int, method: 
                 p[rows, hr] = new
                 return p
             name = f"blocks.{layer}.attn.hook_pattern"
-        kwargs: dict[str, Any] = {"attention_mask": mask} if min(lengths) < width else {}
-        with torch.no_grad():
-            lg = model.run_with_hooks(toks, fwd_hooks=[(name, hook)], return_type="logits", **kwargs)
-        loss = _token_loss(lg, toks, lengths * H)
-        out[:, start:stop] = loss.view(H, b)
+        # one pass over the H replicas (the engine masks the padding; hooks see right-padded rows)
+        rep = PromptBatch(toks, mask, lengths * H, [], batch.prepend_bos)
+        got: list[Tensor] = []
+        stream(model, rep, lambda sb, nm=name, fn=hook: [(nm, fn)], batch_size=H * b,
+               on_logits=lambda sb, lg: got.append(_token_loss(lg, sb.tokens, sb.lengths)))
+        out[:, start:stop] = rearrange(got[0], "(head batch) -> head batch", head=H)
     return out

@@ -1,9 +1,10 @@
-"""Shared engine of :mod:`interp.heads` and :mod:`interp.sinks`: streaming attention statistics.
+"""Shared reducers of :mod:`interp.heads` and :mod:`interp.sinks`: streaming attention statistics.
 
-One forward pass per mini-batch with hooks on ``blocks.{l}.attn.hook_pattern`` (and, for the sink
-analysis, on ``hook_resid_post`` / ``attn.hook_v``); each hook reduces the ``[batch head q k]``
-pattern to small per-prompt statistics at once, so no pattern is ever stored. Prompts are right
-padded: a valid query ``t < len`` only sees keys ``≤ t``, which are all real tokens.
+The forward passes are run by the activation engine (:func:`interp.capture.stream`); the
+:class:`PatternAccumulator` reducer hooks ``blocks.{l}.attn.hook_pattern`` and reduces each
+``[batch head q k]`` pattern to small per-prompt statistics at once, so no pattern is ever
+stored. Prompts are right padded: a valid query ``t < len`` only sees keys ``≤ t``, which are all
+real tokens.
 
 Private module (owned by the sinks/heads author); the public API lives in ``interp.heads``,
 ``interp.sinks`` and ``interp.neurons``.
@@ -12,14 +13,16 @@ Private module (owned by the sinks/heads author); the public API lives in ``inte
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
+from einops import einsum
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from interp.provenance import model_name  # re-exported: the one display name
 from interp.types import Model
+from interp.capture import StreamBatch
 
 __all__ = [
     "PromptBatch",
@@ -30,7 +33,6 @@ __all__ = [
     "model_name",
     "n_kv_heads",
     "PatternAccumulator",
-    "run_streaming",
 ]
 
 
@@ -148,41 +150,6 @@ def _relabel(model: Any, toks: Tensor, like: PromptBatch) -> PromptBatch:
 Hook = tuple[str, Callable[..., Any]]
 
 
-def run_streaming(
-    model: Model,
-    batch: PromptBatch,
-    make_hooks: Callable[[int, Int[Tensor, "b pos"], list[int]], Sequence[Hook]],
-    *,
-    batch_size: int,
-    return_logits: bool = False,
-    on_logits: Callable[[int, Tensor], None] | None = None,
-) -> None:
-    """Run the model over ``batch`` in mini-batches, trimming padding per mini-batch.
-
-    ``make_hooks(offset, tokens, lengths)`` returns the forward hooks for the mini-batch starting
-    at prompt ``offset``; ``on_logits(offset, logits)`` receives logits when ``return_logits``.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    n = len(batch)
-    for start in range(0, n, batch_size):
-        stop = min(n, start + batch_size)
-        lengths = batch.lengths[start:stop]
-        width = max(lengths)
-        toks = batch.tokens[start:stop, :width]
-        mask = batch.attention_mask[start:stop, :width]
-        hooks = list(make_hooks(start, toks, lengths))
-        kwargs: dict[str, Any] = {}
-        if min(lengths) < width:
-            kwargs["attention_mask"] = mask
-        with torch.no_grad():
-            out = model.run_with_hooks(
-                toks, fwd_hooks=hooks, return_type="logits" if return_logits else None, **kwargs
-            )
-        if return_logits and on_logits is not None:
-            on_logits(start, out)
-
-
 class PatternAccumulator:
     """Per-prompt reductions of every layer's attention pattern, computed inside the hook.
 
@@ -208,7 +175,9 @@ class PatternAccumulator:
         self._counted: set[int] = set()
         self.n_layers = n_layers
 
-    def hooks(self, offset: int, toks: Tensor, lengths: list[int]) -> list[Hook]:
+    def hooks(self, sb: StreamBatch) -> list[Hook]:
+        """The reducer for :func:`interp.capture.stream` (one ``hook_pattern`` hook per layer)."""
+        offset, toks, lengths = sb.offset, sb.tokens, sb.lengths
         b, width = toks.shape
         dev = toks.device
         lens = torch.tensor(lengths, device=dev)
@@ -243,8 +212,8 @@ class PatternAccumulator:
             diag_prev = torch.diagonal(A, offset=-1, dim1=-2, dim2=-1).sum(-1)
             diag_self = torch.diagonal(A, dim1=-2, dim2=-1).sum(-1)
             first = colsum[..., 0]
-            d = torch.einsum("bhts,bts->bh", A, dupf)
-            i = torch.einsum("bhts,bts->bh", A, indf)
+            d = einsum(A, dupf, "batch head query key, batch query key -> batch head")
+            i = einsum(A, indf, "batch head query key, batch query key -> batch head")
             scores = torch.stack([diag_prev, diag_self, first, d, i], dim=-1) / rows[:, None, None]
             acc.mul[offset:offset + b, layer] = scores.cpu()
             gi = idx[None, None].expand(b, A.shape[1], width, width)

@@ -44,8 +44,8 @@ from interp._attnstats import (
     n_kv_heads,
     random_like,
     repeated_random,
-    run_streaming,
 )
+from interp.capture import StreamBatch, stream
 from interp.plots import attention_heatmap, layer_head_heatmap, lines
 from interp.prompts import DEFAULT_PROMPTS
 from interp.results import Result, head_label
@@ -303,7 +303,7 @@ def positional_heads(
 
     def measure(b: PromptBatch) -> PatternAccumulator:
         acc = PatternAccumulator(len(b), L, H, max(b.lengths), keep_alpha=False)
-        run_streaming(model, b, acc.hooks, batch_size=batch_size)
+        stream(model, b, acc.hooks, batch_size=batch_size)
         return acc
 
     text = measure(batch)
@@ -457,7 +457,7 @@ def attention_patterns(
     for i, (l, _) in enumerate(parsed):
         want.setdefault(l, []).append(i)
 
-    def make(offset: int, toks: Tensor, lengths: list[int]):
+    def make(sb: StreamBatch):
         def hook(p: Tensor, hook: Any) -> None:
             l = int(hook.name.split(".")[1])
             for i in want[l]:
@@ -465,7 +465,7 @@ def attention_patterns(
 
         return [(f"blocks.{l}.attn.hook_pattern", hook) for l in want]
 
-    run_streaming(model, batch, make, batch_size=1)
+    stream(model, batch, make, batch_size=1)
     return batch.str_tokens[0], out
 
 

@@ -53,10 +53,12 @@ from typing import Any, Sequence
 
 import plotly.graph_objects as go
 import torch
+from einops import einsum, reduce
 from jaxtyping import Float
 from torch import Tensor
 
-from interp._attnstats import as_batch, model_name, run_streaming
+from interp._attnstats import PromptBatch, as_batch, model_name
+from interp.capture import ActivationStore, StreamBatch, stream
 from interp.plots import lines
 from interp.prompts import DEFAULT_PROMPTS
 from interp.results import Result
@@ -229,6 +231,20 @@ class PositionalNeuronsResult(Result):
                      yaxis_title="fr(pos)")
 
 
+def _store_batch(store: ActivationStore) -> Any:
+    """Lengths and BOS policy of a store's prompts (tokens re-padded on the right), for the checks."""
+    lengths = list(store.lengths)
+    short = [i for i, n in enumerate(lengths) if n < 2]
+    if short:
+        raise ValueError(f"Prompt {short[0]} of the store has {lengths[short[0]]} tokens (BOS included) but "
+                         "this analysis needs at least 2.")
+    toks = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
+    for i, n in enumerate(lengths):
+        toks[i, :n] = store.tokens(i)
+    mask = (torch.arange(toks.shape[1])[None, :] < torch.tensor(lengths)[:, None]).long()
+    return PromptBatch(toks, mask, lengths, [], bool(store.prepend_bos))
+
+
 def positional_neurons(
     model: Model,
     prompts: Any = None,
@@ -246,6 +262,12 @@ def positional_neurons(
 ) -> PositionalNeuronsResult:
     """I(act; pos) for every MLP neuron (see the module docstring for the rule and formula).
 
+    ``model`` is a live model, or an :class:`~interp.capture.ActivationStore` that holds
+    ``blocks.{l}.mlp.hook_pre`` (``hook_post`` for ``rule="quantile"``) of every layer asked for
+    (``prompts`` must then be ``None``): the same reducer runs on the stored activations through
+    :func:`interp.capture.stream`, and a store captured from the same prompts with the same
+    ``batch_size`` gives the same numbers as the live run.
+
     ``n_boot > 0`` also counts positional neurons on ``n_boot`` Poisson-bootstrap replicates of
     the prompts (each prompt weighted by a Poisson(1) draw, Hanley & MacGibbon 2006 — the
     streaming form of resampling prompts with replacement), each with its own small-sample bias
@@ -262,17 +284,28 @@ def positional_neurons(
         raise ValueError(f"quantile must be in (0, 1), got {quantile}.")
     if not 0.0 <= threshold <= math.log(2):
         raise ValueError(f"threshold must be in [0, log 2] nats (the maximum of I for a binary variable), got {threshold}.")
-    L = int(model.cfg.n_layers)
+    from_store = isinstance(model, ActivationStore)
+    L = int(model.model["n_layers"]) if from_store else int(model.cfg.n_layers)
+    name = str(model.model["name"]) if from_store else model_name(model)
     layers = list(range(L)) if layers is None else list(layers)
     hook_name = "mlp.hook_pre" if rule == "positive" else "mlp.hook_post"
+    available = set(model.hooks) if from_store else model.hook_dict
     for l in layers:
         if not 0 <= l < L:
             raise ValueError(f"layer {l} outside 0..{L - 1}.")
-        if f"blocks.{l}.{hook_name}" not in model.hook_dict:
-            raise ValueError(f"Model {model_name(model)!r} has no 'blocks.{l}.{hook_name}' hook (no MLP?).")
-    if prompts is None:
-        prompts = DEFAULT_PROMPTS
-    batch = as_batch(model, prompts, prepend_bos=prepend_bos, min_len=2)
+        if f"blocks.{l}.{hook_name}" not in available:
+            if from_store:
+                raise ValueError(f"The ActivationStore has no 'blocks.{l}.{hook_name}': capture "
+                                 f"'blocks.*.{hook_name}' for rule={rule!r}, or pass the model.")
+            raise ValueError(f"Model {name!r} has no 'blocks.{l}.{hook_name}' hook (no MLP?).")
+    if from_store:
+        if prompts is not None:
+            raise ValueError("An ActivationStore already fixes its prompts: pass prompts=None.")
+        batch = _store_batch(model)
+    else:
+        if prompts is None:
+            prompts = DEFAULT_PROMPTS
+        batch = as_batch(model, prompts, prepend_bos=prepend_bos, min_len=2)
     Tm = max(batch.lengths)
     fires: dict[int, Tensor] = {}
     totals = torch.zeros(Tm, dtype=torch.float64)
@@ -291,7 +324,8 @@ def positional_neurons(
     btotals = torch.zeros(n_boot, Tm, dtype=torch.float64)
     bsq = torch.zeros(n_boot, Tm, dtype=torch.float64)
 
-    def make(offset: int, toks: Tensor, lengths: list[int]):
+    def make(sb: StreamBatch):
+        offset, lengths = sb.offset, sb.lengths
         width = max(lengths)
         valid = (torch.arange(width)[None, :] < torch.tensor(lengths)[:, None])
         totals[:width] += valid.sum(0).double()
@@ -311,18 +345,19 @@ def positional_neurons(
                 if l not in thresholds:
                     thresholds[l] = torch.quantile(a[valid], quantile, dim=0)
                 on = a > thresholds[l]
-            cnt = (on & valid[:, :, None]).sum(0).T.double()  # [neuron t]
+            cnt = reduce((on & valid[:, :, None]).long(), "batch pos neuron -> neuron pos", "sum").double()
             if l not in fires:
                 fires[l] = torch.zeros(x.shape[-1], Tm, dtype=torch.float64)
             fires[l][:, :width] += cnt
             if w is not None:
                 if l not in bfires:
                     bfires[l] = torch.zeros(n_boot, x.shape[-1], Tm)
-                bfires[l][:, :, :width] += torch.einsum("rb,btn->rnt", w, (on & valid[:, :, None]).float())
+                bfires[l][:, :, :width] += einsum(w, (on & valid[:, :, None]).float(),
+                                                  "replicate batch, batch pos neuron -> replicate neuron pos")
 
         return [(f"blocks.{l}.{hook_name}", hook) for l in layers]
 
-    run_streaming(model, batch, make, batch_size=batch_size)
+    stream(model, None if from_store else batch, make, batch_size=batch_size)
     d_mlp = next(iter(fires.values())).shape[0]
     info = torch.full((L, d_mlp), float("nan"))
     fr_pos = torch.full((L, d_mlp, Tm), float("nan"))
@@ -353,7 +388,7 @@ def positional_neurons(
         if replicate_from:
             params_extra["bootstrap_counts_from"] = {int(f): rep_counts(int(f)) for f in replicate_from}
     return PositionalNeuronsResult(
-        model=model_name(model), prepend_bos=batch.prepend_bos, rule=rule, threshold=threshold, info=info,
+        model=name, prepend_bos=batch.prepend_bos, rule=rule, threshold=threshold, info=info,
         firing_rate=fr_pos, overall_rate=fr, tokens_per_position=totals.float(), bias=bias,
         params=dict(quantile=quantile, layers=layers, hook=hook_name, n_prompts=len(batch),
                     lengths=list(batch.lengths), **params_extra))

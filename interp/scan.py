@@ -11,7 +11,8 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from interp._attnstats import PatternAccumulator, PromptBatch, run_streaming
+from interp._attnstats import PatternAccumulator, PromptBatch
+from interp.capture import stream
 from interp.heads import PositionalHeadsResult, _check_fraction, _finish
 from interp.prompts import DEFAULT_PROMPTS
 from interp.results import Result
@@ -84,7 +85,7 @@ def scan(
 
     def measure(b: PromptBatch) -> PatternAccumulator:
         a = PatternAccumulator(len(b), L, H, max(b.lengths), keep_alpha=False)
-        run_streaming(model, b, a.hooks, batch_size=batch_size)
+        stream(model, b, a.hooks, batch_size=batch_size)
         return a
 
     hres = _finish(model, batch, acc, measure, max_offset=max_offset, random_control=random_control,

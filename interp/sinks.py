@@ -37,6 +37,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 import torch
+from einops import einsum, reduce, repeat
 from jaxtyping import Float
 from torch import Tensor
 
@@ -48,8 +49,8 @@ from interp._attnstats import (
     check_eps,
     model_name,
     n_kv_heads,
-    run_streaming,
 )
+from interp.capture import StreamBatch, stream
 from interp._active_dormant import ActiveDormantResult, active_dormant  # noqa: F401  (public here)
 from interp.plots import layer_head_heatmap, lines
 from interp.prompts import DEFAULT_PROMPTS, DOMAINS
@@ -391,15 +392,15 @@ def _sink_pass(model: Any, prompts: Any, *, eps: float, prepend_bos: bool, sink_
     vn = _ValueNorms(model, N, Tm) if drains else None
     rn = _ResidStats(N, L, Tm, batch, top_k, massive_threshold, massive_ratio) if (peaks or massive) else None
 
-    def make(offset: int, toks: Tensor, lengths: list[int]):
-        hooks = acc.hooks(offset, toks, lengths)
+    def make(sb: StreamBatch):
+        hooks = acc.hooks(sb)
         if vn is not None:
-            hooks += vn.hooks(offset, lengths)
+            hooks += vn.hooks(sb)
         if rn is not None:
-            hooks += rn.hooks(offset, lengths)
+            hooks += rn.hooks(sb)
         return hooks
 
-    run_streaming(model, batch, make, batch_size=batch_size)
+    stream(model, batch, make, batch_size=batch_size)
     alpha = acc.alpha
     assert alpha is not None
     res = SinkResult(
@@ -431,13 +432,14 @@ class _ValueNorms:
 
     def __init__(self, model: Any, n: int, Tm: int) -> None:
         W_O = model.W_O.detach().float()  # [layer head d_head d_model]
-        self.gram = torch.einsum("lhdm,lhem->lhde", W_O, W_O)
+        self.gram = einsum(W_O, W_O, "layer head d_head d_model, layer head e_head d_model -> layer head d_head e_head")
         self.L, self.H = W_O.shape[0], W_O.shape[1]
         self.group = self.H // n_kv_heads(model)
         self.sum = torch.zeros(self.L, self.H, Tm, dtype=torch.float64)
         self.count = torch.zeros(Tm, dtype=torch.float64)
 
-    def hooks(self, offset: int, lengths: list[int]):
+    def hooks(self, sb: StreamBatch):
+        lengths = sb.lengths
         width = max(lengths)
         dev_lens = torch.tensor(lengths)
         valid = (torch.arange(width)[None, :] < dev_lens[:, None])  # [b, t]
@@ -445,11 +447,13 @@ class _ValueNorms:
 
         def hook(v: Tensor, hook: Any) -> None:
             l = int(hook.name.split(".")[1])
-            vq = v.detach().float().repeat_interleave(self.group, dim=2)  # [b t head d]
+            # query head h reads KV head h // group
+            vq = repeat(v.detach().float(), "batch pos kv d_head -> batch pos (kv group) d_head", group=self.group)
             g = self.gram[l].to(vq.device)
-            sq = (torch.einsum("bthd,hde->bthe", vq, g) * vq).sum(-1).clamp(min=0).sqrt()
+            sq = (einsum(vq, g, "batch pos head d_head, head d_head e_head -> batch pos head e_head") * vq
+                  ).sum(-1).clamp(min=0).sqrt()
             sq = sq * valid.to(sq.device)[:, :, None]
-            self.sum[l, :, :width] += sq.sum(0).T.double().cpu()
+            self.sum[l, :, :width] += reduce(sq, "batch pos head -> head pos", "sum").double().cpu()
 
         return [(f"blocks.{l}.attn.hook_v", hook) for l in range(self.L)]
 
@@ -474,7 +478,8 @@ class _ResidStats:
         self.flag_dims: list[dict[int, int]] = [{} for _ in range(L)]
         self.flag_toks: list[dict[str, int]] = [{} for _ in range(L)]
 
-    def hooks(self, offset: int, lengths: list[int]):
+    def hooks(self, sb: StreamBatch):
+        offset, lengths = sb.offset, sb.lengths
         width = max(lengths)
         valid = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
         self.count[:width] += valid.sum(0).double()
@@ -613,7 +618,7 @@ def repeated_token_sink(
     pb = PromptBatch(toks.to(dev), torch.ones_like(toks).to(dev), [T], [strs], prepend_bos)
     L, H = int(model.cfg.n_layers), int(model.cfg.n_heads)
     acc = PatternAccumulator(1, L, H, T, keep_alpha=True)
-    run_streaming(model, pb, acc.hooks, batch_size=1)
+    stream(model, pb, acc.hooks, batch_size=1)
     assert acc.alpha is not None
     ref = None
     if reference_prompts is not None:

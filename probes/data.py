@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
+from einops import rearrange
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from interp.provenance import model_name
+from interp.capture import CaptureError, StreamBatch, stream
 from probes.errors import LabelAlignmentError, ProbeInputError
 from interp.types import Model
 
@@ -185,7 +187,7 @@ class ProbeData:
             if store.layout(h) != "pos":
                 raise ProbeInputError(f"hook {h!r} is an attention pattern; probes need [pos ...] activations")
             x, e, p = store.flat(h)
-            x = x.reshape(x.shape[0], -1)
+            x = rearrange(x, "row ... -> row (...)")
             feats[h] = x.to(dtype) if dtype is not None else (x.float() if x.dtype in (torch.float16, torch.bfloat16) else x)
             ex, pos = e, p
         if ex is None:
@@ -275,30 +277,26 @@ def collect(
         if s.numel() == 0:
             raise ProbeInputError(f"prompt {i} is empty")
     # Batches of similar length, right-padded by repeating each prompt's last token and run
-    # without an attention mask: under causal attention a token never sees later positions, so
-    # the real tokens' activations are exactly those of the un-padded prompt (and no pad/BOS id
-    # is used, so nothing can infer a mask or shift positions).
-    order = sorted(range(len(seqs)), key=lambda i: int(seqs[i].numel()))
+    # without an attention mask (the engine's pad="repeat_last"): under causal attention a token
+    # never sees later positions, so the real tokens' activations are exactly those of the
+    # un-padded prompt (and no pad/BOS id is used, so nothing can infer a mask or shift positions).
     acts: dict[int, dict[str, Tensor]] = {}
-    name_set = set(names)
-    dev_model = getattr(getattr(model, "cfg", None), "device", None) or "cpu"
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        width = max(int(seqs[i].numel()) for i in chunk)
-        rows = []
-        for i in chunk:
-            s = seqs[i].to(torch.long).cpu()
-            rows.append(torch.cat([s, s[-1:].expand(width - s.numel())]))
-        toks = torch.stack(rows).to(dev_model)
-        _, cache = model.run_with_cache(toks, names_filter=lambda n: n in name_set)
-        missing = [n for n in names if n not in cache]
-        if missing:
-            raise KeyError(f"hooks {missing} were not captured; check the names against model.hook_dict")
-        for j, i in enumerate(chunk):
-            L = int(seqs[i].numel())
-            acts[i] = {n: cache[n][j, :L].to(device=device, dtype=dtype) for n in names}
-        del cache
-    feats = {n: torch.cat([acts[i][n].reshape(acts[i][n].shape[0], -1) for i in range(len(seqs))]) for n in names}
+
+    def reducer(sb: StreamBatch) -> list[tuple[str, Any]]:
+        def keep(name: str) -> Any:  # by the requested name (the bridge's hook may carry an alias)
+            def f(x: Tensor, hook: Any) -> None:
+                for j, (i, n) in enumerate(zip(sb.indices, sb.lengths)):
+                    acts.setdefault(i, {})[name] = x[j, :n].to(device=device, dtype=dtype, copy=True)
+            return f
+
+        return [(n, keep(n)) for n in names]
+
+    try:
+        stream(model, seqs, reducer, batch_size=batch_size, pad="repeat_last", order="length",
+               require_all_fired=True)
+    except CaptureError as e:
+        raise KeyError(f"hooks were not captured ({e}); check the names against model.hook_dict") from e
+    feats = {n: torch.cat([rearrange(acts[i][n], "pos ... -> pos (...)") for i in range(len(seqs))]) for n in names}
     groups = torch.cat([torch.full((s.numel(),), i, dtype=torch.long) for i, s in enumerate(seqs)])
     positions = torch.cat([torch.arange(s.numel()) for s in seqs])
     tokens = torch.cat([s.cpu().long() for s in seqs])

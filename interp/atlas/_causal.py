@@ -17,7 +17,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from interp._attnstats import PromptBatch, run_streaming
+from interp._attnstats import PromptBatch
+from interp.capture import StreamBatch, stream
 from interp.rope._common import pre_rotation_hooks
 from interp.rope.usage import chunk_logits
 from interp.types import Model
@@ -137,7 +138,9 @@ def capture_qk(model: Model, batch: PromptBatch, layers: Sequence[int], *, batch
     to its length: ``{layer: ([q [T H e]], [k [T G e]])}``."""
     out: dict[int, tuple[list[Tensor], list[Tensor]]] = {l: ([], []) for l in layers}
 
-    def make(offset: int, toks: Tensor, lengths: list[int]) -> list[Hook]:
+    def make(sb: StreamBatch) -> list[Hook]:
+        lengths = sb.lengths
+
         def grab(which: int) -> Callable[..., None]:
             def f(x: Tensor, hook: Any) -> None:
                 l = int(hook.name.split(".")[1])
@@ -149,7 +152,7 @@ def capture_qk(model: Model, batch: PromptBatch, layers: Sequence[int], *, batch
             hs += [(f"blocks.{l}.attn.hook_rot_q", grab(0)), (f"blocks.{l}.attn.hook_rot_k", grab(1))]
         return hs
 
-    run_streaming(model, batch, make, batch_size=batch_size)
+    stream(model, batch, make, batch_size=batch_size)
     return out
 
 
@@ -160,7 +163,9 @@ def head_patterns(model: Model, batch: PromptBatch, heads: Sequence[tuple[int, i
     out: dict[tuple[int, int], list[Tensor]] = {h: [] for h in heads}
     layers = sorted({l for l, _ in heads})
 
-    def make(offset: int, toks: Tensor, lengths: list[int]) -> list[Hook]:
+    def make(sb: StreamBatch) -> list[Hook]:
+        lengths = sb.lengths
+
         def grab(x: Tensor, hook: Any) -> None:
             l = int(hook.name.split(".")[1])
             for (hl, hh) in heads:
@@ -169,7 +174,7 @@ def head_patterns(model: Model, batch: PromptBatch, heads: Sequence[tuple[int, i
                         out[(hl, hh)].append(x[b, hh, :n, :n].detach().float().cpu())
         return list(extra) + [(f"blocks.{l}.attn.hook_pattern", grab) for l in layers]
 
-    run_streaming(model, batch, make, batch_size=batch_size)
+    stream(model, batch, make, batch_size=batch_size)
     return out
 
 
@@ -243,8 +248,14 @@ def masked_loss(logits: Tensor, toks: Tensor, mask: Tensor) -> tuple[float, int]
 def domain_losses(model: Model, tokens: Int[Tensor, "batch pos"], domains: dict[str, Tensor],
                   hooks: Sequence[Hook] = ()) -> dict[str, float]:
     """Mean next-token loss on each query domain (equal-length rows, no padding)."""
-    with torch.no_grad():
-        lg = model.run_with_hooks(tokens, fwd_hooks=list(hooks), return_type="logits")
+    from types import SimpleNamespace
+
+    rows = SimpleNamespace(tokens=tokens, attention_mask=torch.ones_like(tokens),
+                           lengths=[int(tokens.shape[1])] * int(tokens.shape[0]))
+    got: list[Tensor] = []
+    stream(model, rows, lambda sb: list(hooks), batch_size=int(tokens.shape[0]),
+           on_logits=lambda sb, logits: got.append(logits))
+    lg = got[0]
     out = {}
     for name, m in domains.items():
         s, n = masked_loss(lg, tokens.to(lg.device), m)

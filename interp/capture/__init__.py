@@ -1,4 +1,9 @@
-"""Per-position activation capture over variable-length prompt sets.
+"""Per-position activation capture over variable-length prompt sets, and the activation engine.
+
+:func:`stream` (``interp/capture/_engine.py``) is the one streaming engine every analysis runs
+its forward passes through: an analysis gives a reducer (``StreamBatch -> hooks``) and the engine
+tokenises, batches, masks padding, maps padded to own coordinates, streams and frees.
+``capture`` is one reducer of it (crop and keep everything).
 
 ``capture(model, prompts, hooks)`` runs the model on padded batches (with attention masks; the
 bridge derives RoPE position ids from the mask, so left padding gives each prompt the positions
@@ -29,12 +34,13 @@ from typing import Any
 from interp.capture._common import (
     CaptureError, IncompleteStoreError, ManifestMismatchError, UnknownHookError, resolve_hooks,
 )
+from interp.capture._engine import Hook, Reducer, StreamBatch, stream, valid_mask
 from interp.capture._run import capture
 from interp.capture._store import ActivationStore
 
 __all__ = [
     "capture", "ActivationStore", "resolve_hooks", "CaptureError", "UnknownHookError",
-    "ManifestMismatchError", "IncompleteStoreError",
+    "ManifestMismatchError", "IncompleteStoreError", "stream", "StreamBatch", "Hook", "Reducer", "valid_mask",
 ]
 
 

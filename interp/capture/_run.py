@@ -22,6 +22,7 @@ from interp.capture._common import (
     FORMAT, FORMAT_VERSION, MANIFEST, CaptureError, ManifestMismatchError, PaddingSide, _layout,
     resolve_hooks,
 )
+from interp.capture._engine import Hook, Reducer, StreamBatch, stream
 from interp.capture._store import ActivationStore
 from interp.types import Model
 
@@ -143,8 +144,6 @@ def capture(
         SchemaError: prompts that do not fit ``schema`` (each one named, with the reason).
         ManifestMismatchError: ``out`` holds a store captured with other settings.
     """
-    from interp.tokens import tokenize
-
     if isinstance(prompts, str):
         prompts = [prompts]
     prompts = list(prompts)
@@ -188,35 +187,38 @@ def capture(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=n, desc="capture", unit="prompt")
-    with torch.inference_mode():
-        for k, (s, e) in enumerate(plan):
-            shard_file = path / meta["shards"][k]["file"] if path is not None else None
-            if shard_file is not None and _shard_ok(shard_file, e - s, len(names)):
-                if bar is not None:
-                    bar.update(e - s)
-                continue
-            batch = tokenize(model, prompts[s:e], prepend_bos=prepend_bos, padding_side=padding_side)
-            crops = _forward_crops(model, batch, names, out_dtype)
-            tensors: dict[str, Tensor] = {}
-            for h in names:
-                for b, x in enumerate(crops[h]):
-                    if path is None:
-                        memory[h][s + b] = x
-                    else:
-                        tensors[f"{s + b}/{h}"] = x
-            del crops
-            for b in range(len(batch)):
-                tk = batch.tokens[b, batch.columns(b)].detach().cpu().clone()
-                if path is None:
-                    memory_tokens[s + b] = tk
-                else:
-                    tensors[f"{s + b}/tokens"] = tk
-            if shard_file is not None:
-                _write_shard(shard_file, tensors, s, e)
-                del tensors, batch
-                _release_memory()
+    todo: list[tuple[int, int, Path | None]] = []
+    for k, (s, e) in enumerate(plan):
+        shard_file = path / meta["shards"][k]["file"] if path is not None else None
+        if shard_file is not None and _shard_ok(shard_file, e - s, len(names)):
             if bar is not None:
                 bar.update(e - s)
+            continue
+        todo.append((s, e, shard_file))
+    for s, e, shard_file in todo:
+        crops: dict[str, list[Tensor]] = {}
+        sb_tokens: list[Tensor] = []
+        stream(model, prompts[s:e], _crop_reducer(names, out_dtype, crops, sb_tokens), batch_size=e - s,
+               prepend_bos=prepend_bos, padding_side=padding_side, stop_early=True, require_all_fired=True)
+        tensors: dict[str, Tensor] = {}
+        for h in names:
+            for b, x in enumerate(crops[h]):
+                if path is None:
+                    memory[h][s + b] = x
+                else:
+                    tensors[f"{s + b}/{h}"] = x
+        del crops
+        for b, tk in enumerate(sb_tokens):
+            if path is None:
+                memory_tokens[s + b] = tk
+            else:
+                tensors[f"{s + b}/tokens"] = tk
+        if shard_file is not None:
+            _write_shard(shard_file, tensors, s, e)
+            del tensors
+            _release_memory()
+        if bar is not None:
+            bar.update(e - s)
     if bar is not None:
         bar.close()
     if path is not None:
@@ -227,55 +229,42 @@ def capture(
     return ActivationStore(meta, memory=memory, memory_tokens=memory_tokens, spans=spans)
 
 
-class _AllHooksFired(Exception):
-    """Raised by the last capture hook to skip the rest of the forward pass."""
-
-
-def _forward_crops(model: Any, batch: Any, names: list[str], dtype: torch.dtype | None) -> dict[str, list[Tensor]]:
-    """Run one padded batch; per hook, each example's activations cropped to its own tokens.
+def _crop_reducer(names: list[str], dtype: torch.dtype | None, crops: dict[str, list[Tensor]],
+                  tokens: list[Tensor]) -> Reducer:
+    """Reducer of :func:`capture`: per hook, each example's activations cropped to its own tokens.
 
     Each hook crops (and copies) inside the forward pass, so later in-place updates cannot touch
-    the stored values; once every requested hook has fired the pass stops (e.g. the unembedding
-    is skipped when only block hooks are requested).
+    the stored values; the engine stops the pass once every requested hook has fired (e.g. the
+    unembedding is skipped when only block hooks are requested).
     """
-    crops: dict[str, list[Tensor]] = {}
-    cols = [batch.columns(b) for b in range(len(batch))]
 
-    def make(name: str) -> Callable[..., None]:
-        attn = _layout(name) == "attn"
+    def reducer(sb: StreamBatch) -> list[Hook]:
+        n_rows = len(sb)
+        tokens.extend(sb.tokens[b, :n].detach().cpu().clone() for b, n in enumerate(sb.lengths))
 
-        def fn(t: Tensor, hook: Any = None) -> None:
-            if t.shape[0] != len(batch):
-                if t.shape[0] != 1:
-                    raise CaptureError(f"Hook {name!r} has leading dimension {t.shape[0]}, not the batch size "
-                                       f"{len(batch)}: it cannot be captured per example.")
-                t = t.expand(len(batch), *t.shape[1:])
-            if not attn and (t.ndim < 2 or t.shape[1] != batch.max_len):
-                raise CaptureError(f"Hook {name!r} (shape {tuple(t.shape)}) has no position axis at dimension 1: "
-                                   "it cannot be captured per position.")
-            out = []
-            for b, c in enumerate(cols):
-                x = t[b][:, c, c] if attn else t[b, c]
-                out.append(x.detach().to("cpu", dtype=dtype or x.dtype, copy=True).contiguous())
-            crops[name] = out
-            if len(crops) == len(names):
-                raise _AllHooksFired
+        def make(name: str) -> Callable[..., None]:
+            attn = _layout(name) == "attn"
 
-        return fn
+            def fn(t: Tensor, hook: Any = None) -> None:
+                if t.shape[0] != n_rows:
+                    if t.shape[0] != 1:
+                        raise CaptureError(f"Hook {name!r} has leading dimension {t.shape[0]}, not the batch size "
+                                           f"{n_rows}: it cannot be captured per example.")
+                    t = t.expand(n_rows, *t.shape[1:])
+                if not attn and (t.ndim < 2 or t.shape[1] != sb.width):
+                    raise CaptureError(f"Hook {name!r} (shape {tuple(t.shape)}) has no position axis at dimension 1: "
+                                       "it cannot be captured per position.")
+                out = []
+                for b, n in enumerate(sb.lengths):
+                    x = t[b][:, :n, :n] if attn else t[b, :n]
+                    out.append(x.detach().to("cpu", dtype=dtype or x.dtype, copy=True).contiguous())
+                crops[name] = out
 
-    kwargs: dict[str, Any] = {}
-    if len(batch) > 1 and min(batch.lengths) < batch.max_len:
-        kwargs["attention_mask"] = batch.attention_mask
-    with model.hooks(fwd_hooks=[(n, make(n)) for n in names]):
-        try:
-            model(batch.tokens, **kwargs)
-        except _AllHooksFired:
-            pass
-    missing = [n for n in names if n not in crops]
-    if missing:
-        raise CaptureError(f"Hooks {missing[:5]} exist but did not fire during the forward pass; "
-                           "they cannot be captured from this model.")
-    return crops
+            return fn
+
+        return [(n, make(n)) for n in names]
+
+    return reducer
 
 
 def _prepare_out_dir(path: Path, meta: dict[str, Any], overwrite: bool) -> str:

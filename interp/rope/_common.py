@@ -126,8 +126,12 @@ def _probe(model: Any) -> dict[str, bool]:
     bos = getattr(getattr(model, "tokenizer", None), "bos_token_id", None)
     tok = torch.full((1, 3), int(bos) if bos is not None else 0, dtype=torch.long,
                      device=next(model.parameters()).device)
-    with torch.no_grad():
-        model.run_with_hooks(tok, fwd_hooks=hooks)
+    from types import SimpleNamespace
+
+    from interp.capture import stream
+
+    one = SimpleNamespace(tokens=tok, attention_mask=torch.ones_like(tok), lengths=[3])
+    stream(model, one, lambda sb: hooks, batch_size=1)
     pattern = False
     if scores:
         a = scores[0][0]  # [head q k]

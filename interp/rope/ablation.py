@@ -24,7 +24,8 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from interp._attnstats import PatternAccumulator, run_streaming
+from interp._attnstats import PatternAccumulator
+from interp.capture import StreamBatch, stream
 from interp.results import Result, head_label
 from interp.rope._common import (
     as_mask,
@@ -141,21 +142,18 @@ def _measure(model: Any, batch: Any, extra: Any, batch_size: int, spec: Any, max
     acc = PatternAccumulator(len(batch), spec.n_layers, spec.n_heads, max(batch.lengths), keep_alpha=False)
     tot = [0.0, 0]
 
-    def hooks(offset: int, toks: Tensor, lengths: list[int]) -> list[Any]:
-        h = list(extra()) + acc.hooks(offset, toks, lengths)
+    def hooks(sb: StreamBatch) -> list[Any]:
+        h = list(extra()) + acc.hooks(sb)
         if usage is not None:
-            h += usage.hooks(offset, toks, lengths)
-        cur["toks"], cur["lengths"] = toks, lengths
+            h += usage.hooks(sb)
         return h
 
-    cur: dict[str, Any] = {}
-
-    def on_logits(offset: int, logits: Tensor) -> None:
-        s, n = next_token_loss(logits, cur["toks"], cur["lengths"])
+    def on_logits(sb: StreamBatch, logits: Tensor) -> None:
+        s, n = next_token_loss(logits, sb.tokens, sb.lengths)
         tot[0] += s
         tot[1] += n
 
-    run_streaming(model, batch, hooks, batch_size=batch_size, return_logits=True, on_logits=on_logits)
+    stream(model, batch, hooks, batch_size=batch_size, on_logits=on_logits)
     rel = acc.rel_curve()[..., : max_offset + 1]
     if rel.shape[-1] < max_offset + 1:
         raise ValueError(f"prompts are shorter than max_offset + 1 = {max_offset + 1} tokens")

@@ -25,7 +25,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from interp._attnstats import run_streaming
+from interp.capture import StreamBatch, stream
 from interp.results import Result
 from interp.rope._common import (
     as_mask, batch_of, exposes_rotated, has_cos_sin, name_of, rope_model, rotation_hooks, shift_hooks,
@@ -110,7 +110,8 @@ def shift_invariance(
         store: dict[int, Tensor] = {}
 
         def make(delta: int, compare: bool):
-            def hooks(offset: int, toks: Tensor, lengths: list[int]) -> list[Any]:
+            def hooks(sb: StreamBatch) -> list[Any]:
+                toks, lengths = sb.tokens, sb.lengths
                 valid = torch.arange(toks.shape[1])[None, :] < torch.tensor(lengths)[:, None]
                 vq = valid[:, None, :, None].to(toks.device)
 
@@ -138,8 +139,8 @@ def shift_invariance(
         for start in range(0, len(batch), batch_size):
             sub = type(batch)(batch.tokens[start:start + batch_size], batch.attention_mask[start:start + batch_size],
                               batch.lengths[start:start + batch_size], [], batch.prepend_bos)
-            run_streaming(m, sub, make(deltas[0], False), batch_size=batch_size)
-            run_streaming(m, sub, make(deltas[1], True), batch_size=batch_size)
+            stream(m, sub, make(deltas[0], False), batch_size=batch_size)
+            stream(m, sub, make(deltas[1], True), batch_size=batch_size)
         D = float(per_head.sum())
         Ds.append(D)
         rows.append(D / (L * H * n_rows))

@@ -22,10 +22,11 @@ from typing import Any
 
 import plotly.graph_objects as go
 import torch
+from einops import einsum, repeat
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from interp._attnstats import run_streaming
+from interp.capture import StreamBatch, stream
 from interp.plots import SEQUENTIAL
 from interp.results import Result, head_label
 from interp.rope._common import (
@@ -51,11 +52,12 @@ def chunk_logits(
     soft-capping and masking).
     """
     g = q_rot.shape[2] // k_rot.shape[2]
-    k = k_rot.repeat_interleave(g, dim=2) if g > 1 else k_rot
+    k = repeat(k_rot, "batch pos kv d -> batch pos (kv group) d", group=g) if g > 1 else k_rot
     qc, kc = rope.chunks(q_rot), rope.chunks(k)  # [b p h c 2]
-    out = torch.einsum("bthcx,bshcx->bhcts", qc, kc)
+    out = einsum(qc, kc, "batch query head chunk pair, batch key head chunk pair -> batch head chunk query key")
     if rope.n_pass:
-        rest = torch.einsum("bthd,bshd->bhts", q_rot[..., rope.rotary_dim:], k[..., rope.rotary_dim:])
+        rest = einsum(q_rot[..., rope.rotary_dim:], k[..., rope.rotary_dim:],
+                      "batch query head d, batch key head d -> batch head query key")
         out = torch.cat([out, rest[:, :, None]], dim=2)
     return out * scale
 
@@ -261,7 +263,9 @@ class _Acc:
         self.exposed = exposed
         self.pattern_scores = pattern_scores
 
-    def hooks(self, offset: int, toks: Tensor, lengths: list[int]) -> list[tuple[str, Any]]:
+    def hooks(self, sb: StreamBatch) -> list[tuple[str, Any]]:
+        """The reducer for :func:`interp.capture.stream`."""
+        toks, lengths = sb.tokens, sb.lengths
         rope, spec = self.rope, self.spec
         valid = valid_tokens(lengths, toks.shape[1], toks.device)
         vf = valid.to(torch.float32)[..., None, None]  # [b p 1 1]
@@ -341,7 +345,7 @@ def _run(model: Any, prompts: Any, *, prepend_bos: bool, batch_size: int, decomp
     spec, rope = rope_model(model)
     batch = batch_of(model, prompts, prepend_bos)
     acc = _Acc(spec, rope, decompose, keep_full, exposes_rotated(model), scores_are_pattern(model))
-    run_streaming(model, batch, acc.hooks, batch_size=batch_size)
+    stream(model, batch, acc.hooks, batch_size=batch_size)
     return spec, rope, batch, acc
 
 

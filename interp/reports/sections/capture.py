@@ -8,30 +8,10 @@ always 0). Low entropy marks heads that focus (e.g. on a sink); log(t+1) is the 
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from interp.reports._registry import ReportContext, SectionOutput, Table, section
-from interp.reports.sections._util import heatmap_layer_head, token_label, tokens_for
-from interp.types import Model
-
-
-def per_prompt_stats(model: Model, text: str, prepend_bos: bool) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """(resid_norm [layer pos], entropy [layer head] mean over queries ≥ 1, str tokens) for one prompt."""
-    tokens, strs = tokens_for(model, text, prepend_bos)
-    n_layers = model.cfg.n_layers
-    wanted = {f"blocks.{l}.hook_resid_post" for l in range(n_layers)} | {
-        f"blocks.{l}.attn.hook_pattern" for l in range(n_layers)}
-    with torch.no_grad():
-        _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in wanted)
-    norms = torch.stack([cache[f"blocks.{l}.hook_resid_post"][0].float().norm(dim=-1) for l in range(n_layers)])
-    ents = []
-    for l in range(n_layers):
-        a = cache[f"blocks.{l}.attn.hook_pattern"][0].float()  # [head q k]
-        h = -(a * torch.log(a.clamp_min(1e-30))).sum(-1)  # [head q]
-        ents.append(h[:, 1:].mean(-1) if h.shape[-1] > 1 else torch.zeros(h.shape[0]))
-    return norms, torch.stack(ents), strs
+from interp.reports.sections._util import heatmap_layer_head, token_label
 
 
 @section("capture", "Capture summary",
@@ -45,29 +25,18 @@ def run(ctx: ReportContext) -> SectionOutput:
     model = ctx.model
     texts = draw(ctx, "capture")
     norms_all, ents_all, strs_all = [], [], []
-    try:
-        from interp.capture import capture
-    except ImportError:
-        capture = None
-    if capture is not None:
-        from interp.tokens import tokenize
+    from interp.capture import capture
+    from interp.tokens import tokenize
 
-        backend = "interp.capture (batched, padding removed)"
-        store = capture(model, texts, ["blocks.*.hook_resid_post", "blocks.*.attn.hook_pattern"],
-                        batch_size=4, prepend_bos=ctx.prepend_bos)
-        strs_all = [list(map(str, s)) for s in tokenize(model, texts, prepend_bos=ctx.prepend_bos).str_tokens]
-        for i in range(store.n_examples):
-            norms_all.append(store.stack("blocks.*.hook_resid_post", i).float().norm(dim=-1))  # [layer pos]
-            a = store.stack("blocks.*.attn.hook_pattern", i).float()  # [layer head q k]
-            h = -(a * torch.log(a.clamp_min(1e-30))).sum(-1)  # [layer head q]
-            ents_all.append(h[..., 1:].mean(-1) if h.shape[-1] > 1 else torch.zeros(h.shape[:2]))
-    else:
-        backend = "TransformerBridge.run_with_cache, one prompt at a time"
-        for text in texts:
-            n, e, s = per_prompt_stats(model, text, ctx.prepend_bos)
-            norms_all.append(n)
-            ents_all.append(e)
-            strs_all.append(s)
+    backend = "interp.capture (batched, padding removed)"
+    store = capture(model, texts, ["blocks.*.hook_resid_post", "blocks.*.attn.hook_pattern"],
+                    batch_size=4, prepend_bos=ctx.prepend_bos)
+    strs_all = [list(map(str, s)) for s in tokenize(model, texts, prepend_bos=ctx.prepend_bos).str_tokens]
+    for i in range(store.n_examples):
+        norms_all.append(store.stack("blocks.*.hook_resid_post", i).float().norm(dim=-1))  # [layer pos]
+        a = store.stack("blocks.*.attn.hook_pattern", i).float()  # [layer head q k]
+        h = -(a * torch.log(a.clamp_min(1e-30))).sum(-1)  # [layer head q]
+        ents_all.append(h[..., 1:].mean(-1) if h.shape[-1] > 1 else torch.zeros(h.shape[:2]))
     n_layers = model.cfg.n_layers
     max_len = max(n.shape[1] for n in norms_all)
     padded = torch.full((len(norms_all), n_layers, max_len), float("nan"))
