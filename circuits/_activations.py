@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
+from einops import rearrange
 from jaxtyping import Float, Int
 from torch import Tensor
 
@@ -73,9 +74,9 @@ class Activations:
             if name == "pattern":
                 return t.mean(0, keepdim=True)
             if name == "senders":
-                w, c = m[:, :, None, None], cnt.view(1, -1, 1, 1)
+                w, c = m[:, :, None, None], rearrange(cnt, "pos -> 1 pos 1 1")
             else:  # [b layer pos n e]
-                w, c = m[:, None, :, None, None], cnt.view(1, 1, -1, 1, 1)
+                w, c = m[:, None, :, None, None], rearrange(cnt, "pos -> 1 1 pos 1 1")
             return (t * w).sum(0, keepdim=True) / c
 
         return self._map(avg)

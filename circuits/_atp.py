@@ -29,6 +29,7 @@ of the pass with layer ℓ's outputs detached). Scores use the model's own atten
 from __future__ import annotations
 
 import torch
+from einops import einsum, rearrange, reduce
 from jaxtyping import Float, Int
 from torch import Tensor
 
@@ -46,11 +47,13 @@ def qk_project(pm: PatchableModel, layer: int, x: Float[Tensor, "batch pos n d_m
     :meth:`PatchableModel.forward` computes them for one input."""
     W = pm.layers[layer]
     b, p, n, d = x.shape
-    xn = pm._norm(x, W.ln1_w, W.ln1_b).reshape(b * p * n, d)
+    xn = rearrange(pm._norm(x, W.ln1_w, W.ln1_b), "b p n d_model -> (b p n) d_model")
     H, G, e = W.W_Q.shape[0], W.W_K.shape[0], W.W_Q.shape[2]
     # one GEMM per projection (the per-head einsum is several times slower on CPU)
-    q = (xn @ W.W_Q.permute(1, 0, 2).reshape(d, H * e)).view(b, p, n, H, e)
-    k = (xn @ W.W_K.permute(1, 0, 2).reshape(d, G * e)).view(b, p, n, G, e)
+    q = rearrange(xn @ rearrange(W.W_Q, "head d_model d_head -> d_model (head d_head)"),
+                  "(b p n) (head d_head) -> b p n head d_head", b=b, p=p, head=H)
+    k = rearrange(xn @ rearrange(W.W_K, "kv_head d_model d_head -> d_model (kv_head d_head)"),
+                  "(b p n) (kv_head d_head) -> b p n kv_head d_head", b=b, p=p, kv_head=G)
     if W.b_Q is not None:
         q = q + W.b_Q
     if W.b_K is not None:
@@ -60,8 +63,10 @@ def qk_project(pm: PatchableModel, layer: int, x: Float[Tensor, "batch pos n d_m
         k = pm._norm(k, W.k_norm_w, None)
     if pm.use_rope and pm.rotary is not None:
         cos, sin = pm._rope(x[:, :, 0], position_ids, layer)
-        q = pm._rot(q.reshape(b, p, n * H, e), cos, sin).view(b, p, n, H, e)
-        k = pm._rot(k.reshape(b, p, n * G, e), cos, sin).view(b, p, n, G, e)
+        q = rearrange(pm._rot(rearrange(q, "b p n head e -> b p (n head) e"), cos, sin),
+                      "b p (n head) e -> b p n head e", n=n)
+        k = rearrange(pm._rot(rearrange(k, "b p n kv_head e -> b p (n kv_head) e"), cos, sin),
+                      "b p (n kv_head) e -> b p n kv_head e", n=n)
     return q, k
 
 
@@ -112,28 +117,28 @@ def qk_fix_block(
     idx = torch.arange(H, device=q.device) // rep
     kh, vh = kf[:, :, idx], vf[:, :, idx]  # [b p H e]
     allowed = allowed_keys(pm, layer, mask.to(q.device))  # [b q k]
-    raw = torch.einsum("bqhe,bkhe->bhqk", qf, kh)  # q·k before scale / soft-cap (pm.score)
+    raw = einsum(qf, kh, "b query head e, b key head e -> b head query key")  # q·k before scale / soft-cap (pm.score)
     scores = pm.score(raw).masked_fill(~allowed[:, None], float("-inf"))
     A = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # rows of padding queries: 0
-    Gv = torch.einsum("bqhe,bkhe->bhqk", gf, vh)  # g_t · v_t'
-    Go = torch.einsum("bqhe,bqhe->bhq", gf, zf)  # g_t · z_t
+    Gv = einsum(gf, vh, "b query head e, b key head e -> b head query key")  # g_t · v_t'
+    Go = einsum(gf, zf, "b query head e, b query head e -> b head query")  # g_t · z_t
     # --- query receivers at t in the chunk: the whole row t is recomputed
-    r_row = raw[:, :, c0:c1].permute(0, 2, 1, 3)[:, :, None]  # [b c 1 H k]
+    r_row = rearrange(raw[:, :, c0:c1], "b head c key -> b c 1 head key")
     ok_row = allowed[:, c0:c1][:, :, None, None]  # [b c 1 1 k]
-    ds = torch.einsum("bcnhe,bkhe->bcnhk", dq, kh)
+    ds = einsum(dq, kh, "b c n head e, b key head e -> b c n head key")
     A_new = torch.softmax(pm.score(r_row + ds).masked_fill(~ok_row, float("-inf")), dim=-1).nan_to_num(0.0)
-    A_row = A[:, :, c0:c1].permute(0, 2, 1, 3)[:, :, None]
-    Gv_row = Gv[:, :, c0:c1].permute(0, 2, 1, 3)[:, :, None]
+    A_row = rearrange(A[:, :, c0:c1], "b head c key -> b c 1 head key")
+    Gv_row = rearrange(Gv[:, :, c0:c1], "b head c key -> b c 1 head key")
     s_q = ((A_new - A_row) * Gv_row).sum(-1)  # [b c n H]
     del A_new, ds, r_row
     # --- key receivers at t' in the chunk: one score per row t >= t' moves
     dkh = dk[:, :, :, idx]  # [b c n H e]
     r_col = raw[:, None, :, :, c0:c1]  # [b 1 H t c]
-    dlt = pm.score(r_col + torch.einsum("bthe,bcnhe->bnhtc", qf, dkh)) - pm.score(r_col)  # [b n H t c]
+    dlt = pm.score(r_col + einsum(qf, dkh, "b t head e, b c n head e -> b n head t c")) - pm.score(r_col)  # [b n H t c]
     Ac = A[:, None, :, :, c0:c1]  # [b 1 H t c]
     move = (Gv[:, :, :, c0:c1] - Go[..., None])[:, None]  # [b 1 H t c]
     ok = allowed[:, None, None, :, c0:c1]
     s_k = torch.where(ok, _softmax_shift(Ac.expand_as(dlt), dlt) * move, torch.zeros_like(dlt))
     s_k = s_k.sum(3)  # [b n H c]
-    s_k = s_k.view(b, n, G, rep, c).sum(3).permute(0, 3, 1, 2)  # [b c n G]
+    s_k = reduce(s_k, "b n (kv_head rep) c -> b c n kv_head", "sum", rep=rep)
     return torch.cat([s_q, s_k], dim=-1)

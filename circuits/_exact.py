@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
+from einops import reduce
 from torch import Tensor
 
 from circuits._activations import Activations
@@ -55,7 +56,7 @@ def _patched_metric(pm: PatchableModel, met: Metric, toks: Tensor, mask: Tensor,
     idx = torch.arange(n, device=toks.device).repeat(copies)
     cl = base_logits.repeat(copies, 1, 1) if met.needs_clean else None
     vals = met(lg, MetricBatch.from_mask(Mk, idx, cl))
-    return vals.view(copies, n).double().mean(1)
+    return reduce(vals.double(), "(copy n) -> copy", "mean", copy=copies)
 
 
 def _edge_masks(pm: PatchableModel, edges: Sequence[tuple], group: Tensor,

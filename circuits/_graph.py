@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Iterable, Literal, NamedTuple
 
 import torch
+from einops import rearrange
 from jaxtyping import Bool, Float
 from torch import Tensor
 
@@ -445,14 +446,14 @@ def plot_graph(g: Any, view: str = "nodes") -> Any:
     import plotly.graph_objects as go
 
     if view == "nodes":
-        z = g.node_scores().T
+        z = rearrange(g.node_scores(), "pos sender -> sender pos")
         rows = list(g.senders)
     elif view in ("q", "k", "v", "mlp"):
         sel = [i for i, r in enumerate(g.receivers) if receiver_kind(r) == view]
-        z = g.receiver_scores()[:, sel].T
+        z = rearrange(g.receiver_scores()[:, sel], "pos receiver -> receiver pos")
         rows = [g.receivers[i] for i in sel]
     elif view == "cross":
-        z = g.head_query_scores().reshape(-1, len(g.positions))
+        z = rearrange(g.head_query_scores(), "layer head qpos -> (layer head) qpos")
         rows = [f"L{l}H{h}" for l in range(g.n_layers) for h in range(g.n_heads)]
     else:
         raise ValueError(f"view must be nodes/q/k/v/mlp/cross, got {view!r}")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+from einops import rearrange
 from jaxtyping import Int
 from torch import Tensor
 
@@ -246,8 +247,8 @@ def _mean_activations(pm: PatchableModel, xb: _Batch, batch_size: int) -> Activa
             if name == "pattern":
                 return t * m.shape[0]
             if name == "senders":
-                return t * w.view(1, -1, 1, 1)
-            return t * w.view(1, 1, -1, 1, 1)
+                return t * rearrange(w, "pos -> 1 pos 1 1")
+            return t * rearrange(w, "pos -> 1 1 pos 1 1")
 
         part = mu._map(scale)
         if tot is None:
@@ -265,8 +266,8 @@ def _mean_activations(pm: PatchableModel, xb: _Batch, batch_size: int) -> Activa
         if name == "pattern":
             return t / n
         if name == "senders":
-            return t / cc.view(1, -1, 1, 1)
-        return t / cc.view(1, 1, -1, 1, 1)
+            return t / rearrange(cc, "pos -> 1 pos 1 1")
+        return t / rearrange(cc, "pos -> 1 1 pos 1 1")
 
     return tot._map(div)
 

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from einops import rearrange, reduce
 from torch import Tensor
 
 from circuits._activations import Activations
@@ -129,14 +130,14 @@ def activation_ig_grads(pm: PatchableModel, met: Metric, e_clean: Tensor, e_abl:
         for k0 in range(0, m, chunk):
             a = alphas[k0: min(m, k0 + chunk)]
             mc = a.shape[0]
-            aa = a.view(mc, 1, 1, 1, *([1] if kind == "attn" else []))
+            aa = rearrange(a, "point -> point 1 1 1" + (" 1" if kind == "attn" else ""))  # [point b p (n) d]
             if kind == "embed":
-                emb = (e_abl[None] + a[:, None, None, None] * (e_clean - e_abl)[None])
-                emb = emb.reshape(mc * b, *e_clean.shape[1:])
+                emb = e_abl + rearrange(a, "point -> point 1 1 1") * (e_clean - e_abl)
+                emb = rearrange(emb, "point b p d_model -> (point b) p d_model")
                 rep = None
             else:
                 c, x = clean_senders[:, :, sl], abl_s[:, :, sl]
-                val = (x[None] + aa * (c - x)[None]).reshape(mc * b, *c.shape[1:]).detach()
+                val = rearrange(x + aa * (c - x), "point b ... -> (point b) ...").detach()
                 emb = e_clean.repeat(mc, 1, 1)
                 rep = {(kind, l): val}
             emb = emb.detach().requires_grad_(True)
@@ -148,7 +149,7 @@ def activation_ig_grads(pm: PatchableModel, met: Metric, e_clean: Tensor, e_abl:
             del o, gk
             for li in range(L):
                 r = pm.attn_receiver_grads(li, ln1[li], *qkv[li])
-                r = r.view(-1, b, *r.shape[1:]).sum(0) if r.shape[0] != b else r
+                r = reduce(r, "(point b) ... -> b ...", "sum", b=b) if r.shape[0] != b else r
                 attn_sum[li] = r if attn_sum[li] is None else attn_sum[li] + r
             if mlp is None:
                 mlp, logits, z = mlp_c, logits_c, z_c

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from einops import einsum, rearrange
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
@@ -106,7 +107,7 @@ class SparseMasks:
             _, _, counts = self._tokens_by_position()
             sp = self.same_pos[:, :n_up, r0:r1]  # [P s Rl]
             w = counts.to(torch.float64)  # tokens per abstract position
-            kept_w = torch.einsum("psr,p->r", sp.to(torch.float64), w)
+            kept_w = einsum(sp.to(torch.float64), w, "abs sender receiver, abs -> receiver")
             total = float(w.sum()) * n_up
             kept_mode = kept_w <= total / 2
             sel = torch.where(kept_mode[None, None, :], sp, ~sp)
@@ -200,7 +201,8 @@ class SparseMasks:
         cr = self.cross[layer, heads, kind]  # [n P P]
         n, (bsz, T) = cr.shape[0], pi.shape
         rows = cr[:, pi]  # [n b q P]: one gather per query, then one per key
-        m = torch.gather(rows, 3, pi[None, :, None, :].expand(n, bsz, T, T)).permute(1, 0, 2, 3)  # [b n q k]
+        m = rearrange(torch.gather(rows, 3, pi[None, :, None, :].expand(n, bsz, T, T)),
+                      "n b query key -> b n query key")
         f = self.full
         return m | f[:, None, :, None] | f[:, None, None, :]
 
@@ -217,16 +219,20 @@ class SparseMasks:
         kh, vh, kah, vah = k[:, :, hk], v[:, :, hk], ka[:, :, hk], va[:, :, hk]  # per query head
         st = self._head_status(layer).to(dev)  # [H 3]
         full = self.full.to(dev)
+        QK = "b query head e, b key head e -> b head query key"  # scores
+        PV = "b head query key, b key head e -> b query head e"  # pattern-weighted values
         sel = lambda c, cur, abl: torch.where((c == 1)[None, None, :, None], cur, abl)  # noqa: E731
         qs = sel(st[:, 0], q, qa)
-        kst, vst = st[:, 1].view(G, rep), st[:, 2].view(G, rep)
+        kst, vst = (rearrange(st[:, i], "(kv_head rep) -> kv_head rep", rep=rep) for i in (1, 2))
         if bool((kst == kst[:, :1]).all()):  # one key source per KV group: the forward's grouped product
             ks = sel(kst[:, 0], k, ka)
-            scores = torch.einsum("bqgre,bkge->bgrqk", qs.view(b, T, G, rep, e), ks).reshape(b, H, T, T)
+            qg = rearrange(qs, "b query (kv_head rep) e -> b query kv_head rep e", rep=rep)
+            scores = rearrange(einsum(qg, ks, "b query kv_head rep e, b key kv_head e -> b kv_head rep query key"),
+                               "b kv_head rep query key -> b (kv_head rep) query key")
         else:
-            scores = torch.einsum("bqhe,bkhe->bhqk", qs, sel(st[:, 1], kh, kah))
+            scores = einsum(qs, sel(st[:, 1], kh, kah), QK)
         def sc(a: Tensor, c: Tensor) -> Tensor:
-            return torch.einsum("bqhe,bkhe->bhqk", a, c)
+            return einsum(a, c, QK)
 
         # heads whose q or k mask varies over position pairs: only the products they use
         both = torch.nonzero((st[:, 0] < 0) & (st[:, 1] < 0)).flatten()
@@ -250,30 +256,32 @@ class SparseMasks:
         rows = torch.nonzero(full.any(0)).flatten()
         if len(rows):
             fr = full[:, rows]  # [b n]
-            s_c = torch.einsum("bqhe,bkhe->bhqk", q, kh[:, rows])  # columns
+            s_c = einsum(q, kh[:, rows], QK)  # columns
             scores[:, :, :, rows] = torch.where(fr[:, None, None, :], s_c, scores[:, :, :, rows])
-            s_r = torch.einsum("bqhe,bkhe->bhqk", q[:, rows], kh)  # rows
+            s_r = einsum(q[:, rows], kh, QK)  # rows
             scores[:, :, rows, :] = torch.where(fr[:, None, :, None], s_r, scores[:, :, rows, :])
         scores = pm.score(scores).masked_fill(~allowed, float("-inf"))
         A = torch.softmax(scores, dim=-1)
         if bool((vst == vst[:, :1]).all()):
-            z = torch.einsum("bgrqk,bkge->bqgre", A.view(b, G, rep, T, T),
-                             sel(vst[:, 0], v, va)).reshape(b, T, H, e)
+            Ag = rearrange(A, "b (kv_head rep) query key -> b kv_head rep query key", rep=rep)
+            z = rearrange(einsum(Ag, sel(vst[:, 0], v, va),
+                                 "b kv_head rep query key, b key kv_head e -> b query kv_head rep e"),
+                          "b query kv_head rep e -> b query (kv_head rep) e")
         else:
-            z = torch.einsum("bhqk,bkhe->bqhe", A, sel(st[:, 2], vh, vah))
+            z = einsum(A, sel(st[:, 2], vh, vah), PV)
         if len(rows):
             # full key columns read the current v (heads that read the ablated one)
             ab = (st[:, 2] != 1)
             if bool(ab.any()):
                 fr = full[:, rows].to(A.dtype)  # [b n]
                 dv = (vh - vah)[:, rows] * ab.to(A.dtype)[None, None, :, None]  # [b n H e]
-                z = z + torch.einsum("bhqn,bn,bnhe->bqhe", A[:, :, :, rows], fr, dv)
-            zr = torch.einsum("bhqk,bkhe->bqhe", A[:, :, rows], vh)  # full query rows: all current
+                z = z + einsum(A[:, :, :, rows], fr, dv, "b head query row, b row, b row head e -> b query head e")
+            zr = einsum(A[:, :, rows], vh, PV)  # full query rows: all current
             z[:, rows] = torch.where(full[:, rows][:, :, None, None], zr, z[:, rows])
         vmix = torch.nonzero(st[:, 2] < 0).flatten()
         if len(vmix):
             Mv = self._concrete(layer, vmix.cpu(), 2).to(dev).to(A.dtype)
             Am = A[:, vmix]
-            z[:, :, vmix] = (torch.einsum("bhqk,bkhe->bqhe", Am * Mv, vh[:, :, vmix])
-                             + torch.einsum("bhqk,bkhe->bqhe", Am * (1 - Mv), vah[:, :, vmix]))
+            z[:, :, vmix] = (einsum(Am * Mv, vh[:, :, vmix], PV)
+                             + einsum(Am * (1 - Mv), vah[:, :, vmix], PV))
         return z, A

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from einops import einsum, rearrange, reduce
 from torch import Tensor
 
 from circuits._forward import Activations, PatchableModel
@@ -61,7 +62,7 @@ class GradPoints:
         tot = None
         for ln, gq in zip(self.ln1_in, self.g_qkv):
             r = pm.attn_receiver_grads(layer, ln[layer], *gq[layer])
-            r = r.view(-1, self.b, *r.shape[1:]).sum(0) if r.shape[0] != self.b else r
+            r = reduce(r, "(point b) ... -> b ...", "sum", b=self.b) if r.shape[0] != self.b else r
             tot = r if tot is None else tot + r
         assert tot is not None
         return tot if self.m == 1 else tot / self.m
@@ -82,7 +83,7 @@ def _split(pm: PatchableModel, out: dict[str, Any], grads: Any, b: int) -> tuple
     qkv = [tuple(g[3 * l: 3 * l + 3]) for l in range(L)]
 
     def pts(t: Tensor) -> Tensor:  # sum over the points stacked along the batch axis
-        return t.view(-1, b, *t.shape[1:]).sum(0) if t.shape[0] != b else t
+        return reduce(t, "(point b) ... -> b ...", "sum", b=b) if t.shape[0] != b else t
 
     mlp = [pts(t) for t in g[3 * L: 4 * L]]
     logits = pts(g[4 * L])
@@ -125,8 +126,8 @@ def ig_grads(pm: PatchableModel, met: Any, e_clean: Tensor, e_abl: Tensor, mask:
     for k0 in range(0, m, chunk):
         a = alphas[k0: min(m, k0 + chunk)]
         mc = a.shape[0]
-        emb = (e_abl[None] + a[:, None, None, None] * (e_clean - e_abl)[None])
-        emb = emb.reshape(mc * b, *e_clean.shape[1:]).detach().requires_grad_(True)
+        emb = e_abl + rearrange(a, "point -> point 1 1 1") * (e_clean - e_abl)
+        emb = rearrange(emb, "point b p d_model -> (point b) p d_model").detach().requires_grad_(True)
         mask_m = mask.repeat(mc, 1)
         with torch.enable_grad():
             o = pm.forward(None, mask_m, embeds=emb, grad_nodes=True)
@@ -153,7 +154,7 @@ def _head_outputs(pm: PatchableModel, layer: int, z: Tensor) -> Tensor:
     from circuits._gemma import head_shares
 
     W = pm.layers[layer]
-    out = torch.einsum("bqhe,hed->bqhd", z, W.W_O)
+    out = einsum(z, W.W_O, "b query head d_head, head d_head d_model -> b query head d_model")
     if W.post_attn_w is not None:
         out, _ = head_shares(out, W.b_O, W.post_attn_w, pm.eps, pm.norm_offset)
     return out
@@ -220,8 +221,8 @@ def layer_same_blocks(delta: Tensor, grads: Tensor, n_send: int, rows: int):
     (example, position) rows: yields ``(r0, r1, block [rows n_send n_recv])`` with
     ``block[x, s, r] = delta[x, s] · grads[x, r]``."""
     b, p, S, d = delta.shape
-    D = delta.view(b * p, S, d)[:, :n_send]
-    Gf = grads.reshape(b * p, grads.shape[2], d)
+    D = rearrange(delta, "b p sender d_model -> (b p) sender d_model")[:, :n_send]
+    Gf = rearrange(grads, "b p receiver d_model -> (b p) receiver d_model")
     for r0 in range(0, b * p, rows):
         r1 = min(b * p, r0 + rows)
         yield r0, r1, torch.bmm(D[r0:r1], Gf[r0:r1].transpose(1, 2))
@@ -267,17 +268,18 @@ def layer_cross_blocks(pm: PatchableModel, layer: int, q: Tensor, k: Tensor, v: 
         qah = qa.expand(b, *qa.shape[1:])[:, :, h0:h1].to(dtype)
         kh, vh, kah, vah = kvh(k, h0, h1), kvh(v, h0, h1), kvh(ka, h0, h1), kvh(va, h0, h1)
         A = A_all[:, h0:h1].to(dtype)
-        Gv = torch.einsum("bqhe,bkhe->bhqk", g, vh)
-        s_v = A * (torch.einsum("bqhe,bkhe->bhqk", g, vah) - Gv)
-        move = Gv - torch.einsum("bqhe,bqhe->bhq", g, zh)[..., None]
+        qk = "b query head d_head, b key head d_head -> b head query key"
+        Gv = einsum(g, vh, qk)
+        s_v = A * (einsum(g, vah, qk) - Gv)
+        move = Gv - einsum(g, zh, "b query head d_head, b query head d_head -> b head query")[..., None]
         del Gv
         if getattr(pm, "attn_softcap", None) is None:
-            dk = pm.scale * torch.einsum("bqhe,bkhe->bhqk", qh, kah - kh)
-            dq = pm.scale * torch.einsum("bqhe,bkhe->bhqk", qah - qh, kh)
+            dk = pm.scale * einsum(qh, kah - kh, qk)
+            dq = pm.scale * einsum(qah - qh, kh, qk)
         else:  # soft-capped scores (Gemma 2): the move of the capped score, pm.score(q·k)
-            s0 = pm.score(torch.einsum("bqhe,bkhe->bhqk", qh, kh))
-            dk = pm.score(torch.einsum("bqhe,bkhe->bhqk", qh, kah)) - s0
-            dq = pm.score(torch.einsum("bqhe,bkhe->bhqk", qah, kh)) - s0
+            s0 = pm.score(einsum(qh, kh, qk))
+            dk = pm.score(einsum(qh, kah, qk)) - s0
+            dq = pm.score(einsum(qah, kh, qk)) - s0
             del s0
         s_k = _softmax_shift(A, dk) * move
         s_q = _softmax_shift(A, dq) * move

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+from einops import einsum, rearrange
 from jaxtyping import Float, Int
 from torch import Tensor
 
@@ -126,17 +127,18 @@ def crossing_scores(
     kha, vha = kv(ablated.k).expand_as(kh), kv(ablated.v).expand_as(vh)
     g = grad_z.to(f64)
     A = clean.pattern.to(f64)  # [b L H q k]
-    Gv = torch.einsum("blqhe,blkhe->blhqk", g, vh)
-    Gva = torch.einsum("blqhe,blkhe->blhqk", g, vha)
-    Go = torch.einsum("blqhe,blqhe->blhq", g, z)
+    qk = "b layer query head d_head, b layer key head d_head -> b layer head query key"  # per-head q·k-type dots
+    Gv = einsum(g, vh, qk)
+    Gva = einsum(g, vha, qk)
+    Go = einsum(g, z, "b layer query head d_head, b layer query head d_head -> b layer head query")
     s_v = A * (Gva - Gv)
     if getattr(pm, "attn_softcap", None) is None:
-        dk = pm.scale * torch.einsum("blqhe,blkhe->blhqk", q, kha - kh)
-        dq = pm.scale * torch.einsum("blqhe,blkhe->blhqk", qa - q, kh)
+        dk = pm.scale * einsum(q, kha - kh, qk)
+        dq = pm.scale * einsum(qa - q, kh, qk)
     else:  # soft-capped scores (Gemma 2): the move of the capped score, pm.score(q·k)
-        s0 = pm.score(torch.einsum("blqhe,blkhe->blhqk", q, kh))
-        dk = pm.score(torch.einsum("blqhe,blkhe->blhqk", q, kha)) - s0
-        dq = pm.score(torch.einsum("blqhe,blkhe->blhqk", qa, kh)) - s0
+        s0 = pm.score(einsum(q, kh, qk))
+        dk = pm.score(einsum(q, kha, qk)) - s0
+        dq = pm.score(einsum(qa, kh, qk)) - s0
     move = Gv - Go[..., None]
     s_k = _softmax_shift(A, dk) * move
     s_q = _softmax_shift(A, dq) * move
@@ -288,7 +290,7 @@ def attribute(
             oh = torch.zeros(*grp.shape, K, dtype=torch.float64)
             oh[real] = torch.nn.functional.one_hot(grp[real], K).double()
             sizes += oh.sum((0, 1))
-            pairs += torch.einsum("bqi,qk,bkj->ij", oh, tril_full.double(), oh)
+            pairs += einsum(oh, tril_full.double(), oh, "b query abs_q, query key, b key abs_k -> abs_q abs_k")
     sizes, pairs = sizes / n, pairs / n
     cross_valid = pairs > 0
     if granularity == "none":
@@ -422,9 +424,9 @@ def attribute(
                 pc = max(1, min(w, work // max(1, 4 * b_ * ns * (nr + (d if b_ > 1 else 0)))))
                 for c0 in range(0, w, pc):
                     c1 = min(w, c0 + pc)
-                    Dr = delta[:, c0:c1, :ns].reshape(b_ * (c1 - c0), ns, d)
-                    Gr = G_l[:, c0:c1].reshape(b_ * (c1 - c0), nr, d)
-                    blk = torch.bmm(Dr, Gr.transpose(1, 2)).view(b_, c1 - c0, ns, nr)
+                    Dr = rearrange(delta[:, c0:c1, :ns], "b pos sender d_model -> (b pos) sender d_model")
+                    Gr = rearrange(G_l[:, c0:c1], "b pos receiver d_model -> (b pos) d_model receiver")
+                    blk = rearrange(torch.bmm(Dr, Gr), "(b pos) sender receiver -> b pos sender receiver", b=b_)
                     if method in ("atp*", "atp*-ig") and l < L:  # QK fix: exact softmax for q/k receivers
                         from circuits._atp import qk_fix_block
 
@@ -441,10 +443,12 @@ def attribute(
                         assert oh is not None
                         if ex is None:
                             ex = torch.zeros(b_, K, ns, nr, dtype=acc, device=dev)
-                        ex += torch.einsum("bpk,bpsr->bksr", oh[:, c0:c1], blk.to(acc))
+                        ex += einsum(oh[:, c0:c1], blk.to(acc),
+                                     "b pos abs, b pos sender receiver -> b abs sender receiver")
                     else:
                         assert same is not None and oh is not None
-                        same[:, :ns, rs] += torch.einsum("bpk,bpsr->ksr", oh[:, c0:c1], blk.to(acc))
+                        same[:, :ns, rs] += einsum(oh[:, c0:c1], blk.to(acc),
+                                                   "b pos abs, b pos sender receiver -> abs sender receiver")
                 if ex is not None:
                     assert same is not None and absw is not None
                     same[:, :ns, rs] += ex.abs().sum(0) * absw
@@ -465,10 +469,11 @@ def attribute(
                     else:
                         assert cross is not None and oh is not None
                         if absw is None:
-                            cross[l, h0:h1] += torch.einsum("bqi,bhxqk,bkj->hxij", oh, cs, oh)
+                            cross[l, h0:h1] += einsum(oh, cs, oh, "b query abs_q, b head kind query key, b key abs_k "
+                                                                  "-> head kind abs_q abs_k")
                         else:
-                            cross[l, h0:h1] += torch.einsum("bqi,bhxqk,bkj->bhxij", oh, cs,
-                                                            oh).abs().sum(0) * absw
+                            cross[l, h0:h1] += einsum(oh, cs, oh, "b query abs_q, b head kind query key, b key abs_k "
+                                                            "-> b head kind abs_q abs_k").abs().sum(0) * absw
         del delta, gp
         if sink is not None:
             sink.end_batch()

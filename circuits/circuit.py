@@ -29,6 +29,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from einops import einsum
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
@@ -346,8 +347,8 @@ def concrete_edge_counts(
     # causal pairs between abstract positions: pairs[b, p1, p2] = #{(t, t'): t in p1, t' in p2, t' <= t}
     T = pos_index.shape[1]
     causal = torch.tril(torch.ones(T, T))
-    pairs = torch.einsum("btp,tu,buq->bpq", onehot, causal, onehot)
-    n_cross = torch.einsum("bpq,pq->b", pairs, cross.sum((0, 1, 2)).float())
+    pairs = einsum(onehot, causal, onehot, "b query abs_q, query key, b key abs_k -> b abs_q abs_k")
+    n_cross = einsum(pairs, cross.sum((0, 1, 2)).float(), "b abs_q abs_k, abs_q abs_k -> b")
     return n_same + n_cross
 
 

@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from einops import rearrange
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
@@ -215,8 +216,8 @@ def expand_masks(
     pi = pos_index.clamp(min=0)
     keep = circuit.same_pos[pi]  # [B T S R]
     cr = circuit.cross  # [L H 3 P P]
-    keep_cross = cr[:, :, :, pi[:, :, None], pi[:, None, :]]  # [L H 3 B T T]
-    keep_cross = keep_cross.permute(3, 0, 1, 2, 4, 5)
+    keep_cross = rearrange(cr[:, :, :, pi[:, :, None], pi[:, None, :]],
+                           "layer head kind b query key -> b layer head kind query key")
     full = pad if protect is None else (pad | protect.to(pad.device))
     if full.any():
         keep = keep | full[:, :, None, None]

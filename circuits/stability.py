@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
+from einops import einsum
 from jaxtyping import Float
 from torch import Tensor
 
@@ -265,8 +266,8 @@ def resample(
     sel = {"method": select_method, "n_edges": n_edges, "threshold": threshold}
     for _ in range(n):
         w = torch.bincount(torch.randint(0, N, (N,), generator=gen), minlength=N).double() / N
-        gs = torch.einsum("n,n...->...", w, S)
-        gc = torch.einsum("n,n...->...", w, C)
+        gs = einsum(w, S, "sample, sample ... -> ...")
+        gc = einsum(w, C, "sample, sample ... -> ...")
         g = dataclasses.replace(full, same_pos=gs.to(g0.same_pos.dtype), cross=gc.to(g0.cross.dtype))
         circ = select(g, n_edges, threshold=threshold, method=select_method)
         fs += circ.same_pos.double()

@@ -31,6 +31,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
+from einops import rearrange
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
@@ -200,9 +201,12 @@ class _StoredGraph:
         flat = torch.zeros(P * S * R + L * H * 3 * P * P, dtype=torch.float32)
         for ids, sc in self._chunks():
             flat[ids] = sc.float()
+        same = rearrange(flat[: P * S * R], "(pos sender receiver) -> pos sender receiver",
+                         pos=P, sender=S, receiver=R)
+        cross = rearrange(flat[P * S * R:], "(layer head kind qpos kpos) -> layer head kind qpos kpos",
+                          layer=L, head=H, kind=3, qpos=P, kpos=P)
         g = AttributionGraph(list(self.senders), list(self.receivers), list(self.positions),
-                             flat[: P * S * R].view(P, S, R), self.valid.clone(),
-                             flat[P * S * R:].view(L, H, 3, P, P), self.cross_valid.clone(),
+                             same, self.valid.clone(), cross, self.cross_valid.clone(),
                              self.span_sizes.clone(), self.cross_pairs.clone(), dict(self.meta))
         self.__dict__["_dense"] = g
         return g
