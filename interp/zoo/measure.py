@@ -10,7 +10,7 @@ All functions take a ``TransformerBridge`` and BOS-first token ids (``TaskBatch.
 Every forward pass goes through the activation engine (:func:`interp.capture.stream`): the rows of
 ``tokens`` are handed over as token id sequences of one common length with ``pad="repeat_last"``
 in a single mini-batch, so the model sees exactly ``tokens`` (no padding, no attention mask), as
-a direct ``run_with_hooks(tokens)`` would.
+a direct forward pass on ``tokens`` would.
 """
 
 from __future__ import annotations
