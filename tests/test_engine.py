@@ -104,6 +104,64 @@ def test_store_replay_gives_the_live_numbers(tiny):
         positional_neurons(store, MORE)
 
 
+def _equal_width(model):
+    tb = interp.tokenize(model, MORE, prepend_bos=True)
+    return tb.tokens[:, :min(tb.lengths)]
+
+
+def _last_token_logprob(logits, batch):
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    return logits[rows, batch.last].log_softmax(-1)[:, 3]
+
+
+def _task(model):
+    """An atlas task on MORE + 4 copies of one prompt: one padded and one unpadded mini-batch of 16."""
+    from interp.atlas._data import AtlasTask
+
+    prompts = (MORE * 3)[:16] + [MORE[0]] * 4
+    tb = interp.tokenize(model, prompts, prepend_bos=True, padding_side="right")
+    return AtlasTask("t", tb, None, _last_token_logprob, None, "zero", "head", "x")
+
+
+def test_moved_reads_match_direct_forward_passes(tiny):
+    """The zoo measurements, the atlas task metric and the long-context read give, through the
+    engine, exactly what a direct ``run_with_hooks`` / ``run_with_cache`` gives."""
+    from circuits.metrics import MetricBatch
+
+    import interp.atlas._build as atlas_build
+    import interp.atlas._causal as C
+    import interp.zoo.measure as zoo_m
+    from interp.reports.sections.longctx import measure_prompt
+
+    toks = _equal_width(tiny)
+    hooks = zoo_m.ablate_heads_hooks([(0, 1), (1, 0)])
+    with torch.no_grad():
+        ref = tiny.run_with_hooks(toks, fwd_hooks=hooks)
+        _, cache = tiny.run_with_cache(toks)
+    assert torch.equal(zoo_m.logits_with(tiny, toks, hooks), ref)
+    pats = zoo_m.patterns(tiny, toks)
+    for l in range(tiny.cfg.n_layers):
+        assert torch.equal(pats[l], cache[f"blocks.{l}.attn.hook_pattern"])
+    # long-context read: attention to token 0 and max |resid_post| per position
+    got = measure_prompt(tiny, toks[:1], 0.3)
+    for l in range(tiny.cfg.n_layers):
+        assert torch.equal(got["a0"][l], cache[f"blocks.{l}.attn.hook_pattern"][0, :, :, 0])
+        assert torch.equal(got["amax"][l], cache[f"blocks.{l}.hook_resid_post"][0].abs().amax(-1))
+    # atlas task metric: mini-batches of 16 trimmed to their widest prompt, mask always passed
+    t = _task(tiny)
+    for hk in ([], [C.zero_head_hook(1, 0)], [C.sink_removal_hook(1, 1, 0)]):
+        vals = []
+        tb = t.clean
+        for s in range(0, len(tb.lengths), 16):
+            sl = slice(s, min(len(tb.lengths), s + 16))
+            w = max(tb.lengths[sl])
+            mask = tb.attention_mask[sl, :w]
+            with torch.no_grad():
+                lg = tiny.run_with_hooks(tb.tokens[sl, :w], fwd_hooks=hk, attention_mask=mask)
+            vals.append(_last_token_logprob(lg.float(), MetricBatch.from_mask(mask, torch.arange(sl.start, sl.stop))))
+        assert atlas_build._metric_mean(tiny, t, hk) == float(torch.cat(vals).mean())
+
+
 # ----------------------------------------------------------------------------------------------
 # every analysis's activations come through the engine
 # ----------------------------------------------------------------------------------------------
@@ -112,7 +170,9 @@ def test_store_replay_gives_the_live_numbers(tiny):
 ANALYSES = ["interp/capture/_run.py", "interp/_attnstats.py", "interp/sinks.py", "interp/heads.py",
             "interp/scan.py", "interp/neurons.py", "interp/_active_dormant.py", "interp/rope/usage.py",
             "interp/rope/ablation.py", "interp/rope/precision.py", "interp/rope/_common.py",
-            "interp/atlas/_causal.py", "interp/reports/sections/capture.py", "probes/data.py"]
+            "interp/atlas/_causal.py", "interp/reports/sections/capture.py", "probes/data.py",
+            "interp/zoo/measure.py", "interp/zoo/_manifest.py", "interp/atlas/_build.py",
+            "interp/reports/sections/longctx.py"]
 FORWARD_CALLS = {"run_with_cache", "run_with_hooks", "hooks", "forward"}
 
 
@@ -138,6 +198,12 @@ def test_every_analysis_runs_through_the_engine(tiny, monkeypatch):
     from interp.rope import band_ablation, frequency_usage, shift_invariance
     from interp.scan import scan
 
+    import interp.atlas._build as atlas_build
+    import interp.zoo._manifest as zoo_manifest
+    import interp.zoo.measure as zoo_m
+    from interp.reports.sections.longctx import measure_prompt
+
+    toks = _equal_width(tiny)
     inside = {"n": 0}
     original = type(tiny).run_with_hooks
 
@@ -159,6 +225,12 @@ def test_every_analysis_runs_through_the_engine(tiny, monkeypatch):
         "rope ablation": lambda: band_ablation(tiny, MORE, batch_size=2, max_offset=2),
         "rope shift": lambda: shift_invariance(tiny, MORE[:2], batch_size=2),
         "probes": lambda: probes.collect(tiny, MORE, batch_size=2),
+        "zoo logits": lambda: zoo_m.logits_with(tiny, toks, zoo_m.ablate_heads_hooks([(0, 1)])),
+        "zoo patterns": lambda: zoo_m.patterns(tiny, toks),
+        "zoo value norms": lambda: zoo_m.value_output_norms(tiny, toks, 1),
+        "zoo manifest cache": lambda: zoo_manifest._cache_with_hooks(tiny, toks, ["blocks.0.hook_resid_post"], []),
+        "atlas task metric": lambda: atlas_build._metric_mean(tiny, _task(tiny), []),
+        "longctx": lambda: measure_prompt(tiny, toks[:1], 0.3),
     }
     import warnings
 

@@ -505,20 +505,24 @@ def _slice_tb(tb: Any, n: int) -> Any:
 
 def _metric_mean(model: Any, t: AtlasTask, hooks: list[Any]) -> float:
     """Mean task metric on the clean prompts with ``hooks`` (right padded; the metric reads its
-    own positions)."""
+    own positions): mini-batches of 16 through :func:`interp.capture.stream`, each trimmed to its
+    widest prompt, the attention mask always passed (``always_mask``)."""
     from circuits.metrics import MetricBatch, as_metric
+
+    from interp.capture import StreamBatch, stream
 
     met = as_metric(t.metric)
     tb = t.clean
-    vals = []
-    for s in range(0, len(tb.lengths), 16):
-        sl = slice(s, min(len(tb.lengths), s + 16))
-        w = max(tb.lengths[sl])
-        toks, mask = tb.tokens[sl, :w], tb.attention_mask[sl, :w]
-        with torch.no_grad():
-            lg = model.run_with_hooks(toks, fwd_hooks=hooks, return_type="logits", attention_mask=mask)
-        mb = MetricBatch.from_mask(mask.to(lg.device), torch.arange(sl.start, sl.stop, device=lg.device), None)
-        vals.append(met(lg.float(), mb).detach().cpu())
+    if getattr(tb, "padding_side", "right") != "right":
+        raise ValueError("the task metric reads right-padded clean prompts")
+    vals: list[Tensor] = []
+
+    def on_logits(sb: StreamBatch, lg: Tensor) -> None:
+        mask = tb.attention_mask[sb.offset:sb.offset + len(sb), :sb.width]
+        idx = torch.arange(sb.offset, sb.offset + len(sb), device=lg.device)
+        vals.append(met(lg.float(), MetricBatch.from_mask(mask.to(lg.device), idx, None)).detach().cpu())
+
+    stream(model, tb, lambda sb: list(hooks), batch_size=16, on_logits=on_logits, always_mask=True)
     return float(torch.cat(vals).mean())
 
 

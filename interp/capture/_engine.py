@@ -112,7 +112,7 @@ def _is_pretokenised(prompts: Any) -> bool:
 
 
 def _plan(model: Any, prompts: Any, *, batch_size: int, prepend_bos: bool, padding_side: str, pad: PadMode,
-          order: str) -> tuple[int, Callable[[int, list[int]], _Planned], list[list[int]]]:
+          order: str, always_mask: bool = False) -> tuple[int, Callable[[int, list[int]], _Planned], list[list[int]]]:
     """Number of prompts, a builder of one mini-batch, and the row indices of each mini-batch."""
     if _is_pretokenised(prompts):
         n = len(prompts.lengths)
@@ -153,7 +153,7 @@ def _plan(model: Any, prompts: Any, *, batch_size: int, prepend_bos: bool, paddi
             cols = slice(full - width, full) if side == "left" else slice(0, width)
             toks = prompts.tokens[offset:offset + len(rows), cols]
             mask = prompts.attention_mask[offset:offset + len(rows), cols]
-            return _finish_plan(offset, rows, toks, mask, lengths, side, pad="mask")
+            return _finish_plan(offset, rows, toks, mask, lengths, side, pad="mask", always_mask=always_mask)
         if isinstance(prompts[0], str):
             from interp.tokens import tokenize
 
@@ -161,7 +161,7 @@ def _plan(model: Any, prompts: Any, *, batch_size: int, prepend_bos: bool, paddi
             toks = tb.tokens if dev is None else tb.tokens.to(dev)
             mask = tb.attention_mask.to(toks.device)
             return _finish_plan(offset, rows, toks, mask, list(tb.lengths), padding_side, pad="mask",
-                                meta={"token_batch": tb})
+                                meta={"token_batch": tb}, always_mask=always_mask)
         seqs = [prompts[i].cpu() for i in rows]
         lengths = [int(s.numel()) for s in seqs]
         width = max(lengths)
@@ -182,19 +182,19 @@ def _plan(model: Any, prompts: Any, *, batch_size: int, prepend_bos: bool, paddi
         mask = valid_mask(lengths, width, toks.device).long()
         if side == "left":
             mask = mask.flip(1)
-        return _finish_plan(offset, rows, toks, mask, lengths, side, pad=pad)
+        return _finish_plan(offset, rows, toks, mask, lengths, side, pad=pad, always_mask=always_mask)
 
     return n, build, chunks
 
 
 def _finish_plan(offset: int, rows: list[int], toks: Tensor, mask: Tensor, lengths: list[int], side: str, *,
-                 pad: str, meta: dict[str, Any] | None = None) -> _Planned:
+                 pad: str, meta: dict[str, Any] | None = None, always_mask: bool = False) -> _Planned:
     width = int(toks.shape[1])
     starts = [width - n if side == "left" else 0 for n in lengths]
     own = toks if side != "left" else _shift_rows(toks, starts, dim=1)
     sb = StreamBatch(offset, list(rows), own, list(lengths), "repeat_last" if pad == "repeat_last" else side,
                      meta=meta or {})
-    am = mask if (pad == "mask" and min(lengths) < width) else None
+    am = mask if (pad == "mask" and (always_mask or min(lengths) < width)) else None
     return _Planned(sb, toks, am, starts)
 
 
@@ -276,6 +276,7 @@ def stream(
     on_logits: Callable[[StreamBatch, Tensor], None] | None = None,
     stop_early: bool = False,
     require_all_fired: bool = False,
+    always_mask: bool = False,
 ) -> int:
     """Stream ``prompts`` through ``source`` in mini-batches; ``reducer(batch)`` gives each pass's hooks.
 
@@ -297,6 +298,9 @@ def stream(
         on_logits: ``on_logits(batch, logits)`` after each pass (logits in the model's padded layout).
         stop_early: stop each forward pass once every hook has fired (skips later layers/unembedding).
         require_all_fired: raise :class:`CaptureError` when a requested hook did not fire.
+        always_mask: with ``pad="mask"``, pass the attention mask even to a mini-batch with no
+            padding (all ones); by default it is passed only when some row is padded. For callers
+            whose numbers were defined with the mask always passed (the atlas' task metric).
 
     Returns:
         the number of prompts streamed.
@@ -320,16 +324,17 @@ def stream(
     try:
         return _stream_model(source, prompts, reducer, batch_size=batch_size, prepend_bos=prepend_bos,
                              padding_side=padding_side, pad=pad, order=order, on_logits=on_logits,
-                             stop_early=stop_early, require_all_fired=require_all_fired)
+                             stop_early=stop_early, require_all_fired=require_all_fired,
+                             always_mask=always_mask)
     finally:
         _DEPTH -= 1
 
 
 def _stream_model(model: Any, prompts: Any, reducer: Reducer, *, batch_size: int, prepend_bos: bool,
                   padding_side: str, pad: PadMode, order: str, on_logits: Any, stop_early: bool,
-                  require_all_fired: bool) -> int:
+                  require_all_fired: bool, always_mask: bool = False) -> int:
     n, build, chunks = _plan(model, prompts, batch_size=batch_size, prepend_bos=prepend_bos,
-                             padding_side=padding_side, pad=pad, order=order)
+                             padding_side=padding_side, pad=pad, order=order, always_mask=always_mask)
     hook_dict = getattr(model, "hook_dict", None)
     hook_names = set(hook_dict) if hook_dict is not None else _AnyName()
     for k, rows in enumerate(chunks):

@@ -262,7 +262,8 @@ def _run_cache_hooks(model: Any, tokens: Tensor, names: list[str],
 
         return save
 
-    out = model.run_with_hooks(tokens, fwd_hooks=list(hooks) + [(n, saver(n)) for n in names])
+    out = M.run_tokens(model, tokens, list(hooks) + [(n, saver(n)) for n in names], logits=True)
+    assert out is not None
     return out, cache
 
 

@@ -6,6 +6,11 @@ All functions take a ``TransformerBridge`` and BOS-first token ids (``TaskBatch.
   before ``W_O``), i.e. the head contributes nothing to the residual stream.
 * Attention to a relative offset: ``mean_{(b,t) ∈ mask} A[b, h, t, t - δ]``.
 * Value-output norm (Guo et al. 2024, "value-state drains"): ``‖v_j W_O^h‖`` per key position.
+
+Every forward pass goes through the activation engine (:func:`interp.capture.stream`): the rows of
+``tokens`` are handed over as token id sequences of one common length with ``pad="repeat_last"``
+in a single mini-batch, so the model sees exactly ``tokens`` (no padding, no attention mask), as
+a direct forward pass on ``tokens`` would.
 """
 
 from __future__ import annotations
@@ -17,12 +22,44 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from interp.capture import StreamBatch, stream
 from interp.types import Model
 
 __all__ = [
     "ablate_heads_hooks", "logits_with", "accuracy", "patterns", "attention_to_offset",
     "attention_to_position", "value_output_norms", "kv_group",
 ]
+
+
+def run_tokens(
+    model: Model, tokens: Int[Tensor, "batch pos"], hooks: Sequence[tuple[str, Any]],
+    *, logits: bool = False,
+) -> Float[Tensor, "batch pos vocab"] | None:
+    """One forward pass of ``model`` on exactly ``tokens`` (every row its full width: no padding,
+    no attention mask) with ``hooks``, through :func:`interp.capture.stream`; the logits when
+    ``logits``."""
+    rows = [tokens[b] for b in range(int(tokens.shape[0]))]
+    got: list[Tensor] = []
+
+    def reducer(sb: StreamBatch) -> list[tuple[str, Any]]:
+        return list(hooks)
+
+    stream(model, rows, reducer, batch_size=max(1, len(rows)), pad="repeat_last",
+           on_logits=(lambda sb, lg: got.append(lg)) if logits else None)
+    return got[0] if logits else None
+
+
+def _cache(model: Model, tokens: Tensor, names: Sequence[str]) -> dict[str, Tensor]:
+    cache: dict[str, Tensor] = {}
+
+    def saver(name: str) -> Any:
+        def save(t: Tensor, hook: Any) -> None:
+            cache[name] = t.detach().clone()
+
+        return save
+
+    run_tokens(model, tokens, [(n, saver(n)) for n in names])
+    return cache
 
 
 def kv_group(model: Model, head: int) -> int:
@@ -53,7 +90,9 @@ def logits_with(
     model: Model, tokens: Int[Tensor, "batch pos"], hooks: Sequence[tuple[str, Any]] = (),
 ) -> Float[Tensor, "batch pos vocab"]:
     """Logits of ``model`` on ``tokens`` with the given forward hooks active."""
-    return model.run_with_hooks(tokens, fwd_hooks=list(hooks))
+    out = run_tokens(model, tokens, hooks, logits=True)
+    assert out is not None
+    return out
 
 
 def accuracy(
@@ -71,8 +110,7 @@ def accuracy(
 def patterns(model: Model, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "layer batch head q k"]:
     """All attention patterns (``blocks.{l}.attn.hook_pattern``) stacked over layers."""
     n_layers = int(model.cfg.n_layers)
-    names = {f"blocks.{l}.attn.hook_pattern" for l in range(n_layers)}
-    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+    cache = _cache(model, tokens, [f"blocks.{l}.attn.hook_pattern" for l in range(n_layers)])
     return torch.stack([cache[f"blocks.{l}.attn.hook_pattern"] for l in range(n_layers)])
 
 
@@ -112,8 +150,7 @@ def value_output_norms(
     (value-state drain, Guo et al. 2024). Uses ``hook_v`` (KV heads, expanded to query heads for
     GQA) and the HF output projection."""
     name = f"blocks.{layer}.attn.hook_v"
-    _, cache = model.run_with_cache(tokens, names_filter=lambda n: n == name)
-    v = cache[name]  # [batch pos kv_head d_head]
+    v = _cache(model, tokens, [name])[name]  # [batch pos kv_head d_head]
     from interp.families import family_of
 
     fam = family_of(model)

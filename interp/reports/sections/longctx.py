@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from interp.capture import stream
 from interp.reports._registry import ReportContext, SectionOutput, SectionSkipped, Table, section
 from interp.types import Model
 
@@ -73,8 +74,8 @@ def measure_prompt(model: Model, tokens: torch.Tensor, eps: float) -> dict[str, 
 
     hooks = [(f"blocks.{l}.attn.hook_pattern", pat) for l in range(L)]
     hooks += [(f"blocks.{l}.hook_resid_post", res) for l in range(L)]
-    with torch.no_grad():
-        model.run_with_hooks(tokens, fwd_hooks=hooks, return_type=None)
+    # one prompt, no padding: the engine runs exactly ``tokens`` (no attention mask)
+    stream(model, [tokens[0]], lambda sb: hooks, batch_size=1, pad="repeat_last")
     return {"a0": a0, "rel": rel, "amax": amax}
 
 
