@@ -78,7 +78,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
+from einops import einsum, rearrange
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
@@ -91,6 +91,10 @@ from circuits._sparse import SparseMasks
 from interp.types import Model
 
 __all__ = ["Activations", "PatchableModel", "sender_names", "receiver_names"]
+
+#: grouped-query attention scores and value mix (query heads grouped by the KV head they share)
+_QK = "batch query kv_head rep d_head, batch key kv_head d_head -> batch kv_head rep query key"
+_PV = "batch kv_head rep query key, batch key kv_head d_head -> batch query kv_head rep d_head"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -326,8 +330,8 @@ class PatchableModel:
         wg = _up(g) * rearrange(_up(w), "(n e) -> n e", n=N)
         s = (wg * uh).sum(-1)  # [b p N]
         Wf = _up(W)
-        a = torch.einsum("bpne,nde->bpnd", wg, Wf)
-        P = torch.einsum("bpne,nde->bpd", uh, Wf)
+        a = einsum(wg, Wf, "batch pos receiver d_head, receiver d_model d_head -> batch pos receiver d_model")
+        P = einsum(uh, Wf, "batch pos receiver d_head, receiver d_model d_head -> batch pos d_model")
         out = r[..., None] * (a - (s / (N * e))[..., None] * P[:, :, None])
         return out.to(g.dtype)
 
@@ -346,8 +350,8 @@ class PatchableModel:
         W = self.layers[layer]
         if self.qk_norm == "proj":
             xn = self._norm(resid, W.ln1_w, W.ln1_b)
-            uq = torch.einsum("bpd,hde->bphe", xn, W.W_Q)
-            uk = torch.einsum("bpd,hde->bphe", xn, W.W_K)
+            uq = einsum(xn, W.W_Q, "batch pos d_model, head d_model d_head -> batch pos head d_head")
+            uk = einsum(xn, W.W_K, "batch pos d_model, head d_model d_head -> batch pos head d_head")
             if W.b_Q is not None:
                 uq = uq + W.b_Q
             if W.b_K is not None:
@@ -355,9 +359,10 @@ class PatchableModel:
             gq = self._proj_norm_vjp(uq, g_q, W.q_norm_w, W.W_Q)
             gk = self._proj_norm_vjp(uk, g_k, W.k_norm_w, W.W_K)
         else:
-            gq = torch.einsum("bphe,hde->bphd", g_q, W.W_Q)
-            gk = torch.einsum("bpge,gde->bpgd", g_k, W.W_K)
-        gx = torch.cat([gq, gk, torch.einsum("bpge,gde->bpgd", g_v, W.W_V)], dim=2)
+            gq = einsum(g_q, W.W_Q, "batch pos head d_head, head d_model d_head -> batch pos head d_model")
+            gk = einsum(g_k, W.W_K, "batch pos kv_head d_head, kv_head d_model d_head -> batch pos kv_head d_model")
+        gv = einsum(g_v, W.W_V, "batch pos kv_head d_head, kv_head d_model d_head -> batch pos kv_head d_model")
+        gx = torch.cat([gq, gk, gv], dim=2)
         return self._norm_vjp(resid, gx, W.ln1_w)
 
     def _rope(self, x: Tensor, position_ids: Tensor, layer: int = 0) -> tuple[Tensor, Tensor]:
@@ -416,7 +421,8 @@ class PatchableModel:
     def _diag_proj(self, xn: Tensor, Wm: Tensor, bias: Tensor | None, w: Tensor) -> Tensor:
         """Receiver ``n`` of ``xn [b p N d]`` projects its own input onto all ``N`` heads, norms
         the whole projection (OLMo-2) and keeps head ``n``: ``[b p N e]``."""
-        full = torch.einsum("bpnd,mde->bpnme", xn, Wm)
+        full = einsum(xn, Wm,
+                      "batch pos receiver d_model, head_all d_model d_head -> batch pos receiver head_all d_head")
         if bias is not None:
             full = full + bias
         full = self._proj_norm(full, w)
@@ -587,21 +593,25 @@ class PatchableModel:
                     x = masks.receiver_inputs(resid, dcum, dstore, slot, rs.start, rs.stop - 1, nA)
                 else:
                     x = resid[:, :, None, :].expand(b, p, H + 2 * G, d)
-                    corr = torch.einsum("bpsr,bpsd->bprd", drop[:, :, :nA, rs.start: rs.stop - 1], delta[:, :, :nA])
+                    corr = einsum(drop[:, :, :nA, rs.start: rs.stop - 1], delta[:, :, :nA],
+                                  "batch pos sender receiver, batch pos sender d_model -> batch pos receiver d_model")
                     x = x - corr
                 xn = self._norm(x, W.ln1_w, W.ln1_b)
                 if self.qk_norm == "proj":  # each receiver: full projection of its own input
                     q = self._diag_proj(xn[:, :, :H], W.W_Q, W.b_Q, W.q_norm_w)
                     k = self._diag_proj(xn[:, :, H: H + G], W.W_K, W.b_K, W.k_norm_w)
                 else:
-                    q = torch.einsum("bphd,hde->bphe", xn[:, :, :H], W.W_Q)
-                    k = torch.einsum("bphd,hde->bphe", xn[:, :, H: H + G], W.W_K)
-                v = torch.einsum("bphd,hde->bphe", xn[:, :, H + G:], W.W_V)
+                    q = einsum(xn[:, :, :H], W.W_Q,
+                               "batch pos head d_model, head d_model d_head -> batch pos head d_head")
+                    k = einsum(xn[:, :, H: H + G], W.W_K,
+                               "batch pos head d_model, head d_model d_head -> batch pos head d_head")
+                v = einsum(xn[:, :, H + G:], W.W_V,
+                           "batch pos head d_model, head d_model d_head -> batch pos head d_head")
             else:  # fast path: all receivers read the same residual
                 xn1 = self._norm(resid, W.ln1_w, W.ln1_b)
-                q = torch.einsum("bpd,hde->bphe", xn1, W.W_Q)
-                k = torch.einsum("bpd,hde->bphe", xn1, W.W_K)
-                v = torch.einsum("bpd,hde->bphe", xn1, W.W_V)
+                q = einsum(xn1, W.W_Q, "batch pos d_model, head d_model d_head -> batch pos head d_head")
+                k = einsum(xn1, W.W_K, "batch pos d_model, head d_model d_head -> batch pos head d_head")
+                v = einsum(xn1, W.W_V, "batch pos d_model, head d_model d_head -> batch pos head d_head")
                 if self.qk_norm == "proj":
                     q = self._proj_norm(q if W.b_Q is None else q + W.b_Q, W.q_norm_w)
                     k = self._proj_norm(k if W.b_K is None else k + W.b_K, W.k_norm_w)
@@ -635,26 +645,25 @@ class PatchableModel:
                 Mq, Mk, Mv = kc[:, :, 0], kc[:, :, 1], kc[:, :, 2]
 
                 def sc(qq: Tensor, kk: Tensor) -> Tensor:
-                    return rearrange(torch.einsum("bqgre,bkge->bgrqk", qq, kk), "b g r q k -> b (g r) q k")
+                    return rearrange(einsum(qq, kk, _QK), "b g r q k -> b (g r) q k")
 
                 scores = torch.where(Mq, torch.where(Mk, sc(qg, k), sc(qg, ka)),
                                      torch.where(Mk, sc(qa, k), sc(qa, ka)))
             else:
-                scores = rearrange(torch.einsum("bqgre,bkge->bgrqk", qg, k), "b g r q k -> b (g r) q k")
+                scores = rearrange(einsum(qg, k, _QK), "b g r q k -> b (g r) q k")
             if not sparse:
                 scores = self.score(scores).masked_fill(~allowed_by[W.window], float("-inf"))
                 A = torch.softmax(scores, dim=-1)
                 Ag = rearrange(A, "b (g r) q k -> b g r q k", g=G)
                 if kc is not None:
                     Mv_f = rearrange(Mv.to(A.dtype), "b (g r) q k -> b g r q k", g=G)
-                    z = (torch.einsum("bgrqk,bkge->bqgre", Ag * Mv_f, v)
-                         + torch.einsum("bgrqk,bkge->bqgre", Ag * (1 - Mv_f), va))
+                    z = einsum(Ag * Mv_f, v, _PV) + einsum(Ag * (1 - Mv_f), va, _PV)
                 else:
-                    z = torch.einsum("bgrqk,bkge->bqgre", Ag, v)
+                    z = einsum(Ag, v, _PV)
                 z = rearrange(z, "b q g r e -> b q (g r) e")
             if grad_nodes:
                 out["z"].append(z)
-            head_out = torch.einsum("bqhe,hed->bqhd", z, W.W_O)
+            head_out = einsum(z, W.W_O, "batch query head d_head, head d_head d_model -> batch query head d_model")
             if W.post_attn_w is not None:  # sandwich / post-norm: shares of the normalised sum
                 head_out, bias_share = head_shares(head_out, W.b_O, W.post_attn_w, self.eps,
                                                    self.norm_offset)
@@ -686,7 +695,8 @@ class PatchableModel:
             nM = self.n_upstream(l, "mlp")
             xm = (resid_in if self.parallel else resid).unsqueeze(2)  # a view of its own: its gradient is the MLP input's only
             if patch:
-                xm = xm - torch.einsum("bps,bpsd->bpd", drop[:, :, :nM, rs.stop - 1], delta[:, :, :nM]).unsqueeze(2)
+                xm = xm - einsum(drop[:, :, :nM, rs.stop - 1], delta[:, :, :nM],
+                                 "batch pos sender, batch pos sender d_model -> batch pos d_model").unsqueeze(2)
             elif sparse:
                 xm = masks.receiver_inputs(resid_in if self.parallel else resid,
                                            dcum_in if self.parallel else dcum, dstore, slot,
@@ -733,7 +743,8 @@ class PatchableModel:
                     rec["pattern"].append(A)
         xf = resid.unsqueeze(2)
         if patch:
-            xf = xf - torch.einsum("bps,bpsd->bpd", drop[:, :, :, -1], delta).unsqueeze(2)
+            xf = xf - einsum(drop[:, :, :, -1], delta,
+                             "batch pos sender, batch pos sender d_model -> batch pos d_model").unsqueeze(2)
         elif sparse:
             R = len(self.receivers)
             xf = masks.receiver_inputs(resid, dcum, dstore, slot, R - 1, R, S)
@@ -777,7 +788,7 @@ class PatchableModel:
         allowed = causal[None] & mask[:, None, :]
         allowed = allowed | (torch.eye(p, dtype=torch.bool, device=dev)[None] & ~allowed.any(-1, keepdim=True))
         qg = rearrange(q, "b q (g r) e -> b q g r e", g=G)
-        scores = rearrange(torch.einsum("bqgre,bkge->bgrqk", qg, k), "b g r q k -> b (g r) q k")
+        scores = rearrange(einsum(qg, k, _QK), "b g r q k -> b (g r) q k")
         scores = self.score(scores).masked_fill(~allowed[:, None], float("-inf"))
         return torch.softmax(scores, dim=-1)
 
