@@ -53,7 +53,7 @@ from torch import Tensor
 
 from circuits._activations import Activations
 from circuits._forward import PatchableModel
-from circuits._stream import GradPoints, ig_grads
+from circuits._stream import GradPoints, add_point_grads, ig_grads
 from circuits.metrics import Metric, MetricBatch
 from circuits.registry import METHODS  # re-exported: the one list
 
@@ -151,12 +151,7 @@ def activation_ig_grads(pm: PatchableModel, met: Metric, e_clean: Tensor, e_abl:
                 r = pm.attn_receiver_grads(li, ln1[li], *qkv[li])
                 r = reduce(r, "(point b) ... -> b ...", "sum", b=b) if r.shape[0] != b else r
                 attn_sum[li] = r if attn_sum[li] is None else attn_sum[li] + r
-            if mlp is None:
-                mlp, logits, z = mlp_c, logits_c, z_c
-            else:
-                mlp = [x_ + y_ for x_, y_ in zip(mlp, mlp_c)]
-                logits = logits + logits_c
-                z = [x_ + y_ for x_, y_ in zip(z, z_c)]
+            mlp, logits, z = add_point_grads((mlp, logits, z), (mlp_c, logits_c, z_c))
             n_runs += mc
     assert mlp is not None and logits is not None and z is not None
     return _SummedGradPoints([], [], mlp, logits, z, n_runs, b,

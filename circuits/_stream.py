@@ -31,7 +31,7 @@ from torch import Tensor
 from circuits._forward import Activations, PatchableModel
 
 __all__ = ["GradPoints", "eap_grads", "ig_grads", "align_lite", "layer_same_blocks",
-           "layer_cross_blocks", "acc_dtype_for", "full_senders", "sender_delta"]
+           "layer_cross_blocks", "acc_dtype_for", "full_senders", "sender_delta", "add_point_grads"]
 
 
 def acc_dtype_for(device: torch.device) -> torch.dtype:
@@ -137,14 +137,17 @@ def ig_grads(pm: PatchableModel, met: Any, e_clean: Tensor, e_abl: Tensor, mask:
         del o, gk
         ln_all.append(ln1)
         qkv_all.append(qkv)
-        if mlp is None:
-            mlp, logits, z = mlp_c, logits_c, z_c
-        else:
-            mlp = [x + y for x, y in zip(mlp, mlp_c)]
-            logits = logits + logits_c
-            z = [x + y for x, y in zip(z, z_c)]
+        mlp, logits, z = add_point_grads((mlp, logits, z), (mlp_c, logits_c, z_c))
     assert mlp is not None and logits is not None and z is not None
     return GradPoints(ln_all, qkv_all, mlp, logits, z, m, b)
+
+
+def add_point_grads(acc: tuple[Any, Any, Any], new: tuple[Any, Any, Any]) -> tuple[Any, Any, Any]:
+    """Running sum over gradient points of ``(mlp [per layer], logits, z [per layer])``; ``acc``
+    of ``None`` s starts the sum with ``new``."""
+    if acc[0] is None:
+        return new
+    return ([x + y for x, y in zip(acc[0], new[0])], acc[1] + new[1], [x + y for x, y in zip(acc[2], new[2])])
 
 
 def _head_outputs(pm: PatchableModel, layer: int, z: Tensor) -> Tensor:
