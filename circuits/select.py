@@ -19,7 +19,7 @@ from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
-from einops import rearrange
+from einops import einsum, rearrange
 from jaxtyping import Bool
 from torch import Tensor
 
@@ -202,7 +202,7 @@ def prune(
     fs[:, torch.as_tensor(ix.embed_sender, dtype=torch.long)] = True
     cq = C[:, :, 0].any(-1)  # [L H qp]
     while True:
-        fr = torch.einsum("ps,psr->pr", fs.float(), M) > 0  # [P R]
+        fr = einsum(fs.float(), M, "pos sender, pos sender receiver -> pos receiver") > 0  # [P R]
         new = fs.clone()
         new[:, mlp_s] |= fr[:, mlp_r]
         if L * H:
@@ -218,13 +218,13 @@ def prune(
         if torch.equal(new, fs):
             break
         fs = new
-    fr = torch.einsum("ps,psr->pr", fs.float(), M) > 0
+    fr = einsum(fs.float(), M, "pos sender, pos sender receiver -> pos receiver") > 0
     # ---- backward reachability from the logits
     br = torch.zeros(P, R, dtype=torch.bool)
     if ix.logits_recv >= 0:
         br[_root_positions(roots, P), ix.logits_recv] = True
     while True:
-        bs = torch.einsum("pr,psr->ps", br.float(), M) > 0  # [P S]
+        bs = einsum(br.float(), M, "pos receiver, pos sender receiver -> pos sender") > 0  # [P S]
         new = br.clone()
         new[:, mlp_r] |= bs[:, mlp_s]
         if L * H:
@@ -245,7 +245,7 @@ def prune(
         if torch.equal(new, br):
             break
         br = new
-    bs = torch.einsum("pr,psr->ps", br.float(), M) > 0
+    bs = einsum(br.float(), M, "pos receiver, pos sender receiver -> pos sender") > 0
     same_keep = same_pos & fs[:, :, None] & br[:, None, :]
     if L * H:
         bh = rearrange(bs[:, lh_sender.reshape(-1)], "pos (layer head) -> layer head pos", layer=L)

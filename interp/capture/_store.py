@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from einops import einsum
 from jaxtyping import Float, Int
 from torch import Tensor
 
@@ -286,9 +287,9 @@ class ActivationStore:
             r = self._reduction(i, reduce).to(x.dtype)
             if attn:
                 rk = self._reduction(i, key_reduce or reduce).to(x.dtype)
-                outs.append(torch.einsum("sq,hqk,tk->hst", r, x, rk))
+                outs.append(einsum(r, x, rk, "span query, head query key, key_span key -> head span key_span"))
             else:
-                outs.append(torch.einsum("sp,p...->s...", r, x))
+                outs.append(einsum(r, x, "span pos, pos ... -> span ..."))
         return torch.stack(outs)
 
     # -- summaries ---------------------------------------------------------------------------------

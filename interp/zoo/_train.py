@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from einops import einsum
 
 from interp.zoo import tasks as T
 from interp.zoo._specs import TOY_MODELS, ToyInfo
@@ -142,7 +143,7 @@ def head_ov_norms(model: torch.nn.Module) -> torch.Tensor:
             wv = layer.self_attn.v_proj.weight.reshape(nkv, dh, -1)
             wo = layer.self_attn.o_proj.weight.reshape(-1, nh, dh).permute(1, 0, 2)
             rep = nh // nkv
-            ov = torch.einsum("hmd,hdn->hmn", wo, wv.repeat_interleave(rep, 0))
+            ov = einsum(wo, wv.repeat_interleave(rep, 0), "head d_out d_head, head d_head d_in -> head d_out d_in")
             rows.append(ov.flatten(1).norm(dim=-1))
     else:  # GPT-2 Conv1D: c_attn [d, 3d], c_proj [d, d] (in, out)
         nh = cfg.n_head
@@ -151,7 +152,7 @@ def head_ov_norms(model: torch.nn.Module) -> torch.Tensor:
             dh = d // nh
             wv = blk.attn.c_attn.weight[:, 2 * d:].reshape(d, nh, dh).permute(1, 0, 2)
             wo = blk.attn.c_proj.weight.reshape(nh, dh, d)
-            ov = torch.einsum("hmd,hdn->hmn", wv, wo)
+            ov = einsum(wv, wo, "head d_in d_head, head d_head d_out -> head d_in d_out")
             rows.append(ov.flatten(1).norm(dim=-1))
     return torch.stack(rows)
 

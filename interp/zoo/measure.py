@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from einops import einsum
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
@@ -164,5 +165,5 @@ def value_output_norms(
     rep = n_heads // v.shape[2]
     v = v.repeat_interleave(rep, dim=2)  # [batch pos head d_head]
     w = w_o.reshape(n_heads, d_head, -1)  # [head d_head d_model]
-    out = torch.einsum("bphd,hdm->bphm", v, w)
+    out = einsum(v, w, "batch pos head d_head, head d_head d_model -> batch pos head d_model")
     return out.norm(dim=-1)
