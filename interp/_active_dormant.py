@@ -19,8 +19,8 @@ from interp._attnstats import (
     as_batch,
     check_attention_model,
     check_eps,
-    model_name,
 )
+from interp.provenance import model_name
 from interp.capture import stream
 from interp.plots import layer_head_heatmap
 from interp.prompts import DOMAINS

@@ -20,7 +20,7 @@ from einops import einsum
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from interp.provenance import model_name  # re-exported: the one display name
+from interp.provenance import model_name
 from interp.types import Model
 from interp.capture import StreamBatch
 
@@ -30,7 +30,6 @@ __all__ = [
     "random_like",
     "repeated_random",
     "check_attention_model",
-    "model_name",
     "n_kv_heads",
     "PatternAccumulator",
 ]

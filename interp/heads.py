@@ -40,11 +40,11 @@ from interp._attnstats import (
     PromptBatch,
     as_batch,
     check_attention_model,
-    model_name,
     n_kv_heads,
     random_like,
     repeated_random,
 )
+from interp.provenance import model_name
 from interp.capture import StreamBatch, stream
 from interp.plots import attention_heatmap, layer_head_heatmap, lines
 from interp.prompts import DEFAULT_PROMPTS

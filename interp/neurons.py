@@ -57,7 +57,8 @@ from einops import einsum, reduce
 from jaxtyping import Float
 from torch import Tensor
 
-from interp._attnstats import PromptBatch, as_batch, model_name
+from interp._attnstats import PromptBatch, as_batch
+from interp.provenance import model_name
 from interp.capture import ActivationStore, StreamBatch, stream
 from interp.plots import lines
 from interp.prompts import DEFAULT_PROMPTS

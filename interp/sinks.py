@@ -47,9 +47,9 @@ from interp._attnstats import (
     as_batch,
     check_attention_model,
     check_eps,
-    model_name,
     n_kv_heads,
 )
+from interp.provenance import model_name
 from interp.capture import StreamBatch, stream
 from interp._active_dormant import ActiveDormantResult, active_dormant  # noqa: F401  (public here)
 from interp.plots import layer_head_heatmap, lines

@@ -10,7 +10,8 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from interp._attnstats import PromptBatch, as_batch, model_name
+from interp._attnstats import PromptBatch, as_batch
+from interp.provenance import model_name
 from interp.prompts import ROPE_PROMPTS
 from interp.spec import ModelSpec, RopeSpec, model_spec
 from interp.types import Model
