@@ -38,20 +38,40 @@ def _ridge_inputs(x: Tensor, y: Tensor, device) -> tuple[Tensor, Tensor, bool, t
 def _ridge_stats(x: Tensor, y: Tensor, *, standardize: bool, device, chunk: int = 8192):
     """Standardiser, target mean, Gram ``Z^T Z`` and ``Z^T (y - ybar)`` (float64) of centred ``Z``."""
     x, y2, squeeze, dev = _ridge_inputs(x, y, device)
-    n, d = x.shape
     std = Standardizer.fit(x, enabled=standardize)
-    m32, s32 = std.mean.to(x.dtype), std.scale.to(x.dtype)
     ybar = y2.mean(0)
-    yc = y2 - ybar
-    gram = torch.zeros(d, d, dtype=torch.float64, device=dev)
-    xty = torch.zeros(d, y2.shape[1], dtype=torch.float64, device=dev)
+    gram = _gram(x, std, chunk=chunk)
+    xty = _xty(x, y2 - ybar, std, chunk=chunk)
+    return std, ybar, gram, xty, x.shape[0], squeeze
+
+
+def _chunks(x: Tensor, std: Standardizer, chunk: int):
+    """``(start, z)`` over row chunks of the standardised features, in the compute dtype
+    (float64 for float64 inputs, else float32)."""
+    m32, s32 = std.mean.to(x.dtype), std.scale.to(x.dtype)
     cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
-    syrk = _cpu_syrk(cdt) if dev.type == "cpu" else None
-    for start in range(0, n, chunk):
-        z = ((x[start : start + chunk] - m32) / s32).to(cdt)
+    for start in range(0, x.shape[0], chunk):
+        yield start, ((x[start : start + chunk] - m32) / s32).to(cdt)
+
+
+def _gram(x: Tensor, std: Standardizer, *, chunk: int = 8192) -> Float[Tensor, "d d"]:
+    """``Z^T Z`` (float64), accumulated over row chunks (BLAS ``?syrk`` on the CPU)."""
+    d = x.shape[1]
+    gram = torch.zeros(d, d, dtype=torch.float64, device=x.device)
+    syrk = None
+    for _, z in _chunks(x, std, chunk):
+        if syrk is None and x.device.type == "cpu":
+            syrk = _cpu_syrk(z.dtype)
         gram += syrk(z) if syrk is not None else (z.T @ z).double()
-        xty += (z.T @ yc[start : start + chunk].to(cdt)).double()
-    return std, ybar, gram, xty, n, squeeze
+    return gram
+
+
+def _xty(x: Tensor, yc: Tensor, std: Standardizer, *, chunk: int = 8192) -> Float[Tensor, "d out"]:
+    """``Z^T yc`` (float64) for centred targets ``yc [row out]``, over the same row chunks."""
+    xty = torch.zeros(x.shape[1], yc.shape[1], dtype=torch.float64, device=x.device)
+    for start, z in _chunks(x, std, chunk):
+        xty += (z.T @ yc[start : start + chunk].to(z.dtype)).double()
+    return xty
 
 
 def _cpu_syrk(dtype: torch.dtype):
@@ -79,13 +99,33 @@ def fit_ridge_path(
     *,
     standardize: bool = True,
     device: str | torch.device | None = None,
+    decomposition: dict | None = None,
 ) -> list[RidgeProbe]:
     """Ridge probes for several penalties from one eigendecomposition of the Gram matrix:
-    ``W(l2) = U diag(1 / (lambda + n l2)) U^T Z^T y`` (same solutions as :func:`fit_ridge`)."""
+    ``W(l2) = U diag(1 / (lambda + n l2)) U^T Z^T y`` (same solutions as :func:`fit_ridge`).
+
+    ``decomposition``: a dict that keeps the standardiser and ``Z^T Z = U diag(lambda) U^T`` of
+    these rows between calls. Pass the same (initially empty) dict for the same ``x`` with other
+    targets -- e.g. a task and its label controls on the same fold -- and the Gram matrix and its
+    eigendecomposition are computed once; the probes are bit-identical to separate calls.
+    """
     if x.shape[0] < x.shape[1]:  # fewer rows than features: dual (kernel) form, n x n
         return _ridge_path_dual(x, y, l2s, standardize=standardize, device=device)
-    std, ybar, gram, xty, n, squeeze = _ridge_stats(x, y, standardize=standardize, device=device)
-    evals, evecs = torch.linalg.eigh(gram)
+    x, y2, squeeze, _ = _ridge_inputs(x, y, device)
+    n = x.shape[0]
+    if decomposition is not None and decomposition:
+        if decomposition["shape"] != tuple(x.shape) or decomposition["standardize"] != standardize:
+            raise ValueError(f"this decomposition was computed for {decomposition['shape']} features "
+                             f"(standardize={decomposition['standardize']}), not {tuple(x.shape)}: "
+                             "pass a new dict for new rows")
+        std, evals, evecs = decomposition["std"], decomposition["evals"], decomposition["evecs"]
+    else:
+        std = Standardizer.fit(x, enabled=standardize)
+        evals, evecs = torch.linalg.eigh(_gram(x, std))
+        if decomposition is not None:
+            decomposition.update(shape=tuple(x.shape), standardize=standardize, std=std, evals=evals, evecs=evecs)
+    ybar = y2.mean(0)
+    xty = _xty(x, y2 - ybar, std)
     proj = evecs.T @ xty
     out = []
     for l2 in l2s:

@@ -28,8 +28,14 @@ from probes.metrics import (
     CLASSIFICATION_METRICS,
     REGRESSION_METRICS,
     classification_metrics,
+    accuracy,
     confusion_matrix,
+    macro_f1,
+    mae,
+    r2_score,
     regression_metrics,
+    roc_auc,
+    spearman,
 )
 from probes.results import SweepResult
 from probes.splits import group_folds, percentile_interval, t_interval
@@ -57,9 +63,12 @@ def _score(kind: str, y: Tensor, pred: Tensor) -> float:
 def select_l2(
     x: Tensor, y: Tensor, groups: Tensor, l2s: Sequence[float], *, kind: str, n_classes: int,
     rank: int | None = None, inner_folds: int = 3, seed: int = 0, fit_kw: dict[str, Any] | None = None,
+    decompositions: dict | None = None,
 ) -> float:
     """Penalty with the best mean inner grouped-CV score (accuracy / R^2) on these rows; ties
-    go to the larger penalty. Ridge paths share one eigendecomposition per inner fold."""
+    go to the larger penalty. Ridge paths share one eigendecomposition per inner fold;
+    ``decompositions`` (a dict, keyed by inner fold) keeps them for another target on the same
+    rows (see :func:`probes.fit_ridge_path`)."""
     fit_kw = fit_kw or {}
     n_groups = int(torch.unique(groups).numel())
     k = min(inner_folds, n_groups)
@@ -70,7 +79,8 @@ def select_l2(
     for f in range(k):
         te, tr = folds == f, folds != f
         if kind == "regression":
-            path = fit_ridge_path(x[tr], y[tr], list(l2s), device=fit_kw.get("device"))
+            path = fit_ridge_path(x[tr], y[tr], list(l2s), device=fit_kw.get("device"),
+                                  decomposition=None if decompositions is None else decompositions.setdefault(f, {}))
             for i, p in enumerate(path):
                 totals[i] += _score(kind, y[te].cpu(), p.predict(x[te]).double().cpu())
         else:
@@ -133,11 +143,14 @@ def cross_validate(
     fit_kw: dict[str, Any] | None = None,
     groups: Tensor | None = None,
     chosen: list[float] | None = None,
+    decompositions: dict | None = None,
 ) -> tuple[dict[str, list[float]], Tensor]:
     """k-fold CV given a fold id per row. Returns per-fold metrics and out-of-fold predictions
     (``[row cls]`` probabilities or ``[row]`` values). With several ``l2`` values the penalty is
     chosen inside each training fold by :func:`select_l2` (grouped by ``groups``) and appended
-    to ``chosen``."""
+    to ``chosen``. ``decompositions``: a dict shared by calls with the same ``x``, ``folds`` and
+    ``groups`` (other targets, e.g. label controls) so that the ridge Gram eigendecompositions of
+    the inner folds are computed once (results bit-identical)."""
     fit_kw = fit_kw or {}
     names = CLASSIFICATION_METRICS if kind == "classification" else REGRESSION_METRICS
     out: dict[str, list[float]] = {m: [] for m in names}
@@ -162,7 +175,9 @@ def cross_validate(
                 st = Standardizer.fit(xtr)
                 xs = st.transform(xtr) @ project.to(xtr)
             lam = select_l2(xs, ytr, groups[tr], list(l2), kind=kind, n_classes=n_classes, rank=rank,
-                            seed=int(fit_kw.get("seed", 0)), fit_kw=fit_kw)
+                            seed=int(fit_kw.get("seed", 0)), fit_kw=fit_kw,
+                            decompositions=None if decompositions is None or project is not None
+                            else decompositions.setdefault(f, {}))
         if chosen is not None:
             chosen.append(lam)
         pred = _fit_predict(xtr, ytr, x[te], kind=kind, n_classes=n_classes, l2=lam, rank=rank,
@@ -185,16 +200,15 @@ def _bootstrap(kind: str, y: Tensor, oof: Tensor, groups: Tensor, n_boot: int, s
         pick = torch.randint(0, uniq.numel(), (uniq.numel(),), generator=g)
         idx = torch.cat([rows_of[int(i)] for i in pick])
         if kind == "classification":
-            from probes.metrics import accuracy, macro_f1, roc_auc
-
             p = oof[idx]
             pred = p.argmax(1)
-            vals = {"accuracy": accuracy(y[idx], pred), "macro_f1": macro_f1(y[idx], pred),
-                    "roc_auc": float("nan") if skip_auc else roc_auc(y[idx], p)}
+            fns = {"accuracy": lambda: accuracy(y[idx], pred), "macro_f1": lambda: macro_f1(y[idx], pred),
+                   "roc_auc": lambda: float("nan") if skip_auc else roc_auc(y[idx], p)}
         else:
-            vals = regression_metrics(y[idx], oof[idx])
-        for m in metric_names:
-            samples[m].append(vals[m])
+            yt, yp = y[idx], oof[idx]
+            fns = {"r2": lambda: r2_score(yt, yp), "mae": lambda: mae(yt, yp), "spearman": lambda: spearman(yt, yp)}
+        for m in metric_names:  # only the metrics asked for (the controls need just the primary one)
+            samples[m].append(fns[m]())
     return {m: torch.tensor(v, dtype=torch.float64) for m, v in samples.items()}
 
 
@@ -327,8 +341,10 @@ def probe_sweep(
             if kind == "regression" and float(yy.std()) == 0.0:
                 continue  # a single position has a constant absolute-position target
             chosen: list[float] = []
+            shared: dict = {}  # the inner-fold Gram eigendecompositions, reused by the label controls
             res, oof = cross_validate(x, yy, ff, kind=kind, n_classes=n_classes, l2=l2_arg, rank=rank,
-                                      fit_kw=fit_kw, groups=split_groups[rows], chosen=chosen)
+                                      fit_kw=fit_kw, groups=split_groups[rows], chosen=chosen,
+                                      decompositions=shared)
             present_folds = [f for f in range(folds) if bool(((ff == f).any()) and bool((ff != f).any()))]
             for f, lam in zip(present_folds, chosen):
                 l2_chosen[hi, ci_, f] = lam
@@ -348,7 +364,8 @@ def probe_sweep(
                                                 project=proj, fit_kw=fit_kw, groups=split_groups[rows])
                 else:
                     cres, coof = cross_validate(x, ctrl_labels[c][rows], ff, kind=kind, n_classes=n_classes,
-                                                l2=l2_arg, rank=rank, fit_kw=fit_kw, groups=split_groups[rows])
+                                                l2=l2_arg, rank=rank, fit_kw=fit_kw, groups=split_groups[rows],
+                                                decompositions=shared)
                 oofs[c] = coof
                 for m in metric_names:
                     ctrl[c][m][hi] = torch.tensor(cres[m], dtype=torch.float64)

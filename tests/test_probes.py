@@ -389,6 +389,29 @@ def test_ridge_path_equals_individual_fits(n: int):
         assert torch.allclose(p.predict(x), q.predict(x), rtol=1e-3, atol=1e-3)
 
 
+def test_ridge_path_shared_decomposition_is_bit_identical_and_checks_its_rows():
+    """A task and its label controls on the same rows share one Gram eigendecomposition: the
+    probes (and the cross-validated predictions) are exactly those of separate calls."""
+    x = _aniso(400, 60, 14)
+    ys = [x[:, :5].sum(1) + torch.randn(400), torch.randn(400)]
+    l2s = [1e-3, 1e-1, 10.0]
+    shared: dict = {}
+    for y in ys:
+        for p, q in zip(probes.fit_ridge_path(x, y, l2s, decomposition=shared), probes.fit_ridge_path(x, y, l2s)):
+            assert torch.equal(p.weight, q.weight) and torch.equal(p.bias, q.bias)
+    assert set(shared) >= {"evals", "evecs", "std"}
+    with pytest.raises(ValueError, match="new dict"):
+        probes.fit_ridge_path(x[:300], ys[0][:300], l2s, decomposition=shared)
+    groups = torch.arange(40).repeat_interleave(10)
+    folds = probes.group_folds(groups, 4)
+    cache: dict = {}
+    for y in ys:
+        a = probes.cross_validate(x, y, folds, kind="regression", l2=l2s, groups=groups, decompositions=cache)
+        b = probes.cross_validate(x, y, folds, kind="regression", l2=l2s, groups=groups)
+        assert a[0] == b[0] and torch.equal(a[1], b[1])
+    assert len(cache) == 4 and all(len(v) == 3 for v in cache.values())  # outer folds x inner folds
+
+
 @pytest.mark.slow
 def test_from_tensors_without_tokens_splits_by_prompt_and_repr():
     g = torch.arange(12).repeat_interleave(4)
