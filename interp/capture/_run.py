@@ -17,7 +17,7 @@ from torch import Tensor
 from interp.provenance import model_name, package_versions, prompt_hash
 from interp.results import atomic_write_text
 from interp.schema import Schema, SchemaSpans
-from interp.tokens import check_prompt_length, check_prompt_texts, context_length
+from interp.tokens import check_prompt_length, check_prompt_texts, context_length, token_strings
 from interp.capture._common import (
     FORMAT, FORMAT_VERSION, MANIFEST, CaptureError, ManifestMismatchError, PaddingSide, _layout,
     resolve_hooks,
@@ -94,6 +94,7 @@ def _model_meta(model: Any) -> dict[str, Any]:
         "hf_name": getattr(info, "hf_name", None),
         "n_layers": int(getattr(cfg, "n_layers", 0) or 0),
         "n_heads": int(getattr(cfg, "n_heads", 0) or 0),
+        "n_kv_heads": int(getattr(cfg, "n_key_value_heads", None) or getattr(cfg, "n_heads", 0) or 0),
         "d_model": int(getattr(cfg, "d_model", 0) or 0),
         "n_ctx": int(getattr(cfg, "n_ctx", 0) or 0),
     }
@@ -221,6 +222,11 @@ def capture(
             bar.update(e - s)
     if bar is not None:
         bar.close()
+    store = ActivationStore(meta, memory=memory if path is None else None,
+                            memory_tokens=memory_tokens if path is None else None, path=path)
+    ids = sorted({int(t) for i in range(n) for t in store.tokens(i).tolist()})
+    # the display string of every token id the store holds (str_tokens of a store-fed analysis)
+    meta["token_strings"] = dict(zip((str(i) for i in ids), token_strings(model, ids)))
     if path is not None:
         meta["complete"] = True
         meta["completed"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
