@@ -86,6 +86,20 @@ def _model_dtype(model: Any) -> torch.dtype:
         return torch.float32
 
 
+def _spec_meta(model: Any) -> dict[str, Any] | None:
+    """:func:`interp.spec.model_spec` of the model as JSON without its family (RoPE analyses of a
+    store read it), or ``None`` for a model whose family has no adapter."""
+    from interp.families import UnsupportedFamilyError
+    from interp.spec import model_spec
+
+    try:
+        d = model_spec(model).to_json()
+    except UnsupportedFamilyError:
+        return None
+    d.pop("family", None)
+    return d
+
+
 def _model_meta(model: Any) -> dict[str, Any]:
     info = getattr(model, "interp_info", None)
     cfg = model.cfg
@@ -168,7 +182,7 @@ def capture(
         "n_examples": n, "lengths": lengths, "prompt_hashes": [prompt_hash(p) for p in prompts],
         "schema": spans.schema if spans is not None else None,
         "spans": {"names": spans.names, "spans": spans.spans} if spans is not None else None,
-        "batch_size": batch_size,
+        "batch_size": batch_size, "spec": _spec_meta(model),
         "shards": [{"file": f"shard_{k:06d}.safetensors", "start": s, "end": e} for k, (s, e) in enumerate(plan)],
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
