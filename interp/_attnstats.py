@@ -95,14 +95,14 @@ class Source:
 
     @property
     def n_kv_heads(self) -> int:
-        """KV heads: the store's recorded ``n_kv_heads`` (the model's ``cfg.n_key_value_heads``,
-        or ``n_heads`` without GQA), or the live model's family (:func:`n_kv_heads`)."""
+        """KV heads of the model's family (:func:`n_kv_heads`): live, or as the store recorded it
+        (``store.meta["spec"]``, :func:`interp.spec.model_spec` at capture time)."""
         if self.from_store:
-            kv = self.obj.model.get("n_kv_heads")
-            if not kv:
-                raise ValueError("This ActivationStore records no n_kv_heads (captured by an older version): "
-                                 "capture it again, or pass the model.")
-            return int(kv)
+            spec = self.obj.meta.get("spec")
+            if not spec:
+                raise ValueError("This ActivationStore records no model spec (captured by an older version, or a "
+                                 "model family without an adapter): capture it again, or pass the model.")
+            return int(spec["n_kv_heads"])
         return n_kv_heads(self.obj)
 
     def require(self, names: Sequence[str], *, analysis: str, hint: str = "") -> None:

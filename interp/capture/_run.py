@@ -108,7 +108,6 @@ def _model_meta(model: Any) -> dict[str, Any]:
         "hf_name": getattr(info, "hf_name", None),
         "n_layers": int(getattr(cfg, "n_layers", 0) or 0),
         "n_heads": int(getattr(cfg, "n_heads", 0) or 0),
-        "n_kv_heads": int(getattr(cfg, "n_key_value_heads", None) or getattr(cfg, "n_heads", 0) or 0),
         "d_model": int(getattr(cfg, "d_model", 0) or 0),
         "n_ctx": int(getattr(cfg, "n_ctx", 0) or 0),
     }
