@@ -12,8 +12,9 @@ Private module (owned by the sinks/heads author); the public API lives in ``inte
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from einops import einsum
@@ -22,7 +23,7 @@ from torch import Tensor
 
 from interp.provenance import model_name
 from interp.types import Model
-from interp.capture import StreamBatch
+from interp.capture import ActivationStore, StreamBatch
 
 __all__ = [
     "PromptBatch",
@@ -32,6 +33,9 @@ __all__ = [
     "check_attention_model",
     "n_kv_heads",
     "PatternAccumulator",
+    "Source",
+    "source_of",
+    "store_batch",
 ]
 
 
@@ -72,6 +76,96 @@ def check_attention_model(model: Model) -> None:
             "Attention-pattern analyses need a softmax attention model loaded through "
             "interp.load_model (eager attention)."
         )
+
+
+@dataclass(frozen=True)
+class Source:
+    """The model facts an analysis needs, from a live model or from an :class:`ActivationStore`
+    (its metadata ``store.model[...]``): one implementation for every analysis that reads either.
+
+    ``hooks``: the hook names the source can give (``model.hook_dict`` or ``store.hooks``).
+    """
+
+    obj: Any
+    from_store: bool
+    name: str
+    n_layers: int
+    n_heads: int
+    hooks: Any
+
+    @property
+    def n_kv_heads(self) -> int:
+        """KV heads of the model's family (:func:`n_kv_heads`): live, or as the store recorded it
+        (``store.meta["spec"]``, :func:`interp.spec.model_spec` at capture time)."""
+        if self.from_store:
+            spec = self.obj.meta.get("spec")
+            if not spec:
+                raise ValueError("This ActivationStore records no model spec (captured by an older version, or a "
+                                 "model family without an adapter): capture it again, or pass the model.")
+            return int(spec["n_kv_heads"])
+        return n_kv_heads(self.obj)
+
+    def require(self, names: Sequence[str], *, analysis: str, hint: str = "") -> None:
+        """Raise a ValueError naming the first hook of ``names`` the source cannot give and, for a
+        store, the ``capture(..., hooks=[...])`` call that would record it."""
+        missing = [h for h in names if h not in self.hooks]
+        if not missing:
+            return
+        if self.from_store:
+            globs = sorted({re.sub(r"^blocks\.\d+\.", "blocks.*.", h) for h in names})
+            raise ValueError(
+                f"{analysis} needs {missing[0]!r} ({len(missing)} needed hook(s) missing) but the ActivationStore "
+                f"did not capture it: capture the store with interp.capture(model, prompts, hooks={globs}), "
+                f"{hint + ', ' if hint else ''}or pass the model.")
+        raise ValueError(f"Model {self.name!r} has no hook {missing[0]!r}. {hint}".strip())
+
+    def live_only(self, what: str) -> None:
+        """Raise a ValueError when ``what`` (which needs forward passes on new inputs, or weights)
+        is asked of a store."""
+        if self.from_store:
+            raise ValueError(f"{what} cannot be computed from an ActivationStore (it holds the activations of "
+                             "its own prompts only): pass the model, or leave it off.")
+
+    def batch(self, prompts: Any, *, prepend_bos: bool, min_len: int = 1) -> PromptBatch:
+        """The prompts as a right-padded batch: the store's own (``prompts`` must be ``None``) or
+        ``prompts`` tokenised by the model (:func:`as_batch`)."""
+        if self.from_store:
+            if prompts is not None:
+                raise ValueError("An ActivationStore already fixes its prompts: pass prompts=None.")
+            return store_batch(self.obj, min_len=min_len)
+        return as_batch(self.obj, prompts, prepend_bos=prepend_bos, min_len=min_len)
+
+    def provenance(self) -> dict[str, Any]:
+        """``{"source": store.provenance()}`` for a store (recorded in a result's ``params``), ``{}``
+        for a live model (whose results stay as they were)."""
+        return {"source": self.obj.provenance()} if self.from_store else {}
+
+
+def source_of(model: Any) -> Source:
+    """:class:`Source` of a live model (TransformerBridge) or an :class:`ActivationStore`."""
+    if isinstance(model, ActivationStore):
+        m = model.model
+        return Source(model, True, str(m["name"]), int(m["n_layers"]), int(m["n_heads"]), set(model.hooks))
+    cfg = getattr(model, "cfg", None)
+    if cfg is None or getattr(model, "hook_dict", None) is None:
+        raise TypeError(f"Expected a TransformerBridge (from interp.load_model) or an ActivationStore, "
+                        f"got {type(model).__name__}.")
+    return Source(model, False, model_name(model), int(cfg.n_layers), int(cfg.n_heads), model.hook_dict)
+
+
+def store_batch(store: ActivationStore, *, min_len: int = 1) -> PromptBatch:
+    """A store's prompts as a right-padded :class:`PromptBatch` (tokens, lengths, display tokens
+    and BOS policy as the store recorded them)."""
+    lengths = list(store.lengths)
+    short = [i for i, n in enumerate(lengths) if n < min_len]
+    if short:
+        raise ValueError(f"Prompt {short[0]} of the store has {lengths[short[0]]} tokens (BOS included) but "
+                         f"this analysis needs at least {min_len}.")
+    toks = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
+    for i, n in enumerate(lengths):
+        toks[i, :n] = store.tokens(i)
+    mask = (torch.arange(toks.shape[1])[None, :] < torch.tensor(lengths)[:, None]).long()
+    return PromptBatch(toks, mask, lengths, store.str_tokens, bool(store.prepend_bos))
 
 
 def as_batch(model: Model, prompts: Any, *, prepend_bos: bool, min_len: int = 1) -> PromptBatch:

@@ -39,13 +39,14 @@ from interp._attnstats import (
     PatternAccumulator,
     PromptBatch,
     as_batch,
+    Source,
     check_attention_model,
-    n_kv_heads,
     random_like,
     repeated_random,
+    source_of,
 )
 from interp.provenance import model_name
-from interp.capture import StreamBatch, stream
+from interp.capture import ActivationStore, StreamBatch, stream
 from interp.plots import attention_heatmap, layer_head_heatmap, lines
 from interp.prompts import DEFAULT_PROMPTS
 from interp.results import Result, head_label
@@ -244,14 +245,14 @@ def _check_fraction(name: str, v: float, *, strict_upper: bool = False) -> None:
 
 
 def positional_heads(
-    model: Model,
+    model: Model | ActivationStore,
     prompts: Any = None,
     *,
     max_offset: int = 8,
     prepend_bos: bool = True,
     batch_size: int = 8,
-    random_control: bool = True,
-    induction_control: bool = True,
+    random_control: bool | None = None,
+    induction_control: bool | None = None,
     induction_seg_len: int | None = None,
     induction_prompts: Any = None,
     threshold: float = 0.4,
@@ -262,13 +263,21 @@ def positional_heads(
     """Score every head for positional and copying roles and classify it.
 
     Args:
-        model: a TransformerBridge (GQA fine).
+        model: a TransformerBridge (GQA fine), or an :class:`~interp.capture.ActivationStore`
+            holding ``blocks.*.attn.hook_pattern`` of every layer (with ``prompts=None``): the same
+            reducer runs on the stored patterns, and a store captured from the same prompts with the
+            same ``batch_size`` and right padding gives bit-identical scores. The controls run the
+            model on new token sequences, so a store cannot give them: by default they are skipped
+            for a store (``params["controls_skipped"]`` lists them; the classification then has no
+            random-token test, as with ``random_control=False``), and asking for one raises a
+            ValueError. ``params["source"]`` records the store.
         prompts: strings, a ``TokenBatch`` (right padded), or ``None`` for :data:`DEFAULT_PROMPTS`.
         max_offset: K, the largest fixed offset scored (needs every prompt ≥ K+1 tokens).
         prepend_bos: BOS policy (recorded in the result).
-        random_control: also score on random tokens (position-versus-content test).
+        random_control: also score on random tokens (position-versus-content test). ``None``
+            (default): on for a model, off for a store.
         induction_control: also score on repeated random sequences ``[BOS] r r`` with
-            ``|r| = induction_seg_len``.
+            ``|r| = induction_seg_len``. ``None`` (default): on for a model, off for a store.
         induction_seg_len: ``None`` (default): 20 tokens, except on a zoo toy trained on
             repeated segments (``toy-induction``), whose control is its own task layout
             ``BOS, noise, A, A`` with ``|A|`` = the manifest's ``max_segment`` (inside its
@@ -289,7 +298,9 @@ def positional_heads(
         ValueError: prompts shorter than ``max_offset + 1`` tokens, thresholds outside [0, 1],
             a model without attention patterns.
     """
-    check_attention_model(model)
+    src = source_of(model)
+    if not src.from_store:
+        check_attention_model(model)
     if max_offset < 1:
         raise ValueError(f"max_offset must be >= 1, got {max_offset}.")
     for nm, v in (("threshold", threshold), ("induction_threshold", induction_threshold),
@@ -297,31 +308,56 @@ def positional_heads(
         _check_fraction(nm, v)
     if induction_seg_len is not None and induction_seg_len < 2:
         raise ValueError(f"induction_seg_len must be >= 2, got {induction_seg_len}.")
-    prompts = DEFAULT_PROMPTS if prompts is None else prompts
-    batch = as_batch(model, prompts, prepend_bos=prepend_bos, min_len=max_offset + 1)
-    L, H = int(model.cfg.n_layers), int(model.cfg.n_heads)
+    random_control, induction_control, skipped = _controls(src, random_control, induction_control,
+                                                           induction_prompts)
+    if src.from_store:
+        src.require([f"blocks.{l}.attn.hook_pattern" for l in range(src.n_layers)], analysis="positional_heads")
+    prompts = DEFAULT_PROMPTS if prompts is None and not src.from_store else prompts
+    batch = src.batch(prompts, prepend_bos=prepend_bos, min_len=max_offset + 1)
+    L, H = src.n_layers, src.n_heads
 
-    def measure(b: PromptBatch) -> PatternAccumulator:
+    def measure(b: PromptBatch | None) -> PatternAccumulator:
+        b = batch if b is None else b
         acc = PatternAccumulator(len(b), L, H, max(b.lengths), keep_alpha=False)
-        stream(model, b, acc.hooks, batch_size=batch_size)
+        stream(model, None if src.from_store else b, acc.hooks, batch_size=batch_size)
         return acc
 
-    text = measure(batch)
+    text = measure(None)
     ind_batch = None
     if induction_control and induction_prompts is not None:
         ind_batch = as_batch(model, induction_prompts, prepend_bos=prepend_bos, min_len=2)
-    return _finish(model, batch, text, measure, max_offset=max_offset, random_control=random_control,
+    return _finish(src, batch, text, measure, max_offset=max_offset, random_control=random_control,
                    induction_control=induction_control, induction_seg_len=induction_seg_len,
                    induction_batch=ind_batch,
                    threshold=threshold, induction_threshold=induction_threshold, keep_ratio=keep_ratio,
-                   seed=seed, batch_size=batch_size)
+                   seed=seed, batch_size=batch_size, controls_skipped=skipped)
 
 
-def _finish(model: Any, batch: PromptBatch, text: PatternAccumulator, measure: Any, *, max_offset: int,
+def _controls(src: Source, random_control: bool | None, induction_control: bool | None,
+              induction_prompts: Any = None) -> tuple[bool, bool, list[str]]:
+    """Resolve the controls' ``None`` defaults (on for a model, off for a store); the skipped ones
+    are returned for ``params["controls_skipped"]``. A control asked of a store raises."""
+    if src.from_store:
+        for flag, nm in ((random_control, "random_control"), (induction_control, "induction_control")):
+            if flag:
+                src.live_only(f"{nm}=True (it scores the heads on new random-token prompts, a forward pass of "
+                              "the model)")
+        if induction_prompts is not None:
+            src.live_only("induction_prompts (a forward pass of the model on them)")
+        skipped = [nm for flag, nm in ((random_control, "random_control"), (induction_control, "induction_control"))
+                   if flag is None]
+        return False, False, skipped
+    return (True if random_control is None else random_control,
+            True if induction_control is None else induction_control, [])
+
+
+def _finish(src: Source, batch: PromptBatch, text: PatternAccumulator, measure: Any, *, max_offset: int,
             random_control: bool, induction_control: bool, induction_seg_len: int | None, threshold: float,
             induction_threshold: float, keep_ratio: float, seed: int, batch_size: int,
-            induction_batch: PromptBatch | None = None) -> PositionalHeadsResult:
+            induction_batch: PromptBatch | None = None, controls_skipped: list[str] | None = None,
+            ) -> PositionalHeadsResult:
     """Run the controls and assemble the result from the text-pass accumulator."""
+    model = src.obj
     rand = measure(random_like(model, batch, seed=seed)) if random_control else None
     rep = None
     toy_control = False
@@ -338,7 +374,7 @@ def _finish(model: Any, batch: PromptBatch, text: PatternAccumulator, measure: A
             rep = measure(repeated_random(model, n_rep, induction_seg_len, prepend_bos=batch.prepend_bos,
                                           seed=seed + 1))
     res = PositionalHeadsResult(
-        model=model_name(model), prepend_bos=batch.prepend_bos, n_prompts=len(batch), max_offset=max_offset,
+        model=src.name, prepend_bos=batch.prepend_bos, n_prompts=len(batch), max_offset=max_offset,
         score_names=list(SCORE_NAMES), scores=text.mean_scores(),
         random_scores=None if rand is None else rand.mean_scores(),
         repeated_scores=None if rep is None else rep.mean_scores(),
@@ -349,8 +385,10 @@ def _finish(model: Any, batch: PromptBatch, text: PatternAccumulator, measure: A
                     lengths=list(batch.lengths),
                     induction_control=("toy task layout" if toy_control else
                                        "given prompts" if induction_batch is not None else
-                                       "repeated random" if induction_control else None)),
-        n_kv_heads=n_kv_heads(model),
+                                       "repeated random" if induction_control else None),
+                    **({"controls_skipped": list(controls_skipped)} if controls_skipped else {}),
+                    **src.provenance()),
+        n_kv_heads=src.n_kv_heads,
     )
     res.classes = classify_heads(res, threshold=threshold, induction_threshold=induction_threshold,
                                  keep_ratio=keep_ratio)

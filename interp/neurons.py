@@ -57,8 +57,7 @@ from einops import einsum, reduce
 from jaxtyping import Float
 from torch import Tensor
 
-from interp._attnstats import PromptBatch, as_batch
-from interp.provenance import model_name
+from interp._attnstats import source_of
 from interp.capture import ActivationStore, StreamBatch, stream
 from interp.plots import lines
 from interp.prompts import DEFAULT_PROMPTS
@@ -232,22 +231,8 @@ class PositionalNeuronsResult(Result):
                      yaxis_title="fr(pos)")
 
 
-def _store_batch(store: ActivationStore) -> Any:
-    """Lengths and BOS policy of a store's prompts (tokens re-padded on the right), for the checks."""
-    lengths = list(store.lengths)
-    short = [i for i, n in enumerate(lengths) if n < 2]
-    if short:
-        raise ValueError(f"Prompt {short[0]} of the store has {lengths[short[0]]} tokens (BOS included) but "
-                         "this analysis needs at least 2.")
-    toks = torch.zeros(len(lengths), max(lengths), dtype=torch.long)
-    for i, n in enumerate(lengths):
-        toks[i, :n] = store.tokens(i)
-    mask = (torch.arange(toks.shape[1])[None, :] < torch.tensor(lengths)[:, None]).long()
-    return PromptBatch(toks, mask, lengths, [], bool(store.prepend_bos))
-
-
 def positional_neurons(
-    model: Model,
+    model: Model | ActivationStore,
     prompts: Any = None,
     *,
     rule: str = "positive",
@@ -285,12 +270,11 @@ def positional_neurons(
         raise ValueError(f"quantile must be in (0, 1), got {quantile}.")
     if not 0.0 <= threshold <= math.log(2):
         raise ValueError(f"threshold must be in [0, log 2] nats (the maximum of I for a binary variable), got {threshold}.")
-    from_store = isinstance(model, ActivationStore)
-    L = int(model.model["n_layers"]) if from_store else int(model.cfg.n_layers)
-    name = str(model.model["name"]) if from_store else model_name(model)
+    src = source_of(model)
+    from_store, L, name = src.from_store, src.n_layers, src.name
     layers = list(range(L)) if layers is None else list(layers)
     hook_name = "mlp.hook_pre" if rule == "positive" else "mlp.hook_post"
-    available = set(model.hooks) if from_store else model.hook_dict
+    available = src.hooks
     for l in layers:
         if not 0 <= l < L:
             raise ValueError(f"layer {l} outside 0..{L - 1}.")
@@ -299,14 +283,9 @@ def positional_neurons(
                 raise ValueError(f"The ActivationStore has no 'blocks.{l}.{hook_name}': capture "
                                  f"'blocks.*.{hook_name}' for rule={rule!r}, or pass the model.")
             raise ValueError(f"Model {name!r} has no 'blocks.{l}.{hook_name}' hook (no MLP?).")
-    if from_store:
-        if prompts is not None:
-            raise ValueError("An ActivationStore already fixes its prompts: pass prompts=None.")
-        batch = _store_batch(model)
-    else:
-        if prompts is None:
-            prompts = DEFAULT_PROMPTS
-        batch = as_batch(model, prompts, prepend_bos=prepend_bos, min_len=2)
+    if prompts is None and not from_store:
+        prompts = DEFAULT_PROMPTS
+    batch = src.batch(prompts, prepend_bos=prepend_bos, min_len=2)
     Tm = max(batch.lengths)
     fires: dict[int, Tensor] = {}
     totals = torch.zeros(Tm, dtype=torch.float64)
@@ -392,4 +371,5 @@ def positional_neurons(
         model=name, prepend_bos=batch.prepend_bos, rule=rule, threshold=threshold, info=info,
         firing_rate=fr_pos, overall_rate=fr, tokens_per_position=totals.float(), bias=bias,
         params=dict(quantile=quantile, layers=layers, hook=hook_name, n_prompts=len(batch),
-                    lengths=list(batch.lengths), **params_extra))
+                    lengths=list(batch.lengths), **params_extra,
+                    **src.provenance()))

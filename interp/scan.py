@@ -11,9 +11,9 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from interp._attnstats import PatternAccumulator, PromptBatch
-from interp.capture import stream
-from interp.heads import PositionalHeadsResult, _check_fraction, _finish
+from interp._attnstats import PatternAccumulator, PromptBatch, source_of
+from interp.capture import ActivationStore, stream
+from interp.heads import PositionalHeadsResult, _check_fraction, _controls, _finish
 from interp.prompts import DEFAULT_PROMPTS
 from interp.results import Result
 from interp.sinks import _sink_pass
@@ -47,7 +47,7 @@ class ScanResult(Result):
 
 
 def scan(
-    model: Model,
+    model: Model | ActivationStore,
     prompts: Any = None,
     *,
     max_offset: int = 8,
@@ -56,7 +56,7 @@ def scan(
     batch_size: int = 8,
     random_control: bool = False,
     induction_control: bool = False,
-    drains: bool = True,
+    drains: bool | None = None,
     peaks: bool = True,
     massive: bool = True,
     seed: int = 0,
@@ -68,6 +68,16 @@ def scan(
     The controls (random tokens, repeated random sequences) are off by default: each costs one more
     pass over inputs of the same size. ``classify`` takes ``threshold``, ``induction_threshold``,
     ``keep_ratio``.
+
+    ``model`` may be an :class:`~interp.capture.ActivationStore` holding
+    ``blocks.*.attn.hook_pattern`` (and ``blocks.*.hook_resid_post`` unless ``peaks=False,
+    massive=False``) with ``prompts=None``: the same single pass is replayed from the stored
+    activations (bit-identical to the live run for a store captured from the same prompts with the
+    same ``batch_size`` and right padding). A store cannot give the controls (they run the model on
+    new random-token prompts: ``random_control``/``induction_control=True`` with a store raise a
+    ValueError) nor the value drains (they need ``W_O``: ``drains`` defaults to on for a model and
+    off for a store, see :func:`interp.sinks.sink_analysis`). Both results record the store in
+    ``params["source"]``.
     """
     if max_offset < 1:
         raise ValueError(f"max_offset must be >= 1, got {max_offset}.")
@@ -75,20 +85,22 @@ def scan(
         if nm not in ("threshold", "induction_threshold", "keep_ratio"):
             raise TypeError(f"Unknown classification option {nm!r}.")
         _check_fraction(nm, v)
-    if prompts is None:
+    src = source_of(model)
+    random_control, induction_control, _ = _controls(src, random_control, induction_control)
+    if prompts is None and not src.from_store:
         prompts = DEFAULT_PROMPTS
     sres, acc, batch = _sink_pass(model, prompts, eps=eps, prepend_bos=prepend_bos, sink_position=0,
                                   batch_size=batch_size, drains=drains, peaks=peaks, massive=massive,
                                   massive_threshold=100.0, massive_ratio=1000.0, top_k=5,
-                                  min_len=max_offset + 1)
-    L, H = int(model.cfg.n_layers), int(model.cfg.n_heads)
+                                  min_len=max_offset + 1, analysis="scan")
+    L, H = src.n_layers, src.n_heads
 
     def measure(b: PromptBatch) -> PatternAccumulator:
         a = PatternAccumulator(len(b), L, H, max(b.lengths), keep_alpha=False)
         stream(model, b, a.hooks, batch_size=batch_size)
         return a
 
-    hres = _finish(model, batch, acc, measure, max_offset=max_offset, random_control=random_control,
+    hres = _finish(src, batch, acc, measure, max_offset=max_offset, random_control=random_control,
                    induction_control=induction_control, induction_seg_len=None,
                    threshold=float(classify.get("threshold", 0.4)),
                    induction_threshold=float(classify.get("induction_threshold", 0.3)),

@@ -44,13 +44,13 @@ from torch import Tensor
 from interp._attnstats import (
     PatternAccumulator,
     PromptBatch,
-    as_batch,
     check_attention_model,
     check_eps,
     n_kv_heads,
+    source_of,
 )
 from interp.provenance import model_name
-from interp.capture import StreamBatch, stream
+from interp.capture import ActivationStore, StreamBatch, stream
 from interp._active_dormant import ActiveDormantResult, active_dormant  # noqa: F401  (public here)
 from interp.plots import layer_head_heatmap, lines
 from interp.prompts import DEFAULT_PROMPTS, DOMAINS
@@ -342,14 +342,14 @@ class SinkResult(Result):
 
 
 def sink_analysis(
-    model: Model,
+    model: Model | ActivationStore,
     prompts: Any = None,
     *,
     eps: float = 0.3,
     prepend_bos: bool = True,
     sink_position: int = 0,
     batch_size: int = 8,
-    drains: bool = True,
+    drains: bool | None = None,
     peaks: bool = True,
     massive: bool = True,
     massive_threshold: float = 100.0,
@@ -359,7 +359,16 @@ def sink_analysis(
     """α_k for every head and key, value drains, residual peaks and massive activations, one pass.
 
     Args:
+        model: a live model (TransformerBridge), or an :class:`~interp.capture.ActivationStore`
+            holding ``blocks.*.attn.hook_pattern`` (and ``blocks.*.hook_resid_post`` for
+            ``peaks``/``massive``) of every layer, with ``prompts=None``: the same reducers run on
+            the stored activations (:func:`interp.capture.stream`), and a store captured from the
+            same prompts with the same ``batch_size`` and right padding gives bit-identical numbers.
+            ``params["source"]`` records the store (:meth:`ActivationStore.provenance`).
         prompts: strings, a right-padded ``TokenBatch``, or ``None`` (``interp.prompts.DEFAULT_PROMPTS``).
+        drains: value drains ``‖v_j W_O^h‖`` (need ``hook_v`` and the weights ``W_O``, so a live
+            model). ``None`` (default): on for a model, off for a store (a store holds no weights;
+            ``drains=True`` with a store raises a ValueError).
         eps: sink threshold ε in [0, 1) (strict ``α > ε``).
         sink_position: the position used for drain and peak ratios (0 = BOS/first token).
         massive_threshold, massive_ratio: Sun et al.'s rules ``|x| > 100`` and ``|x| > 1000·median``.
@@ -373,20 +382,31 @@ def sink_analysis(
 
 
 def _sink_pass(model: Any, prompts: Any, *, eps: float, prepend_bos: bool, sink_position: int,
-               batch_size: int, drains: bool, peaks: bool, massive: bool, massive_threshold: float,
-               massive_ratio: float, top_k: int, min_len: int = 0,
+               batch_size: int, drains: bool | None, peaks: bool, massive: bool, massive_threshold: float,
+               massive_ratio: float, top_k: int, min_len: int = 0, analysis: str = "sink_analysis",
                ) -> tuple[SinkResult, PatternAccumulator, PromptBatch]:
     """One streaming pass; also returns the pattern accumulator (head scores) and the batch."""
-    check_attention_model(model)
+    src = source_of(model)
+    if not src.from_store:
+        check_attention_model(model)
+    if drains is None:
+        drains = not src.from_store
+    elif drains:
+        src.live_only("Value drains (drains=True: ‖v W_O‖ needs the model's W_O weights)")
+    L, H = src.n_layers, src.n_heads
+    if src.from_store:
+        src.require([f"blocks.{l}.attn.hook_pattern" for l in range(L)], analysis=analysis)
+        if peaks or massive:
+            src.require([f"blocks.{l}.hook_resid_post" for l in range(L)], analysis=f"{analysis} (peaks/massive)",
+                        hint="pass peaks=False, massive=False")
     check_eps(eps)
     if massive_threshold < 0 or massive_ratio < 1:
         raise ValueError(f"massive_threshold must be >= 0 and massive_ratio >= 1, got {massive_threshold}, {massive_ratio}.")
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}.")
-    if prompts is None:
+    if prompts is None and not src.from_store:
         prompts = DEFAULT_PROMPTS
-    batch = as_batch(model, prompts, prepend_bos=prepend_bos, min_len=max(min_len, sink_position + 2))
-    L, H = int(model.cfg.n_layers), int(model.cfg.n_heads)
+    batch = src.batch(prompts, prepend_bos=prepend_bos, min_len=max(min_len, sink_position + 2))
     N, Tm = len(batch), max(batch.lengths)
     acc = PatternAccumulator(N, L, H, Tm, keep_alpha=True)
     vn = _ValueNorms(model, N, Tm) if drains else None
@@ -400,15 +420,15 @@ def _sink_pass(model: Any, prompts: Any, *, eps: float, prepend_bos: bool, sink_
             hooks += rn.hooks(sb)
         return hooks
 
-    stream(model, batch, make, batch_size=batch_size)
+    stream(model, None if src.from_store else batch, make, batch_size=batch_size)
     alpha = acc.alpha
     assert alpha is not None
     res = SinkResult(
-        model=model_name(model), prepend_bos=batch.prepend_bos, eps=eps, sink_position=sink_position,
-        n_kv_heads=n_kv_heads(model), alpha=alpha, alpha_mean=torch.nanmean(alpha, dim=0),
+        model=src.name, prepend_bos=batch.prepend_bos, eps=eps, sink_position=sink_position,
+        n_kv_heads=src.n_kv_heads, alpha=alpha, alpha_mean=torch.nanmean(alpha, dim=0),
         str_tokens=batch.str_tokens,
         params=dict(batch_size=batch_size, lengths=list(batch.lengths), massive_threshold=massive_threshold,
-                    massive_ratio=massive_ratio),
+                    massive_ratio=massive_ratio, **src.provenance()),
     )
     if vn is not None:
         res.value_norm = vn.mean()
@@ -418,7 +438,7 @@ def _sink_pass(model: Any, prompts: Any, *, eps: float, prepend_bos: bool, sink_
             res.resid_norm = rn.mean_norm()
             res.resid_peak_ratio = rn.peak_ratio(sink_position)
         if massive:
-            res.massive = rn.massive_result(model_name(model), batch.prepend_bos)
+            res.massive = rn.massive_result(src.name, batch.prepend_bos)
     return res, acc, batch
 
 
@@ -539,10 +559,12 @@ class _ResidStats:
 
 
 def massive_activations(
-    model: Model, prompts: Any = None, *, threshold: float = 100.0, ratio: float = 1000.0,
+    model: Model | ActivationStore, prompts: Any = None, *, threshold: float = 100.0, ratio: float = 1000.0,
     prepend_bos: bool = True, top_k: int = 5, batch_size: int = 8,
 ) -> MassiveActivationsResult:
-    """Sun et al. (2024) massive activations of every layer's residual output (see module doc)."""
+    """Sun et al. (2024) massive activations of every layer's residual output (see module doc).
+    ``model`` may be an :class:`~interp.capture.ActivationStore` holding ``blocks.*.attn.hook_pattern``
+    and ``blocks.*.hook_resid_post`` (see :func:`sink_analysis`)."""
     r = sink_analysis(model, prompts, prepend_bos=prepend_bos, batch_size=batch_size, drains=False,
                       peaks=False, massive=True, massive_threshold=threshold, massive_ratio=ratio, top_k=top_k)
     assert r.massive is not None

@@ -245,6 +245,18 @@ class RopeSpec:
         d["n_chunks"] = self.n_chunks
         return json.loads(json.dumps(d, default=str))
 
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "RopeSpec":
+        """Rebuild from :meth:`to_json` (JSON floats round-trip exactly, so ``inv_freq`` is
+        unchanged)."""
+        return cls(
+            d_head=int(d["d_head"]), rotary_dim=int(d["rotary_dim"]), pairing=d["pairing"],
+            layer_types=tuple(d["layer_types"]), bases=tuple(float(b) for b in d["bases"]),
+            inv_freq={k: tuple(float(x) for x in v) for k, v in d["inv_freq"].items()},
+            attention_scaling={k: float(v) for k, v in d["attention_scaling"].items()},
+            rope_types=dict(d["rope_types"]), scaling=dict(d["scaling"]), sliding_window=d.get("sliding_window"),
+            max_position_embeddings=d.get("max_position_embeddings"), windows=tuple(d.get("windows") or ()))
+
 
 # --------------------------------------------------------------------------------------------
 # ModelSpec
@@ -318,6 +330,15 @@ class ModelSpec:
         d["rope"] = None if self.rope is None else self.rope.to_json()
         d["family"] = None if self.family is None else self.family.to_json()
         return json.loads(json.dumps(d, default=str))
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "ModelSpec":
+        """Rebuild from :meth:`to_json` (e.g. the spec an :class:`~interp.capture.ActivationStore`
+        records); ``family`` is not rebuilt (``None``)."""
+        skip = ("rope", "family", "attn_scales")
+        kw = {k: d[k] for k in cls.__dataclass_fields__ if k not in skip and k in d}
+        return cls(**kw, rope=None if d.get("rope") is None else RopeSpec.from_json(d["rope"]),
+                   attn_scales=tuple(float(x) for x in d.get("attn_scales") or ()))
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,7 +20,8 @@ from torch import Tensor
 
 from interp.types import Model
 
-__all__ = ["TokenBatch", "tokenize", "bos_token_id", "check_prompt_texts", "check_prompt_length", "context_length"]
+__all__ = ["TokenBatch", "tokenize", "bos_token_id", "check_prompt_texts", "check_prompt_length", "context_length",
+           "token_strings"]
 
 PaddingSide = Literal["left", "right"]
 
@@ -178,6 +179,11 @@ def tokenize(
         padding_side=padding_side,
     )
     return batch.to(device) if device else batch
+
+
+def token_strings(model: Model, ids: Sequence[int]) -> list[str]:
+    """Display labels of token ids, as :func:`tokenize` writes them in ``str_tokens``."""
+    return [_display(t) for t in model.tokenizer.convert_ids_to_tokens([int(i) for i in ids])]
 
 
 def _display(token: str) -> str:

@@ -241,3 +241,147 @@ def test_every_analysis_runs_through_the_engine(tiny, monkeypatch):
             run()
         assert inside["n"] > before, f"{name} made no forward pass through the engine"
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Analyses fed from an ActivationStore: bit-identical to the live run on the same prompts
+# ---------------------------------------------------------------------------------------------
+
+PATTERN_RESID = ["blocks.*.attn.hook_pattern", "blocks.*.hook_resid_post"]
+
+
+def _assert_same_result(live, stored, *, drop=("source", "controls_skipped")):
+    """Every tensor field torch.equal (NaN where NaN), every other field and the JSON equal, apart
+    from the store's provenance (``params["source"]`` / ``source``) and the skipped controls."""
+    import dataclasses
+
+    for f in dataclasses.fields(live):
+        a, b = getattr(live, f.name), getattr(stored, f.name)
+        if f.name == "params":
+            a = {k: v for k, v in a.items() if k not in drop}
+            b = {k: v for k, v in b.items() if k not in drop}
+        if f.name in drop:
+            continue
+        if isinstance(a, torch.Tensor):
+            assert a.dtype == b.dtype and a.shape == b.shape, f.name
+            assert torch.equal(a.isnan(), b.isnan()) if a.is_floating_point() else True, f.name
+            assert torch.equal(a.nan_to_num(-7.0) if a.is_floating_point() else a,
+                               b.nan_to_num(-7.0) if b.is_floating_point() else b), f.name
+        elif dataclasses.is_dataclass(a):
+            _assert_same_result(a, b, drop=drop)
+        else:
+            assert a == b, f.name
+
+    def strip(j):
+        j = dict(j)
+        for k in drop:
+            j.pop(k, None)
+        if isinstance(j.get("params"), dict):
+            j["params"] = {k: v for k, v in j["params"].items() if k not in drop}
+        for k, v in j.items():
+            if isinstance(v, dict) and "params" in v:
+                j[k] = strip(v)
+        return j
+
+    assert strip(live.to_json()) == strip(stored.to_json())
+
+
+def _check_source(result_params_or_source, store):
+    src = result_params_or_source
+    assert src["kind"] == "ActivationStore" and src == store.provenance()
+    assert src["model"] == store.model["name"] and src["prepend_bos"] == store.prepend_bos
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_sinks_heads_scan_from_a_store_equal_the_live_run(tiny, side, tmp_path):
+    from interp.heads import positional_heads
+    from interp.scan import scan
+    from interp.sinks import sink_analysis
+
+    # the disk store also checks that the token strings come back from the manifest
+    store = interp.capture(tiny, MORE, PATTERN_RESID, batch_size=2, padding_side=side,
+                           out=tmp_path / "s" if side == "right" else None)
+    live = sink_analysis(tiny, MORE, batch_size=2, drains=False)
+    stored = sink_analysis(store, batch_size=2)
+    assert stored.value_norm is None and stored.massive is not None
+    _assert_same_result(live, stored)
+    _check_source(stored.params["source"], store)
+    assert "source" not in live.params
+
+    live_h = positional_heads(tiny, MORE, batch_size=2, max_offset=2, random_control=False, induction_control=False)
+    stored_h = positional_heads(store, batch_size=2, max_offset=2)
+    assert stored_h.params["controls_skipped"] == ["random_control", "induction_control"]
+    assert stored_h.random_scores is None and stored_h.repeated_scores is None
+    _assert_same_result(live_h, stored_h)
+    _check_source(stored_h.params["source"], store)
+
+    live_s = scan(tiny, MORE, batch_size=2, max_offset=2, drains=False)
+    stored_s = scan(store, batch_size=2, max_offset=2)
+    _assert_same_result(live_s.heads, stored_s.heads)
+    _assert_same_result(live_s.sinks, stored_s.sinks)
+    _check_source(stored_s.sinks.params["source"], store)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_frequency_usage_from_a_store_equals_the_live_run(tiny, side):
+    from interp.rope import frequency_usage
+
+    live = frequency_usage(tiny, MORE, batch_size=2)
+    assert live.source is None
+    rot = interp.capture(tiny, MORE, ["blocks.*.attn.hook_rot_q", "blocks.*.attn.hook_rot_k"], batch_size=2,
+                         padding_side=side)
+    stored = frequency_usage(rot, batch_size=2)
+    _assert_same_result(live, stored)
+    _check_source(stored.source, rot)
+    # only the pre-rotation q/k: rotated here with the recorded RopeSpec (chunk norms are rotation
+    # invariant; equal to the live norms up to rounding)
+    pre = interp.capture(tiny, MORE, ["blocks.*.attn.hook_q", "blocks.*.attn.hook_k"], batch_size=2,
+                         padding_side=side)
+    other = frequency_usage(pre, batch_size=2)
+    torch.testing.assert_close(other.q_norm, live.q_norm, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(other.k_norm, live.k_norm, rtol=1e-6, atol=1e-7)
+
+
+def test_store_fed_analyses_errors(tiny):
+    from interp.heads import positional_heads
+    from interp.rope import band_ablation, frequency_usage, logit_decomposition, positional_frequency_heads, shift_invariance
+    from interp.scan import scan
+    from interp.sinks import sink_analysis
+
+    resid = interp.capture(tiny, MORE, "blocks.*.hook_resid_post", batch_size=2)
+    patterns = interp.capture(tiny, MORE, "blocks.*.attn.hook_pattern", batch_size=2)
+    # a needed hook was not captured: the error names it and the capture call that adds it
+    for f in (sink_analysis, positional_heads, scan):
+        with pytest.raises(ValueError, match=r"blocks\.0\.attn\.hook_pattern.*hooks=\['blocks\.\*\.attn\.hook_pattern'\]"):
+            f(resid)
+    with pytest.raises(ValueError, match=r"hook_resid_post.*peaks=False, massive=False"):
+        sink_analysis(patterns)
+    r = sink_analysis(patterns, peaks=False, massive=False)
+    assert r.resid_norm is None and r.massive is None
+    with pytest.raises(ValueError, match=r"hook_rot_q.*capture"):
+        frequency_usage(resid)
+    # prompts passed with a store
+    with pytest.raises(ValueError, match="prompts=None"):
+        sink_analysis(patterns, MORE, peaks=False, massive=False)
+    with pytest.raises(ValueError, match="prompts=None"):
+        positional_heads(patterns, MORE)
+    with pytest.raises(ValueError, match="prompts=None"):
+        scan(patterns, MORE, peaks=False, massive=False)
+    rot = interp.capture(tiny, MORE, ["blocks.*.attn.hook_rot_q", "blocks.*.attn.hook_rot_k"], batch_size=2)
+    with pytest.raises(ValueError, match="prompts=None"):
+        frequency_usage(rot, MORE)
+    # what a store cannot give: weights (drains), forward passes on new inputs (controls)
+    with pytest.raises(ValueError, match="W_O"):
+        sink_analysis(patterns, drains=True, peaks=False, massive=False)
+    with pytest.raises(ValueError, match="random_control"):
+        positional_heads(patterns, random_control=True)
+    with pytest.raises(ValueError, match="induction_control"):
+        scan(patterns, induction_control=True, peaks=False, massive=False)
+    with pytest.raises(ValueError, match="decompos"):
+        frequency_usage(rot, decompose=True)
+    with pytest.raises(ValueError, match="decompos"):
+        logit_decomposition(rot)
+    # the RoPE analyses that intervene in the forward pass need the model
+    for f in (band_ablation, shift_invariance, positional_frequency_heads):
+        with pytest.raises(TypeError, match="ActivationStore"):
+            f(rot)

@@ -17,7 +17,7 @@ from torch import Tensor
 from interp.provenance import model_name, package_versions, prompt_hash
 from interp.results import atomic_write_text
 from interp.schema import Schema, SchemaSpans
-from interp.tokens import check_prompt_length, check_prompt_texts, context_length
+from interp.tokens import check_prompt_length, check_prompt_texts, context_length, token_strings
 from interp.capture._common import (
     FORMAT, FORMAT_VERSION, MANIFEST, CaptureError, ManifestMismatchError, PaddingSide, _layout,
     resolve_hooks,
@@ -84,6 +84,20 @@ def _model_dtype(model: Any) -> torch.dtype:
         return next(model.parameters()).dtype
     except (StopIteration, AttributeError, TypeError):
         return torch.float32
+
+
+def _spec_meta(model: Any) -> dict[str, Any] | None:
+    """:func:`interp.spec.model_spec` of the model as JSON without its family (RoPE analyses of a
+    store read it), or ``None`` for a model whose family has no adapter."""
+    from interp.families import UnsupportedFamilyError
+    from interp.spec import model_spec
+
+    try:
+        d = model_spec(model).to_json()
+    except UnsupportedFamilyError:
+        return None
+    d.pop("family", None)
+    return d
 
 
 def _model_meta(model: Any) -> dict[str, Any]:
@@ -167,7 +181,7 @@ def capture(
         "n_examples": n, "lengths": lengths, "prompt_hashes": [prompt_hash(p) for p in prompts],
         "schema": spans.schema if spans is not None else None,
         "spans": {"names": spans.names, "spans": spans.spans} if spans is not None else None,
-        "batch_size": batch_size,
+        "batch_size": batch_size, "spec": _spec_meta(model),
         "shards": [{"file": f"shard_{k:06d}.safetensors", "start": s, "end": e} for k, (s, e) in enumerate(plan)],
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -221,6 +235,11 @@ def capture(
             bar.update(e - s)
     if bar is not None:
         bar.close()
+    store = ActivationStore(meta, memory=memory if path is None else None,
+                            memory_tokens=memory_tokens if path is None else None, path=path)
+    ids = sorted({int(t) for i in range(n) for t in store.tokens(i).tolist()})
+    # the display string of every token id the store holds (str_tokens of a store-fed analysis)
+    meta["token_strings"] = dict(zip((str(i) for i in ids), token_strings(model, ids)))
     if path is not None:
         meta["complete"] = True
         meta["completed"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

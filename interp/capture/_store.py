@@ -104,6 +104,27 @@ class ActivationStore:
         """``spans[example][span] = (start, end)`` token ranges (own coordinates), or None."""
         return self._spans
 
+    @property
+    def str_tokens(self) -> list[list[str]]:
+        """Each example's tokens as display strings (as :func:`interp.tokenize` writes them); a store
+        written before token strings were recorded gives ``"<id>"`` labels."""
+        names = self.meta.get("token_strings") or {}
+        return [[names.get(str(t), f"<{t}>") for t in self.tokens(i).tolist()] for i in range(self.n_examples)]
+
+    def provenance(self) -> dict[str, Any]:
+        """Where a store-fed analysis' numbers came from: ``{"kind": "ActivationStore", model,
+        prepend_bos, padding_side, dtype, batch_size, n_examples, prompts_sha256, path}``;
+        ``prompts_sha256`` hashes the per-prompt hashes (:func:`interp.provenance.prompt_hash`)
+        in order, so two stores of the same prompts agree on it."""
+        import hashlib
+
+        hashes = self.meta.get("prompt_hashes") or []
+        return {"kind": "ActivationStore", "model": self.model.get("name"), "prepend_bos": self.prepend_bos,
+                "padding_side": self.padding_side, "dtype": self.meta.get("dtype"),
+                "batch_size": self.meta.get("batch_size"), "n_examples": self.n_examples,
+                "prompts_sha256": hashlib.sha256("\n".join(hashes).encode()).hexdigest()[:16],
+                "path": str(self.path) if self.path is not None else None}
+
     def __len__(self) -> int:
         return self.n_examples
 

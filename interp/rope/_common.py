@@ -11,6 +11,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from interp._attnstats import PromptBatch, as_batch
+from interp.capture import ActivationStore
 from interp.provenance import model_name
 from interp.prompts import ROPE_PROMPTS
 from interp.spec import ModelSpec, RopeSpec, model_spec
@@ -22,7 +23,16 @@ DEFAULT_PROMPTS: list[str] = ROPE_PROMPTS  # the RoPE analyses' default input (i
 
 
 def rope_model(model: Model) -> tuple[ModelSpec, RopeSpec]:
-    """``(model_spec(model), its RopeSpec)``; a clear :class:`~interp.spec.NoRotaryError` otherwise."""
+    """``(model_spec(model), its RopeSpec)``; a clear :class:`~interp.spec.NoRotaryError` otherwise.
+
+    Raises a TypeError for an :class:`~interp.capture.ActivationStore`: the analyses that call this
+    need the model: band ablation, shift invariance and positional-frequency heads rotate, ablate or
+    shift q/k inside the forward pass, base bounds reads its config (:func:`interp.rope.frequency_usage`
+    reads a store)."""
+    if isinstance(model, ActivationStore):
+        raise TypeError("This RoPE analysis needs the model (band ablation, shift invariance and positional-"
+                        "frequency heads rotate, ablate or shift q/k inside the forward pass): pass the model, not "
+                        "an ActivationStore (frequency_usage accepts a store).")
     spec = model_spec(model)
     return spec, spec.require_rope()
 

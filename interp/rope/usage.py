@@ -26,13 +26,14 @@ from einops import einsum, repeat
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from interp.capture import StreamBatch, stream
+from interp._attnstats import Source, source_of
+from interp.capture import ActivationStore, StreamBatch, stream
 from interp.plots import SEQUENTIAL
 from interp.results import Result, head_label
 from interp.rope._common import (
     batch_of, exposes_rotated, name_of, pre_rotation_hooks, rope_model, scores_are_pattern, to_bphd, valid_tokens,
 )
-from interp.spec import RopeSpec
+from interp.spec import ModelSpec, RopeSpec
 from interp.types import Model
 
 __all__ = ["FrequencyUsage", "LogitDecomposition", "frequency_usage", "logit_decomposition", "chunk_logits"]
@@ -148,6 +149,7 @@ class FrequencyUsage(Result):
     slow: Bool[Tensor, "layer chunk"]
     slow_trained: Bool[Tensor, "layer chunk"]
     decomposition: LogitDecomposition | None = None
+    source: dict[str, Any] | None = None  # an ActivationStore's provenance when read from one
 
     # ---- derived ------------------------------------------------------------------------------
     @property
@@ -340,8 +342,40 @@ class _Acc:
         return hooks
 
 
+def _store_spec(src: Source) -> tuple[ModelSpec, RopeSpec, bool]:
+    """The spec a store recorded, and whether it holds the rotated q/k (``hook_rot_q``/``hook_rot_k``)
+    or only the pre-rotation ones (``hook_q``/``hook_k``, rotated here as for bridges that fire no
+    rotated hooks; same norms up to rounding)."""
+    d = src.obj.meta.get("spec")
+    if d is None:
+        raise ValueError("This ActivationStore records no model spec (captured by an older version, or a model "
+                         "family without an adapter): capture it again, or pass the model.")
+    spec = ModelSpec.from_json(d)
+    rope = spec.require_rope()
+    L = spec.n_layers
+    rot = [f"blocks.{l}.attn.hook_rot_{w}" for l in range(L) for w in "qk"]
+    if all(h in src.hooks for h in rot):
+        return spec, rope, True
+    qn, kn, _ = pre_rotation_hooks(spec)
+    pre = [f"blocks.{l}.attn.{n}" for l in range(L) for n in (qn, kn)]
+    if not spec.qk_norm and all(h in src.hooks for h in pre):
+        return spec, rope, False
+    src.require(rot, analysis="frequency_usage")
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def _run(model: Any, prompts: Any, *, prepend_bos: bool, batch_size: int, decompose: bool,
          keep_full: bool) -> tuple[Any, RopeSpec, Any, _Acc]:
+    src = source_of(model)
+    if src.from_store:
+        if decompose:
+            raise ValueError("The logit decomposition (decompose=True, logit_decomposition) is not computed from an "
+                             "ActivationStore: pass the model.")
+        spec, rope, exposed = _store_spec(src)
+        batch = src.batch(prompts, prepend_bos=prepend_bos, min_len=2)
+        acc = _Acc(spec, rope, decompose, keep_full, exposed, False)
+        stream(model, None, acc.hooks, batch_size=batch_size)
+        return spec, rope, batch, acc
     spec, rope = rope_model(model)
     batch = batch_of(model, prompts, prepend_bos)
     acc = _Acc(spec, rope, decompose, keep_full, exposes_rotated(model), scores_are_pattern(model))
@@ -360,7 +394,7 @@ def _decomposition(model: Any, spec: Any, rope: RopeSpec, batch: Any, acc: _Acc)
 
 
 def frequency_usage(
-    model: Model,
+    model: Model | ActivationStore,
     prompts: Any = None,
     *,
     prepend_bos: bool = True,
@@ -374,9 +408,17 @@ def frequency_usage(
     when prepended; padding excluded). With ``decompose=True`` the same forward pass also
     computes :func:`logit_decomposition` (``result.decomposition``).
 
+    ``model`` may be an :class:`~interp.capture.ActivationStore` (``prompts=None``) holding
+    ``blocks.*.attn.hook_rot_q`` and ``blocks.*.attn.hook_rot_k`` (or, for a model without q/k
+    norms, the pre-rotation ``hook_q``/``hook_k``, rotated here with the recorded
+    :class:`~interp.spec.RopeSpec`): the same reducer runs on the stored q/k, and a store of the
+    rotated hooks captured from the same prompts with the same ``batch_size`` and right padding gives
+    bit-identical norms; ``result.source`` records the store. ``decompose=True`` needs the model.
+
     Raises:
         NoRotaryError: the model has no rotary embeddings (the message names its positional kind).
     """
+    src = source_of(model)
     spec, rope, batch, acc = _run(model, prompts, prepend_bos=prepend_bos, batch_size=batch_size,
                                   decompose=decompose, keep_full=False)
     n = max(acc.n_tok, 1)
@@ -386,13 +428,14 @@ def frequency_usage(
     trained = rope.max_position_embeddings
     rot_tr = ((trained - 1) * freqs.double() / (2 * math.pi)) if trained else torch.full_like(rot, math.inf)
     return FrequencyUsage(
-        model=name_of(model), prepend_bos=batch.prepend_bos, n_prompts=len(batch), n_tokens=acc.n_tok,
+        model=src.name, prepend_bos=batch.prepend_bos, n_prompts=len(batch), n_tokens=acc.n_tok,
         context=context, trained_context=trained, group_size=spec.group_size,
         layer_types=list(rope.layer_types), bases=list(rope.bases),
         q_norm=(acc.q / n).float(), k_norm=(acc.k / n).float(), q_pass=(acc.qp / n).float(),
         k_pass=(acc.kp / n).float(), frequencies=freqs, wavelengths=2 * math.pi / freqs,
         rotations=rot.float(), slow=rot < 1, slow_trained=rot_tr < 1,
         decomposition=_decomposition(model, spec, rope, batch, acc) if decompose else None,
+        source=src.provenance().get("source"),
     )
 
 
