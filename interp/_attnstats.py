@@ -62,6 +62,10 @@ def n_kv_heads(model: Model) -> int:
 
 def check_attention_model(model: Model) -> None:
     """Raise a clear error if ``model`` does not expose attention patterns through hooks."""
+    if isinstance(model, ActivationStore):
+        raise TypeError("This analysis runs the model on inputs of its own (or edits its forward pass), so it "
+                        "cannot read an ActivationStore: pass the model. From a store: sink_analysis, "
+                        "positional_heads, scan, positional_neurons, rope.frequency_usage, probes.ProbeData.from_store.")
     hook_dict = getattr(model, "hook_dict", None)
     cfg = getattr(model, "cfg", None)
     if hook_dict is None or cfg is None:

@@ -385,3 +385,13 @@ def test_store_fed_analyses_errors(tiny):
     for f in (band_ablation, shift_invariance, positional_frequency_heads):
         with pytest.raises(TypeError, match="ActivationStore"):
             f(rot)
+    # and so do the analyses that run the model on inputs of their own
+    from interp.heads import attention_patterns
+    from interp.sinks import active_dormant, repeated_token_sink
+
+    with pytest.raises(TypeError, match="cannot read an ActivationStore"):
+        repeated_token_sink(patterns)
+    with pytest.raises(TypeError, match="cannot read an ActivationStore"):
+        attention_patterns(patterns, "a b c", ["L0H0"])
+    with pytest.raises(TypeError, match="cannot read an ActivationStore"):
+        active_dormant(patterns)
