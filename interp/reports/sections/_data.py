@@ -19,11 +19,11 @@ from interp.types import Model
 
 #: (number of prompts, max tokens per prompt incl. BOS) per use; None = no cap
 SIZES: dict[str, tuple[int | None, int | None]] = {
-    "scan": (256, 48),        # sinks + positional heads (and their random-token control)
+    "scan": (256, 40),        # sinks + positional heads (and their random-token control)
     "capture": (24, 192),     # residual norms / entropies (stores every layer's activations)
     "neurons": (128, 64),     # I(act; pos): prompts of >= 64 tokens cut to 64 (the same prompts at every position)
-    "probes": (96, 96),       # position probes, grouped CV by prompt
-    "rope": (24, 64),         # frequency usage and band ablation, short inputs
+    "probes": (64, 96),       # position probes, grouped CV by prompt
+    "rope": (18, 64),         # frequency usage and band ablation, short inputs
     "long": (6, 1024),        # long-context views: the longest prompts cut to 1,024 tokens
     "rope_long": (2, 1024),   # RoPE usage / band ablation on long inputs
 }

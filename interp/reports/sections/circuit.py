@@ -59,8 +59,8 @@ def run(ctx: ReportContext) -> SectionOutput:
     task = task_from_options(ctx.model, ctx.options, seed=ctx.seed, prepend_bos=ctx.prepend_bos)
     grans = [gran] if gran == "none" else [gran, "none"]
     graphs = {g: circuits.attribute(ctx.model, task, granularity=g, method=method, ig_steps=cfg["ig_steps"],
-                                    batch_size=4, max_memory=ctx.options.get("max_memory")) for g in grans}
-    ev = _RecordingEvaluator(ctx.model, task, batch_size=4, seed=ctx.seed, n_boot=200)
+                                    batch_size=16, max_memory=ctx.options.get("max_memory")) for g in grans}
+    ev = _RecordingEvaluator(ctx.model, task, batch_size=16, seed=ctx.seed, n_boot=200)
     curves, records = {}, {}
     for g in grans:
         ev.records = []
