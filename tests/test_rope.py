@@ -159,6 +159,25 @@ def test_planted_offset_head_is_high_frequency_and_needs_it(offset_rope, offset_
         R.band_ablation(offset_rope, offset_prompts, modes=("rotate",))
 
 
+def test_band_ablation_group_losses_equal_separate_runs(offset_rope, offset_prompts):
+    """Per-prompt losses: pooled they give ``loss``; on a group of prompts they give what
+    band_ablation of that group alone measures (a separate run, other batches and padding)."""
+    prompts = offset_prompts[:6]
+    ab = R.band_ablation(offset_rope, prompts, fraction=0.25, max_offset=4, batch_size=4)
+    assert ab.prompt_nll.shape == (len(ab.conditions), 6) and int(ab.prompt_predictions.sum()) == ab.n_predictions
+    pooled = ab.prompt_nll.sum(1) / ab.prompt_predictions.sum()
+    assert torch.allclose(pooled, ab.loss.double(), rtol=1e-6)
+    groups = [[0, 2, 5], [1], [3, 4]]
+    got = ab.group_loss_change(groups)
+    for g, row in zip(groups, got):
+        alone = R.band_ablation(offset_rope, [prompts[i] for i in g], fraction=0.25, max_offset=4, batch_size=2)
+        assert torch.allclose(row, alone.loss_change.double(), atol=1e-5), (g, row, alone.loss_change)
+    assert got.abs().max() > 1e-3  # the ablations do change the loss on this model
+    with pytest.raises(ValueError, match="prompt indices"):
+        ab.group_loss_change([[0, 6]])
+    json.dumps(ab.to_json())
+
+
 def test_unrotated_attention_is_shift_invariant(offset_rope, offset_prompts):
     full = R.shift_invariance(offset_rope, offset_prompts[:4], deltas=(0, 1000),
                               unrotated=list(range(16)), dtypes=("float32", "bfloat16"))

@@ -7,7 +7,7 @@ import weakref
 from typing import Any, Callable, Sequence
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from interp._attnstats import PromptBatch, as_batch
@@ -293,14 +293,18 @@ def valid_tokens(lengths: list[int], width: int, device: Any) -> Bool[Tensor, "b
 
 
 def next_token_loss(
-    logits: Float[Tensor, "batch pos vocab"], tokens: Tensor, lengths: list[int]
-) -> tuple[float, int]:
-    """Summed next-token cross-entropy over real positions, and the number of predictions."""
+    logits: Float[Tensor, "batch pos vocab"], tokens: Tensor, lengths: list[int], *, by_row: bool = False
+) -> tuple[float, int] | tuple[float, int, Float[Tensor, " batch"], Int[Tensor, " batch"]]:
+    """Summed next-token cross-entropy over real positions, and the number of predictions; with
+    ``by_row`` also each row's sum (float64) and count."""
     lp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     tgt = tokens[:, 1:]
     nll = -lp.gather(-1, tgt[..., None])[..., 0]
     ok = valid_tokens([n - 1 for n in lengths], tgt.shape[1], tgt.device)
-    return float(nll[ok].sum()), int(ok.sum())
+    if not by_row:
+        return float(nll[ok].sum()), int(ok.sum())
+    rows = torch.where(ok, nll, torch.zeros_like(nll)).double().sum(1).cpu()
+    return float(nll[ok].sum()), int(ok.sum()), rows, ok.sum(1).cpu()
 
 
 def name_of(model: Model) -> str:

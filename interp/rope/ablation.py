@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 
 import plotly.graph_objects as go
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from interp._attnstats import PatternAccumulator
@@ -55,6 +55,10 @@ class BandAblationResult(Result):
     ``scores[c, l, h, s]`` score ``score_names[s]``: the TransformerLens mul scores
     (previous_token, self, first_token, duplicate_token, induction; mean over prompts) then
     ``offset_Δ`` = A(Δ), the attention at relative offset Δ pooled over prompts and queries.
+    ``prompt_nll[c, p]``: summed next-token cross-entropy of prompt ``p`` under condition ``c``
+    over its ``prompt_predictions[p]`` predictions (so ``loss[c] = Σ_p prompt_nll[c, p] /
+    Σ_p prompt_predictions[p]`` up to float rounding), for losses of any subset of the prompts
+    (:meth:`group_loss_change`).
     """
 
     model: str
@@ -67,6 +71,26 @@ class BandAblationResult(Result):
     loss: Float[Tensor, "condition"]
     score_names: list[str]
     scores: Float[Tensor, "condition layer head score"]
+    prompt_nll: Float[Tensor, "condition prompt"] | None = None
+    prompt_predictions: Int[Tensor, " prompt"] | None = None
+
+    def group_loss_change(self, groups: Sequence[Sequence[int]]) -> Float[Tensor, "group condition"]:
+        """Loss change of every condition on each group of prompts (indices into the prompts):
+        ``Σ_{p∈g} prompt_nll[c, p] / Σ_{p∈g} prompt_predictions[p]`` minus the same for the
+        intact model -- what :func:`band_ablation` on that group alone measures, from this one run."""
+        if self.prompt_nll is None or self.prompt_predictions is None:
+            raise ValueError("this result has no per-prompt losses (made by an older version): run band_ablation again")
+        out = []
+        for g in groups:
+            idx = torch.as_tensor(list(g), dtype=torch.long)
+            if idx.numel() == 0 or int(idx.min()) < 0 or int(idx.max()) >= self.n_prompts:
+                raise ValueError(f"a group must hold prompt indices in 0..{self.n_prompts - 1}, got {list(g)}")
+            n = int(self.prompt_predictions[idx].sum())
+            if n == 0:
+                raise ValueError(f"the prompts {list(g)} have no next-token predictions (one token each)")
+            loss = self.prompt_nll[:, idx].sum(1) / n
+            out.append(loss - loss[0])
+        return torch.stack(out)
 
     def _s(self, name: str) -> int:
         if name not in self.score_names:
@@ -138,9 +162,11 @@ def _score_names(max_offset: int) -> list[str]:
 
 
 def _measure(model: Any, batch: Any, extra: Any, batch_size: int, spec: Any, max_offset: int,
-             usage: _Acc | None = None) -> tuple[float, int, Tensor]:
+             usage: _Acc | None = None) -> tuple[float, int, Tensor, Tensor, Tensor]:
     acc = PatternAccumulator(len(batch), spec.n_layers, spec.n_heads, max(batch.lengths), keep_alpha=False)
     tot = [0.0, 0]
+    row_nll = torch.zeros(len(batch), dtype=torch.float64)  # per prompt
+    row_n = torch.zeros(len(batch), dtype=torch.long)
 
     def hooks(sb: StreamBatch) -> list[Any]:
         h = list(extra()) + acc.hooks(sb)
@@ -149,15 +175,17 @@ def _measure(model: Any, batch: Any, extra: Any, batch_size: int, spec: Any, max
         return h
 
     def on_logits(sb: StreamBatch, logits: Tensor) -> None:
-        s, n = next_token_loss(logits, sb.tokens, sb.lengths)
+        s, n, rs, rn = next_token_loss(logits, sb.tokens, sb.lengths, by_row=True)
         tot[0] += s
         tot[1] += n
+        row_nll[sb.indices] = rs
+        row_n[sb.indices] = rn
 
     stream(model, batch, hooks, batch_size=batch_size, on_logits=on_logits)
     rel = acc.rel_curve()[..., : max_offset + 1]
     if rel.shape[-1] < max_offset + 1:
         raise ValueError(f"prompts are shorter than max_offset + 1 = {max_offset + 1} tokens")
-    return tot[0] / max(tot[1], 1), tot[1], torch.cat([acc.mean_scores(), rel], dim=-1)
+    return tot[0] / max(tot[1], 1), tot[1], torch.cat([acc.mean_scores(), rel], dim=-1), row_nll, row_n
 
 
 def band_ablation(
@@ -194,22 +222,25 @@ def band_ablation(
             raise ValueError(f"mode must be 'unrotate' or 'zero', got {m!r}")
     exposed = exposes_rotated(model)
     conds, mode_l, masks, losses, scores = ["intact"], ["none"], [torch.zeros(rope.n_chunks, dtype=torch.bool)], [], []
-    loss, n_pred, sc = _measure(model, batch, lambda: [], batch_size, spec, max_offset)
+    loss, n_pred, sc, nll0, row_n = _measure(model, batch, lambda: [], batch_size, spec, max_offset)
     losses.append(loss)
     scores.append(sc)
+    nlls = [nll0]
     for mode in modes:
         for name, mask in bands_m.items():
-            l, _, s = _measure(model, batch, lambda m=mask, md=mode: rotation_hooks(spec, m, md, exposed=exposed),
-                               batch_size, spec, max_offset)
+            l, _, s, nll, _ = _measure(model, batch, lambda m=mask, md=mode: rotation_hooks(spec, m, md, exposed=exposed),
+                                       batch_size, spec, max_offset)
             conds.append(f"{mode} {name}")
             mode_l.append(mode)
             masks.append(mask)
             losses.append(l)
             scores.append(s)
+            nlls.append(nll)
     return BandAblationResult(
         model=name_of(model), prepend_bos=batch.prepend_bos, n_prompts=len(batch), n_predictions=n_pred,
         conditions=conds, modes=mode_l, removed=torch.stack(masks), loss=torch.tensor(losses),
         score_names=_score_names(max_offset), scores=torch.stack(scores),
+        prompt_nll=torch.stack(nlls), prompt_predictions=row_n,
     )
 
 
@@ -276,7 +307,7 @@ def positional_frequency_heads(
     spec, rope = rope_model(model)
     batch = batch_of(model, prompts, prepend_bos)
     usage = _Acc(spec, rope, decompose=False, keep_full=False, exposed=exposes_rotated(model))
-    _, _, sc = _measure(model, batch, lambda: [], batch_size, spec, max_offset, usage=usage)
+    _, _, sc, _, _ = _measure(model, batch, lambda: [], batch_size, spec, max_offset, usage=usage)
     q = usage.q / max(usage.n_tok, 1)
     k = (usage.k / max(usage.n_tok, 1)).repeat_interleave(spec.group_size, dim=1)
     bound = (q * k).float()

@@ -24,29 +24,31 @@ from interp.reports._registry import ReportContext, SectionOutput, SectionSkippe
 ROPE_GROUPS = 6
 
 
-def _groups(texts: list[str], k: int) -> list[list[str]]:
-    k = max(2, min(k, len(texts)))
-    return [texts[i::k] for i in range(k)]
+def _groups(n: int, k: int) -> list[list[int]]:
+    """``k`` disjoint groups of the prompt indices ``0..n-1`` (every k-th prompt)."""
+    k = max(2, min(k, n))
+    return [list(range(i, n, k)) for i in range(k)]
 
 
-def _group_estimates(model: Any, groups: list[list[str]], *, fraction: float, prepend_bos: bool, seed: int,
-                     modes: tuple[str, ...], tag: str) -> tuple[list[tuple[str, Any]], dict[str, Any]]:
-    """Per-group q-norm shares (lowest/highest ``fraction`` of chunks, per layer type) and band-ablation
-    Δloss per condition, with bootstrap intervals over the groups."""
+def _group_estimates(model: Any, texts: list[str], groups: list[list[int]], abl: Any, *, fraction: float,
+                     prepend_bos: bool, seed: int, tag: str) -> tuple[list[tuple[str, Any]], dict[str, Any]]:
+    """Per-group q-norm shares (lowest/highest ``fraction`` of chunks, per layer type; one usage pass
+    per group) and band-ablation Δloss per condition (from the per-prompt losses of ``abl``, the
+    band ablation of all of ``texts``), with bootstrap intervals over the groups."""
     from interp import rope
     from interp.stats import group_estimate
 
     shares: dict[str, list[float]] = {}
     dloss: dict[str, list[float]] = {}
     for g in groups:
-        u = rope.frequency_usage(model, g, prepend_bos=prepend_bos, batch_size=4)
+        u = rope.frequency_usage(model, [texts[i] for i in g], prepend_bos=prepend_bos, batch_size=4)
         for t, row in u.summary(fraction).items():
             for band in ("lowest", "highest"):
                 shares.setdefault(f"{tag}{t}: query-norm share in the {band} {fraction:g} of chunks", []).append(
                     float(row[f"q_{band}_{fraction}"]))
-        a = rope.band_ablation(model, g, fraction=fraction, modes=modes, prepend_bos=prepend_bos, batch_size=4)
-        for i, c in enumerate(a.conditions[1:], start=1):
-            dloss.setdefault(f"{tag}Δloss, {c} (nats/token)", []).append(float(a.loss_change[i]))
+    per_group = abl.group_loss_change(groups)  # [group condition]
+    for i, c in enumerate(abl.conditions[1:], start=1):
+        dloss[f"{tag}Δloss, {c} (nats/token)"] = [float(v) for v in per_group[:, i]]
     ests = [(k, group_estimate(v, seed=seed, abs_tol=0.01)) for k, v in shares.items()]
     ests += [(k, group_estimate(v, seed=seed, abs_tol=0.01)) for k, v in dloss.items()]
     return ests, {"shares": shares, "loss_change": dloss}
@@ -75,17 +77,19 @@ def run(ctx: ReportContext) -> SectionOutput:
     pfh = rope.positional_frequency_heads(ctx.model, texts, fraction=fraction, prepend_bos=ctx.prepend_bos,
                                           batch_size=4)
     bounds = rope.base_bounds(ctx.model)
-    ests, groups_data = _group_estimates(ctx.model, _groups(texts, ROPE_GROUPS), fraction=fraction,
-                                         prepend_bos=ctx.prepend_bos, seed=ctx.seed, modes=("unrotate", "zero"),
-                                         tag="")
+    ests, groups_data = _group_estimates(ctx.model, texts, _groups(len(texts), ROPE_GROUPS), abl, fraction=fraction,
+                                         prepend_bos=ctx.prepend_bos, seed=ctx.seed, tag="")
     long_texts = [] if is_toy(ctx) else draw(ctx, "rope_long", longest=True)
     long_ests: list[tuple[str, Any]] = []
     long_data: dict[str, Any] = {}
     long_bounds = None
+    long_abl = None
     if len(long_texts) >= 2:
-        long_ests, long_data = _group_estimates(ctx.model, [[t] for t in long_texts], fraction=fraction,
-                                                prepend_bos=ctx.prepend_bos, seed=ctx.seed, modes=("unrotate",),
-                                                tag="long inputs, ")
+        long_abl = rope.band_ablation(ctx.model, long_texts, fraction=fraction, modes=("unrotate",),
+                                      prepend_bos=ctx.prepend_bos, batch_size=1)
+        long_ests, long_data = _group_estimates(ctx.model, long_texts, [[i] for i in range(len(long_texts))],
+                                                long_abl, fraction=fraction, prepend_bos=ctx.prepend_bos,
+                                                seed=ctx.seed, tag="long inputs, ")
         long_len = max(describe(ctx, "rope_long", long_texts)["tokens_max"], 2)
         long_bounds = rope.base_bounds(ctx.model, length=long_len, compute_min_base=True)
     figs: list[Any] = [usage.plot("q"), usage.plot("k")]
@@ -104,7 +108,7 @@ def run(ctx: ReportContext) -> SectionOutput:
         figs.append(fig)
 
     summ = usage.summary(fraction)
-    n_groups = len(_groups(texts, ROPE_GROUPS))
+    n_groups = len(_groups(len(texts), ROPE_GROUPS))
     tables = [Table(f"headline numbers with 95% bootstrap intervals over {n_groups} disjoint prompt groups "
                     f"({len(texts)} prompts of ≤ {usage.context} tokens)", CI_COLUMNS, ci_rows(ests))]
     if long_ests:
@@ -146,6 +150,7 @@ def run(ctx: ReportContext) -> SectionOutput:
     data = {"usage": usage.to_json(), "band_ablation": abl.to_json(), "positional_frequency_heads": pfh.to_json(),
             "base_bounds": bounds.to_json(),
             "ci": {k: e.to_json() for k, e in ests + long_ests}, "groups": groups_data, "long": long_data,
+            "band_ablation_long": None if long_abl is None else long_abl.to_json(),
             "long_base_bounds": None if long_bounds is None else {
                 "length": long_bounds.length, "bases": long_bounds.bases, "satisfied": long_bounds.satisfied,
                 "first_negative": long_bounds.first_negative, "min_base": long_bounds.min_base},
