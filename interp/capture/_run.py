@@ -17,7 +17,7 @@ from torch import Tensor
 from interp.provenance import model_name, package_versions, prompt_hash
 from interp.results import atomic_write_text
 from interp.schema import Schema, SchemaSpans
-from interp.tokens import check_prompt_length, check_prompt_texts, context_length, token_strings
+from interp.tokens import bos_token_id, check_prompt_length, check_prompt_texts, context_length, token_strings
 from interp.capture._common import (
     FORMAT, FORMAT_VERSION, MANIFEST, CaptureError, ManifestMismatchError, PaddingSide, _layout,
     resolve_hooks,
@@ -33,20 +33,23 @@ __all__ = ["capture"]
 # ----------------------------------------------------------------------------------------------
 
 
-def _check_prompts(model: Any, prompts: Sequence[str], prepend_bos: bool) -> list[int]:
-    """Token lengths (BOS included); raise on empty list / empty string / too long."""
+def _check_prompts(model: Any, prompts: Sequence[str], prepend_bos: bool) -> tuple[list[int], set[int]]:
+    """Token lengths (BOS included) and the set of token ids the prompts use (BOS included; the
+    same tokenisation as :func:`interp.tokenize`); raise on empty list / empty string / too long."""
     check_prompt_texts(prompts, error=CaptureError, type_error=CaptureError)
     tok = model.tokenizer
     n_ctx = context_length(model)
     lengths: list[int] = []
+    used: set[int] = {bos_token_id(model)} if prepend_bos else set()
     for s in range(0, len(prompts), 256):
         ids = tok(list(prompts[s: s + 256]), add_special_tokens=False)["input_ids"]
         lengths.extend(len(r) + int(prepend_bos) for r in ids)
+        used.update(int(t) for r in ids for t in r)
     for i, n in enumerate(lengths):
         check_prompt_length(i, n, n_ctx, error=CaptureError)
         if n == 0:
             raise CaptureError(f"Prompt {i} ({prompts[i]!r}) has no tokens: give it text, or prepend_bos=True.")
-    return lengths
+    return lengths, used
 
 
 def _apply_schema(schema: Schema | SchemaSpans, model: Any, prompts: list[str], prepend_bos: bool) -> SchemaSpans:
@@ -166,7 +169,7 @@ def capture(
     if padding_side not in ("left", "right"):
         raise CaptureError(f"padding_side must be 'left' or 'right', got {padding_side!r}.")
     names = resolve_hooks(model, hooks)
-    lengths = _check_prompts(model, prompts, prepend_bos)
+    lengths, used_ids = _check_prompts(model, prompts, prepend_bos)
     spans = _apply_schema(schema, model, prompts, prepend_bos) if schema is not None else None
 
     n = len(prompts)
@@ -235,10 +238,8 @@ def capture(
             bar.update(e - s)
     if bar is not None:
         bar.close()
-    store = ActivationStore(meta, memory=memory if path is None else None,
-                            memory_tokens=memory_tokens if path is None else None, path=path)
-    ids = sorted({int(t) for i in range(n) for t in store.tokens(i).tolist()})
     # the display string of every token id the store holds (str_tokens of a store-fed analysis)
+    ids = sorted(used_ids)
     meta["token_strings"] = dict(zip((str(i) for i in ids), token_strings(model, ids)))
     if path is not None:
         meta["complete"] = True
