@@ -21,6 +21,7 @@ from einops import einsum
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from interp.prompts import DEFAULT_PROMPTS
 from interp.provenance import model_name
 from interp.types import Model
 from interp.capture import ActivationStore, StreamBatch
@@ -132,12 +133,14 @@ class Source:
 
     def batch(self, prompts: Any, *, prepend_bos: bool, min_len: int = 1) -> PromptBatch:
         """The prompts as a right-padded batch: the store's own (``prompts`` must be ``None``) or
-        ``prompts`` tokenised by the model (:func:`as_batch`)."""
+        ``prompts`` tokenised by the model (:func:`as_batch`; ``None``:
+        :data:`interp.prompts.DEFAULT_PROMPTS`)."""
         if self.from_store:
             if prompts is not None:
                 raise ValueError("An ActivationStore already fixes its prompts: pass prompts=None.")
             return store_batch(self.obj, min_len=min_len)
-        return as_batch(self.obj, prompts, prepend_bos=prepend_bos, min_len=min_len)
+        return as_batch(self.obj, DEFAULT_PROMPTS if prompts is None else prompts, prepend_bos=prepend_bos,
+                        min_len=min_len)
 
     def provenance(self) -> dict[str, Any]:
         """``{"source": store.provenance()}`` for a store (recorded in a result's ``params``), ``{}``

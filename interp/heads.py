@@ -312,7 +312,6 @@ def positional_heads(
                                                            induction_prompts)
     if src.from_store:
         src.require([f"blocks.{l}.attn.hook_pattern" for l in range(src.n_layers)], analysis="positional_heads")
-    prompts = DEFAULT_PROMPTS if prompts is None and not src.from_store else prompts
     batch = src.batch(prompts, prepend_bos=prepend_bos, min_len=max_offset + 1)
     L, H = src.n_layers, src.n_heads
 

@@ -60,7 +60,6 @@ from torch import Tensor
 from interp._attnstats import source_of
 from interp.capture import ActivationStore, StreamBatch, stream
 from interp.plots import lines
-from interp.prompts import DEFAULT_PROMPTS
 from interp.results import Result
 from interp.types import Model
 
@@ -283,8 +282,6 @@ def positional_neurons(
                 raise ValueError(f"The ActivationStore has no 'blocks.{l}.{hook_name}': capture "
                                  f"'blocks.*.{hook_name}' for rule={rule!r}, or pass the model.")
             raise ValueError(f"Model {name!r} has no 'blocks.{l}.{hook_name}' hook (no MLP?).")
-    if prompts is None and not from_store:
-        prompts = DEFAULT_PROMPTS
     batch = src.batch(prompts, prepend_bos=prepend_bos, min_len=2)
     Tm = max(batch.lengths)
     fires: dict[int, Tensor] = {}

@@ -14,7 +14,6 @@ import plotly.graph_objects as go
 from interp._attnstats import PatternAccumulator, PromptBatch, source_of
 from interp.capture import ActivationStore, stream
 from interp.heads import PositionalHeadsResult, _check_fraction, _controls, _finish
-from interp.prompts import DEFAULT_PROMPTS
 from interp.results import Result
 from interp.sinks import _sink_pass
 from interp.types import Model
@@ -87,8 +86,6 @@ def scan(
         _check_fraction(nm, v)
     src = source_of(model)
     random_control, induction_control, _ = _controls(src, random_control, induction_control)
-    if prompts is None and not src.from_store:
-        prompts = DEFAULT_PROMPTS
     sres, acc, batch = _sink_pass(model, prompts, eps=eps, prepend_bos=prepend_bos, sink_position=0,
                                   batch_size=batch_size, drains=drains, peaks=peaks, massive=massive,
                                   massive_threshold=100.0, massive_ratio=1000.0, top_k=5,

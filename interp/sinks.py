@@ -53,7 +53,7 @@ from interp.provenance import model_name
 from interp.capture import ActivationStore, StreamBatch, stream
 from interp._active_dormant import ActiveDormantResult, active_dormant  # noqa: F401  (public here)
 from interp.plots import layer_head_heatmap, lines
-from interp.prompts import DEFAULT_PROMPTS, DOMAINS
+from interp.prompts import DOMAINS
 from interp.results import Result, head_label
 from interp.types import Model
 
@@ -404,8 +404,6 @@ def _sink_pass(model: Any, prompts: Any, *, eps: float, prepend_bos: bool, sink_
         raise ValueError(f"massive_threshold must be >= 0 and massive_ratio >= 1, got {massive_threshold}, {massive_ratio}.")
     if top_k < 1:
         raise ValueError(f"top_k must be >= 1, got {top_k}.")
-    if prompts is None and not src.from_store:
-        prompts = DEFAULT_PROMPTS
     batch = src.batch(prompts, prepend_bos=prepend_bos, min_len=max(min_len, sink_position + 2))
     N, Tm = len(batch), max(batch.lengths)
     acc = PatternAccumulator(N, L, H, Tm, keep_alpha=True)
