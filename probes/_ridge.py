@@ -49,19 +49,22 @@ def _chunks(x: Tensor, std: Standardizer, chunk: int):
     """``(start, z)`` over row chunks of the standardised features, in the compute dtype
     (float64 for float64 inputs, else float32)."""
     m32, s32 = std.mean.to(x.dtype), std.scale.to(x.dtype)
-    cdt = torch.float64 if x.dtype == torch.float64 else torch.float32
+    cdt = _compute_dtype(x)
     for start in range(0, x.shape[0], chunk):
         yield start, ((x[start : start + chunk] - m32) / s32).to(cdt)
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """float64 for float64 features, else float32 (the Gram matrix is accumulated in float64)."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def _gram(x: Tensor, std: Standardizer, *, chunk: int = 8192) -> Float[Tensor, "d d"]:
     """``Z^T Z`` (float64), accumulated over row chunks (BLAS ``?syrk`` on the CPU)."""
     d = x.shape[1]
     gram = torch.zeros(d, d, dtype=torch.float64, device=x.device)
-    syrk = None
+    syrk = _cpu_syrk(_compute_dtype(x)) if x.device.type == "cpu" else None
     for _, z in _chunks(x, std, chunk):
-        if syrk is None and x.device.type == "cpu":
-            syrk = _cpu_syrk(z.dtype)
         gram += syrk(z) if syrk is not None else (z.T @ z).double()
     return gram
 
