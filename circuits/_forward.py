@@ -582,6 +582,11 @@ class PatchableModel:
         if (patch or masks is not None) and grad_nodes:
             raise ValueError("grad_nodes is for unpatched runs (attribution); drop keep=")
         out: dict[str, Any] = {"qkv": [], "ln1_in": [], "mlp_in": [], "z": []}
+        # unpatched attention whose pattern nobody reads runs fused (PyTorch's scaled-dot-product
+        # attention: the same softmax(q·k·scale + mask)·v, without the [b H q k] pattern that an
+        # eager backward keeps); soft-capped scores (Gemma 2) stay eager
+        fused = (not sparse and keep_cross is None and self.attn_softcap is None
+                 and not (record and record_pattern))
         for l, W in enumerate(self.layers):
             rs = self.receiver_slice(l)
             nA = self.n_upstream(l, "attn")
@@ -649,9 +654,15 @@ class PatchableModel:
 
                 scores = torch.where(Mq, torch.where(Mk, sc(qg, k), sc(qg, ka)),
                                      torch.where(Mk, sc(qa, k), sc(qa, ka)))
+            elif fused:  # no pattern wanted: fused attention, no [b H q k] kept for the backward
+                z = rearrange(F.scaled_dot_product_attention(
+                    rearrange(q, "b q head e -> b head q e"), rearrange(k, "b k kv_head e -> b kv_head k e"),
+                    rearrange(v, "b k kv_head e -> b kv_head k e"), attn_mask=allowed_by[W.window],
+                    scale=self.scale, enable_gqa=G != H), "b head q e -> b q head e")
+                A = None
             else:
                 scores = rearrange(einsum(qg, k, _QK), "b g r q k -> b (g r) q k")
-            if not sparse:
+            if not sparse and not fused:
                 scores = self.score(scores).masked_fill(~allowed_by[W.window], float("-inf"))
                 A = torch.softmax(scores, dim=-1)
                 Ag = rearrange(A, "b (g r) q k -> b g r q k", g=G)

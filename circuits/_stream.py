@@ -233,17 +233,20 @@ def layer_same_blocks(delta: Tensor, grads: Tensor, n_send: int, rows: int):
 
 def _softmax_shift(a: Tensor, delta: Tensor) -> Tensor:
     """c = a(e^δ−1)/(1+a(e^δ−1)) (see :func:`circuits.attribution._softmax_shift`), in the dtype
-    of ``a`` (float64 or float32)."""
+    of ``a`` (float64 or float32). δ is clamped (±700 in float64, ±80 in float32) so e^δ is
+    finite and c is exactly 0 where a = 0; for δ > 30 the stable form sigmoid(log a + δ +
+    log(1 − e^−δ)) is used. Works in place on its own temporaries (few passes over the
+    ``[.. q k]`` block)."""
     lim = 700.0 if a.dtype == torch.float64 else 80.0
     d = delta.clamp(-lim, lim)
-    u = a * torch.expm1(d)
-    c = u / (1 + u)
+    c = torch.expm1(d).mul_(a)  # u = a(e^δ − 1)
+    c = c.div_(c + 1)
     big = d > 30
     if bool(big.any()):
         tiny = 1e-300 if a.dtype == torch.float64 else 1e-38
         logu = torch.log(a.clamp(min=tiny)) + d + torch.log(-torch.expm1(-d))
-        c = torch.where(big, torch.sigmoid(logu), c)
-    return torch.where(a > 0, c, torch.zeros_like(c))
+        c = torch.where(big & (a > 0), torch.sigmoid(logu), c)
+    return c
 
 
 def layer_cross_blocks(pm: PatchableModel, layer: int, q: Tensor, k: Tensor, v: Tensor, z: Tensor,
@@ -272,22 +275,21 @@ def layer_cross_blocks(pm: PatchableModel, layer: int, q: Tensor, k: Tensor, v: 
         kh, vh, kah, vah = kvh(k, h0, h1), kvh(v, h0, h1), kvh(ka, h0, h1), kvh(va, h0, h1)
         A = A_all[:, h0:h1].to(dtype)
         qk = "b query head d_head, b key head d_head -> b head query key"
+        out = A.new_empty(b, h1 - h0, 3, p, p)  # kinds q, k, v
         Gv = einsum(g, vh, qk)
-        s_v = A * (einsum(g, vah, qk) - Gv)
-        move = Gv - einsum(g, zh, "b query head d_head, b query head d_head -> b head query")[..., None]
-        del Gv
+        torch.mul(A, einsum(g, vah, qk).sub_(Gv), out=out[:, :, 2])
+        # the weight moved onto v_t' − z_t: g_t·v_t' − g_t·z_t
+        move = Gv.sub_(einsum(g, zh, "b query head d_head, b query head d_head -> b head query")[..., None])
         if getattr(pm, "attn_softcap", None) is None:
-            dk = pm.scale * einsum(qh, kah - kh, qk)
-            dq = pm.scale * einsum(qah - qh, kh, qk)
+            dk = einsum(qh, kah - kh, qk).mul_(pm.scale)
+            dq = einsum(qah - qh, kh, qk).mul_(pm.scale)
         else:  # soft-capped scores (Gemma 2): the move of the capped score, pm.score(q·k)
             s0 = pm.score(einsum(qh, kh, qk))
-            dk = pm.score(einsum(qh, kah, qk)) - s0
-            dq = pm.score(einsum(qah, kh, qk)) - s0
+            dk = pm.score(einsum(qh, kah, qk)).sub_(s0)
+            dq = pm.score(einsum(qah, kh, qk)).sub_(s0)
             del s0
-        s_k = _softmax_shift(A, dk) * move
-        s_q = _softmax_shift(A, dq) * move
-        del dk, dq
-        del move, A
-        out = torch.stack([s_q, s_k, s_v], dim=2)  # [b h 3 q k]
-        del s_q, s_k, s_v
-        yield h0, h1, out * ok
+        torch.mul(_softmax_shift(A, dk), move, out=out[:, :, 1])
+        del dk
+        torch.mul(_softmax_shift(A, dq), move, out=out[:, :, 0])
+        del dq, move, A
+        yield h0, h1, out.masked_fill_(~ok, 0.0)

@@ -273,6 +273,9 @@ def attribute(
     S, R, L, H = len(pm.senders), len(pm.receivers), pm.n_layers, pm.n_heads
     dev, dt = pm.device, pm.dtype
     acc = acc_dtype_for(dev)
+    # crossing-edge blocks [b h 3 T T] are computed in the model's precision (at least float32;
+    # float64 models stay float64) and only their reductions accumulate in `acc`
+    cdt = torch.promote_types(dt, torch.float32)
     out_dt = torch.float32 if dt in (torch.bfloat16, torch.float16) else dt
     valid = pm.valid.to(dev)
     positional = granularity == "position"
@@ -459,21 +462,23 @@ def attribute(
                 hc = max(1, min(H, work // max(1, b_ * w * w * 8 * 12)))
                 for h0, h1, cs in layer_cross_blocks(
                         pm, l, q_all[:, l], k_all[:, l], v_all[:, l], z_all[:, l], qa_all[:, l],
-                        ka_all[:, l], va_all[:, l], gp.mean(gp.z[l]), mask, hc, acc):
+                        ka_all[:, l], va_all[:, l], gp.mean(gp.z[l]), mask, hc, cdt):
+                    # the [b h 3 T T] block in the compute dtype, its reductions added in `acc`
                     if sink is not None:
                         sink.add_cross(l, h0, (cs if absw is None else cs.abs() * absw).sum(0))
                     elif granularity == "none":
                         assert cross is not None
                         cross[l, h0:h1, :, 0, 0] += (cs.sum((0, 3, 4)) if absw is None
-                                                     else cs.sum((3, 4)).abs().sum(0) * absw)
+                                                     else cs.sum((3, 4)).abs().sum(0) * absw).to(acc)
                     else:
                         assert cross is not None and oh is not None
+                        ohc = oh.to(cdt)
                         if absw is None:
-                            cross[l, h0:h1] += einsum(oh, cs, oh, "b query abs_q, b head kind query key, b key abs_k "
-                                                                  "-> head kind abs_q abs_k")
+                            cross[l, h0:h1] += einsum(ohc, cs, ohc, "b query abs_q, b head kind query key, b key abs_k "
+                                                                    "-> head kind abs_q abs_k").to(acc)
                         else:
-                            cross[l, h0:h1] += einsum(oh, cs, oh, "b query abs_q, b head kind query key, b key abs_k "
-                                                            "-> b head kind abs_q abs_k").abs().sum(0) * absw
+                            cross[l, h0:h1] += einsum(ohc, cs, ohc, "b query abs_q, b head kind query key, b key abs_k "
+                                                              "-> b head kind abs_q abs_k").abs().sum(0).to(acc) * absw
         del delta, gp
         if sink is not None:
             sink.end_batch()

@@ -87,6 +87,12 @@ def test_streamed_equals_dense_spans_and_gemma(random_toy):
             kw = dict(method=method, granularity="position", ig_steps=3)
             a = attribute(pm, clean, corrupt, metric, **kw)
             r = attribute_dense_reference(pm, clean, corrupt, metric, **kw)
+            if method == "eap" and metric is not met:
+                # KL to the clean run has a zero gradient at the clean point: EAP's scores are
+                # exactly 0, both sides hold float64 round-off (~1e-18), not comparable relatively
+                assert a.same_pos.abs().max() < 1e-12 and r.same_pos.abs().max() < 1e-12
+                assert a.cross.abs().max() < 1e-12 and r.cross.abs().max() < 1e-12
+                continue
             assert _rel(a.same_pos, r.same_pos) < 1e-5 and _rel(a.cross, r.cross) < 1e-5
 
 
