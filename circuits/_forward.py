@@ -534,6 +534,11 @@ class PatchableModel:
         S = len(self.senders)
         # attention masks [b 1 q k] per sliding window (None: global): causal & real key &
         # (q − k < window); a padding query with no key sees itself
+        # unpatched attention whose pattern nobody reads runs fused (PyTorch's scaled-dot-product
+        # attention: the same softmax(q·k·scale + mask)·v, without the [b H q k] pattern that an
+        # eager backward keeps); soft-capped scores (Gemma 2) stay eager
+        fused = (masks is None and keep_cross is None and self.attn_softcap is None
+                 and not (record and record_pattern))
         allowed_by: dict[int | None, Tensor] = {}
         for win in {W.window for W in self.layers}:
             causal = torch.ones(p, p, dtype=torch.bool, device=dev).tril()
@@ -542,6 +547,10 @@ class PatchableModel:
             allowed = causal[None] & mask.bool()[:, None, :]
             allowed = allowed | (torch.eye(p, dtype=torch.bool, device=dev)[None] & ~allowed.any(-1, keepdim=True))
             allowed_by[win] = allowed[:, None]
+        # the fused path's additive mask (0 / −inf), built once per window and shared by all
+        # layers (a boolean mask would be converted, and kept for the backward, layer by layer)
+        bias_by = {win: x_embed.new_zeros(m.shape).masked_fill_(~m, float("-inf"))
+                   for win, m in allowed_by.items()} if fused else {}
         rope_by: dict[str | None, tuple[Tensor, Tensor]] = {}
         if self.use_rope and self.rotary is not None:
             for l, W in enumerate(self.layers):
@@ -582,11 +591,6 @@ class PatchableModel:
         if (patch or masks is not None) and grad_nodes:
             raise ValueError("grad_nodes is for unpatched runs (attribution); drop keep=")
         out: dict[str, Any] = {"qkv": [], "ln1_in": [], "mlp_in": [], "z": []}
-        # unpatched attention whose pattern nobody reads runs fused (PyTorch's scaled-dot-product
-        # attention: the same softmax(q·k·scale + mask)·v, without the [b H q k] pattern that an
-        # eager backward keeps); soft-capped scores (Gemma 2) stay eager
-        fused = (not sparse and keep_cross is None and self.attn_softcap is None
-                 and not (record and record_pattern))
         for l, W in enumerate(self.layers):
             rs = self.receiver_slice(l)
             nA = self.n_upstream(l, "attn")
@@ -657,7 +661,7 @@ class PatchableModel:
             elif fused:  # no pattern wanted: fused attention, no [b H q k] kept for the backward
                 z = rearrange(F.scaled_dot_product_attention(
                     rearrange(q, "b q head e -> b head q e"), rearrange(k, "b k kv_head e -> b kv_head k e"),
-                    rearrange(v, "b k kv_head e -> b kv_head k e"), attn_mask=allowed_by[W.window],
+                    rearrange(v, "b k kv_head e -> b kv_head k e"), attn_mask=bias_by[W.window],
                     scale=self.scale, enable_gqa=G != H), "b head q e -> b q head e")
                 A = None
             else:

@@ -205,6 +205,8 @@ def align_lite(a: Activations, position_map: Tensor) -> Activations:
     """:meth:`Activations.align` for activations recorded without patterns."""
     b, p = position_map.shape
     pmap = position_map.to(a.senders.device).long()
+    if a.batch == b and a.n_pos == p and torch.equal(pmap, torch.arange(p, device=pmap.device).expand(b, p)):
+        return a  # identity alignment (same-length counterfactuals): nothing to gather
     src = a if a.batch == b else a._map(lambda _n, t: t.expand(b, *t.shape[1:]))
 
     def g(name: str, t: Tensor) -> Tensor:

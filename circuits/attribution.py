@@ -352,6 +352,22 @@ def attribute(
                 return _fit_width(mean_acts, w)
             return None
 
+        def ablation_embedding(idx: Tensor = idx, w: int = w) -> Tensor:
+            """The ablation source's input embedding (its ``embed`` sender, in clean coordinates)
+            without running the ablated forward: EAP-IG's interpolation end point."""
+            if ablation == "counterfactual":
+                xb = data.corrupt
+                assert xb is not None and data.position_map is not None
+                wx = int(xb.mask[idx].sum(1).max())
+                mx = xb.mask[idx, :wx].to(dev)
+                ex = pm.embed(xb.tokens[idx, :wx].to(dev), pm.position_ids(mx))
+                src = data.position_map[idx, :w].clamp(max=wx - 1).to(dev).long()
+                return torch.gather(ex, 1, src[:, :, None].expand(-1, -1, ex.shape[-1]))
+            if ablation == "mean":
+                assert mean_acts is not None
+                return _fit_width(mean_acts, w).senders[:, :, 0]
+            return torch.zeros_like(e_clean)
+
         with torch.no_grad():
             e_clean = pm.embed(toks, pm.position_ids(mask))
         if method in ("eap", "atp*", "clean-corrupted"):
@@ -365,15 +381,26 @@ def attribute(
 
                 gp = add_corrupt_point(pm, met, gp, e_clean, abl, mask, idx.to(dev))
         else:
-            abl = ablation_source()
-            with torch.no_grad():
-                out0 = pm.forward(toks, mask, record=True, record_pattern=False,
-                                  grad_nodes=method == "atp*-ig", record_heads=False)
-            acts = out0["activations"]
-            clean_ln1 = out0["ln1_in"]
-            clean_logits = out0["logits"] if met.needs_clean else None
-            tot = float(met(out0["logits"], MetricBatch.from_mask(mask, idx.to(dev), clean_logits)).sum())
-            e_abl = (abl.senders[:, :, 0] if abl is not None else torch.zeros_like(e_clean)).expand_as(e_clean)
+            # EAP-IG needs only the ablated input embedding before its passes: the ablation source
+            # and the clean recording are made after them (not live during the backward passes)
+            late = method in ("eap-ig", "atp*-ig")
+            abl = None if late else ablation_source()
+            clean_logits = None
+            if late and met.needs_clean:
+                with torch.no_grad():
+                    clean_logits = pm.forward(toks, mask)["logits"]
+            out0: dict[str, Any] = {}
+
+            def record_clean() -> None:
+                with torch.no_grad():
+                    out0.update(pm.forward(toks, mask, record=True, record_pattern=False,
+                                           grad_nodes=method == "atp*-ig", record_heads=False))
+
+            if not late:
+                record_clean()
+                clean_logits = out0["logits"] if met.needs_clean else None
+            e_abl = (ablation_embedding() if late else
+                     abl.senders[:, :, 0] if abl is not None else torch.zeros_like(e_clean)).expand_as(e_clean)
 
             def mb_fn(mc: int, mask: Tensor = mask, idx: Tensor = idx, cl: Any = clean_logits) -> MetricBatch:
                 return MetricBatch.from_mask(mask.repeat(mc, 1), idx.to(dev).repeat(mc),
@@ -383,13 +410,19 @@ def attribute(
                 from circuits._methods import activation_ig_grads
 
                 # the clean run recorded no head outputs (record_heads=False): recompute them here
-                cs = full_senders(pm, acts)
+                cs = full_senders(pm, out0["activations"])
                 abl_s = abl.senders if abl is not None else torch.zeros_like(cs[:1])
                 gp = activation_ig_grads(pm, met, e_clean, e_abl, cs, abl_s, mask, mb_fn,
                                          ig_steps, min(ig_chunk, ig_steps))
                 del cs
             else:
                 gp = ig_grads(pm, met, e_clean, e_abl, mask, mb_fn, ig_steps, min(ig_chunk, ig_steps))
+                del e_abl
+                abl = ablation_source()
+                record_clean()
+            acts = out0["activations"]
+            clean_ln1 = out0["ln1_in"]
+            tot = float(met(out0["logits"], MetricBatch.from_mask(mask, idx.to(dev), clean_logits)).sum())
             del out0
         metric_total += tot
         # sender deltas z* − z [b p S d]; ablated q/k/v per layer

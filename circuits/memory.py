@@ -4,8 +4,9 @@
 of :func:`circuits.attribute` holds at its peak (beyond the model's weights):
 
 * ``forward_backward``: what autograd saves in one forward + backward of the patchable model
-  (per layer and token: the attention row ``H·T``, the q/k/v/rotary/z activations and the MLP
-  activations; EAP-IG: times the interpolation points run together);
+  (per layer and token: the q/k/v/rotary/z activations and the MLP activations, plus the
+  attention row ``H·T`` where the attention runs eagerly; EAP-IG: times the interpolation points
+  run together);
 * ``activations``: the recorded clean run (embedding and MLP outputs ``(1+L)·d`` plus per-layer
   q/k/v/z; head outputs are recomputed from z after the backward) and ``ablation``: the ablation
   source (all sender outputs and q/k/v, no patterns; its sender buffer becomes the deltas);
@@ -31,6 +32,7 @@ from interp.types import Model
 __all__ = ["estimate_memory", "estimate_faithfulness_memory", "fit_faithfulness_batch", "plan_attribution", "parse_bytes", "format_bytes", "shapes_from_config"]
 
 WORK_BYTES = 256 * 2**20  # chunk budget of the per-layer score blocks
+IG_ROWS = 64  # EAP-IG runs several points per forward/backward only while points · batch · tokens ≤ this
 
 
 def parse_bytes(x: int | float | str | None) -> int | None:
@@ -66,7 +68,8 @@ def shapes_from_config(cfg: dict[str, Any], *, dtype_bytes: int = 2, device: str
     e = int(cfg.get("head_dim") or d // H)
     return dict(L=L, H=H, G=G, d=d, e=e, m=int(cfg["intermediate_size"]), S=1 + L * (H + 1),
                 R=L * (H + 2 * G + 1) + 1, elem=dtype_bytes, vocab=int(cfg["vocab_size"]),
-                weights=int(cfg.get("n_params", 0)) * dtype_bytes, acc=8 if device == "cpu" else 4)
+                weights=int(cfg.get("n_params", 0)) * dtype_bytes, acc=8 if device == "cpu" else 4,
+                softcap=cfg.get("attn_logit_softcapping") is not None)
 
 
 def _shapes(model: Any) -> dict[str, Any]:
@@ -82,31 +85,34 @@ def _shapes(model: Any) -> dict[str, Any]:
     return dict(L=pm.n_layers, H=pm.n_heads, G=pm.n_kv_heads, d=pm.d_model, e=pm.d_head,
                 m=d_mlp, S=len(pm.senders), R=len(pm.receivers), elem=elem,
                 vocab=int(pm.W_U.shape[1]), weights=n_params * elem,
-                acc=8 if pm.device.type == "cpu" else 4)
+                acc=8 if pm.device.type == "cpu" else 4, softcap=pm.attn_softcap is not None)
 
 
 def estimate_memory(model: Model, n_tokens: int, batch_size: int = 1, *,
                     granularity: str = "position", method: str = "eap", ig_steps: int = 5,
                     ig_chunk: int | None = None, store: str = "dense", k: int | None = None,
-                    n_positions: int | None = None, attention: str = "eager") -> dict[str, int]:
+                    n_positions: int | None = None, attention: str = "auto") -> dict[str, int]:
     """Bytes per part of one attribution batch (see the module docstring); ``"peak"`` is the
     predicted peak beyond the weights, ``"weights"`` the model's own. ``model``: a bridge, a
     PatchableModel, or a shape dict (:func:`shapes_from_config`).
 
     ``n_positions``: abstract positions of the output (default ``n_tokens`` at position
-    granularity, 8 spans at span granularity, 1 for none). ``attention="sdpa"`` predicts a
-    forward whose backward does not keep the ``[H T T]`` patterns (memory-efficient attention;
-    the patchable forward is eager today, so this is a what-if for planning)."""
+    granularity, 8 spans at span granularity, 1 for none). ``attention``: ``"sdpa"`` — the
+    attributed forward runs fused attention whose backward keeps no ``[H T T]`` patterns (what
+    :meth:`PatchableModel.forward` does when no pattern is recorded), ``"eager"`` — it keeps
+    them (soft-capped scores, Gemma 2), ``"auto"`` (default) — whichever the model gets."""
     s = _shapes(model)
     L, H, G, d, e, m, S, R = (s[x] for x in ("L", "H", "G", "d", "e", "m", "S", "R"))
     el, acc = s["elem"], s["acc"]
     b, T = int(batch_size), int(n_tokens)
     bt = b * T
     if ig_chunk is None:  # the default of plan_attribution
-        ig_chunk = max(1, min(int(ig_steps), 1280 // max(1, bt)))
+        ig_chunk = max(1, min(int(ig_steps), IG_ROWS // max(1, bt)))
     pts = 1 if method == "eap" else max(1, min(int(ig_chunk), int(ig_steps)))
     # autograd-saved activations per token and layer (linear) + the attention rows
     lin = 8 * d + 6 * (H + 2 * G) * e + 5 * m
+    if attention == "auto":
+        attention = "eager" if s.get("softcap") else "sdpa"
     rows = H * T * el if attention == "eager" else 0
     fwd_bwd = pts * (bt * L * (lin * el + rows) + bt * 2 * s["vocab"] * el)
     acts = bt * ((1 + L) * d + L * 4 * H * e) * el  # no per-head sender outputs (recomputed from z)
@@ -126,8 +132,10 @@ def estimate_memory(model: Model, n_tokens: int, batch_size: int = 1, *,
         output = 3 * 12 * int(k or 0) + 8 * P * (S + R)
     else:  # threshold: unknown count; disk: one piece at a time
         output = 8 * P * (S + R) + WORK_BYTES
-    # EAP runs the ablation source after the backward; EAP-IG needs it before (interpolation)
-    phase_a = fwd_bwd + acts + grads + (abl if method != "eap" else 0)
+    # the ablation source is made after the backward (EAP-IG interpolates towards the ablated
+    # input embedding alone); EAP records the clean activations in its gradient pass, EAP-IG
+    # records them after its passes
+    phase_a = fwd_bwd + grads + (acts if method == "eap" else 0)
     phase_b = acts + abl + grads + layer_work  # the deltas are made in the ablated senders' buffer
     peak = max(phase_a, phase_b) + output
     return {"forward_backward": int(fwd_bwd), "activations": int(acts), "ablation": int(abl),
@@ -141,7 +149,8 @@ def plan_attribution(pm: Any, *, n_tokens: int, n_examples: int, batch_size: int
     """Batch size, store and EAP-IG points per pass for :func:`circuits.attribute`.
 
     Without a budget: the requested batch size and store (``"auto"`` → dense), EAP-IG runs all
-    m points in one pass while ``points · batch · tokens ≤ 1280`` (fast on CPU), fewer otherwise. With
+    m points in one pass while ``points · batch · tokens ≤ IG_ROWS`` (64: short prompts batch their points;
+    longer ones run one point per pass, so the backward's memory is that of one pass), fewer otherwise. With
     ``max_memory``: the largest batch size ≤ the requested one (and the most IG points per pass)
     whose :func:`estimate_memory` peak fits; ``store="auto"`` becomes ``"disk"`` when a dense
     position graph does not fit. Raises ``MemoryError`` (before any model run) when even one
@@ -149,7 +158,7 @@ def plan_attribution(pm: Any, *, n_tokens: int, n_examples: int, batch_size: int
     budget = parse_bytes(max_memory)
     bs = max(1, min(int(batch_size), int(n_examples)))
     m = int(ig_steps) if method == "eap-ig" else 1
-    chunk = max(1, min(m, 1280 // max(1, bs * n_tokens)))
+    chunk = max(1, min(m, IG_ROWS // max(1, bs * n_tokens)))
     st = "dense" if store == "auto" else store
     out = {"batch_size": bs, "store": st, "ig_chunk": chunk, "work_bytes": WORK_BYTES}
     if budget is None:

@@ -499,11 +499,10 @@ class PositionSink:
             block = block * ok
             self.node[c0: c0 + pc, :ns] += block.sum(-1).double()
             self.recv[c0: c0 + pc, r0:r1] += block.sum(-2).double()
-            p = torch.arange(c0, c0 + pc)[:, None, None]
-            s = torch.arange(ns)[None, :, None]
-            r = torch.arange(r0, r1)[None, None, :]
-            ids = ((p * S + s) * R + r).expand_as(block)
             okf = ok.expand_as(block)
+
+            def edge_ids(ix: Tensor) -> Tensor:  # flat edge id of block entries ix [n 3]
+                return ((c0 + ix[:, 0]) * S + ix[:, 1]) * R + r0 + ix[:, 2]
             from circuits._graph import node_layer
 
             group = node_layer(self.receivers[r0]) if self.per == "layer" else 0
@@ -514,12 +513,10 @@ class PositionSink:
             block = block * ok
             self.head_cross[l, h0:h1] += block.sum((-1, -2)).double()
             self.head_query[l, h0:h1] += block.sum((1, 3)).double()
-            h = torch.arange(h0, h1)[:, None, None, None]
-            k = torch.arange(3)[None, :, None, None]
-            q = torch.arange(P)[None, None, :, None]
-            kp = torch.arange(P)[None, None, None, :]
-            ids = P * S * R + (((l * H + h) * 3 + k) * P + q) * P + kp
             okf = ok.expand_as(block)
+
+            def edge_ids(ix: Tensor) -> Tensor:  # flat edge id of block entries ix [n 4]
+                return P * S * R + (((l * H + h0 + ix[:, 0]) * 3 + ix[:, 1]) * P + ix[:, 2]) * P + ix[:, 3]
             group = l if self.per == "layer" else 0
             meta = {"kind": "cross", "layer": l, "h0": h0, "h1": h1}
         if self.store == "disk":
@@ -530,11 +527,16 @@ class PositionSink:
             save_file({"scores": block.contiguous()}, str(self.path / name))
             self.pieces.append({**meta, "file": name})
             return
-        sc, ii = block[okf], ids[okf]
-        if self.store == "threshold":
-            keep = sc.abs() >= float(self.threshold)  # type: ignore[arg-type]
-            sc, ii = sc[keep], ii[keep]
+        # candidates: valid entries that can still enter the store — at or above the threshold,
+        # or (top-k) strictly above the smallest |score| of a full group's current k (an entry
+        # at or below it cannot displace any of them); ids are made for the candidates only
         prev = self.best.get(group)
+        sel = okf
+        if self.store == "threshold":
+            sel = okf & (block.abs() >= float(self.threshold))  # type: ignore[arg-type]
+        elif prev is not None and prev[1].numel() >= int(self.k):  # type: ignore[arg-type]
+            sel = okf & (block.abs() > prev[1].abs().min())
+        sc, ii = block[sel], edge_ids(torch.nonzero(sel))
         if prev is not None:
             ii, sc = torch.cat([prev[0], ii]), torch.cat([prev[1], sc])
         if self.store == "topk" and sc.numel() > int(self.k):  # type: ignore[arg-type]
