@@ -93,7 +93,7 @@ class SparseMasks:
     @property
     def n_kept(self) -> int:
         """Abstract edges kept (same-position + crossing)."""
-        return int(self.same_pos.sum()) + int(self.cross_index.shape[0])
+        return int(torch.count_nonzero(self.same_pos)) + int(self.cross_index.shape[0])
 
     def _layer_edges(self, layer: int) -> Tensor:
         """Rows of ``cross_index`` of one layer (``[n 5]``; the index is sorted by layer)."""

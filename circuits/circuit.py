@@ -230,7 +230,7 @@ class Circuit(Result):
                 raise ValueError("score tensors must have the shapes of the masks")
             self._same_dense = same_pos_scores
         else:
-            n = int(self.same_pos.sum())
+            n = int(torch.count_nonzero(self.same_pos))  # (a bool .sum() makes an int64 copy)
             vals = torch.zeros(n) if same_values is None else torch.as_tensor(same_values).reshape(-1)
             if vals.numel() != n:
                 raise ValueError(f"same_values has {vals.numel()} scores for {n} same-position edges")
@@ -401,7 +401,7 @@ class Circuit(Result):
 
     @property
     def n_same_pos(self) -> int:
-        return int(self.same_pos.sum())
+        return int(torch.count_nonzero(self.same_pos))
 
     @property
     def n_cross(self) -> int:
@@ -490,17 +490,22 @@ class Circuit(Result):
                              f"({CIRCUIT_JSON_VERSION}); upgrade interp")
         P, S, R = len(d["positions"]), len(d["senders"]), len(d["receivers"])
         cs = tuple(int(x) for x in d["cross_shape"])
-        same = torch.zeros(P, S, R, dtype=torch.bool)
-        same_sc = torch.zeros(P, S, R)
-        for p, s, r, v in d["same_pos_edges"]:
-            same[int(p), int(s), int(r)] = True
-            same_sc[int(p), int(s), int(r)] = v
+        se = d["same_pos_edges"]
+        sidx = torch.tensor([[int(x) for x in e[:3]] for e in se], dtype=torch.long).reshape(-1, 3)
+        sval = torch.tensor([float(e[3]) for e in se], dtype=torch.float32)
+        flat = (sidx[:, 0] * S + sidx[:, 1]) * R + sidx[:, 2]
+        flat, first = torch.unique(flat, return_inverse=True)  # sorted, as same_pos.nonzero()
+        vals = torch.zeros(len(flat), dtype=torch.float32)
+        vals[first] = sval
+        same = torch.zeros(P * S * R, dtype=torch.bool)
+        same[flat] = True
+        same = same.reshape(P, S, R)
         ce = d["cross_edges"]
         cidx = torch.tensor([[int(x) for x in e[:5]] for e in ce], dtype=torch.long).reshape(-1, 5)
         cval = torch.tensor([float(e[5]) for e in ce], dtype=torch.float32)
         return cls(same, None, None, None, list(d["senders"]), list(d["receivers"]),
                    list(d["positions"]), dict(d.get("meta", {})), cross_index=cidx, cross_values=cval,
-                   cross_shape=cs, same_values=same_sc[same])
+                   cross_shape=cs, same_values=vals)
 
     def __repr__(self) -> str:
         top = "; ".join(f"{e['sender']}→{e['receiver']}@{e.get('position', e.get('qpos'))}={e['score']:.3g}"
@@ -559,7 +564,8 @@ def concrete_edge_counts(
     onehot = torch.zeros(*pos_index.shape, P, dtype=torch.float32)
     onehot[valid_tok] = torch.nn.functional.one_hot(pos_index[valid_tok], P).float()
     size = onehot.sum(1)  # [batch P] tokens per abstract position
-    n_same = size @ same_pos.sum((1, 2)).float()
+    per_pos = torch.bincount(same_pos.nonzero()[:, 0], minlength=P)  # edges per position, no [P S R] copy
+    n_same = size @ per_pos.float()
     # causal pairs between abstract positions: pairs[b, p1, p2] = #{(t, t'): t in p1, t' in p2, t' <= t}
     T = pos_index.shape[1]
     causal = torch.tril(torch.ones(T, T))
