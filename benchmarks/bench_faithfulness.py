@@ -129,7 +129,11 @@ def long_position(args) -> None:
     (``store="topk"``, ``k = --k``) on the *same* ``T``-token prompt (a position circuit lives on
     its prompt's positions); the circuit = greedy selection of ``--position-edges`` edges from it
     (default: ``k``; a position graph has ``~L·H·3·T²/2`` crossing edges, so 1 % of them is far
-    more than any top-k store keeps: the circuit's share of the graph is printed). Reported, in
+    more than any top-k store keeps: the circuit's share of the graph is printed). With
+    ``--graph-tokens Ta < T`` the graph is built on a ``Ta``-token prompt of the same kind (position
+    attribution at 2 048 tokens needs more memory than the benchmark machine allows) and the
+    circuit is moved to the last ``Ta − 1`` positions of the ``T``-token prompt (BOS stays at 0),
+    kept sparse. Reported, in
     one process: time and peak extra RSS of the attribution, the selection, one bare bridge forward
     (no gradients, min over ``--repeats``), the evaluator setup and one evaluation (min over
     ``--repeats``), and save/load of the circuit's JSON."""
@@ -151,12 +155,28 @@ def long_position(args) -> None:
     target = 1234
     met = Metric(lambda lg, b: lg[torch.arange(lg.shape[0]), b.last, target], "one_logit")
     rows = []
-    for T in args.long_tokens:
+    def data(T: int):
         g = torch.Generator().manual_seed(T)
         clean = torch.randint(100, V, (1, T), generator=g)
         clean[:, 0] = bos
         corrupt = clean.clone()
         corrupt[:, T // 2:] = torch.randint(100, V, (1, T - T // 2), generator=g)
+        return clean, corrupt
+
+    def shifted(c, T: int):
+        """Position p > 0 of a P-position circuit → p + T − P (BOS stays at 0); sparse throughout."""
+        P = len(c.positions)
+        lut = torch.cat([torch.zeros(1, dtype=torch.long), torch.arange(1, P) + (T - P)])
+        same = torch.zeros(T, *c.same_pos.shape[1:], dtype=torch.bool)
+        same[lut] = c.same_pos
+        ci = c.cross_index.clone()
+        ci[:, 3], ci[:, 4] = lut[ci[:, 3]], lut[ci[:, 4]]
+        return Circuit(same, None, None, None, c.senders, c.receivers, list(range(T)), dict(c.meta),
+                       cross_index=ci, cross_values=c.cross_values, cross_shape=(*c.cross_shape[:3], T, T),
+                       same_values=c.same_values)
+
+    for T in args.long_tokens:
+        clean, corrupt = data(T)
 
         def row(run, pk, **kw):
             r = {"T": T, "run": run, "seconds": pk.seconds, "extra_bytes": pk.extra,
@@ -166,14 +186,20 @@ def long_position(args) -> None:
                   + " ".join(f"{k}={v}" for k, v in kw.items()), flush=True)
             return r
 
+        Ta = args.graph_tokens or T
+        ca, xa = (clean, corrupt) if Ta == T else data(Ta)
         with Peak() as pk:
-            top = circuits.attribute(model, clean, corrupt, met, granularity="position", store="topk", k=args.k)
-        row(f"attribution, position, top-k store (k={args.k})", pk, n_graph_edges=top.n_edges())
+            top = circuits.attribute(model, ca, xa, met, granularity="position", store="topk", k=args.k)
+        row(f"attribution at {Ta} tokens, position, top-k store (k={args.k})", pk, n_graph_edges=top.n_edges())
         n = args.position_edges or args.k
         with Peak() as pk:
             c = circuits.select(top, n)
         row(f"greedy selection of {n} edges", pk, n_edges=c.n_edges, n_cross=c.n_cross,
             share_of_graph=c.n_edges / top.n_edges())
+        if Ta != T:  # the same circuit at the end of the longer prompt (BOS stays at 0)
+            with Peak() as pk:
+                c = shifted(c, T)
+            row(f"circuit moved to the last {Ta - 1} positions (+ BOS) of {T}", pk, n_edges=c.n_edges)
         del top
         fw = []
         for _ in range(args.repeats):
@@ -220,6 +246,9 @@ def main() -> None:
                     help="with --long-tokens: a position circuit from a top-k graph on the same prompt")
     ap.add_argument("--k", type=int, default=100_000, help="--position: edges the top-k graph keeps")
     ap.add_argument("--position-edges", type=int, default=None, help="--position: circuit size (default k)")
+    ap.add_argument("--graph-tokens", type=int, default=None,
+                    help="--position: build the top-k graph on a prompt this long (default: the same length) "
+                         "and move its circuit to the end of the long prompt")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.out is None:
