@@ -119,9 +119,9 @@ def greedy_order(
     or when no candidate is left.
 
     On a top-k / threshold graph (:class:`~circuits.stores.SparseAttributionGraph`) the candidates
-    are the stored edges (no dense tensor is built); the order equals the dense graph's as long as
-    the stored edges are the dense graph's largest ones (edges not stored would have |score| at
-    most the smallest stored one).
+    are the stored edges (no dense tensor is built): the order is the dense code's on the graph
+    with every edge it did not store left out (tested). It can differ from greedy growth on the
+    full dense graph, which may reach a child whose best edge is outside the global top k.
     """
     if _is_stored(graph):
         return _greedy_order_stored(graph, max_edges, roots=roots, threshold=threshold)
