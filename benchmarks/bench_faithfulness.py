@@ -11,7 +11,8 @@ Measured in one process on the same IOI batch (timings interleaved, best of ``--
   goal < 2 minutes on the 2-core CPU).
 
 Run: ``.venv/bin/python benchmarks/bench_faithfulness.py [--n 16 --threads 1]``; long context
-(issue 13): ``--long-tokens 512 2048`` (see :func:`long_context`). The machine is
+(issue 13): ``--long-tokens 512 2048`` (see :func:`long_context`); a position-granularity circuit
+from a top-k graph at long context: ``--long-tokens 512 --position`` (see :func:`long_position`). The machine is
 shared: ``--threads 1`` avoids oversubscription (with 2 threads on a busy box a forward pass was
 ~15× slower); the thread count is printed with the results.
 """
@@ -120,6 +121,118 @@ def long_context(args) -> None:
     out.write_text(json.dumps({"model": args.model, "threads": torch.get_num_threads(), "rows": rows}, indent=1))
 
 
+def long_position(args) -> None:
+    """A position-granularity circuit at long context, selected from a top-k graph, evaluated once.
+
+    SmolLM2, batch 1, random tokens with BOS, counterfactual = second half resampled, metric =
+    one logit at the last position (as :func:`long_context`). For each ``T``: a top-k EAP graph
+    (``store="topk"``, ``k = --k``) on the *same* ``T``-token prompt (a position circuit lives on
+    its prompt's positions); the circuit = greedy selection of ``--position-edges`` edges from it
+    (default: ``k``; a position graph has ``~L·H·3·T²/2`` crossing edges, so 1 % of them is far
+    more than any top-k store keeps: the circuit's share of the graph is printed). With
+    ``--graph-tokens Ta < T`` the graph is built on a ``Ta``-token prompt of the same kind (position
+    attribution at 2 048 tokens needs more memory than the benchmark machine allows) and the
+    circuit is moved to the last ``Ta − 1`` positions of the ``T``-token prompt (BOS stays at 0),
+    kept sparse. Reported, in
+    one process: time and peak extra RSS of the attribution, the selection, one bare bridge forward
+    (no gradients, min over ``--repeats``), the evaluator setup and one evaluation (min over
+    ``--repeats``), and save/load of the circuit's JSON."""
+    import json
+
+    import torch
+
+    from bench_attribution_scaling import Peak
+    import circuits
+    from circuits.circuit import Circuit
+    from circuits.faithfulness import FaithfulnessEvaluator
+    from circuits.metrics import Metric
+    from interp import load_model
+
+    torch.manual_seed(0)
+    model = load_model(args.model)
+    V = model.original_model.config.vocab_size
+    bos = model.tokenizer.bos_token_id
+    target = 1234
+    met = Metric(lambda lg, b: lg[torch.arange(lg.shape[0]), b.last, target], "one_logit")
+    rows = []
+    def data(T: int):
+        g = torch.Generator().manual_seed(T)
+        clean = torch.randint(100, V, (1, T), generator=g)
+        clean[:, 0] = bos
+        corrupt = clean.clone()
+        corrupt[:, T // 2:] = torch.randint(100, V, (1, T - T // 2), generator=g)
+        return clean, corrupt
+
+    def shifted(c, T: int):
+        """Position p > 0 of a P-position circuit → p + T − P (BOS stays at 0); sparse throughout."""
+        P = len(c.positions)
+        lut = torch.cat([torch.zeros(1, dtype=torch.long), torch.arange(1, P) + (T - P)])
+        same = torch.zeros(T, *c.same_pos.shape[1:], dtype=torch.bool)
+        same[lut] = c.same_pos
+        ci = c.cross_index.clone()
+        ci[:, 3], ci[:, 4] = lut[ci[:, 3]], lut[ci[:, 4]]
+        return Circuit(same, None, None, None, c.senders, c.receivers, list(range(T)), dict(c.meta),
+                       cross_index=ci, cross_values=c.cross_values, cross_shape=(*c.cross_shape[:3], T, T),
+                       same_values=c.same_values)
+
+    for T in args.long_tokens:
+        clean, corrupt = data(T)
+
+        def row(run, pk, **kw):
+            r = {"T": T, "run": run, "seconds": pk.seconds, "extra_bytes": pk.extra,
+                 "load_avg_1min": os.getloadavg()[0], **kw}
+            rows.append(r)
+            print(f"T={T} {run}: {pk.seconds:.2f}s, +{pk.extra / 2**20:.0f} MiB "
+                  + " ".join(f"{k}={v}" for k, v in kw.items()), flush=True)
+            return r
+
+        Ta = args.graph_tokens or T
+        ca, xa = (clean, corrupt) if Ta == T else data(Ta)
+        with Peak() as pk:
+            top = circuits.attribute(model, ca, xa, met, granularity="position", store="topk", k=args.k)
+        row(f"attribution at {Ta} tokens, position, top-k store (k={args.k})", pk, n_graph_edges=top.n_edges())
+        n = args.position_edges or args.k
+        with Peak() as pk:
+            c = circuits.select(top, n)
+        row(f"greedy selection of {n} edges", pk, n_edges=c.n_edges, n_cross=c.n_cross,
+            share_of_graph=c.n_edges / top.n_edges())
+        if Ta != T:  # the same circuit at the end of the longer prompt (BOS stays at 0)
+            with Peak() as pk:
+                c = shifted(c, T)
+            row(f"circuit moved to the last {Ta - 1} positions (+ BOS) of {T}", pk, n_edges=c.n_edges)
+        del top
+        fw = []
+        for _ in range(args.repeats):
+            with torch.no_grad(), Peak() as pk:
+                model(clean)
+            fw.append(pk)
+        base = min(fw, key=lambda p: p.seconds)
+        base_r = row("bridge forward (no grad)", base)
+        with Peak() as pk:
+            ev = FaithfulnessEvaluator(model, clean, corrupt, met, n_boot=0)
+        row("evaluator setup (ablation + full + empty runs)", pk, ratio_time=pk.seconds / base_r["seconds"])
+        ts = []
+        for _ in range(args.repeats):
+            with Peak() as pk:
+                r = ev(c)
+            ts.append(pk)
+        best = min(ts, key=lambda p: p.seconds)
+        row(f"one evaluation, position circuit ({c.n_edges} edges)", best,
+            ratio_time=best.seconds / base_r["seconds"], f=r.f, m_circuit=r.m_circuit, m_full=r.m_full,
+            m_empty=r.m_empty, peak_extra_max_bytes=max(p.extra for p in ts))
+        with Peak() as pk:
+            d = c.to_json()
+            text = json.dumps(d)
+            back = Circuit.from_json(text)
+        assert back.equals(c)
+        row("circuit to_json + from_json", pk, json_bytes=len(text))
+        del ev
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"model": args.model, "threads": torch.get_num_threads(), "k": args.k,
+                               "rows": rows}, indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description="faithfulness benchmark")
     ap.add_argument("--model", default="smollm2-135m")
@@ -129,14 +242,24 @@ def main() -> None:
     ap.add_argument("--long-tokens", type=int, nargs="*", default=None,
                     help="long-context mode: one evaluation of a 1 %% circuit at these lengths (batch 1)")
     ap.add_argument("--attr-tokens", type=int, default=128, help="prompt length of the graph the circuits come from")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "faithfulness_long.json"))
+    ap.add_argument("--position", action="store_true",
+                    help="with --long-tokens: a position circuit from a top-k graph on the same prompt")
+    ap.add_argument("--k", type=int, default=100_000, help="--position: edges the top-k graph keeps")
+    ap.add_argument("--position-edges", type=int, default=None, help="--position: circuit size (default k)")
+    ap.add_argument("--graph-tokens", type=int, default=None,
+                    help="--position: build the top-k graph on a prompt this long (default: the same length) "
+                         "and move its circuit to the end of the long prompt")
+    ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    if args.out is None:
+        name = "faithfulness_long_position.json" if args.position else "faithfulness_long.json"
+        args.out = str(Path(__file__).parent / "results" / name)
 
     import torch
 
     torch.set_num_threads(args.threads)
     if args.long_tokens:
-        long_context(args)
+        (long_position if args.position else long_context)(args)
         return
     import circuits
     from circuits.tasks import ioi

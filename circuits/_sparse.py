@@ -59,28 +59,50 @@ class SparseMasks:
     ``keep[b, t, s, r] = same_pos[pos_index[b, t], s, r] or full[b, t]`` and
     ``keep_cross[b, l, h, k, t, t'] = cross[l, h, k, pos_index[b, t], pos_index[b, t']]`` or
     ``full[b, t]`` or ``full[b, t']`` — exactly :func:`circuits.faithfulness.expand_masks`
-    (``full`` = padding or protected); neither is ever materialised for the whole model.
+    (``full`` = padding or protected); neither is ever materialised for the whole model. The
+    abstract crossing mask ``cross`` is held sparsely: the sorted rows ``cross_index [n 5]``
+    (layer, head, kind, qpos, kpos) of its kept edges, ``cross_shape`` its dense shape.
     """
 
     same_pos: Bool[Tensor, "pos sender receiver"]
-    cross: Bool[Tensor, "layer head kind qpos kpos"]
+    cross_index: Int[Tensor, "edge 5"]
+    cross_shape: tuple[int, int, int, int, int]
     pos_index: Int[Tensor, "batch tok"]
     full: Bool[Tensor, "batch tok"]
     _cache: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
-    def build(cls, same_pos: Bool[Tensor, "pos sender receiver"], cross: Bool[Tensor, "layer head kind qpos kpos"],
+    def build(cls, same_pos: Bool[Tensor, "pos sender receiver"],
+              cross: Bool[Tensor, "layer head kind qpos kpos"] | Int[Tensor, "edge 5"],
               pos_index: Int[Tensor, "batch tok"], protect: Bool[Tensor, "batch tok"] | None = None,
-              ) -> "SparseMasks":
+              *, cross_shape: tuple[int, ...] | None = None) -> "SparseMasks":
+        """``cross``: the dense abstract crossing mask, or the sorted unique rows ``[n 5]`` of its
+        kept edges with ``cross_shape`` (as :attr:`circuits.circuit.Circuit.cross_index`)."""
         full = pos_index < 0
         if protect is not None:
             full = full | protect.to(full.device)
-        return cls(same_pos.bool(), cross.bool(), pos_index.long(), full)
+        if cross.dim() == 5:
+            shape = tuple(int(x) for x in cross.shape)
+            index = cross.bool().nonzero()
+        else:
+            if cross_shape is None:
+                raise ValueError("a sparse crossing mask [n 5] needs cross_shape=(layer, head, 3, P, P)")
+            shape, index = tuple(int(x) for x in cross_shape), cross.long().reshape(-1, 5)
+        return cls(same_pos.bool(), index, shape, pos_index.long(), full)  # type: ignore[arg-type]
 
     @property
     def n_kept(self) -> int:
         """Abstract edges kept (same-position + crossing)."""
-        return int(self.same_pos.sum()) + int(self.cross.sum())
+        return int(torch.count_nonzero(self.same_pos)) + int(self.cross_index.shape[0])
+
+    def _layer_edges(self, layer: int) -> Tensor:
+        """Rows of ``cross_index`` of one layer (``[n 5]``; the index is sorted by layer)."""
+        if "layer_starts" not in self._cache:
+            L = self.cross_shape[0]
+            col = self.cross_index[:, 0].contiguous()
+            self._cache["layer_starts"] = torch.searchsorted(col, torch.arange(L + 1)).tolist()
+        st = self._cache["layer_starts"]
+        return self.cross_index[st[layer]: st[layer + 1]]
 
     # ------------------------------------------------------------------ same-position edges
     def _tokens_by_position(self) -> tuple[Tensor, Tensor, Tensor]:
@@ -188,18 +210,26 @@ class SparseMasks:
     def _head_status(self, layer: int) -> Tensor:
         """``[H 3]`` int: 1 = every occurring pair kept, 0 = every one ablated, −1 = mixed."""
         occ = self._pair_occurs()
-        cr = self.cross[layer]  # [H 3 P P]
+        H = self.cross_shape[1]
         n = int(occ.sum())
         if n == 0:
-            return torch.ones(cr.shape[:2], dtype=torch.long)
-        kept = (cr & occ).sum((-1, -2))
+            return torch.ones(H, 3, dtype=torch.long)
+        e = self._layer_edges(layer)
+        hit = occ[e[:, 3], e[:, 4]]
+        kept = torch.bincount(e[hit, 1] * 3 + e[hit, 2], minlength=H * 3).reshape(H, 3)
         return torch.where(kept == n, 1, torch.where(kept == 0, 0, -1))
 
     def _concrete(self, layer: int, heads: Tensor, kind: int) -> Tensor:
         """Concrete ``[b n q k]`` crossing mask of ``heads`` (full rows/columns kept)."""
         pi = self.pos_index.clamp(min=0)
-        cr = self.cross[layer, heads, kind]  # [n P P]
-        n, (bsz, T) = cr.shape[0], pi.shape
+        H, P = self.cross_shape[1], self.cross_shape[-1]
+        n, (bsz, T) = len(heads), pi.shape
+        slot = torch.full((H,), -1, dtype=torch.long)
+        slot[heads.long()] = torch.arange(n)
+        e = self._layer_edges(layer)
+        e = e[(e[:, 2] == kind) & (slot[e[:, 1]] >= 0)]
+        cr = torch.zeros(n, P, P, dtype=torch.bool)  # these heads' abstract masks, one layer
+        cr[slot[e[:, 1]], e[:, 3], e[:, 4]] = True
         rows = cr[:, pi]  # [n b q P]: one gather per query, then one per key
         m = rearrange(torch.gather(rows, 3, pi[None, :, None, :].expand(n, bsz, T, T)),
                       "n b query key -> b n query key")

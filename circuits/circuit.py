@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -134,24 +134,52 @@ class GraphIndex:
                 self.cross_parent[l, h, 2] = self.v_recv[l, h // self.group] if G else -1
 
 
-def _tensor_to_sparse(mask: Tensor, scores: Tensor | None) -> list[list[int | float]]:
-    idx = mask.nonzero().tolist()
-    if scores is None:
-        return [list(map(int, i)) for i in idx]
-    vals = scores[mask].tolist()
-    return [[*map(int, i), float(v)] for i, v in zip(idx, vals)]
+DENSE_CROSS_LIMIT = 64 * 2**20  # elements of [layer head 3 P P] that .cross / .cross_scores densify
 
 
-@dataclass
+def _cross_flat(index: Tensor, shape: Sequence[int]) -> Tensor:
+    """Row-major flat ids into ``shape`` of the rows of an ``[n 5]`` crossing-edge index."""
+    _, H, K, P, _ = shape
+    l, h, k, q, kp = index.long().unbind(-1)
+    return (((l * H + h) * K + k) * P + q) * P + kp
+
+
+def _cross_unflat(flat: Tensor, shape: Sequence[int]) -> Tensor:
+    """Inverse of :func:`_cross_flat`: ``[n 5]`` (layer, head, kind, qpos, kpos) rows."""
+    _, H, K, P, _ = shape
+    flat = flat.long()
+    kp = flat % P
+    q = (flat // P) % P
+    k = (flat // (P * P)) % K
+    h = (flat // (K * P * P)) % H
+    l = flat // (H * K * P * P)
+    return torch.stack([l, h, k, q, kp], dim=-1)
+
+
+@dataclass(init=False, eq=False)
 class Circuit(Result):
     """A circuit: edges of an attribution graph kept by :func:`circuits.select`.
 
+    Storage: same-position edges as a dense mask ``same_pos [pos sender receiver]`` (bool; at
+    2 048 positions on SmolLM2 0.3 GB); crossing edges *sparsely*, as the sorted, unique rows
+    ``cross_index [n 5]`` = (layer, head, kind, qpos, kpos) of the kept edges of
+    ``[layer head kind qpos kpos]`` (shape ``cross_shape``) with their scores ``cross_values [n]``
+    — a dense crossing mask grows as ``P²`` (3.4 G entries at 2 048 positions on SmolLM2).
+    ``same_values`` are the scores of the kept same-position edges (``same_pos.nonzero()`` order).
+
+    Dense views (back-compatible): ``cross`` (bool) is built on demand when ``[layer head 3 P P]``
+    has at most :data:`DENSE_CROSS_LIMIT` entries and raises ``MemoryError`` otherwise (use
+    ``cross_index`` / ``cross_values`` / :meth:`cross_layer` / :meth:`cross_pair_counts`); once
+    built it is the circuit's crossing mask (in-place edits of ``cross`` or ``same_pos`` edit the
+    circuit). ``same_pos_scores`` / ``cross_scores``: the graph's scores when the circuit was
+    built from dense score tensors (context for edges outside the circuit), else the circuit's
+    edges' scores with zeros elsewhere (e.g. after :meth:`from_json` or for circuits selected
+    from a top-k graph).
+
     Attributes:
         same_pos: ``[pos sender receiver]`` bool — same-position edges in the circuit.
-        cross: ``[layer head kind qpos kpos]`` bool — crossing attention edges in the circuit
-            (kind 0 = q, 1 = k, 2 = v).
-        same_pos_scores, cross_scores: the attribution scores of the graph the circuit came from
-            (zeros where unknown, e.g. after :meth:`from_json` for edges outside the circuit).
+        cross_shape: ``(layer, head, 3, P, P)``, the shape of the (dense) crossing mask.
+        cross_index, cross_values, same_values: properties, see above.
         senders, receivers, positions: name lists of the graph (positions: token positions,
             span names or ``["all"]``).
         meta: granularity (``"none" | "position" | "span"``), selection method, requested size,
@@ -159,24 +187,207 @@ class Circuit(Result):
     """
 
     same_pos: Bool[Tensor, "pos sender receiver"]
-    cross: Bool[Tensor, "layer head kind qpos kpos"]
-    same_pos_scores: Float[Tensor, "pos sender receiver"]
-    cross_scores: Float[Tensor, "layer head kind qpos kpos"]
+    cross_shape: tuple[int, int, int, int, int]
     senders: list[str]
     receivers: list[str]
     positions: list[Any]
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any]
 
-    def __post_init__(self) -> None:
+    def __init__(
+        self,
+        same_pos: Bool[Tensor, "pos sender receiver"],
+        cross: Bool[Tensor, "layer head kind qpos kpos"] | None = None,
+        same_pos_scores: Float[Tensor, "pos sender receiver"] | None = None,
+        cross_scores: Float[Tensor, "layer head kind qpos kpos"] | None = None,
+        senders: Sequence[str] = (),
+        receivers: Sequence[str] = (),
+        positions: Sequence[Any] = (),
+        meta: dict[str, Any] | None = None,
+        *,
+        cross_index: Int[Tensor, "edge 5"] | None = None,
+        cross_values: Float[Tensor, " edge"] | None = None,
+        cross_shape: Sequence[int] | None = None,
+        same_values: Float[Tensor, " same_edge"] | None = None,
+    ) -> None:
+        self.same_pos = same_pos.bool()
+        self.senders, self.receivers, self.positions = list(senders), list(receivers), list(positions)
+        self.meta = dict(meta) if meta is not None else {}
         P, S, R = self.same_pos.shape
         if (len(self.positions), len(self.senders), len(self.receivers)) != (P, S, R):
             raise ValueError(
                 f"same_pos has shape {tuple(self.same_pos.shape)} but there are {len(self.positions)} "
                 f"positions, {len(self.senders)} senders, {len(self.receivers)} receivers")
-        if self.cross.shape[-1] != P or self.cross.shape[-2] != P or self.cross.shape[2] != 3:
-            raise ValueError(f"cross must be [layer head 3 {P} {P}], got {tuple(self.cross.shape)}")
-        if self.same_pos_scores.shape != self.same_pos.shape or self.cross_scores.shape != self.cross.shape:
-            raise ValueError("score tensors must have the shapes of the masks")
+        # scores: a dense context tensor (the graph's scores) or a lookup (sorted flat ids, values)
+        # of the circuit's edges; the masks may be edited in place (same_pos, the dense .cross)
+        self._same_dense: Tensor | None = None
+        self._same_lut: tuple[Tensor, Tensor] | None = None
+        self._cross_dense: Tensor | None = None  # dense crossing mask, when it exists (authoritative)
+        self._cross_idx: Tensor = torch.zeros(0, 5, dtype=torch.long)
+        self._cross_sc_dense: Tensor | None = None
+        self._cross_lut: tuple[Tensor, Tensor] | None = None
+        if same_pos_scores is not None:
+            if same_pos_scores.shape != self.same_pos.shape:
+                raise ValueError("score tensors must have the shapes of the masks")
+            self._same_dense = same_pos_scores
+        else:
+            n = int(torch.count_nonzero(self.same_pos))  # (a bool .sum() makes an int64 copy)
+            vals = torch.zeros(n) if same_values is None else torch.as_tensor(same_values).reshape(-1)
+            if vals.numel() != n:
+                raise ValueError(f"same_values has {vals.numel()} scores for {n} same-position edges")
+            self._same_lut = (self._same_flat(), vals)
+        if cross is not None:
+            if cross_index is not None:
+                raise ValueError("give the crossing edges as cross= (dense) or cross_index= (sparse), not both")
+            cross = cross.bool()
+            shape = tuple(int(x) for x in cross.shape)
+            if len(shape) != 5 or shape[-1] != P or shape[-2] != P or shape[2] != 3:
+                raise ValueError(f"cross must be [layer head 3 {P} {P}], got {shape}")
+            self.cross_shape = shape  # type: ignore[assignment]
+            self._cross_dense = cross
+            idx = cross.nonzero()
+            vals = cross_values
+        else:
+            if cross_shape is None:
+                if cross_index is not None:
+                    raise ValueError("cross_index= needs cross_shape=(layer, head, 3, P, P)")
+                cross_shape = (0, 0, 3, P, P)
+            shape = tuple(int(x) for x in cross_shape)
+            if len(shape) != 5 or shape[-1] != P or shape[-2] != P or shape[2] != 3:
+                raise ValueError(f"cross_shape must be (layer, head, 3, {P}, {P}), got {shape}")
+            self.cross_shape = shape  # type: ignore[assignment]
+            idx = (torch.zeros(0, 5, dtype=torch.long) if cross_index is None
+                   else torch.as_tensor(cross_index).long().reshape(-1, 5))
+            vals = cross_values
+            if len(idx) and bool(((idx < 0) | (idx >= torch.tensor(shape))).any()):
+                raise ValueError(f"cross_index has rows outside {shape}")
+        vals = torch.zeros(len(idx)) if vals is None else torch.as_tensor(vals).reshape(-1)
+        if len(vals) != len(idx):
+            raise ValueError(f"cross_values has {len(vals)} scores for {len(idx)} crossing edges")
+        flat = _cross_flat(idx, shape)
+        order = torch.argsort(flat, stable=True)
+        flat, idx, vals = flat[order], idx[order], vals[order]
+        if bool((flat[1:] == flat[:-1]).any()):
+            raise ValueError("cross_index has repeated edges")
+        self._cross_idx = idx
+        if cross_scores is not None:
+            if tuple(cross_scores.shape) != shape:
+                raise ValueError("score tensors must have the shapes of the masks")
+            self._cross_sc_dense = cross_scores
+        else:
+            self._cross_lut = (flat, vals)
+
+    def _same_flat(self) -> Tensor:
+        P, S, R = self.same_pos.shape
+        p, s, r = self.same_pos.nonzero(as_tuple=True)
+        return (p * S + s) * R + r
+
+    @staticmethod
+    def _lookup(lut: tuple[Tensor, Tensor], flat: Tensor) -> Tensor:
+        ids, vals = lut
+        if not len(ids):
+            return torch.zeros(len(flat), dtype=vals.dtype)
+        pos = torch.searchsorted(ids, flat).clamp(max=len(ids) - 1)
+        return torch.where(ids[pos] == flat, vals[pos], torch.zeros((), dtype=vals.dtype))
+
+    # ------------------------------------------------------------------ edges, sparse
+    @property
+    def cross_index(self) -> Int[Tensor, "edge 5"]:
+        """``[n 5]`` rows (layer, head, kind, qpos, kpos) of the crossing edges, sorted."""
+        return self._cross_dense.nonzero() if self._cross_dense is not None else self._cross_idx
+
+    @property
+    def cross_values(self) -> Float[Tensor, " edge"]:
+        """Scores of the crossing edges, aligned with :attr:`cross_index`."""
+        flat = self.cross_flat_ids()
+        if self._cross_sc_dense is not None:
+            return self._cross_sc_dense.reshape(-1)[flat]
+        assert self._cross_lut is not None
+        return self._lookup(self._cross_lut, flat)
+
+    @property
+    def same_values(self) -> Float[Tensor, " same_edge"]:
+        """Scores of the same-position edges, in ``same_pos.nonzero()`` order."""
+        if self._same_dense is not None:
+            return self._same_dense[self.same_pos]
+        assert self._same_lut is not None
+        return self._lookup(self._same_lut, self._same_flat())
+
+    # ------------------------------------------------------------------ dense views
+    def _check_dense(self, what: str) -> None:
+        n = int(np.prod(self.cross_shape))
+        if n > DENSE_CROSS_LIMIT:
+            raise MemoryError(
+                f"Circuit.{what} would be a dense [layer head 3 P P] tensor of {n / 2**20:.0f} Mi entries "
+                f"(limit {DENSE_CROSS_LIMIT / 2**20:.0f} Mi): use the sparse crossing edges "
+                "cross_index [n 5] / cross_values [n], cross_layer(l), cross_pair_counts() or edges()")
+
+    @property
+    def cross(self) -> Bool[Tensor, "layer head kind qpos kpos"]:
+        """Dense ``[layer head kind qpos kpos]`` crossing mask (only when small, see the class);
+        in-place edits of it edit the circuit."""
+        if self._cross_dense is None:
+            self._check_dense("cross")
+            dense = torch.zeros(self.cross_shape, dtype=torch.bool)
+            dense.view(-1)[_cross_flat(self._cross_idx, self.cross_shape)] = True
+            self._cross_dense = dense
+        return self._cross_dense
+
+    @cross.setter
+    def cross(self, value: Bool[Tensor, "layer head kind qpos kpos"]) -> None:
+        if tuple(value.shape) != tuple(self.cross_shape):
+            raise ValueError(f"cross must have shape {tuple(self.cross_shape)}, got {tuple(value.shape)}")
+        if self._cross_lut is None and self._cross_sc_dense is None:
+            self._cross_lut = (torch.zeros(0, dtype=torch.long), torch.zeros(0))
+        self._cross_dense = value.bool()
+
+    @property
+    def cross_scores(self) -> Float[Tensor, "layer head kind qpos kpos"]:
+        """Dense crossing scores: the graph's (when the circuit was built from dense scores) or the
+        circuit's edges' scores with zeros elsewhere (only when small)."""
+        if self._cross_sc_dense is not None:
+            return self._cross_sc_dense
+        self._check_dense("cross_scores")
+        vals = self.cross_values
+        out = torch.zeros(self.cross_shape, dtype=vals.dtype)
+        out.view(-1)[self.cross_flat_ids()] = vals
+        return out
+
+    @property
+    def same_pos_scores(self) -> Float[Tensor, "pos sender receiver"]:
+        """Dense same-position scores: the graph's (when the circuit was built from dense scores)
+        or the circuit's edges' scores with zeros elsewhere."""
+        if self._same_dense is not None:
+            return self._same_dense
+        vals = self.same_values
+        out = torch.zeros(self.same_pos.shape, dtype=vals.dtype)
+        out[self.same_pos] = vals
+        return out
+
+    def cross_layer(self, layer: int) -> Bool[Tensor, "head kind qpos kpos"]:
+        """Dense crossing mask of one layer ``[head 3 P P]``."""
+        _, H, K, P, _ = self.cross_shape
+        idx = self.cross_index[self.cross_index[:, 0] == layer]
+        out = torch.zeros(H, K, P, P, dtype=torch.bool)
+        out[idx[:, 1], idx[:, 2], idx[:, 3], idx[:, 4]] = True
+        return out
+
+    def cross_flat_ids(self) -> Int[Tensor, " edge"]:
+        """Row-major flat ids of the crossing edges in ``[layer head kind qpos kpos]`` (sorted)."""
+        return _cross_flat(self.cross_index, self.cross_shape)
+
+    def cross_head_kinds(self) -> Bool[Tensor, "layer head kind"]:
+        """``[layer head 3]``: the head has some crossing edge of that kind in the circuit."""
+        L, H, K = self.cross_shape[:3]
+        out = torch.zeros(L, H, K, dtype=torch.bool)
+        i = self.cross_index
+        out[i[:, 0], i[:, 1], i[:, 2]] = True
+        return out
+
+    def cross_pair_counts(self) -> Float[Tensor, "qpos kpos"]:
+        """``[P P]``: number of crossing edges (over layers, heads, kinds) per position pair."""
+        P = self.cross_shape[-1]
+        i = self.cross_index
+        return torch.bincount(i[:, 3] * P + i[:, 4], minlength=P * P).reshape(P, P).float()
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -186,20 +397,20 @@ class Circuit(Result):
     @property
     def n_edges(self) -> int:
         """Number of abstract edges (same-position + crossing) in the circuit."""
-        return int(self.same_pos.sum()) + int(self.cross.sum())
+        return self.n_same_pos + self.n_cross
 
     @property
     def n_same_pos(self) -> int:
-        return int(self.same_pos.sum())
+        return int(torch.count_nonzero(self.same_pos))
 
     @property
     def n_cross(self) -> int:
-        return int(self.cross.sum())
+        return int(self.cross_index.shape[0])
 
     @property
     def index(self) -> GraphIndex:
         if not hasattr(self, "_index"):
-            self._index = GraphIndex(self.senders, self.receivers, self.cross.shape[0], self.cross.shape[1])
+            self._index = GraphIndex(self.senders, self.receivers, self.cross_shape[0], self.cross_shape[1])
         return self._index
 
     def nodes(self) -> list[str]:
@@ -209,7 +420,7 @@ class Circuit(Result):
             out.add(f"{self.senders[s]}@{self.positions[p]}")
             out.add(f"{self.receivers[r]}@{self.positions[p]}")
         ix = self.index
-        for l, h, k, qp, kp in self.cross.nonzero().tolist():
+        for l, h, k, qp, kp in self.cross_index.tolist():
             out.add(f"L{l}H{h}@{self.positions[qp]}")
             parent = self.receivers[ix.cross_parent[l, h, k]]
             out.add(f"{parent}@{self.positions[qp if k == 0 else kp]}")
@@ -219,12 +430,12 @@ class Circuit(Result):
         """Every edge as a dict (``sender``, ``receiver``, ``position`` / ``qpos``, ``kpos``,
         ``kind``, ``score``), sorted by decreasing |score|."""
         out: list[dict[str, Any]] = []
-        for (p, s, r), v in zip(self.same_pos.nonzero().tolist(), self.same_pos_scores[self.same_pos].tolist()):
+        for (p, s, r), v in zip(self.same_pos.nonzero().tolist(), self.same_values.tolist()):
             out.append({"type": "same_pos", "sender": self.senders[s], "receiver": self.receivers[r],
                         "position": self.positions[p], "kind": RECEIVER_KINDS[self.index.recv_kind[r]],
                         "score": float(v)})
         ix = self.index
-        for (l, h, k, qp, kp), v in zip(self.cross.nonzero().tolist(), self.cross_scores[self.cross].tolist()):
+        for (l, h, k, qp, kp), v in zip(self.cross_index.tolist(), self.cross_values.tolist()):
             out.append({"type": "cross", "sender": self.receivers[ix.cross_parent[l, h, k]],
                         "receiver": f"L{l}H{h}", "qpos": self.positions[qp], "kpos": self.positions[kp],
                         "kind": "qkv"[k], "score": float(v)})
@@ -244,20 +455,22 @@ class Circuit(Result):
         ``t ∈ p1``, ``t' ∈ p2``, ``t' ≤ t`` (Haklay et al. 2025 count ``3·|s1|·|s2|`` for the
         three kinds without the causal restriction; we count the pairs that exist).
         """
-        return concrete_edge_counts(self.same_pos, self.cross, pos_index)
+        return concrete_edge_counts(self.same_pos, self.cross_index, pos_index)
 
     # ------------------------------------------------------------------ json
     def to_json(self) -> dict[str, Any]:
         """Versioned plain-JSON dict: names, shapes, metadata and the circuit's edges (sparse,
         ``[p, s, r, score]`` and ``[l, h, kind, qpos, kpos, score]``)."""
+        same_idx = self.same_pos.nonzero().tolist()
         return {
             "type": "Circuit", "version": CIRCUIT_JSON_VERSION,
             "senders": self.senders, "receivers": self.receivers,
             "positions": list(self.positions),
-            "cross_shape": list(self.cross.shape),
+            "cross_shape": list(self.cross_shape),
             "n_edges": self.n_edges,
-            "same_pos_edges": _tensor_to_sparse(self.same_pos, self.same_pos_scores),
-            "cross_edges": _tensor_to_sparse(self.cross, self.cross_scores),
+            "same_pos_edges": [[*map(int, i), float(v)] for i, v in zip(same_idx, self.same_values.tolist())],
+            "cross_edges": [[*map(int, i), float(v)]
+                            for i, v in zip(self.cross_index.tolist(), self.cross_values.tolist())],
             "meta": to_jsonable(self.meta, float_digits=None, lenient=True),
         }
 
@@ -276,19 +489,23 @@ class Circuit(Result):
             raise ValueError(f"Circuit JSON version {d['version']} is newer than this code "
                              f"({CIRCUIT_JSON_VERSION}); upgrade interp")
         P, S, R = len(d["positions"]), len(d["senders"]), len(d["receivers"])
-        cs = tuple(d["cross_shape"])
-        same = torch.zeros(P, S, R, dtype=torch.bool)
-        same_sc = torch.zeros(P, S, R)
-        for p, s, r, v in d["same_pos_edges"]:
-            same[int(p), int(s), int(r)] = True
-            same_sc[int(p), int(s), int(r)] = v
-        cross = torch.zeros(cs, dtype=torch.bool)
-        cross_sc = torch.zeros(cs)
-        for l, h, k, qp, kp, v in d["cross_edges"]:
-            cross[int(l), int(h), int(k), int(qp), int(kp)] = True
-            cross_sc[int(l), int(h), int(k), int(qp), int(kp)] = v
-        return cls(same, cross, same_sc, cross_sc, list(d["senders"]), list(d["receivers"]),
-                   list(d["positions"]), dict(d.get("meta", {})))
+        cs = tuple(int(x) for x in d["cross_shape"])
+        se = d["same_pos_edges"]
+        sidx = torch.tensor([[int(x) for x in e[:3]] for e in se], dtype=torch.long).reshape(-1, 3)
+        sval = torch.tensor([float(e[3]) for e in se], dtype=torch.float32)
+        flat = (sidx[:, 0] * S + sidx[:, 1]) * R + sidx[:, 2]
+        flat, first = torch.unique(flat, return_inverse=True)  # sorted, as same_pos.nonzero()
+        vals = torch.zeros(len(flat), dtype=torch.float32)
+        vals[first] = sval
+        same = torch.zeros(P * S * R, dtype=torch.bool)
+        same[flat] = True
+        same = same.reshape(P, S, R)
+        ce = d["cross_edges"]
+        cidx = torch.tensor([[int(x) for x in e[:5]] for e in ce], dtype=torch.long).reshape(-1, 5)
+        cval = torch.tensor([float(e[5]) for e in ce], dtype=torch.float32)
+        return cls(same, None, None, None, list(d["senders"]), list(d["receivers"]),
+                   list(d["positions"]), dict(d.get("meta", {})), cross_index=cidx, cross_values=cval,
+                   cross_shape=cs, same_values=vals)
 
     def __repr__(self) -> str:
         top = "; ".join(f"{e['sender']}→{e['receiver']}@{e.get('position', e.get('qpos'))}={e['score']:.3g}"
@@ -305,10 +522,11 @@ class Circuit(Result):
 
         if type(other) is not type(self):
             return False
-        if not (torch.equal(self.same_pos, other.same_pos) and torch.equal(self.cross, other.cross)):
+        if not (torch.equal(self.same_pos, other.same_pos) and tuple(self.cross_shape) == tuple(other.cross_shape)
+                and torch.equal(self.cross_index, other.cross_index)):
             return False
-        return (values_equal(self.same_pos_scores[self.same_pos], other.same_pos_scores[other.same_pos], rtol, atol)
-                and values_equal(self.cross_scores[self.cross], other.cross_scores[other.cross], rtol, atol)
+        return (values_equal(self.same_values, other.same_values, rtol, atol)
+                and values_equal(self.cross_values, other.cross_values, rtol, atol)
                 and values_equal([self.senders, self.receivers, [str(p) for p in self.positions], self.meta],
                                   [other.senders, other.receivers, [str(p) for p in other.positions], other.meta],
                                   rtol, atol))
@@ -334,21 +552,30 @@ class Circuit(Result):
 
 def concrete_edge_counts(
     same_pos: Bool[Tensor, "pos sender receiver"],
-    cross: Bool[Tensor, "layer head kind qpos kpos"],
+    cross: Bool[Tensor, "layer head kind qpos kpos"] | Int[Tensor, "edge 5"],
     pos_index: Int[Tensor, "batch tok"],
 ) -> Float[Tensor, " batch"]:
-    """Concrete edges per example of an abstract edge mask; see :meth:`Circuit.concrete_edges`."""
+    """Concrete edges per example of an abstract edge mask; see :meth:`Circuit.concrete_edges`.
+
+    ``cross`` is the dense crossing mask ``[layer head kind qpos kpos]`` or the sparse rows
+    ``[n 5]`` of its kept edges (:attr:`Circuit.cross_index`)."""
     P = same_pos.shape[0]
     valid_tok = pos_index >= 0
     onehot = torch.zeros(*pos_index.shape, P, dtype=torch.float32)
     onehot[valid_tok] = torch.nn.functional.one_hot(pos_index[valid_tok], P).float()
     size = onehot.sum(1)  # [batch P] tokens per abstract position
-    n_same = size @ same_pos.sum((1, 2)).float()
+    per_pos = torch.bincount(same_pos.nonzero()[:, 0], minlength=P)  # edges per position, no [P S R] copy
+    n_same = size @ per_pos.float()
     # causal pairs between abstract positions: pairs[b, p1, p2] = #{(t, t'): t in p1, t' in p2, t' <= t}
     T = pos_index.shape[1]
     causal = torch.tril(torch.ones(T, T))
     pairs = einsum(onehot, causal, onehot, "b query abs_q, query key, b key abs_k -> b abs_q abs_k")
-    n_cross = einsum(pairs, cross.sum((0, 1, 2)).float(), "b abs_q abs_k, abs_q abs_k -> b")
+    if cross.dim() == 5:
+        per_pair = cross.sum((0, 1, 2)).float()
+    else:
+        i = cross.long()
+        per_pair = torch.bincount(i[:, 3] * P + i[:, 4], minlength=P * P).reshape(P, P).float()
+    n_cross = einsum(pairs, per_pair, "b abs_q abs_k, abs_q abs_k -> b")
     return n_same + n_cross
 
 
@@ -405,7 +632,7 @@ def plot_circuit(circuit: Circuit, max_edges: int | None = 400, title: str | Non
 
     edges = []  # (x0, y0, x1, y1, score, kind, label, freq)
     if stability is not None and (tuple(stability.same_freq.shape) != tuple(circuit.same_pos.shape)
-                                  or tuple(stability.cross_freq.shape) != tuple(circuit.cross.shape)):
+                                  or tuple(stability.cross_freq.shape) != tuple(circuit.cross_shape)):
         raise ValueError("stability= comes from a graph of another shape than the circuit's")
 
     def fr(idx: tuple, cross: bool) -> float:
@@ -416,14 +643,14 @@ def plot_circuit(circuit: Circuit, max_edges: int | None = 400, title: str | Non
     def ftxt(f: float) -> str:
         return "" if stability is None else f"<br>selected in {100 * f:.0f}% of resamples"
 
-    for (p, s, r), v in zip(circuit.same_pos.nonzero().tolist(), circuit.same_pos_scores[circuit.same_pos].tolist()):
+    for (p, s, r), v in zip(circuit.same_pos.nonzero().tolist(), circuit.same_values.tolist()):
         x0, y0 = sender_xy(s, p)
         x1, y1 = recv_xy(r, p)
         kind = RECEIVER_KINDS[ix.recv_kind[r]]
         f = fr((p, s, r), False)
         edges.append((x0, y0, x1, y1, v, kind,
                       f"{circuit.senders[s]} → {circuit.receivers[r]} @ {circuit.positions[p]}<br>score {v:+.4g}{ftxt(f)}", f))
-    for (l, h, k, qp, kp), v in zip(circuit.cross.nonzero().tolist(), circuit.cross_scores[circuit.cross].tolist()):
+    for (l, h, k, qp, kp), v in zip(circuit.cross_index.tolist(), circuit.cross_values.tolist()):
         parent = int(ix.cross_parent[l, h, k])
         x0, y0 = recv_xy(parent, qp if k == 0 else kp)
         x1, y1 = head_xy(l, h, qp)
@@ -471,7 +698,7 @@ def plot_circuit(circuit: Circuit, max_edges: int | None = 400, title: str | Non
     for (p, s, r) in circuit.same_pos.nonzero().tolist():
         nodes[sender_xy(s, p)] = f"{circuit.senders[s]} @ {circuit.positions[p]}"
         nodes[recv_xy(r, p)] = f"{circuit.receivers[r]} @ {circuit.positions[p]}"
-    for (l, h, k, qp, kp) in circuit.cross.nonzero().tolist():
+    for (l, h, k, qp, kp) in circuit.cross_index.tolist():
         parent = int(ix.cross_parent[l, h, k])
         nodes[recv_xy(parent, qp if k == 0 else kp)] = f"{circuit.receivers[parent]} @ {circuit.positions[qp if k == 0 else kp]}"
         nodes[head_xy(l, h, qp)] = f"L{l}H{h} @ {circuit.positions[qp]}"

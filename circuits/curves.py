@@ -190,7 +190,7 @@ def faithfulness_curve(
         fracs = list(fr)
     full = _full_circuit(graph)
     pi_full = ev.position_index(full)
-    total_concrete = float(concrete_edge_counts(full.same_pos, full.cross, pi_full).mean())
+    total_concrete = float(concrete_edge_counts(full.same_pos, full.cross_index, pi_full).mean())
     order = None
     if method == "greedy":
         need = max(n for n in req if n < total) if any(n < total for n in req) else 0

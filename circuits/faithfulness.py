@@ -431,7 +431,8 @@ class FaithfulnessEvaluator:
                                      torch.zeros(L, H, 3, 1, 1, dtype=torch.bool), pi, prot)
         assert isinstance(circuit, Circuit)
         pi = self.position_index(circuit)[sl, :w]
-        return SparseMasks.build(circuit.same_pos, circuit.cross, pi, prot)
+        return SparseMasks.build(circuit.same_pos, circuit.cross_index, pi, prot,
+                                 cross_shape=circuit.cross_shape)
 
     def _masks(self, circuit: Circuit | str, sl: slice, w: int) -> tuple[Tensor, Tensor]:
         b = sl.stop - sl.start
@@ -480,14 +481,14 @@ class FaithfulnessEvaluator:
         m_c, last = self._run_all(circuit)
         hard = last.argmax(-1) == self.argmax_full
         pi = self.position_index(circuit)
-        concrete = float(concrete_edge_counts(circuit.same_pos, circuit.cross, pi).mean())
+        concrete = float(concrete_edge_counts(circuit.same_pos, circuit.cross_index, pi).mean())
         return self._result(m_c, hard, circuit.n_edges, concrete, dict(circuit.meta))
 
     def full_model_result(self, circuit: Circuit) -> Faithfulness:
         """Result for a circuit holding every edge of its graph without running it: keeping every
         edge is the clean run exactly (tested), so M(C) = M(N), f = 1, hard = 1."""
         pi = self.position_index(circuit)
-        concrete = float(concrete_edge_counts(circuit.same_pos, circuit.cross, pi).mean())
+        concrete = float(concrete_edge_counts(circuit.same_pos, circuit.cross_index, pi).mean())
         hard = torch.ones(len(self.m_full), dtype=torch.bool)
         return self._result(self.m_full.clone(), hard, circuit.n_edges, concrete, dict(circuit.meta))
 

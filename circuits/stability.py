@@ -271,7 +271,7 @@ def resample(
         g = dataclasses.replace(full, same_pos=gs.to(g0.same_pos.dtype), cross=gc.to(g0.cross.dtype))
         circ = select(g, n_edges, threshold=threshold, method=select_method)
         fs += circ.same_pos.double()
-        fc += circ.cross.double()
+        fc.view(-1)[circ.cross_flat_ids()] += 1.0
         rs.append(gs.float())
         rc.append(gc.float())
     RS, RC = torch.stack(rs), torch.stack(rc)

@@ -149,7 +149,8 @@ def eap_ig_edge_names(n_layers: int, n_heads: int, parallel_attn_mlp: bool = Fal
 def _shape_of(obj: Any) -> tuple[int, int, int, bool]:
     from circuits.circuit import GraphIndex
 
-    L, H = int(obj.cross.shape[0]), int(obj.cross.shape[1])
+    shape = obj.cross_shape if hasattr(obj, "cross_shape") else obj.cross.shape
+    L, H = int(shape[0]), int(shape[1])
     ix = GraphIndex(obj.senders, obj.receivers, L, H)
     s_h, r_m = ix.head_sender[0, 0], ix.mlp_recv[0]
     valid = getattr(obj, "valid", None)
@@ -194,7 +195,7 @@ def to_eap_ig(obj: Any, *, circuit: Any = None, d_model: int | None = None) -> d
         if circuit.same_pos.shape[1:] != (len(lay.senders), len(lay.receivers)):
             raise ValueError("circuit and graph have different senders/receivers")
         any_pos = circuit.same_pos.any(0)  # [S R]
-        cross_on = circuit.cross.any(-1).any(-1)  # [L H 3]
+        cross_on = circuit.cross_head_kinds()  # [L H 3]
         ing = any_pos[sender, receiver].clone()
         attn = torch.as_tensor(lay.kind >= 0)
         li, hi, ki = (torch.as_tensor(np.maximum(a, 0)) for a in (lay.layer, lay.head, lay.kind))

@@ -111,7 +111,7 @@ def to_graph_json(
         if max_links is not None:
             recs = recs[:max_links]
         positions = list(obj.positions)
-        L = int(obj.cross.shape[0])
+        L = int(obj.cross_shape[0])
         gran = obj.granularity
     else:
         raise TypeError(f"to_graph_json takes an AttributionGraph or a Circuit, got {type(obj).__name__}")
