@@ -91,6 +91,13 @@ def _heads(w: Tensor, b: Tensor | None, n: int, e: int) -> tuple[Tensor, Tensor 
             None if b is None else rearrange(b, "(head d_head) -> head d_head", head=n, d_head=e))
 
 
+def _flat_backed(w: Tensor) -> Tensor:
+    """``w [n d e]`` as a view of a contiguous ``[d (n e)]`` buffer (same values)."""
+    n = w.shape[0]
+    return rearrange(rearrange(w, "head d_model d_head -> d_model (head d_head)").contiguous(),
+                     "d_model (head d_head) -> head d_model d_head", head=n)
+
+
 def _conv1d(w: Tensor, d: int) -> Tensor:
     """GPT-2 ``Conv1D`` stores ``[in, out]``; some wrappers store nn.Linear ``[out, in]``."""
     return w if w.shape[0] == d else w.T
@@ -207,6 +214,11 @@ def load_layers(pm: Any, root: Any, fam: Any) -> list[Layer]:
             L.post_mlp_w = _w(get(blk, P.post_mlp_norm))
             if _b(get(blk, P.post_attn_norm)) is not None or _b(get(blk, P.post_mlp_norm)) is not None:
                 raise unsupported(fam.model_type, "sandwich/post norms with a bias")
+        # q/k/v projections live in one [d_model, n·d_head] buffer each (the per-head [n d e]
+        # tensors are views of it): the unpatched forward's projection is then one GEMM on the
+        # buffer, and autograd keeps the buffer itself — not a per-call re-laid-out copy — for
+        # the backward
+        L.W_Q, L.W_K, L.W_V = (_flat_backed(w) for w in (L.W_Q, L.W_K, L.W_V))
         L.window = fam.sliding_window[l]
         L.use_rope = fam.rotary is not None and fam.rotary.bases[l] is not None
         L.rope_key = pm.rope_keys[l] if pm.rope_keys is not None else None
