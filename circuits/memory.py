@@ -110,7 +110,7 @@ def estimate_memory(model: Model, n_tokens: int, batch_size: int = 1, *,
         ig_chunk = max(1, min(int(ig_steps), IG_ROWS // max(1, bt)))
     pts = 1 if method == "eap" else max(1, min(int(ig_chunk), int(ig_steps)))
     # autograd-saved activations per token and layer (linear) + the attention rows
-    lin = 8 * d + 6 * (H + 2 * G) * e + 5 * m
+    lin = 4 * d + 4 * (H + 2 * G) * e + 7 * m // 2  # calibrated on SmolLM2 (fused attention), BENCHMARKS.md
     if attention == "auto":
         attention = "eager" if s.get("softcap") else "sdpa"
     rows = H * T * el if attention == "eager" else 0

@@ -492,7 +492,7 @@ class PositionSink:
     # ------------------------------------------------------------------ storing one piece
     def _finalize(self, key: tuple, raw: Tensor) -> None:
         P, S, R, H = self.P, self.S, self.R, self.H
-        block = raw / self.n
+        block = raw / self.n if self.n != 1 else raw  # x / 1 is x: no copy for one example
         if key[0] == "same":
             _, r0, r1, ns, c0, pc = key
             ok = self.valid[:ns, r0:r1][None]
