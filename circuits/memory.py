@@ -32,7 +32,7 @@ from interp.types import Model
 __all__ = ["estimate_memory", "estimate_faithfulness_memory", "fit_faithfulness_batch", "plan_attribution", "parse_bytes", "format_bytes", "shapes_from_config"]
 
 WORK_BYTES = 256 * 2**20  # chunk budget of the per-layer score blocks
-IG_ROWS = 64  # EAP-IG runs several points per forward/backward only while points · batch · tokens ≤ this
+IG_ROWS = 256  # EAP-IG runs several points per forward/backward only while points · batch · tokens ≤ this
 
 
 def parse_bytes(x: int | float | str | None) -> int | None:
@@ -149,7 +149,7 @@ def plan_attribution(pm: Any, *, n_tokens: int, n_examples: int, batch_size: int
     """Batch size, store and EAP-IG points per pass for :func:`circuits.attribute`.
 
     Without a budget: the requested batch size and store (``"auto"`` → dense), EAP-IG runs all
-    m points in one pass while ``points · batch · tokens ≤ IG_ROWS`` (64: short prompts batch their points;
+    m points in one pass while ``points · batch · tokens ≤ IG_ROWS`` (256: short prompts batch their points;
     longer ones run one point per pass, so the backward's memory is that of one pass), fewer otherwise. With
     ``max_memory``: the largest batch size ≤ the requested one (and the most IG points per pass)
     whose :func:`estimate_memory` peak fits; ``store="auto"`` becomes ``"disk"`` when a dense
