@@ -22,8 +22,14 @@ pairs that occur in the batch (causal pairs of non-protected tokens) is mostly c
 kept or all ablated — always at granularity ``"none"``); such heads take their query / key /
 value from the current or the ablated run with one score and one value product, and only the
 rows and columns of protected tokens are recomputed with the current q/k/v. Heads whose mask
-varies over pairs are computed with the dense four-combination formula for those heads only.
-Masks are expanded to tokens one layer (and one head set) at a time, never all at once.
+varies over pairs are computed block-wise when the batch's tokens form few runs of one abstract
+position shared by every example (span circuits): for each (query run, key run) block the q, k
+and v sources of every head are fixed by the abstract mask at the runs' positions, so each block
+takes one score product and one value product with the chosen sources (the same work as one
+unpatched attention; blocks whose keys all follow their queries are skipped). Otherwise (e.g.
+examples whose spans sit at different tokens, or position granularity at long context) those
+heads use the dense four-combination formula, for those heads only, with the masks expanded to
+tokens one layer (and one head set) at a time, never all at once.
 """
 
 from __future__ import annotations
@@ -39,6 +45,18 @@ from torch import Tensor
 __all__ = ["SparseMasks"]
 
 _CHUNK = 1 << 15  # concrete same-position terms added per index_put_ (bounds the [n d] temporary)
+_MAX_RUNS = 32  # block-wise crossing path when the tokens form at most this many position runs
+
+
+def _pick(m: Tensor, cur: Tensor, abl: Tensor) -> Tensor:
+    """``cur`` where ``m`` (broadcast over heads: ``[H]`` or ``[... H 1]``) else ``abl``."""
+    if m.dim() == 1:
+        if bool(m.all()):
+            return cur
+        if not bool(m.any()):
+            return abl
+        m = m[None, None, :, None]
+    return torch.where(m, cur, abl)
 
 
 @dataclass
@@ -206,6 +224,76 @@ class SparseMasks:
         f = self.full
         return m | f[:, None, :, None] | f[:, None, None, :]
 
+    def _abstract(self, layer: int) -> Bool[Tensor, "head kind qpos kpos"]:
+        """Abstract crossing mask ``[H 3 P P]`` of one layer."""
+        return self.cross[layer]
+
+    def _runs(self) -> list[tuple[int, int, int]] | None:
+        """The token axis as runs ``(start, stop, p)`` of consecutive tokens with abstract position
+        ``p`` in every example of the batch (a token that is full in every example joins the run
+        before it, or the first run), or ``None`` when the examples disagree at some token, every
+        token is full, or there are more than ``_MAX_RUNS`` runs (cached)."""
+        if "runs" not in self._cache:
+            pi, full = self.pos_index, self.full
+            T = pi.shape[1]
+            some = (~full).any(0)  # [T]
+            hi = torch.where(full, -1, pi).amax(0)
+            lo = torch.where(full, torch.iinfo(torch.long).max, pi).amin(0)
+            runs: list[tuple[int, int, int]] | None = None
+            if bool(some.any()) and not bool((some & (hi != lo)).any()):
+                p = [int(x) if ok else None for x, ok in zip(hi.tolist(), some.tolist())]
+                first = next(x for x in p if x is not None)
+                runs, cur = [], first
+                for t in range(T):
+                    cur = cur if p[t] is None else p[t]
+                    if runs and runs[-1][2] == cur:
+                        runs[-1] = (runs[-1][0], t + 1, cur)
+                    else:
+                        runs.append((t, t + 1, cur))
+                if len(runs) > _MAX_RUNS:
+                    runs = None
+            self._cache["runs"] = runs
+        return self._cache["runs"]
+
+    def _block_scores(self, layer: int, runs: list[tuple[int, int, int]], q: Tensor, qa: Tensor,
+                      kh: Tensor, kah: Tensor) -> Tensor:
+        """Scores ``[b H T T]`` with each (query run, key run) block's q and k source from the
+        abstract mask at the runs' positions: one product per causal block (blocks with every key
+        after every query are left at 0; the causal mask removes them). Rows and columns of full
+        tokens are not yet right (the caller recomputes them)."""
+        b, T, H, _ = q.shape
+        ab = self._abstract(layer).to(q.device)  # [H 3 P P]
+        scores = q.new_zeros(b, H, T, T)
+        for a0, a1, pq in runs:
+            for c0, c1, pk in runs:
+                if c0 >= a1:  # every key after every query
+                    break
+                mq, mk = ab[:, 0, pq, pk], ab[:, 1, pq, pk]  # [H]
+                qs = _pick(mq, q[:, a0:a1], qa[:, a0:a1])
+                ks = _pick(mk, kh[:, c0:c1], kah[:, c0:c1])
+                scores[:, :, a0:a1, c0:c1] = einsum(qs, ks, "b query head e, b key head e -> b head query key")
+        return scores
+
+    def _block_values(self, layer: int, runs: list[tuple[int, int, int]], A: Tensor, vh: Tensor,
+                      vah: Tensor) -> Tensor:
+        """``z [b T H e]`` with each block's v source from the abstract mask (full key columns read
+        the current v; rows of full queries are not yet right)."""
+        b, H, T, _ = A.shape
+        ab = self._abstract(layer).to(A.device)
+        full = self.full.to(A.device)
+        z = vh.new_zeros(b, T, H, vh.shape[-1])
+        has_full = [bool(full[:, c0:c1].any()) for c0, c1, _ in runs]
+        for a0, a1, pq in runs:
+            for (c0, c1, pk), hf in zip(runs, has_full):
+                if c0 >= a1:
+                    break
+                mv = ab[:, 2, pq, pk]  # [H]
+                if hf:  # full key columns: current v
+                    mv = mv[None, None, :, None] | full[:, c0:c1, None, None]  # [b key H 1]
+                vs = _pick(mv, vh[:, c0:c1], vah[:, c0:c1])
+                z[:, a0:a1] += einsum(A[:, :, a0:a1, c0:c1], vs, "b head query key, b key head e -> b query head e")
+        return z
+
     def attend(self, pm: Any, layer: int, q: Tensor, k: Tensor, v: Tensor, qa: Tensor, ka: Tensor,
                va: Tensor, allowed: Tensor) -> tuple[Tensor, Tensor]:
         """Attention of one layer with its crossing edges patched. ``q [b T H e]``, ``k``/``v``
@@ -222,36 +310,40 @@ class SparseMasks:
         QK = "b query head e, b key head e -> b head query key"  # scores
         PV = "b head query key, b key head e -> b query head e"  # pattern-weighted values
         sel = lambda c, cur, abl: torch.where((c == 1)[None, None, :, None], cur, abl)  # noqa: E731
-        qs = sel(st[:, 0], q, qa)
+        runs = self._runs() if bool((st < 0).any()) else None
         kst, vst = (rearrange(st[:, i], "(kv_head rep) -> kv_head rep", rep=rep) for i in (1, 2))
-        if bool((kst == kst[:, :1]).all()):  # one key source per KV group: the forward's grouped product
-            ks = sel(kst[:, 0], k, ka)
-            qg = rearrange(qs, "b query (kv_head rep) e -> b query kv_head rep e", rep=rep)
-            scores = rearrange(einsum(qg, ks, "b query kv_head rep e, b key kv_head e -> b kv_head rep query key"),
-                               "b kv_head rep query key -> b (kv_head rep) query key")
+        if runs is not None and bool((st[:, :2] < 0).any()):  # mixed q/k masks: block-wise
+            scores = self._block_scores(layer, runs, q, qa, kh, kah)
         else:
-            scores = einsum(qs, sel(st[:, 1], kh, kah), QK)
-        def sc(a: Tensor, c: Tensor) -> Tensor:
-            return einsum(a, c, QK)
+            qs = sel(st[:, 0], q, qa)
+            if bool((kst == kst[:, :1]).all()):  # one key source per KV group: the forward's grouped product
+                ks = sel(kst[:, 0], k, ka)
+                qg = rearrange(qs, "b query (kv_head rep) e -> b query kv_head rep e", rep=rep)
+                scores = rearrange(einsum(qg, ks, "b query kv_head rep e, b key kv_head e -> b kv_head rep query key"),
+                                   "b kv_head rep query key -> b (kv_head rep) query key")
+            else:
+                scores = einsum(qs, sel(st[:, 1], kh, kah), QK)
+            def sc(a: Tensor, c: Tensor) -> Tensor:
+                return einsum(a, c, QK)
 
-        # heads whose q or k mask varies over position pairs: only the products they use
-        both = torch.nonzero((st[:, 0] < 0) & (st[:, 1] < 0)).flatten()
-        q_only = torch.nonzero((st[:, 0] < 0) & (st[:, 1] >= 0)).flatten()
-        k_only = torch.nonzero((st[:, 0] >= 0) & (st[:, 1] < 0)).flatten()
-        if len(both):
-            Mq = self._concrete(layer, both.cpu(), 0).to(dev)
-            Mk = self._concrete(layer, both.cpu(), 1).to(dev)
-            qm, qam, km_, kam = q[:, :, both], qa[:, :, both], kh[:, :, both], kah[:, :, both]
-            scores[:, both] = torch.where(Mq, torch.where(Mk, sc(qm, km_), sc(qm, kam)),
-                                          torch.where(Mk, sc(qam, km_), sc(qam, kam)))
-        if len(q_only):  # the key source is constant: ks
-            Mq = self._concrete(layer, q_only.cpu(), 0).to(dev)
-            kk = sel(st[:, 1], kh, kah)[:, :, q_only]
-            scores[:, q_only] = torch.where(Mq, sc(q[:, :, q_only], kk), sc(qa[:, :, q_only], kk))
-        if len(k_only):  # the query source is constant: qs
-            Mk = self._concrete(layer, k_only.cpu(), 1).to(dev)
-            qq = qs[:, :, k_only]
-            scores[:, k_only] = torch.where(Mk, sc(qq, kh[:, :, k_only]), sc(qq, kah[:, :, k_only]))
+            # heads whose q or k mask varies over position pairs: only the products they use
+            both = torch.nonzero((st[:, 0] < 0) & (st[:, 1] < 0)).flatten()
+            q_only = torch.nonzero((st[:, 0] < 0) & (st[:, 1] >= 0)).flatten()
+            k_only = torch.nonzero((st[:, 0] >= 0) & (st[:, 1] < 0)).flatten()
+            if len(both):
+                Mq = self._concrete(layer, both.cpu(), 0).to(dev)
+                Mk = self._concrete(layer, both.cpu(), 1).to(dev)
+                qm, qam, km_, kam = q[:, :, both], qa[:, :, both], kh[:, :, both], kah[:, :, both]
+                scores[:, both] = torch.where(Mq, torch.where(Mk, sc(qm, km_), sc(qm, kam)),
+                                              torch.where(Mk, sc(qam, km_), sc(qam, kam)))
+            if len(q_only):  # the key source is constant: ks
+                Mq = self._concrete(layer, q_only.cpu(), 0).to(dev)
+                kk = sel(st[:, 1], kh, kah)[:, :, q_only]
+                scores[:, q_only] = torch.where(Mq, sc(q[:, :, q_only], kk), sc(qa[:, :, q_only], kk))
+            if len(k_only):  # the query source is constant: qs
+                Mk = self._concrete(layer, k_only.cpu(), 1).to(dev)
+                qq = qs[:, :, k_only]
+                scores[:, k_only] = torch.where(Mk, sc(qq, kh[:, :, k_only]), sc(qq, kah[:, :, k_only]))
         # protected / padding rows and columns keep every edge: current q and k
         rows = torch.nonzero(full.any(0)).flatten()
         if len(rows):
@@ -262,6 +354,12 @@ class SparseMasks:
             scores[:, :, rows, :] = torch.where(fr[:, None, :, None], s_r, scores[:, :, rows, :])
         scores = pm.score(scores).masked_fill(~allowed, float("-inf"))
         A = torch.softmax(scores, dim=-1)
+        if runs is not None and bool((st[:, 2] < 0).any()):  # mixed v masks: block-wise
+            z = self._block_values(layer, runs, A, vh, vah)
+            if len(rows):  # full query rows: all current
+                zr = einsum(A[:, :, rows], vh, PV)
+                z[:, rows] = torch.where(full[:, rows][:, :, None, None], zr, z[:, rows])
+            return z, A
         if bool((vst == vst[:, :1]).all()):
             Ag = rearrange(A, "b (kv_head rep) query key -> b kv_head rep query key", rep=rep)
             z = rearrange(einsum(Ag, sel(vst[:, 0], v, va),
