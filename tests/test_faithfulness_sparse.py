@@ -145,21 +145,25 @@ def _planted_four_way(pm, P):
     return same, cross
 
 
-@pytest.mark.parametrize("path", ["blocks", "elements"])
+@pytest.mark.parametrize("path", ["fused", "fused-chunks", "blocks", "elements"])
 def test_sparse_masks_block_and_element_crossing_paths(model_data, path, monkeypatch):
-    """Span-block crossing path (one product per (query run, key run) block) and the per-element
-    path (concrete masks, four-combination formula) both equal the dense masks, with padding,
-    BOS protection and (Gemma 3) sliding windows."""
+    """Fused attention per query run (no pattern; not with soft-caps), span-block crossing path
+    (one product per (query run, key run) block; pattern kept) and the per-element path (concrete
+    masks, four-combination formula) all equal the dense masks, with padding, BOS protection and
+    (Gemma 3) sliding windows."""
     import circuits._sparse as sparse_mod
 
     name, pm, clean, mask, abl = model_data
     if path == "elements":
         monkeypatch.setattr(sparse_mod, "_MAX_RUNS", 0)
+    if path == "fused-chunks":  # query chunks of 2 rows inside the runs
+        monkeypatch.setattr(sparse_mod, "_QCHUNK", 2)
     pi, P = _pos_index("span", mask)
     protect = torch.zeros(B, T, dtype=torch.bool)
     protect[:, 0] = True
     same, cross = _planted_four_way(pm, P)
     m = SparseMasks.build(same, cross, pi, protect)
+    m.need_pattern = path == "blocks"
     assert (m._runs() is None) == (path == "elements")
     st = m._head_status(0)
     assert int(st[0, 0]) == -1 and int(st[0, 1]) == -1 and int(st[0, 2]) == -1
@@ -193,3 +197,22 @@ def test_sparse_masks_span_layouts(model_data, layout):
     sparse = pm.run(clean, mask, ablated=abl, masks=SparseMasks.build(same, cross, pi))
     err = (sparse - dense).abs().max()
     assert err <= 1e-9 * dense.abs().max(), (name, layout, float(err))
+
+
+@pytest.mark.parametrize("gran", ["position", "span", "none"])
+def test_sparse_masks_batch_one(model_data, gran):
+    """One example (each abstract position's tokens consecutive: same-position corrections as
+    slices), BOS protected, mixed crossing heads."""
+    name, pm, clean, mask, abl = model_data
+    pi, P = _pos_index(gran, mask)
+    pi, c1, m1 = pi[:1], clean[:1], mask[:1]
+    protect = torch.zeros(1, T, dtype=torch.bool)
+    protect[:, 0] = True
+    a1 = pm.activations(clean[1:2].flip(1), m1)
+    for density in (0.01, 0.5):
+        same, cross = _circuit(pm, P, density, 5)
+        keep, keep_cross = expand_masks(_C(same, cross, pm), pi, protect=protect)
+        dense = pm.run(c1, m1, ablated=a1, keep=keep, keep_cross=keep_cross)
+        sparse = pm.run(c1, m1, ablated=a1, masks=SparseMasks.build(same, cross, pi, protect))
+        err = (sparse - dense).abs().max()
+        assert err <= 1e-9 * dense.abs().max(), (name, gran, density, float(err))
