@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from einops import einsum, rearrange
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
@@ -333,8 +334,6 @@ class SparseMasks:
         scores ``[q ‖ q*] · [k_s·m ‖ k_s·(1−m)]`` (``m``: the block keeps q), which is
         ``q_s · k_s`` exactly (the other half multiplies zeros). Full key columns read the
         current q, k and v; full query rows are recomputed explicitly by the caller."""
-        import torch.nn.functional as F
-
         b, T, H, e = q.shape
         dev = q.device
         ab = self._abstract(layer).to(dev)  # [H 3 P P]

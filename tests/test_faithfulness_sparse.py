@@ -216,3 +216,29 @@ def test_sparse_masks_batch_one(model_data, gran):
         sparse = pm.run(c1, m1, ablated=a1, masks=SparseMasks.build(same, cross, pi, protect))
         err = (sparse - dense).abs().max()
         assert err <= 1e-9 * dense.abs().max(), (name, gran, density, float(err))
+
+
+def test_sparse_masks_smollm2_span_circuit_fused(smollm2):
+    """SmolLM2 (GQA, RoPE) in float64, 8 equal spans, BOS protected: the fused per-run attention
+    and the same-position products equal the dense masks."""
+    import copy
+
+    pm = PatchableModel(copy.deepcopy(smollm2.original_model).double())  # the fixture is shared
+    g = torch.Generator().manual_seed(1)
+    n = 48
+    clean = torch.randint(100, 1000, (1, n), generator=g)
+    corrupt = clean.clone()
+    corrupt[:, n // 2:] = torch.randint(100, 1000, (1, n - n // 2), generator=g)
+    mask = torch.ones(1, n, dtype=torch.long)
+    abl = pm.activations(corrupt, mask)
+    pi = (torch.arange(n) * 8 // n)[None]
+    protect = torch.zeros(1, n, dtype=torch.bool)
+    protect[:, 0] = True
+    same, cross = _circuit(pm, 8, 0.05, 11)
+    m = SparseMasks.build(same, cross, pi, protect)
+    assert m._runs() is not None and len(m._runs()) == 8
+    keep, keep_cross = expand_masks(_C(same, cross, pm), pi, protect=protect)
+    dense = pm.run(clean, mask, ablated=abl, keep=keep, keep_cross=keep_cross)
+    sparse = pm.run(clean, mask, ablated=abl, masks=m)
+    err = (sparse - dense).abs().max()
+    assert err <= 1e-9 * dense.abs().max(), float(err)
