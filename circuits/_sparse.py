@@ -22,8 +22,19 @@ pairs that occur in the batch (causal pairs of non-protected tokens) is mostly c
 kept or all ablated — always at granularity ``"none"``); such heads take their query / key /
 value from the current or the ablated run with one score and one value product, and only the
 rows and columns of protected tokens are recomputed with the current q/k/v. Heads whose mask
-varies over pairs are computed with the dense four-combination formula for those heads only.
-Masks are expanded to tokens one layer (and one head set) at a time, never all at once.
+varies over pairs are computed block-wise when the batch's tokens form few runs of one abstract
+position shared by every example (span circuits): for each (query run, key run) block the q, k
+and v sources of every head are fixed by the abstract mask at the runs' positions, so each block
+takes one score product and one value product with the chosen sources (the same work as one
+unpatched attention; blocks whose keys all follow their queries are skipped). Without a
+soft-cap and when no pattern is asked for, each query run (in chunks of ``_QCHUNK`` rows) is one
+fused ``F.scaled_dot_product_attention`` call over the keys before its end, its key and value
+columns assembled from those blocks (a head whose q source varies over key runs, or that reads
+the ablated q while protected key columns need the current one, scores ``[q ‖ q*]`` against
+``[k·m ‖ k·(1−m)]``: exactly the chosen ``q·k``). Otherwise (e.g.
+examples whose spans sit at different tokens, or position granularity at long context) those
+heads use the dense four-combination formula, for those heads only, with the masks expanded to
+tokens one layer (and one head set) at a time, never all at once.
 """
 
 from __future__ import annotations
@@ -32,24 +43,27 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from einops import einsum, rearrange
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 __all__ = ["SparseMasks"]
 
-_CHUNK = 1 << 15  # concrete same-position terms added per index_put_ (bounds the [n d] temporary)
+_BUDGET = 1 << 23  # elements of the gathered [tokens senders d] block of one same-position product
+_QCHUNK = 256  # query rows per fused attention call (its keys end with the chunk: causal work only)
+_MAX_RUNS = 32  # block-wise crossing path when the tokens form at most this many position runs
 
 
-@dataclass
-class _Terms:
-    """Concrete correction terms of one receiver group: ``x[tok, r] += sign · δ[tok, slot]``."""
-
-    kept_mode: Tensor  # [Rl] bool: receiver reads the ablated residual + kept edges
-    tok: Tensor  # [C] flat token index b·T + t
-    r: Tensor  # [C] receiver index within the group
-    slot: Tensor  # [C] delta slot of the sender
-    sign: Tensor  # [C] +1 (kept edge) / −1 (ablated edge)
+def _pick(m: Tensor, cur: Tensor, abl: Tensor) -> Tensor:
+    """``cur`` where ``m`` (broadcast over heads: ``[H]`` or ``[... H 1]``) else ``abl``."""
+    if m.dim() == 1:
+        if bool(m.all()):
+            return cur
+        if not bool(m.any()):
+            return abl
+        m = m[None, None, :, None]
+    return torch.where(m, cur, abl)
 
 
 @dataclass
@@ -70,6 +84,7 @@ class SparseMasks:
     pos_index: Int[Tensor, "batch tok"]
     full: Bool[Tensor, "batch tok"]
     _cache: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
+    need_pattern: bool = False  # attend must return the pattern (else the fused path returns None)
 
     @classmethod
     def build(cls, same_pos: Bool[Tensor, "pos sender receiver"],
@@ -155,15 +170,31 @@ class SparseMasks:
         if bool(m.any()):
             dstore[:, :, sl[m].to(dstore.device)] = deltas[:, :, m.to(deltas.device)]
 
-    def _terms(self, r0: int, r1: int, n_up: int, slot: Tensor) -> _Terms:
-        kept_mode, p, s, r = self._group(r0, r1, n_up)
-        flat, starts, counts = self._tokens_by_position()
-        cnt = counts[p]
-        e_rep = torch.repeat_interleave(torch.arange(len(p)), cnt)
-        within = torch.arange(int(cnt.sum())) - (torch.cumsum(cnt, 0) - cnt)[e_rep]
-        tok = flat[starts[p][e_rep] + within]
-        sign = torch.where(kept_mode[r], 1.0, -1.0)
-        return _Terms(kept_mode, tok, r[e_rep], slot[s][e_rep], sign[e_rep])
+    def _group_products(self, r0: int, r1: int, n_up: int) -> list[tuple[int, Tensor, Tensor, tuple[int, int] | None]]:
+        """Same-position terms of receivers ``r0:r1`` as one small product per abstract position
+        ``p``: ``(p, senders [u], W [u Rl], run)`` with ``W[i, r] = ±1`` when sender ``i``'s
+        ``δ`` enters receiver ``r`` (+1 kept edge in kept mode, −1 ablated edge) and ``run`` the
+        flat token range ``(start, stop)`` when ``p``'s tokens are consecutive (cached)."""
+        key = ("gp", r0, r1, n_up)
+        if key not in self._cache:
+            kept_mode, p, s, r = self._group(r0, r1, n_up)
+            flat, starts, counts = self._tokens_by_position()
+            sign = torch.where(kept_mode, 1.0, -1.0).to(torch.float64)
+            out = []
+            for pp in torch.unique(p).tolist():
+                n = int(counts[pp])
+                if n == 0:
+                    continue
+                m = p == pp
+                snd, inv = torch.unique(s[m], return_inverse=True)
+                W = torch.zeros(len(snd), r1 - r0, dtype=torch.float64)
+                W[inv, r[m]] = sign[r[m]]  # (s, r) pairs are distinct at one position
+                tok = flat[int(starts[pp]): int(starts[pp]) + n]
+                t0 = int(tok[0])
+                run = (t0, t0 + n) if int(tok[-1]) - t0 + 1 == n else None  # sorted: consecutive
+                out.append((pp, snd, W, run))
+            self._cache[key] = out
+        return self._cache[key]
 
     def receiver_inputs(
         self, resid: Float[Tensor, "batch tok d_model"], dcum: Float[Tensor, "batch tok d_model"],
@@ -172,21 +203,36 @@ class SparseMasks:
     ) -> Float[Tensor, "batch tok recv d_model"]:
         """Inputs of receivers ``r0:r1`` (senders ``< n_up`` upstream): ``resid`` is the current
         residual they read, ``dcum = Σ_{s < n_up} δ_s`` (so ``resid − dcum`` is the ablated
-        residual) and ``delta`` the stored ``δ`` of the needed senders (``slot``)."""
+        residual) and ``delta`` the stored ``δ`` of the needed senders (``slot``).
+
+        The edges of one abstract position ``p`` are the same at each of its tokens, so its
+        correction is one product ``x[t, r] += Σ_i δ_{s_i}[t] · W[i, r]`` over ``p``'s tokens
+        (``W`` of :meth:`_group_products`)."""
         b, T, d = resid.shape
-        tm = self._terms(r0, r1, n_up, slot)
+        Rl = r1 - r0
         dev = resid.device
-        km = tm.kept_mode.to(dev)
-        use_abl = km[None, None, :] & ~self.full.to(dev)[:, :, None]  # [b T Rl]
+        kept_mode, _, _, _ = self._group(r0, r1, n_up)
+        use_abl = kept_mode.to(dev)[None, None, :] & ~self.full.to(dev)[:, :, None]  # [b T Rl]
         x = torch.where(use_abl[..., None], (resid - dcum)[:, :, None], resid[:, :, None])  # [b T Rl d]
-        if len(tm.tok):
-            xf = x.view(b * T * (r1 - r0), d)
-            df = delta.reshape(b * T * delta.shape[2], d)
-            ns = delta.shape[2]
-            for i in range(0, len(tm.tok), _CHUNK):
-                tk = tm.tok[i: i + _CHUNK].to(dev)
-                src = df[tk * ns + tm.slot[i: i + _CHUNK].to(dev)] * tm.sign[i: i + _CHUNK].to(dev, x.dtype)[:, None]
-                xf.index_put_((tk * (r1 - r0) + tm.r[i: i + _CHUNK].to(dev),), src, accumulate=True)
+        groups = self._group_products(r0, r1, n_up)
+        if groups:
+            xf = x.view(b * T, Rl, d)
+            df = delta.reshape(b * T, delta.shape[2], d)
+            flat, starts, counts = self._tokens_by_position()
+            for pp, snd, W, run in groups:
+                sl = slot[snd].to(dev)
+                Wd = W.to(dev, x.dtype)
+                step = max(1, _BUDGET // (len(sl) * d))
+                if run is not None:
+                    for t0 in range(run[0], run[1], step):
+                        t1 = min(run[1], t0 + step)
+                        xf[t0:t1] += einsum(df[t0:t1, sl], Wd, "tok slot d_model, slot recv -> tok recv d_model")
+                else:
+                    tok = flat[int(starts[pp]): int(starts[pp]) + int(counts[pp])].to(dev)
+                    for i in range(0, len(tok), step):
+                        tk = tok[i: i + step]
+                        xf.index_add_(0, tk, einsum(df[tk[:, None], sl[None, :]], Wd,
+                                                    "tok slot d_model, slot recv -> tok recv d_model"))
         return x
 
     # ------------------------------------------------------------------ crossing edges
@@ -236,11 +282,141 @@ class SparseMasks:
         f = self.full
         return m | f[:, None, :, None] | f[:, None, None, :]
 
+    def _abstract(self, layer: int) -> Bool[Tensor, "head kind qpos kpos"]:
+        """Abstract crossing mask ``[H 3 P P]`` of one layer."""
+        return self.cross[layer]
+
+    def _runs(self) -> list[tuple[int, int, int]] | None:
+        """The token axis as runs ``(start, stop, p)`` of consecutive tokens with abstract position
+        ``p`` in every example of the batch (a token that is full in every example joins the run
+        before it, or the first run), or ``None`` when the examples disagree at some token, every
+        token is full, or there are more than ``_MAX_RUNS`` runs (cached)."""
+        if "runs" not in self._cache:
+            pi, full = self.pos_index, self.full
+            T = pi.shape[1]
+            some = (~full).any(0)  # [T]
+            hi = torch.where(full, -1, pi).amax(0)
+            lo = torch.where(full, torch.iinfo(torch.long).max, pi).amin(0)
+            runs: list[tuple[int, int, int]] | None = None
+            if bool(some.any()) and not bool((some & (hi != lo)).any()):
+                p = [int(x) if ok else None for x, ok in zip(hi.tolist(), some.tolist())]
+                first = next(x for x in p if x is not None)
+                runs, cur = [], first
+                for t in range(T):
+                    cur = cur if p[t] is None else p[t]
+                    if runs and runs[-1][2] == cur:
+                        runs[-1] = (runs[-1][0], t + 1, cur)
+                    else:
+                        runs.append((t, t + 1, cur))
+                if len(runs) > _MAX_RUNS:
+                    runs = None
+            self._cache["runs"] = runs
+        return self._cache["runs"]
+
+    def _block_scores(self, layer: int, runs: list[tuple[int, int, int]], q: Tensor, qa: Tensor,
+                      kh: Tensor, kah: Tensor) -> Tensor:
+        """Scores ``[b H T T]`` with each (query run, key run) block's q and k source from the
+        abstract mask at the runs' positions: one product per causal block (blocks with every key
+        after every query are left at 0; the causal mask removes them). Rows and columns of full
+        tokens are not yet right (the caller recomputes them)."""
+        b, T, H, _ = q.shape
+        ab = self._abstract(layer).to(q.device)  # [H 3 P P]
+        scores = q.new_zeros(b, H, T, T)
+        for a0, a1, pq in runs:
+            for c0, c1, pk in runs:
+                if c0 >= a1:  # every key after every query
+                    break
+                mq, mk = ab[:, 0, pq, pk], ab[:, 1, pq, pk]  # [H]
+                qs = _pick(mq, q[:, a0:a1], qa[:, a0:a1])
+                ks = _pick(mk, kh[:, c0:c1], kah[:, c0:c1])
+                scores[:, :, a0:a1, c0:c1] = einsum(qs, ks, "b query head e, b key head e -> b head query key")
+        return scores
+
+    def _block_values(self, layer: int, runs: list[tuple[int, int, int]], A: Tensor, vh: Tensor,
+                      vah: Tensor) -> Tensor:
+        """``z [b T H e]`` with each block's v source from the abstract mask (full key columns read
+        the current v; rows of full queries are not yet right)."""
+        b, H, T, _ = A.shape
+        ab = self._abstract(layer).to(A.device)
+        full = self.full.to(A.device)
+        z = vh.new_zeros(b, T, H, vh.shape[-1])
+        has_full = [bool(full[:, c0:c1].any()) for c0, c1, _ in runs]
+        for a0, a1, pq in runs:
+            for (c0, c1, pk), hf in zip(runs, has_full):
+                if c0 >= a1:
+                    break
+                mv = ab[:, 2, pq, pk]  # [H]
+                if hf:  # full key columns: current v
+                    mv = mv[None, None, :, None] | full[:, c0:c1, None, None]  # [b key H 1]
+                vs = _pick(mv, vh[:, c0:c1], vah[:, c0:c1])
+                z[:, a0:a1] += einsum(A[:, :, a0:a1, c0:c1], vs, "b head query key, b key head e -> b query head e")
+        return z
+
+    def _attend_fused(self, pm: Any, layer: int, runs: list[tuple[int, int, int]], q: Tensor, qa: Tensor,
+                      kh: Tensor, kah: Tensor, vh: Tensor, vah: Tensor, allowed: Tensor) -> Tensor:
+        """``z [b T H e]`` of one layer by fused attention (``F.scaled_dot_product_attention``,
+        no pattern materialised), one call per query run over the keys before its end.
+
+        Within a (query run, key run) block every head's q, k and v sources are fixed by the
+        abstract mask. A head whose query run reads one q source everywhere takes
+        ``softmax(scale · q_s k_s^T) v_s`` directly; one that needs both q's (its q mask varies
+        over key runs, or it reads the ablated q while full key columns need the current one)
+        scores ``[q ‖ q*] · [k_s·m ‖ k_s·(1−m)]`` (``m``: the block keeps q), which is
+        ``q_s · k_s`` exactly (the other half multiplies zeros). Full key columns read the
+        current q, k and v; full query rows are recomputed explicitly by the caller."""
+        b, T, H, e = q.shape
+        dev = q.device
+        ab = self._abstract(layer).to(dev)  # [H 3 P P]
+        full = self.full.to(dev)
+        z = vh.new_empty(b, T, H, vh.shape[-1])
+        has_full = [bool(full[:, c0:c1].any()) for c0, c1, _ in runs]
+        for a0, a1, pq in runs:
+            js = [j for j, (c0, _, _) in enumerate(runs) if c0 < a1]
+            mq = torch.stack([ab[:, 0, pq, runs[j][2]] for j in js], 1)  # [H J]
+            cur_any = mq.any(1) | any(has_full[j] for j in js)  # head needs the current q
+            dbl = cur_any & (~mq).any(1)  # head needs both
+            kc, ka_, vs = [], [], []
+            for j in js:
+                c0, c1, pk = runs[j]
+                c1 = min(c1, a1)
+                ks = _pick(ab[:, 1, pq, pk], kh[:, c0:c1], kah[:, c0:c1])  # [b n H e]
+                vv = _pick(ab[:, 2, pq, pk], vh[:, c0:c1], vah[:, c0:c1])
+                cur = ab[:, 0, pq, pk][None, None, :, None]
+                if has_full[j]:  # full key columns: current q, k and v
+                    fc = full[:, c0:c1, None, None]
+                    ks = torch.where(fc, kh[:, c0:c1], ks)
+                    vv = torch.where(fc, vh[:, c0:c1], vv)
+                    cur = cur | fc
+                kc.append(torch.where(cur, ks, 0.0))
+                ka_.append(torch.where(cur, 0.0, ks))
+                vs.append(vv)
+            Kc, Ka, V = torch.cat(kc, 1), torch.cat(ka_, 1), torch.cat(vs, 1)  # [b a1 H e]
+            for heads, two in ((torch.nonzero(~dbl).flatten(), False), (torch.nonzero(dbl).flatten(), True)):
+                if not len(heads):
+                    continue
+                hs = heads if len(heads) < H else slice(None)
+                if two:
+                    Q = torch.cat((q[:, a0:a1, hs], qa[:, a0:a1, hs]), -1)
+                    K = torch.cat((Kc[:, :, hs], Ka[:, :, hs]), -1)
+                else:
+                    c = cur_any[heads][None, None, :, None]
+                    Q = torch.where(c, q[:, a0:a1, hs], qa[:, a0:a1, hs])
+                    K = torch.where(c, Kc[:, :, hs], Ka[:, :, hs])
+                Q, K = rearrange(Q, "b query head e -> b head query e"), rearrange(K, "b key head e -> b head key e")
+                Vh = rearrange(V[:, :, hs], "b key head e -> b head key e")
+                for t0 in range(a0, a1, _QCHUNK):  # query chunks: keys up to the chunk's end only
+                    t1 = min(a1, t0 + _QCHUNK)
+                    zz = F.scaled_dot_product_attention(Q[:, :, t0 - a0: t1 - a0], K[:, :, :t1], Vh[:, :, :t1],
+                                                        attn_mask=allowed[:, :, t0:t1, :t1], scale=pm.scale)
+                    z[:, t0:t1, hs] = rearrange(zz, "b head query e -> b query head e")
+        return z
+
     def attend(self, pm: Any, layer: int, q: Tensor, k: Tensor, v: Tensor, qa: Tensor, ka: Tensor,
-               va: Tensor, allowed: Tensor) -> tuple[Tensor, Tensor]:
+               va: Tensor, allowed: Tensor) -> tuple[Tensor, Tensor | None]:
         """Attention of one layer with its crossing edges patched. ``q [b T H e]``, ``k``/``v``
         ``[b T G e]`` (current run), ``qa``/``ka``/``va`` the ablated ones (same shapes),
-        ``allowed [b 1 T T]``. Returns ``z [b T H e]`` and the pattern ``[b H T T]``."""
+        ``allowed [b 1 T T]``. Returns ``z [b T H e]`` and the pattern ``[b H T T]`` — ``None``
+        on the fused path (token runs shared by the batch, no soft-cap, ``need_pattern`` unset)."""
         b, T, H, e = q.shape
         G = k.shape[2]
         rep = H // G
@@ -252,36 +428,48 @@ class SparseMasks:
         QK = "b query head e, b key head e -> b head query key"  # scores
         PV = "b head query key, b key head e -> b query head e"  # pattern-weighted values
         sel = lambda c, cur, abl: torch.where((c == 1)[None, None, :, None], cur, abl)  # noqa: E731
-        qs = sel(st[:, 0], q, qa)
+        if pm.attn_softcap is None and not self.need_pattern and self._runs() is not None:
+            z = self._attend_fused(pm, layer, self._runs(), q, qa, kh, kah, vh, vah, allowed)
+            rows = torch.nonzero(full.any(0)).flatten()
+            if len(rows):  # full query rows: every edge kept (current q, k, v)
+                s_r = pm.score(einsum(q[:, rows], kh, QK)).masked_fill(~allowed[:, :, rows], float("-inf"))
+                zr = einsum(torch.softmax(s_r, dim=-1), vh, PV)
+                z[:, rows] = torch.where(full[:, rows][:, :, None, None], zr, z[:, rows])
+            return z, None
+        runs = self._runs() if bool((st < 0).any()) else None
         kst, vst = (rearrange(st[:, i], "(kv_head rep) -> kv_head rep", rep=rep) for i in (1, 2))
-        if bool((kst == kst[:, :1]).all()):  # one key source per KV group: the forward's grouped product
-            ks = sel(kst[:, 0], k, ka)
-            qg = rearrange(qs, "b query (kv_head rep) e -> b query kv_head rep e", rep=rep)
-            scores = rearrange(einsum(qg, ks, "b query kv_head rep e, b key kv_head e -> b kv_head rep query key"),
-                               "b kv_head rep query key -> b (kv_head rep) query key")
+        if runs is not None and bool((st[:, :2] < 0).any()):  # mixed q/k masks: block-wise
+            scores = self._block_scores(layer, runs, q, qa, kh, kah)
         else:
-            scores = einsum(qs, sel(st[:, 1], kh, kah), QK)
-        def sc(a: Tensor, c: Tensor) -> Tensor:
-            return einsum(a, c, QK)
+            qs = sel(st[:, 0], q, qa)
+            if bool((kst == kst[:, :1]).all()):  # one key source per KV group: the forward's grouped product
+                ks = sel(kst[:, 0], k, ka)
+                qg = rearrange(qs, "b query (kv_head rep) e -> b query kv_head rep e", rep=rep)
+                scores = rearrange(einsum(qg, ks, "b query kv_head rep e, b key kv_head e -> b kv_head rep query key"),
+                                   "b kv_head rep query key -> b (kv_head rep) query key")
+            else:
+                scores = einsum(qs, sel(st[:, 1], kh, kah), QK)
+            def sc(a: Tensor, c: Tensor) -> Tensor:
+                return einsum(a, c, QK)
 
-        # heads whose q or k mask varies over position pairs: only the products they use
-        both = torch.nonzero((st[:, 0] < 0) & (st[:, 1] < 0)).flatten()
-        q_only = torch.nonzero((st[:, 0] < 0) & (st[:, 1] >= 0)).flatten()
-        k_only = torch.nonzero((st[:, 0] >= 0) & (st[:, 1] < 0)).flatten()
-        if len(both):
-            Mq = self._concrete(layer, both.cpu(), 0).to(dev)
-            Mk = self._concrete(layer, both.cpu(), 1).to(dev)
-            qm, qam, km_, kam = q[:, :, both], qa[:, :, both], kh[:, :, both], kah[:, :, both]
-            scores[:, both] = torch.where(Mq, torch.where(Mk, sc(qm, km_), sc(qm, kam)),
-                                          torch.where(Mk, sc(qam, km_), sc(qam, kam)))
-        if len(q_only):  # the key source is constant: ks
-            Mq = self._concrete(layer, q_only.cpu(), 0).to(dev)
-            kk = sel(st[:, 1], kh, kah)[:, :, q_only]
-            scores[:, q_only] = torch.where(Mq, sc(q[:, :, q_only], kk), sc(qa[:, :, q_only], kk))
-        if len(k_only):  # the query source is constant: qs
-            Mk = self._concrete(layer, k_only.cpu(), 1).to(dev)
-            qq = qs[:, :, k_only]
-            scores[:, k_only] = torch.where(Mk, sc(qq, kh[:, :, k_only]), sc(qq, kah[:, :, k_only]))
+            # heads whose q or k mask varies over position pairs: only the products they use
+            both = torch.nonzero((st[:, 0] < 0) & (st[:, 1] < 0)).flatten()
+            q_only = torch.nonzero((st[:, 0] < 0) & (st[:, 1] >= 0)).flatten()
+            k_only = torch.nonzero((st[:, 0] >= 0) & (st[:, 1] < 0)).flatten()
+            if len(both):
+                Mq = self._concrete(layer, both.cpu(), 0).to(dev)
+                Mk = self._concrete(layer, both.cpu(), 1).to(dev)
+                qm, qam, km_, kam = q[:, :, both], qa[:, :, both], kh[:, :, both], kah[:, :, both]
+                scores[:, both] = torch.where(Mq, torch.where(Mk, sc(qm, km_), sc(qm, kam)),
+                                              torch.where(Mk, sc(qam, km_), sc(qam, kam)))
+            if len(q_only):  # the key source is constant: ks
+                Mq = self._concrete(layer, q_only.cpu(), 0).to(dev)
+                kk = sel(st[:, 1], kh, kah)[:, :, q_only]
+                scores[:, q_only] = torch.where(Mq, sc(q[:, :, q_only], kk), sc(qa[:, :, q_only], kk))
+            if len(k_only):  # the query source is constant: qs
+                Mk = self._concrete(layer, k_only.cpu(), 1).to(dev)
+                qq = qs[:, :, k_only]
+                scores[:, k_only] = torch.where(Mk, sc(qq, kh[:, :, k_only]), sc(qq, kah[:, :, k_only]))
         # protected / padding rows and columns keep every edge: current q and k
         rows = torch.nonzero(full.any(0)).flatten()
         if len(rows):
@@ -292,6 +480,12 @@ class SparseMasks:
             scores[:, :, rows, :] = torch.where(fr[:, None, :, None], s_r, scores[:, :, rows, :])
         scores = pm.score(scores).masked_fill(~allowed, float("-inf"))
         A = torch.softmax(scores, dim=-1)
+        if runs is not None and bool((st[:, 2] < 0).any()):  # mixed v masks: block-wise
+            z = self._block_values(layer, runs, A, vh, vah)
+            if len(rows):  # full query rows: all current
+                zr = einsum(A[:, :, rows], vh, PV)
+                z[:, rows] = torch.where(full[:, rows][:, :, None, None], zr, z[:, rows])
+            return z, A
         if bool((vst == vst[:, :1]).all()):
             Ag = rearrange(A, "b (kv_head rep) query key -> b kv_head rep query key", rep=rep)
             z = rearrange(einsum(Ag, sel(vst[:, 0], v, va),

@@ -132,3 +132,113 @@ def test_sparse_masks_store_only_needed_senders(model_data):
               for l in range(pm.n_layers)] + [(R - 1, R, S)]
     slot = m.senders_needed(groups, S)
     assert int((slot >= 0).sum()) == 1 and int(slot[0]) == 0
+
+
+def _planted_four_way(pm, P):
+    """Span circuit whose heads mix all four (q, k) source combinations over the causal span
+    pairs (layer 0, head 0 planted; every other head random), plus a varying v mask."""
+    same, cross = _circuit(pm, P, 0.5, 7)
+    p = torch.arange(P)
+    cross[0, 0, 0] = (p[:, None] + p[None, :]) % 2 == 0  # (0,0) (1,1): q kept; (1,0) (2,1): ablated
+    cross[0, 0, 1] = (p[None, :] % 2 == 0).expand(P, P)  # key span 0, 2: k kept
+    cross[0, 0, 2] = p[None, :] < p[:, None]
+    return same, cross
+
+
+@pytest.mark.parametrize("path", ["fused", "fused-chunks", "blocks", "elements"])
+def test_sparse_masks_block_and_element_crossing_paths(model_data, path, monkeypatch):
+    """Fused attention per query run (no pattern; not with soft-caps), span-block crossing path
+    (one product per (query run, key run) block; pattern kept) and the per-element path (concrete
+    masks, four-combination formula) all equal the dense masks, with padding, BOS protection and
+    (Gemma 3) sliding windows."""
+    import circuits._sparse as sparse_mod
+
+    name, pm, clean, mask, abl = model_data
+    if path == "elements":
+        monkeypatch.setattr(sparse_mod, "_MAX_RUNS", 0)
+    if path == "fused-chunks":  # query chunks of 2 rows inside the runs
+        monkeypatch.setattr(sparse_mod, "_QCHUNK", 2)
+    pi, P = _pos_index("span", mask)
+    protect = torch.zeros(B, T, dtype=torch.bool)
+    protect[:, 0] = True
+    same, cross = _planted_four_way(pm, P)
+    m = SparseMasks.build(same, cross, pi, protect)
+    m.need_pattern = path == "blocks"
+    assert (m._runs() is None) == (path == "elements")
+    st = m._head_status(0)
+    assert int(st[0, 0]) == -1 and int(st[0, 1]) == -1 and int(st[0, 2]) == -1
+    keep, keep_cross = expand_masks(_C(same, cross, pm), pi, protect=protect)
+    dense = pm.run(clean, mask, ablated=abl, keep=keep, keep_cross=keep_cross)
+    sparse = pm.run(clean, mask, ablated=abl, masks=m)
+    err = (sparse - dense).abs().max()
+    assert err <= 1e-9 * dense.abs().max(), (name, path, float(err))
+
+
+@pytest.mark.parametrize("layout", ["disagree", "split"])
+def test_sparse_masks_span_layouts(model_data, layout):
+    """Examples whose spans sit at different tokens (no shared runs: per-element path) and an
+    abstract position split over two runs (block path) equal the dense masks."""
+    name, pm, clean, mask, abl = model_data
+    if layout == "disagree":
+        pi = torch.tensor([[0, 1, 1, 1, 2, 2, 3, 3, 3], [0, 1, 1, 2, 2, 2, 3, 3, 3],
+                           [0, 1, 2, 2, 2, 2, 3, 3, 3]])
+    else:
+        pi = torch.tensor([0, 1, 1, 2, 2, 1, 1, 3, 3]).expand(B, T).clone()
+    pi = torch.where(mask.bool(), pi, -1)
+    P = 4
+    m_runs = SparseMasks.build(torch.zeros(P, 1, 1, dtype=torch.bool),
+                               torch.zeros(1, 1, 3, P, P, dtype=torch.bool), pi)._runs()
+    assert (m_runs is None) == (layout == "disagree")
+    if m_runs is not None:
+        assert [r[2] for r in m_runs] == [0, 1, 2, 1, 3]
+    same, cross = _planted_four_way(pm, P)
+    keep, keep_cross = expand_masks(_C(same, cross, pm), pi)
+    dense = pm.run(clean, mask, ablated=abl, keep=keep, keep_cross=keep_cross)
+    sparse = pm.run(clean, mask, ablated=abl, masks=SparseMasks.build(same, cross, pi))
+    err = (sparse - dense).abs().max()
+    assert err <= 1e-9 * dense.abs().max(), (name, layout, float(err))
+
+
+@pytest.mark.parametrize("gran", ["position", "span", "none"])
+def test_sparse_masks_batch_one(model_data, gran):
+    """One example (each abstract position's tokens consecutive: same-position corrections as
+    slices), BOS protected, mixed crossing heads."""
+    name, pm, clean, mask, abl = model_data
+    pi, P = _pos_index(gran, mask)
+    pi, c1, m1 = pi[:1], clean[:1], mask[:1]
+    protect = torch.zeros(1, T, dtype=torch.bool)
+    protect[:, 0] = True
+    a1 = pm.activations(clean[1:2].flip(1), m1)
+    for density in (0.01, 0.5):
+        same, cross = _circuit(pm, P, density, 5)
+        keep, keep_cross = expand_masks(_C(same, cross, pm), pi, protect=protect)
+        dense = pm.run(c1, m1, ablated=a1, keep=keep, keep_cross=keep_cross)
+        sparse = pm.run(c1, m1, ablated=a1, masks=SparseMasks.build(same, cross, pi, protect))
+        err = (sparse - dense).abs().max()
+        assert err <= 1e-9 * dense.abs().max(), (name, gran, density, float(err))
+
+
+def test_sparse_masks_smollm2_span_circuit_fused(smollm2):
+    """SmolLM2 (GQA, RoPE) in float64, 8 equal spans, BOS protected: the fused per-run attention
+    and the same-position products equal the dense masks."""
+    import copy
+
+    pm = PatchableModel(copy.deepcopy(smollm2.original_model).double())  # the fixture is shared
+    g = torch.Generator().manual_seed(1)
+    n = 48
+    clean = torch.randint(100, 1000, (1, n), generator=g)
+    corrupt = clean.clone()
+    corrupt[:, n // 2:] = torch.randint(100, 1000, (1, n - n // 2), generator=g)
+    mask = torch.ones(1, n, dtype=torch.long)
+    abl = pm.activations(corrupt, mask)
+    pi = (torch.arange(n) * 8 // n)[None]
+    protect = torch.zeros(1, n, dtype=torch.bool)
+    protect[:, 0] = True
+    same, cross = _circuit(pm, 8, 0.05, 11)
+    m = SparseMasks.build(same, cross, pi, protect)
+    assert m._runs() is not None and len(m._runs()) == 8
+    keep, keep_cross = expand_masks(_C(same, cross, pm), pi, protect=protect)
+    dense = pm.run(clean, mask, ablated=abl, keep=keep, keep_cross=keep_cross)
+    sparse = pm.run(clean, mask, ablated=abl, masks=m)
+    err = (sparse - dense).abs().max()
+    assert err <= 1e-9 * dense.abs().max(), float(err)
