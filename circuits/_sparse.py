@@ -415,6 +415,72 @@ class SparseMasks:
                     z[:, t0:t1, hs] = rearrange(zz, "b head query e -> b query head e")
         return z
 
+    def _token_of(self) -> Tensor | None:
+        """``[b P]``: the one non-full token of abstract position p in example b (−1: none), or
+        ``None`` when some example has several tokens at one position (cached)."""
+        if "tok_of" not in self._cache:
+            P = self.same_pos.shape[0]
+            b, T = self.pos_index.shape
+            ok = ~self.full
+            pi = torch.where(ok, self.pos_index, P)
+            cnt = torch.zeros(b, P + 1, dtype=torch.long).scatter_add_(1, pi, torch.ones_like(pi))
+            tok = None
+            if not bool((cnt[:, :P] > 1).any()):
+                t = torch.arange(T).expand(b, T)
+                tok = torch.full((b, P + 1), -1, dtype=torch.long).scatter_(1, pi, t)[:, :P]
+                tok = torch.where(cnt[:, :P] > 0, tok, -1)
+            self._cache["tok_of"] = tok
+        return self._cache["tok_of"]
+
+    def _kept_pairs(self, layer: int, st: Tensor) -> dict[int, Tensor] | None:
+        """Concrete kept crossing pairs of the heads whose mask is mixed, as rows
+        ``(b, head, query, key)`` per kind (0 q, 1 k, 2 v) — causal pairs of non-full tokens —
+        when every abstract position has at most one token per example (position granularity)
+        and the pairs are few (≤ 1/16 of the mixed heads' concrete pairs); else ``None``."""
+        key = ("pairs", layer)
+        if key in self._cache:
+            return self._cache[key]
+        self._cache[key] = out = self._find_kept_pairs(layer, st)
+        return out
+
+    def _find_kept_pairs(self, layer: int, st: Tensor) -> dict[int, Tensor] | None:
+        tok = self._token_of()
+        if tok is None:
+            return None
+        b, T = self.pos_index.shape
+        e = self._layer_edges(layer)
+        e = e[st[e[:, 1], e[:, 2]].cpu() < 0]  # edges of mixed (head, kind)
+        n_mixed = int((st < 0).sum())
+        if n_mixed == 0 or len(e) * b > max(1, n_mixed * b * T * (T + 1) // 32):
+            return None
+        tq, tk = tok[:, e[:, 3]], tok[:, e[:, 4]]  # [b n]
+        ok = (tq >= 0) & (tk >= 0) & (tk <= tq)
+        bi, ei = ok.nonzero(as_tuple=True)
+        rows = torch.stack([bi, e[ei, 1], tq[bi, ei], tk[bi, ei]], dim=1)
+        kind = e[ei, 2]
+        return {c: rows[kind == c] for c in range(3)}
+
+    def _pair_scores(self, layer: int, st: Tensor, rows: Tensor, scores: Tensor, q: Tensor, qa: Tensor,
+                     kh: Tensor, kah: Tensor) -> None:
+        """Overwrite ``scores[b, h, t, t']`` (raw q·k) at the kept pairs ``rows (b, h, t, t')`` of
+        mixed heads with the product of their own sources: the current query where the q edge
+        is kept (or the head keeps every q edge), the ablated one otherwise; the same for k."""
+        dev = scores.device
+        bb, hh, tq, tk = rows.unbind(1)
+        e = self._layer_edges(layer)
+        P = self.same_pos.shape[0]
+        pi = self.pos_index.to(dev)
+        for c in (0, 1):
+            ec = e[e[:, 2] == c]
+            flat = ((ec[:, 1] * P + ec[:, 3]) * P + ec[:, 4]).to(dev)
+            look = ((hh * P + pi[bb, tq]) * P + pi[bb, tk])
+            kept = torch.isin(look, flat) | (st[hh, c] == 1)
+            if c == 0:
+                qs = torch.where(kept[:, None], q[bb, tq, hh], qa[bb, tq, hh])
+            else:
+                ks = torch.where(kept[:, None], kh[bb, tk, hh], kah[bb, tk, hh])
+        scores[bb, hh, tq, tk] = (qs * ks).sum(-1)
+
     def attend(self, pm: Any, layer: int, q: Tensor, k: Tensor, v: Tensor, qa: Tensor, ka: Tensor,
                va: Tensor, allowed: Tensor) -> tuple[Tensor, Tensor | None]:
         """Attention of one layer with its crossing edges patched. ``q [b T H e]``, ``k``/``v``
@@ -456,10 +522,19 @@ class SparseMasks:
             def sc(a: Tensor, c: Tensor) -> Tensor:
                 return einsum(a, c, QK)
 
-            # heads whose q or k mask varies over position pairs: only the products they use
+            # heads whose q or k mask varies over position pairs: only the products they use —
+            # or, when their kept pairs are few (position granularity), each kept pair's score
+            # with its own q and k source over the ablated-source product computed above
+            pairs = self._kept_pairs(layer, st) if bool((st < 0).any()) else None
+            if pairs is not None:
+                qk_rows = torch.cat([pairs[0], pairs[1]]).unique(dim=0).to(dev)
+                if len(qk_rows):
+                    self._pair_scores(layer, st, qk_rows, scores, q, qa, kh, kah)
             both = torch.nonzero((st[:, 0] < 0) & (st[:, 1] < 0)).flatten()
             q_only = torch.nonzero((st[:, 0] < 0) & (st[:, 1] >= 0)).flatten()
             k_only = torch.nonzero((st[:, 0] >= 0) & (st[:, 1] < 0)).flatten()
+            if pairs is not None:  # done pair by pair
+                both = q_only = k_only = both[:0]
             if len(both):
                 Mq = self._concrete(layer, both.cpu(), 0).to(dev)
                 Mk = self._concrete(layer, both.cpu(), 1).to(dev)
@@ -507,6 +582,14 @@ class SparseMasks:
             zr = einsum(A[:, :, rows], vh, PV)  # full query rows: all current
             z[:, rows] = torch.where(full[:, rows][:, :, None, None], zr, z[:, rows])
         vmix = torch.nonzero(st[:, 2] < 0).flatten()
+        pairs_v = self._kept_pairs(layer, st) if len(vmix) else None
+        if pairs_v is not None:  # kept v pairs over the ablated value: A_tt' (v − v*)_t'
+            r = pairs_v[2].to(dev)
+            if len(r):
+                bb, hh, tq, tk = r.unbind(1)
+                add = A[bb, hh, tq, tk][:, None] * (vh - vah)[bb, tk, hh]
+                z.index_put_((bb, tq, hh), add, accumulate=True)
+            vmix = vmix[:0]
         if len(vmix):
             Mv = self._concrete(layer, vmix.cpu(), 2).to(dev).to(A.dtype)
             Am = A[:, vmix]

@@ -242,3 +242,33 @@ def test_sparse_masks_smollm2_span_circuit_fused(smollm2):
     sparse = pm.run(clean, mask, ablated=abl, masks=m)
     err = (sparse - dense).abs().max()
     assert err <= 1e-9 * dense.abs().max(), float(err)
+
+
+@pytest.mark.parametrize("density", [0.0, 0.02])
+def test_sparse_masks_kept_pair_path(model_data, density, monkeypatch):
+    """Position granularity with few kept crossing pairs on the per-element path (as at long
+    context, where the tokens form more than _MAX_RUNS runs): mixed heads take the ablated
+    product plus each kept pair's own q/k score and A·(v − v*) — equal to the dense masks,
+    with padding and BOS protection; and the pair path is really taken."""
+    import circuits._sparse as sparse_mod
+
+    name, pm, clean, mask, abl = model_data
+    monkeypatch.setattr(sparse_mod, "_MAX_RUNS", 0)
+    pi, P = _pos_index("position", mask)
+    protect = torch.zeros(B, T, dtype=torch.bool)
+    protect[:, 0] = True
+    same, cross = _circuit(pm, P, density, 11)
+    same = pm.valid[None].expand_as(same).clone()  # every same-position edge: current q/k/v ≠ ablated
+    cross[0, 0] = False  # layer 0 head 0: a few kept pairs of every kind (mixed)
+    cross[0, 0, :, 5, 2] = True
+    cross[0, 0, 0, 7, 3] = cross[0, 0, 1, 6, 6] = cross[0, 0, 2, 8, 1] = True
+    m = SparseMasks.build(same, cross, pi, protect)
+    st = m._head_status(0)
+    assert bool((st[0] == -1).all())
+    pairs = m._kept_pairs(0, st)
+    assert pairs is not None and all(len(pairs[c]) > 0 for c in range(3))
+    keep, keep_cross = expand_masks(_C(same, cross, pm), pi, protect=protect)
+    dense = pm.run(clean, mask, ablated=abl, keep=keep, keep_cross=keep_cross)
+    sparse = pm.run(clean, mask, ablated=abl, masks=m)
+    err = (sparse - dense).abs().max()
+    assert err <= 1e-9 * dense.abs().max(), (name, density, float(err))
