@@ -50,7 +50,7 @@ Graph definitions where a family's block is not "x + Σ heads + MLP(norm(x + Σ 
 * **Sandwich norms** (Gemma 2, Gemma 3) and **post-norm only** (OLMo-2: ``x + n(attn(x))``,
   ``x + n(mlp(x))``, no input norms): the norm after attention acts on the *sum* of the heads, so
   head h's sender output is its share of the normalised output with the RMS of the same run,
-  :math:`z_h = (o + g)\odot o_h / \mathrm{rms}(\sum_{h'} o_{h'} + b_O)` (``o`` = 1 for Gemma's
+  :math:`z_h = (o + g)\\odot o_h / \\mathrm{rms}(\\sum_{h'} o_{h'} + b_O)` (``o`` = 1 for Gemma's
   ``1 + g`` weights, 0 for OLMo-2): the shares sum to the block output in every run, and ablating
   an edge from head h replaces its share (numerator and RMS of the ablated run). The MLP sender
   is the normalised MLP output. Under post-norm, attention and MLP receivers read the raw
@@ -59,7 +59,7 @@ Graph definitions where a family's block is not "x + Σ heads + MLP(norm(x + Σ 
   projection of its *own* input, normalises it over all heads and keeps its head's slice (k
   receivers likewise over the KV heads), so patching one head's query input changes only that
   head's query. Per-head q/k norms (Qwen3, Gemma 3, Phi/StableLM LayerNorms) need no such care.
-* **Soft-capped attention logits** (Gemma 2): scores are :math:`c\tanh(s\,q\cdot k/c)`; a
+* **Soft-capped attention logits** (Gemma 2): scores are :math:`c\\tanh(s\\,q\\cdot k/c)`; a
   crossing q/k edge replaces q or k inside the capped score.
 * **Partial / interleaved rotary** (GPT-NeoX, Phi, Phi-3, StableLM, GPT-J): only the first
   ``rotary_dim`` dims of q and k rotate, in half (``i, i + r/2``) or interleaved (``2i, 2i+1``,
@@ -519,6 +519,13 @@ class PatchableModel:
         residual stream (AtP*'s GradDrop). Both leave the forward values unchanged otherwise.
         ``record_pattern=False`` records no attention patterns (``pattern`` is then an empty
         ``[b L H 0 0]``; :meth:`attention_pattern` recomputes one layer's from q and k).
+
+        Attention: where no pattern is recorded, no crossing mask patches it (``keep_cross`` /
+        ``masks``) and the family has no score soft-cap, it runs as PyTorch's
+        ``scaled_dot_product_attention`` — the same :math:`\\mathrm{softmax}(qk^\\top s + m)\\,v`
+        (one additive mask per sliding window, shared by the layers), whose backward recomputes
+        the pattern instead of keeping ``[b H T T]`` per layer (attribution's gradient pass at long
+        context); otherwise eagerly. Both agree with HF's eager attention to float rounding.
         """
         if tokens is None and embeds is None:
             raise ValueError("need tokens or embeds")

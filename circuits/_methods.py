@@ -18,8 +18,8 @@ only the gradient points or the per-edge formula differ. For an edge u → v wit
   (:mod:`circuits._atp`). ``graddrop=True`` adds their second fix, GradDrop (against cancellation
   between paths): L backward passes, pass ℓ with the gradient through layer ℓ's outputs (heads
   and MLP, where they enter the residual stream) zeroed, each giving AtP* scores
-  :math:`\hat c_{\ell}(e)` per example; the score is
-  :math:`\hat c_{GD}(e) = \frac{1}{L-1}\sum_{\ell=1}^{L}|\hat c_{\ell}(e)|` (a magnitude: GradDrop
+  :math:`\\hat c_{\\ell}(e)` per example; the score is
+  :math:`\\hat c_{GD}(e) = \\frac{1}{L-1}\\sum_{\\ell=1}^{L}|\\hat c_{\\ell}(e)|` (a magnitude: GradDrop
   scores are ≥ 0; an edge into layer ℓ's receivers gets 0 from pass ℓ, hence L − 1), averaged
   over examples per abstract edge (the absolute value is taken per example, after summing the
   concrete edges of a span).
@@ -27,11 +27,11 @@ only the gradient points or the per-edge formula differ. For an edge u → v wit
   implementation of Hanna et al.'s EAP-IG library): instead of the input embeddings, the *output
   of one component at a time* is interpolated — the component list is the input embedding and,
   per layer, the attention layer (all its heads) and the MLP. For component c and
-  :math:`\alpha_k = k/m`, k = 1 … m, the clean forward is run with c's output replaced by the
-  constant :math:`z^*_c + \alpha_k (z_c - z^*_c)` (no gradient flows through it; everything
+  :math:`\\alpha_k = k/m`, k = 1 … m, the clean forward is run with c's output replaced by the
+  constant :math:`z^*_c + \\alpha_k (z_c - z^*_c)` (no gradient flows through it; everything
   downstream is recomputed), and the receiver gradients of all (2L+1)·m runs are averaged:
-  :math:`g(u\to v) = \delta_u\cdot\frac{1}{(2L+1)m}\sum_c\sum_k \nabla_v M|_{c,\alpha_k}`.
-  Crossing edges use the averaged :math:`\partial M/\partial z` in their closed form. Cost:
+  :math:`g(u\\to v) = \\delta_u\\cdot\\frac{1}{(2L+1)m}\\sum_c\\sum_k \\nabla_v M|_{c,\\alpha_k}`.
+  Crossing edges use the averaged :math:`\\partial M/\\partial z` in their closed form. Cost:
   (2L+1)·m forward + backward passes.
 * ``"atp*-ig"`` (this package, not a published method): the QK fix with EAP-IG's interpolated
   gradient at z (and EAP-IG scores for every other receiver). On trained toy-induction it ranks

@@ -12,7 +12,7 @@ over examples). Built-ins read the last real token unless ``position`` is given:
   better, like the others; its gradient is 0 at the clean run, so EAP scores vanish with it:
   use EAP-IG);
 * :func:`logprob` — mean log-probability of per-position targets (e.g. induction);
-* :func:`token_logit_diff` — mean over positions of :math:`\ell_{correct}(t) - \ell_{wrong}(t)`
+* :func:`token_logit_diff` — mean over positions of :math:`\\ell_{correct}(t) - \\ell_{wrong}(t)`
   for per-position targets (logit difference for sequence tasks: unlike log-probabilities it does
   not saturate on a confident model, so EAP's linearisation stays informative);
 * any callable ``f(logits, batch) -> [batch]`` (or ``f(logits) -> [batch]``), wrapped by
@@ -198,7 +198,7 @@ def token_logit_diff(
     wrong: Int[Tensor, "example pos"],
     weights: Bool[Tensor, "example pos"] | Float[Tensor, "example pos"],
 ) -> Metric:
-    """Weighted mean over positions of :math:`\ell_{correct}(t) - \ell_{wrong}(t)` (logits
+    """Weighted mean over positions of :math:`\\ell_{correct}(t) - \\ell_{wrong}(t)` (logits
     predicted at t), e.g. the true next token vs the one the counterfactual run predicts.
 
     The per-position form of the logit difference of Wang et al. (2022); EAP (Syed et al. 2023)

@@ -618,7 +618,7 @@ class Result:
         return out
 
     def _bos_model(self) -> str:
-        """``model=…, prepend_bos=…`` from the summary (for hand-written ``__repr__``\ s)."""
+        """``model=…, prepend_bos=…`` from the summary (for hand-written ``__repr__`` s)."""
         s = self._summary()
         return f"model={s.get('model', 'unknown')}, prepend_bos={s['prepend_bos']}"
 
