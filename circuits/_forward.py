@@ -496,6 +496,7 @@ class PatchableModel:
         record_heads: bool = True,
         replace: dict[tuple[str, int], Tensor] | None = None,
         stop_grad_layer: int | None = None,
+        need_logits: bool = True,
     ) -> dict[str, Any]:
         """The forward pass. Returns a dict with ``"logits"`` and, on request:
 
@@ -517,6 +518,8 @@ class PatchableModel:
         computed ones (no gradient flows through a replaced component: EAP-IG-activations).
         ``stop_grad_layer=l`` detaches layer l's head and MLP outputs where they enter the
         residual stream (AtP*'s GradDrop). Both leave the forward values unchanged otherwise.
+        ``need_logits=False`` skips the unembedding (``"logits"`` is then ``None``; a recording
+        run that only needs activations).
         ``record_pattern=False`` records no attention patterns (``pattern`` is then an empty
         ``[b L H 0 0]``; :meth:`attention_pattern` recomputes one layer's from q and k).
 
@@ -593,8 +596,19 @@ class PatchableModel:
             dcum = x_embed - abl_s[:, :, 0]  # Σ δ over the senders so far
             masks.store(dstore, slot, 0, dcum[:, :, None])
         resid = x_embed
-        rec_s: list[Tensor] = [x_embed[:, :, None]]
-        rec: dict[str, list[Tensor]] = {k: [] for k in ("q", "k", "v", "z", "pattern")}
+        # recorded activations are written into buffers made once (no per-layer list and no
+        # concatenated second copy); they hold values only (detached)
+        rec_s: Tensor | None = None
+        if record:
+            rec_s = x_embed.new_empty(b, p, S if record_heads else 1 + L, d)
+            rec_s[:, :, 0] = x_embed.detach()
+        rec_b: dict[str, Tensor] = {}
+        rec: dict[str, list[Tensor]] = {"pattern": []}
+
+        def put(name: str, l: int, t: Tensor) -> None:
+            if name not in rec_b:
+                rec_b[name] = t.new_empty(t.shape[0], L, *t.shape[1:])
+            rec_b[name][:, l] = t.detach()
         if (patch or masks is not None) and grad_nodes:
             raise ValueError("grad_nodes is for unpatched runs (attribution); drop keep=")
         out: dict[str, Any] = {"qkv": [], "ln1_in": [], "mlp_in": [], "z": []}
@@ -756,11 +770,14 @@ class PatchableModel:
                 masks.store(dstore, slot, ss.stop - 1, dm[:, :, None])
                 dcum = dcum + dm
             if record:
-                rec_s += [head_out, mlp_out[:, :, None]] if record_heads else [mlp_out[:, :, None]]
-                rec["q"].append(q)
-                rec["k"].append(k)
-                rec["v"].append(v)
-                rec["z"].append(z)
+                assert rec_s is not None
+                if record_heads:
+                    rec_s[:, :, ss.start: ss.stop - 1] = head_out.detach()
+                    rec_s[:, :, ss.stop - 1] = mlp_out.detach()
+                else:
+                    rec_s[:, :, 1 + l] = mlp_out.detach()
+                for name, t in (("q", q), ("k", k), ("v", v), ("z", z)):
+                    put(name, l, t)
                 if record_pattern:
                     rec["pattern"].append(A)
         xf = resid.unsqueeze(2)
@@ -771,6 +788,15 @@ class PatchableModel:
             R = len(self.receivers)
             xf = masks.receiver_inputs(resid, dcum, dstore, slot, R - 1, R, S)
         out["logits_in"] = xf
+        if record:
+            out["activations"] = Activations(
+                senders=rec_s, q=rec_b["q"], k=rec_b["k"], v=rec_b["v"], z=rec_b["z"],
+                pattern=(torch.stack(rec["pattern"], 1) if record_pattern
+                         else x_embed.new_zeros(b, L, H, 0, 0)),
+                attention_mask=mask)
+        if not need_logits:  # a recording run (an ablation source): no [b p vocab] block
+            out["logits"] = None
+            return out
         xf = xf[:, :, 0]
         logits = self._norm(xf, self.lnf_w, self.lnf_b) @ self.W_U
         if self.b_U is not None:
@@ -780,14 +806,6 @@ class PatchableModel:
         if self.final_softcap is not None:
             logits = torch.tanh(logits / self.final_softcap) * self.final_softcap
         out["logits"] = logits
-        if record:
-            out["activations"] = Activations(
-                senders=torch.cat(rec_s, dim=2),
-                q=torch.stack(rec["q"], 1), k=torch.stack(rec["k"], 1), v=torch.stack(rec["v"], 1),
-                z=torch.stack(rec["z"], 1),
-                pattern=(torch.stack(rec["pattern"], 1) if record_pattern
-                         else x_embed.new_zeros(b, L, H, 0, 0)),
-                attention_mask=mask)
         return out
 
     def attention_pattern(

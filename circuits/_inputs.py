@@ -235,7 +235,7 @@ def _mean_activations(pm: PatchableModel, xb: _Batch, batch_size: int) -> Activa
         with torch.no_grad():  # the ablation source needs no attention patterns
             a = pm.forward(xb.tokens[s: s + batch_size].to(pm.device),
                            xb.mask[s: s + batch_size].to(pm.device), record=True,
-                           record_pattern=False)["activations"]
+                           record_pattern=False, need_logits=False)["activations"]
         m = a.attention_mask.to(a.senders.dtype)
         c = m.sum(0)
         mu = a.mean()

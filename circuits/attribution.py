@@ -344,7 +344,7 @@ def attribute(
                 wx = int(xb.mask[idx].sum(1).max())
                 with torch.no_grad():
                     ax = pm.forward(xb.tokens[idx, :wx].to(dev), xb.mask[idx, :wx].to(dev),
-                                    record=True, record_pattern=False)["activations"]
+                                    record=True, record_pattern=False, need_logits=False)["activations"]
                 src = data.position_map[idx, :w].clamp(max=wx - 1).to(dev)
                 return _realign_rope(pm, align_lite(ax, src), src)
             if ablation == "mean":
@@ -506,12 +506,15 @@ def attribute(
                     else:
                         assert cross is not None and oh is not None
                         ohc = oh.to(cdt)
+                        # keys first, then queries: two [T T]×[T K] products, never [.. T K T K]
+                        ck = einsum(cs, ohc, "b head kind query key, b key abs_k -> b head kind query abs_k")
                         if absw is None:
-                            cross[l, h0:h1] += einsum(ohc, cs, ohc, "b query abs_q, b head kind query key, b key abs_k "
-                                                                    "-> head kind abs_q abs_k").to(acc)
+                            cross[l, h0:h1] += einsum(ohc, ck, "b query abs_q, b head kind query abs_k "
+                                                               "-> head kind abs_q abs_k").to(acc)
                         else:
-                            cross[l, h0:h1] += einsum(ohc, cs, ohc, "b query abs_q, b head kind query key, b key abs_k "
-                                                              "-> b head kind abs_q abs_k").abs().sum(0).to(acc) * absw
+                            cross[l, h0:h1] += einsum(ohc, ck, "b query abs_q, b head kind query abs_k "
+                                                               "-> b head kind abs_q abs_k").abs().sum(0).to(acc) * absw
+                        del ck
         del delta, gp
         if sink is not None:
             sink.end_batch()

@@ -384,7 +384,7 @@ class FaithfulnessEvaluator:
         dev = self.pm.device
         with torch.no_grad():
             return self.pm.forward(tokens.to(dev), mask.to(dev), record=True,
-                                   record_pattern=False)["activations"]
+                                   record_pattern=False, need_logits=False)["activations"]
 
     def _run_all(self, circuit: Any) -> tuple[Tensor, Tensor]:
         """Run every chunk (``circuit``: a Circuit, ``"empty"``, ``None`` = unpatched, or a
