@@ -509,8 +509,9 @@ class PositionSink:
             meta = {"kind": "same", "r0": r0, "r1": r1, "n_send": ns, "c0": c0, "c1": c0 + pc}
         else:
             _, l, h0, h1 = key
+            # crossing blocks are already 0 outside their examples' valid pairs (which
+            # cross_valid is the union of): no masking multiply
             ok = self.cross_valid[None, None]
-            block = block * ok
             self.head_cross[l, h0:h1] += block.sum((-1, -2)).double()
             self.head_query[l, h0:h1] += block.sum((1, 3)).double()
             okf = ok.expand_as(block)
@@ -535,7 +536,10 @@ class PositionSink:
         if self.store == "threshold":
             sel = okf & (block.abs() >= float(self.threshold))  # type: ignore[arg-type]
         elif prev is not None and prev[1].numel() >= int(self.k):  # type: ignore[arg-type]
-            sel = okf & (block.abs() > prev[1].abs().min())
+            tau = prev[1].abs().min()
+            # an invalid entry is 0 (masked above, or a crossing block's own zeros): with a full
+            # group (tau ≥ 0) it never passes |score| > tau, so the valid mask is not needed
+            sel = block.abs() > tau
         sc, ii = block[sel], edge_ids(torch.nonzero(sel))
         if prev is not None:
             ii, sc = torch.cat([prev[0], ii]), torch.cat([prev[1], sc])
