@@ -110,20 +110,18 @@ def estimate_memory(model: Model, n_tokens: int, batch_size: int = 1, *,
         ig_chunk = max(1, min(int(ig_steps), IG_ROWS // max(1, bt)))
     pts = 1 if method == "eap" else max(1, min(int(ig_chunk), int(ig_steps)))
     # autograd-saved activations per token and layer (linear) + the attention rows
-    lin = 4 * d + 4 * (H + 2 * G) * e + 7 * m // 2  # calibrated on SmolLM2 (fused attention), BENCHMARKS.md
+    lin = 2 * d + 2 * (H + 2 * G) * e + 3 * m  # calibrated on SmolLM2 (fused attention), BENCHMARKS.md
     if attention == "auto":
         attention = "eager" if s.get("softcap") else "sdpa"
     rows = H * T * el if attention == "eager" else 0
-    # points run together share more than the linear count suggests: (1 + pts)/2 of one point's
-    # memory per point-pass, calibrated on SmolLM2 (5 points at 32 tokens, 2 at 128)
-    fwd_bwd = (1 + pts) / 2 * (bt * L * (lin * el + rows) + bt * 2 * s["vocab"] * el)
+    fwd_bwd = pts * (bt * L * (lin * el + rows) + bt * s["vocab"] * el)
     acts = bt * ((1 + L) * d + L * 4 * H * e) * el  # no per-head sender outputs (recomputed from z)
     abl = bt * (S * d + L * 3 * H * e) * el
     n_pts = 1 if method == "eap" else int(ig_steps)
     grads = bt * L * (n_pts * (d + (H + 2 * G) * e) + d + H * e) * el
     n_r = H + 2 * G + 1
     same_chunk = min(WORK_BYTES, bt * S * (n_r + (d if b > 1 else 0)) * el)
-    cross_chunk = min(WORK_BYTES, b * H * T * T * 8 * 12)
+    cross_chunk = min(WORK_BYTES, b * H * T * T * max(el, 4) * 8)  # ~8 block temporaries per head
     layer_work = bt * n_r * d * el * 4 + b * H * T * T * el + same_chunk + cross_chunk
     P = n_positions if n_positions is not None else (T if granularity == "position" else 8 if granularity == "span" else 1)
     if granularity != "position":
