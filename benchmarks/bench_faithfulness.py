@@ -30,6 +30,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
+def _long_prompt(V: int, bos: int, T: int, seed: int):
+    """Random tokens with BOS (batch 1) and its counterfactual: the second half resampled."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    clean = torch.randint(100, V, (1, T), generator=g)
+    clean[:, 0] = bos
+    corrupt = clean.clone()
+    corrupt[:, T // 2:] = torch.randint(100, V, (1, T - T // 2), generator=g)
+    return clean, corrupt
+
+
 def long_context(args) -> None:
     """One evaluation of a 1 %-of-edges circuit at long context vs one bare forward pass.
 
@@ -59,12 +71,7 @@ def long_context(args) -> None:
     rows = []
 
     def data(T: int, seed: int):
-        g = torch.Generator().manual_seed(seed)
-        clean = torch.randint(100, V, (1, T), generator=g)
-        clean[:, 0] = bos
-        corrupt = clean.clone()
-        corrupt[:, T // 2:] = torch.randint(100, V, (1, T - T // 2), generator=g)
-        return clean, corrupt
+        return _long_prompt(V, bos, T, seed)
 
     def spans8(T: int):
         bounds = torch.linspace(0, T, 9).round().long().tolist()
@@ -156,12 +163,7 @@ def long_position(args) -> None:
     met = Metric(lambda lg, b: lg[torch.arange(lg.shape[0]), b.last, target], "one_logit")
     rows = []
     def data(T: int):
-        g = torch.Generator().manual_seed(T)
-        clean = torch.randint(100, V, (1, T), generator=g)
-        clean[:, 0] = bos
-        corrupt = clean.clone()
-        corrupt[:, T // 2:] = torch.randint(100, V, (1, T - T // 2), generator=g)
-        return clean, corrupt
+        return _long_prompt(V, bos, T, T)
 
     def shifted(c, T: int):
         """Position p > 0 of a P-position circuit → p + T − P (BOS stays at 0); sparse throughout."""
