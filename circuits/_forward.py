@@ -542,13 +542,15 @@ class PatchableModel:
         x_embed = self.embed(tokens.to(dev), pos_ids) if embeds is None else embeds
         H, G, L, d = self.n_heads, self.n_kv_heads, self.n_layers, self.d_model
         S = len(self.senders)
-        # attention masks [b 1 q k] per sliding window (None: global): causal & real key &
-        # (q − k < window); a padding query with no key sees itself
         # unpatched attention whose pattern nobody reads runs fused (PyTorch's scaled-dot-product
         # attention: the same softmax(q·k·scale + mask)·v, without the [b H q k] pattern that an
         # eager backward keeps); soft-capped scores (Gemma 2) stay eager
         fused = (masks is None and keep_cross is None and self.attn_softcap is None
                  and not (record and record_pattern))
+        if masks is not None and record and record_pattern:
+            masks.need_pattern = True  # the sparse evaluator's fused path returns no pattern otherwise
+        # attention masks [b 1 q k] per sliding window (None: global): causal & real key &
+        # (q − k < window); a padding query with no key sees itself
         allowed_by: dict[int | None, Tensor] = {}
         for win in {W.window for W in self.layers}:
             causal = torch.ones(p, p, dtype=torch.bool, device=dev).tril()

@@ -272,3 +272,20 @@ def test_sparse_masks_kept_pair_path(model_data, density, monkeypatch):
     sparse = pm.run(clean, mask, ablated=abl, masks=m)
     err = (sparse - dense).abs().max()
     assert err <= 1e-9 * dense.abs().max(), (name, density, float(err))
+
+
+def test_sparse_masks_record_patterns(model_data):
+    """A recording run with sparse masks records the patched attention patterns (the fused
+    evaluator path, which returns none, is left for the pattern-keeping one): equal to the dense
+    masks' patterns."""
+    name, pm, clean, mask, abl = model_data
+    pi, P = _pos_index("span", mask)
+    protect = torch.zeros(B, T, dtype=torch.bool)
+    protect[:, 0] = True
+    same, cross = _circuit(pm, P, 0.3, 5)
+    keep, keep_cross = expand_masks(_C(same, cross, pm), pi, protect=protect)
+    dense = pm.forward(clean, mask, ablated=abl, keep=keep, keep_cross=keep_cross, record=True)["activations"]
+    m = SparseMasks.build(same, cross, pi, protect)
+    sparse = pm.forward(clean, mask, ablated=abl, masks=m, record=True)["activations"]
+    assert m.need_pattern and sparse.pattern.shape == dense.pattern.shape
+    assert (sparse.pattern - dense.pattern).abs().max() <= 1e-9, name
