@@ -283,12 +283,15 @@ class SparseMasks:
         return m | f[:, None, :, None] | f[:, None, None, :]
 
     def _abstract(self, layer: int) -> Bool[Tensor, "head kind qpos kpos"]:
-        """Abstract crossing mask ``[H 3 P P]`` of one layer (built from its sparse rows)."""
-        _, H, K, P, P2 = self.cross_shape
-        e = self._layer_edges(layer)
-        cr = torch.zeros(H, K, P, P2, dtype=torch.bool)
-        cr[e[:, 1], e[:, 2], e[:, 3], e[:, 4]] = True
-        return cr
+        """Abstract crossing mask ``[H 3 P P]`` of one layer (built once from its sparse rows)."""
+        key = ("abstract", layer)
+        if key not in self._cache:
+            _, H, K, P, P2 = self.cross_shape
+            e = self._layer_edges(layer)
+            cr = torch.zeros(H, K, P, P2, dtype=torch.bool)
+            cr[e[:, 1], e[:, 2], e[:, 3], e[:, 4]] = True
+            self._cache[key] = cr
+        return self._cache[key]
 
     def _runs(self) -> list[tuple[int, int, int]] | None:
         """The token axis as runs ``(start, stop, p)`` of consecutive tokens with abstract position

@@ -234,8 +234,9 @@ def layer_same_blocks(delta: Tensor, grads: Tensor, n_send: int, rows: int):
 
 
 def _softmax_shift(a: Tensor, delta: Tensor) -> Tensor:
-    """c = a(e^δ−1)/(1+a(e^δ−1)) (see :func:`circuits.attribution._softmax_shift`), in the dtype
-    of ``a`` (float64 or float32). δ is clamped (±700 in float64, ±80 in float32) so e^δ is
+    """c = a(e^δ−1)/(1+a(e^δ−1)): the weight moved onto v_{t'} − z_t when one attention score
+    moves by δ (re-normalising the softmax row), in the dtype of ``a`` (float64 or float32).
+    δ is clamped (±700 in float64, ±80 in float32) so e^δ is
     finite and c is exactly 0 where a = 0; for δ > 30 the stable form sigmoid(log a + δ +
     log(1 − e^−δ)) is used. Works in place on its own temporaries (few passes over the
     ``[.. q k]`` block)."""

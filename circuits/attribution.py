@@ -59,8 +59,8 @@ from circuits._inputs import (  # re-exported: the inputs live below attribution
     patchable,
     prepare,
 )
-from circuits._stream import (acc_dtype_for, align_lite, eap_grads, full_senders, ig_grads,
-                              layer_cross_blocks, sender_delta)
+from circuits._stream import (_softmax_shift, acc_dtype_for, align_lite, eap_grads, full_senders,
+                              ig_grads, layer_cross_blocks, sender_delta)
 from circuits.graph import GRAPH_VERSION, AttributionGraph
 from circuits.metrics import Metric, MetricBatch, as_metric
 from interp.types import Model
@@ -88,20 +88,6 @@ def _receiver_grads(pm: PatchableModel, out: dict[str, Any], targets: list[Tenso
     L = pm.n_layers
     recv = [pm.attn_receiver_grads(l, out["ln1_in"][l], *g[3 * l: 3 * l + 3]) for l in range(L)]
     return recv + g[3 * L:]
-
-
-def _softmax_shift(a: Tensor, delta: Tensor) -> Tensor:
-    """c = a(e^δ−1)/(1+a(e^δ−1)): the weight moved onto v_{t'} − z_t when one score moves by δ."""
-    a = a.double()
-    d = delta.double().clamp(-700, 700)
-    u = a * torch.expm1(d)
-    c = u / (1 + u)
-    # large positive δ: u/(1+u) = sigmoid(log u), stable form
-    big = d > 30
-    if big.any():
-        logu = torch.log(a.clamp(min=1e-300)) + d + torch.log(-torch.expm1(-d))
-        c = torch.where(big, torch.sigmoid(logu), c)
-    return torch.where(a > 0, c, torch.zeros_like(c))
 
 
 def crossing_scores(
@@ -329,6 +315,16 @@ def attribute(
 
         it = tqdm(it, desc=f"{method} attribution")
     work = int(plan["work_bytes"])
+
+    def counterfactual_batch(idx: Tensor, w: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Counterfactual tokens and mask of examples ``idx`` (trimmed to their longest) and, for
+        each of the ``w`` clean tokens, the counterfactual position it takes its value from."""
+        xb = data.corrupt
+        assert xb is not None and data.position_map is not None
+        wx = int(xb.mask[idx].sum(1).max())
+        src = data.position_map[idx, :w].clamp(max=wx - 1).to(dev)
+        return xb.tokens[idx, :wx].to(dev), xb.mask[idx, :wx].to(dev), src
+
     for s0 in it:
         idx = torch.arange(s0, min(n, s0 + batch_size))
         w = int(cb.mask[idx].sum(1).max())
@@ -339,13 +335,9 @@ def attribute(
         def ablation_source(idx: Tensor = idx, w: int = w) -> Activations | None:
             """Ablated activations in clean coordinates (no attention patterns recorded)."""
             if ablation == "counterfactual":
-                xb = data.corrupt
-                assert xb is not None and data.position_map is not None
-                wx = int(xb.mask[idx].sum(1).max())
+                xt, xm, src = counterfactual_batch(idx, w)
                 with torch.no_grad():
-                    ax = pm.forward(xb.tokens[idx, :wx].to(dev), xb.mask[idx, :wx].to(dev),
-                                    record=True, record_pattern=False, need_logits=False)["activations"]
-                src = data.position_map[idx, :w].clamp(max=wx - 1).to(dev)
+                    ax = pm.forward(xt, xm, record=True, record_pattern=False, need_logits=False)["activations"]
                 return _realign_rope(pm, align_lite(ax, src), src)
             if ablation == "mean":
                 assert mean_acts is not None
@@ -356,13 +348,9 @@ def attribute(
             """The ablation source's input embedding (its ``embed`` sender, in clean coordinates)
             without running the ablated forward: EAP-IG's interpolation end point."""
             if ablation == "counterfactual":
-                xb = data.corrupt
-                assert xb is not None and data.position_map is not None
-                wx = int(xb.mask[idx].sum(1).max())
-                mx = xb.mask[idx, :wx].to(dev)
-                ex = pm.embed(xb.tokens[idx, :wx].to(dev), pm.position_ids(mx))
-                src = data.position_map[idx, :w].clamp(max=wx - 1).to(dev).long()
-                return torch.gather(ex, 1, src[:, :, None].expand(-1, -1, ex.shape[-1]))
+                xt, xm, src = counterfactual_batch(idx, w)
+                ex = pm.embed(xt, pm.position_ids(xm))
+                return torch.gather(ex, 1, src.long()[:, :, None].expand(-1, -1, ex.shape[-1]))
             if ablation == "mean":
                 assert mean_acts is not None
                 return _fit_width(mean_acts, w).senders[:, :, 0]
