@@ -365,6 +365,66 @@ class PatchableModel:
         gx = torch.cat([gq, gk, gv], dim=2)
         return self._norm_vjp(resid, gx, W.ln1_w)
 
+    def condense_attn_grads(
+        self, layer: int, resid: Float[Tensor, "batch pos d_model"],
+        qkv: tuple[Tensor, Tensor, Tensor], g_qkv: tuple[Tensor, Tensor, Tensor],
+    ) -> tuple[tuple[Tensor, Tensor, Tensor], Float[Tensor, "batch pos receiver"]]:
+        """What :meth:`attn_receiver_grads_summed` needs of one gradient point, instead of its
+        q/k/v gradients: ``(r·g_q, r·g_k, r·g_v)`` (to be summed over the points) and the
+        per-receiver scalars ``s_n = r ⟨u_n, x̂⟩ / d`` — with ``u_n = w̃ ⊙ (W_n g_n)``,
+        ``⟨u_n, x̂⟩ = ⟨g_n, (w̃ ⊙ x̂) W_n⟩`` read off the forward's own pre-bias projections
+        ``qkv`` (minus the LayerNorm bias's share). ``r``, ``x̂``: the input norm's scale and
+        normalised input (:meth:`_norm_vjp`); no norm: ``r = 1``, ``s = 0``. Not for a q/k norm
+        over the whole projection (OLMo-2)."""
+        W = self.layers[layer]
+        gs = [_up(g) for g in g_qkv]
+        if W.ln1_w is None:
+            return (gs[0], gs[1], gs[2]), gs[0].new_zeros(*gs[0].shape[:2], sum(g.shape[2] for g in gs))
+        xf = _up(resid)
+        if self.norm_kind == "layer":
+            xf = xf - xf.mean(-1, keepdim=True)
+        r = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)  # [b p 1]
+        dots = []
+        for g, t, Wm in zip(gs, qkv, (W.W_Q, W.W_K, W.W_V)):
+            dt = einsum(g, _up(t), "b p n e, b p n e -> b p n")
+            if self.norm_kind == "layer" and W.ln1_b is not None:  # ⟨g, b W⟩: the bias's share of the projection
+                bw = einsum(_up(W.ln1_b), _up(Wm), "d_model, n d_model e -> n e")
+                dt = dt - einsum(g, bw, "b p n e, n e -> b p n")
+            dots.append(dt)
+        s_ = torch.cat(dots, dim=2) * (r / self.d_model)
+        return (gs[0] * r[..., None], gs[1] * r[..., None], gs[2] * r[..., None]), s_
+
+    def attn_receiver_grads_summed(
+        self, layer: int, resid: list[Tensor], rg_sum: tuple[Tensor, Tensor, Tensor],
+        coef: list[Tensor], batch: int,
+    ) -> Float[Tensor, "batch pos receiver d_model"]:
+        """:meth:`attn_receiver_grads` summed over gradient points, each with its own norm
+        Jacobian, from their condensed form (:meth:`condense_attn_grads`):
+        ``Σ_k J_kᵀ W g_k = w̃ ⊙ W (Σ_k r_k g_k) [− mean] − Σ_k x̂_k s_k`` (RMSNorm
+        ``J_kᵀ u = r_k(u − x̂_k⟨u, x̂_k⟩/d)``; LayerNorm also subtracts the mean of u).
+        ``resid``/``coef``: per chunk of points ``[(point b) p d]`` / ``[(point b) p n]``."""
+        W = self.layers[layer]
+        gq, gk, gv = rg_sum
+        a = torch.cat([
+            einsum(gq, _up(W.W_Q), "batch pos head d_head, head d_model d_head -> batch pos head d_model"),
+            einsum(gk, _up(W.W_K), "batch pos kv_head d_head, kv_head d_model d_head -> batch pos kv_head d_model"),
+            einsum(gv, _up(W.W_V), "batch pos kv_head d_head, kv_head d_model d_head -> batch pos kv_head d_model"),
+        ], dim=2)
+        if W.ln1_w is None:
+            return a.to(resid[0].dtype)
+        a.mul_((self.norm_offset + _up(W.ln1_w)) if self.norm_offset else _up(W.ln1_w))
+        if self.norm_kind == "layer":
+            a.sub_(a.mean(-1, keepdim=True))
+        for x, s_ in zip(resid, coef):
+            xf = _up(x)
+            if self.norm_kind == "layer":
+                xf = xf - xf.mean(-1, keepdim=True)
+            xh = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)  # [(point b) p d]
+            xh = rearrange(xh, "(point b) p d_model -> b p point d_model", b=batch)
+            sk = rearrange(s_, "(point b) p n -> b p point n", b=batch)
+            a.sub_(einsum(sk, xh, "b p point n, b p point d_model -> b p n d_model"))
+        return a.to(resid[0].dtype)
+
     def _rope(self, x: Tensor, position_ids: Tensor, layer: int = 0) -> tuple[Tensor, Tensor]:
         """``cos``, ``sin`` ``[b p rotary_dim]`` from the HF rotary module, laid out for the
         family's pairing (half: ``[f, f]``; interleaved, GPT-J: each frequency twice in a row)."""
@@ -410,12 +470,13 @@ class PatchableModel:
         y = xr * cos[:, :, None, :] + rot * sin[:, :, None, :]
         return y if r == x.shape[-1] else torch.cat((y, x[..., r:]), dim=-1)
 
-    def score(self, dots: Tensor) -> Tensor:
+    def score(self, dots: Tensor, inplace: bool = False) -> Tensor:
         """Attention logits from raw ``q·k``: ``× scale``, then Gemma 2's soft-cap
-        ``c·tanh(s/c)`` where the family has one."""
-        s = dots * self.scale
+        ``c·tanh(s/c)`` where the family has one (``inplace``: overwrite ``dots``)."""
+        s = dots.mul_(self.scale) if inplace else dots * self.scale
         if self.attn_softcap is not None:
-            s = torch.tanh(s / self.attn_softcap) * self.attn_softcap
+            c = self.attn_softcap
+            s = s.div_(c).tanh_().mul_(c) if inplace else torch.tanh(s / c) * c
         return s
 
     def _diag_proj(self, xn: Tensor, Wm: Tensor, bias: Tensor | None, w: Tensor) -> Tensor:
@@ -811,16 +872,18 @@ class PatchableModel:
         return out
 
     def attention_pattern(
-        self, layer: int, q: Float[Tensor, "batch pos head d_head"],
+        self, layer: int, q: Float[Tensor, "batch qpos head d_head"],
         k: Float[Tensor, "batch pos kv_head d_head"],
         attention_mask: Int[Tensor, "batch pos"] | Bool[Tensor, "batch pos"],
-    ) -> Float[Tensor, "batch head qpos kpos"]:
+        q_offset: int = 0,
+    ) -> Float[Tensor, "batch head qpos pos"]:
         """Attention pattern of layer ``layer`` of an unpatched run from its post-rotary ``q``
         and ``k`` (as recorded in :class:`Activations`): the same masking (causal, padding keys,
         sliding window) and softmax as :meth:`forward`, for one layer at a time (streamed
-        attribution recomputes patterns instead of holding all layers')."""
+        attribution recomputes patterns instead of holding all layers'). ``q_offset``: ``q``
+        holds the queries from that position on only (rows ``q_offset …`` of the pattern)."""
         W = self.layers[layer]
-        b, p = q.shape[:2]
+        b, p = k.shape[:2]
         G = k.shape[2]
         dev = q.device
         mask = attention_mask.to(dev).bool()
@@ -829,9 +892,10 @@ class PatchableModel:
             causal = causal & ~torch.ones(p, p, dtype=torch.bool, device=dev).tril(-W.window)
         allowed = causal[None] & mask[:, None, :]
         allowed = allowed | (torch.eye(p, dtype=torch.bool, device=dev)[None] & ~allowed.any(-1, keepdim=True))
+        allowed = allowed[:, q_offset:]
         qg = rearrange(q, "b q (g r) e -> b q g r e", g=G)
-        scores = rearrange(einsum(qg, k, _QK), "b g r q k -> b (g r) q k")
-        scores = self.score(scores).masked_fill(~allowed[:, None], float("-inf"))
+        scores = rearrange(einsum(qg, k, _QK), "b g r q k -> b (g r) q k")  # a fresh tensor: in place below
+        scores = self.score(scores, inplace=True).masked_fill_(~allowed[:, None], float("-inf"))
         return torch.softmax(scores, dim=-1)
 
     def __repr__(self) -> str:

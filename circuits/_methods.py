@@ -83,7 +83,7 @@ def add_corrupt_point(pm: PatchableModel, met: Metric, gp: GradPoints, e_clean: 
         return MetricBatch.from_mask(mask.repeat(mc, 1), idx.repeat(mc),
                                      None if clean_logits is None else clean_logits.repeat(mc, 1, 1))
 
-    gc = ig_grads(pm, met, e_clean, e_abl.contiguous(), mask, mb_fn, 1, 1)  # k = 0: e*
+    gc = ig_grads(pm, met, e_clean, e_abl.contiguous(), mask, mb_fn, 1, 1, condense=False)  # k = 0: e*
     return GradPoints(gp.ln1_in + gc.ln1_in, gp.g_qkv + gc.g_qkv,
                       [a + b for a, b in zip(gp.mlp, gc.mlp)], gp.logits + gc.logits,
                       [a + b for a, b in zip(gp.z, gc.z)], 2, gp.b)

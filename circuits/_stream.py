@@ -21,7 +21,7 @@ layer's receiver gradients plus a head chunk of ``[batch pos pos]`` blocks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -30,7 +30,7 @@ from torch import Tensor
 
 from circuits._forward import Activations, PatchableModel
 
-__all__ = ["GradPoints", "eap_grads", "ig_grads", "align_lite", "layer_same_blocks",
+__all__ = ["GradPoints", "CondensedGradPoints", "eap_grads", "ig_grads", "align_lite", "layer_same_blocks",
            "layer_cross_blocks", "acc_dtype_for", "full_senders", "sender_delta", "add_point_grads"]
 
 
@@ -69,6 +69,23 @@ class GradPoints:
 
     def mean(self, t: Tensor) -> Tensor:
         return t if self.m == 1 else t / self.m
+
+
+@dataclass
+class CondensedGradPoints(GradPoints):
+    """EAP-IG's gradient points with the attention-receiver gradients in condensed form
+    (:meth:`PatchableModel.condense_attn_grads`): ``ln1_in[c][l]`` as in :class:`GradPoints`,
+    ``rg_sum[l]`` the scaled q/k/v gradients summed over all points (``[b p n e]`` each) and
+    ``coef[c][l]`` ``[(point b) p H+2G]`` — per point ``d + H + 2G`` numbers per token and layer
+    instead of ``d + (H + 2G)·e``; ``g_qkv`` is empty."""
+
+    rg_sum: list[tuple[Tensor, Tensor, Tensor]] = field(default_factory=list)
+    coef: list[list[Tensor]] = field(default_factory=list)
+
+    def attn(self, pm: PatchableModel, layer: int) -> Tensor:
+        out = pm.attn_receiver_grads_summed(layer, [ln[layer] for ln in self.ln1_in],
+                                            self.rg_sum[layer], [c[layer] for c in self.coef], self.b)
+        return out if self.m == 1 else out.div_(self.m)
 
 
 def _targets(out: dict[str, Any]) -> list[Tensor]:
@@ -115,13 +132,18 @@ def eap_grads(pm: PatchableModel, met: Any, e_clean: Tensor, mask: Tensor, idx: 
 
 
 def ig_grads(pm: PatchableModel, met: Any, e_clean: Tensor, e_abl: Tensor, mask: Tensor,
-             mb_fn: Any, m: int, chunk: int) -> GradPoints:
+             mb_fn: Any, m: int, chunk: int, condense: bool = True) -> GradPoints:
     """EAP-IG: gradients at the m interpolated inputs ``e* + k/m (e − e*)``, k = 0 … m−1,
-    ``chunk`` points per forward/backward (stacked along the batch axis)."""
+    ``chunk`` points per forward/backward (stacked along the batch axis). ``condense``: keep
+    the attention-receiver gradients as :class:`CondensedGradPoints` (not for a q/k norm over
+    the whole projection, OLMo-2, which keeps the q/k/v gradients)."""
     b = e_clean.shape[0]
+    condense = condense and pm.qk_norm != "proj"
     alphas = torch.arange(m, device=e_clean.device, dtype=e_clean.dtype) / m
     ln_all: list[list[Tensor]] = []
     qkv_all: list[list[tuple[Tensor, Tensor, Tensor]]] = []
+    coef_all: list[list[Tensor]] = []
+    rg_sum: list[tuple[Tensor, Tensor, Tensor]] = []
     mlp = logits = z = None
     for k0 in range(0, m, chunk):
         a = alphas[k0: min(m, k0 + chunk)]
@@ -134,11 +156,28 @@ def ig_grads(pm: PatchableModel, met: Any, e_clean: Tensor, e_abl: Tensor, mask:
             mval = met(o["logits"], mb_fn(mc))
             gk = torch.autograd.grad(mval.sum(), _targets(o), allow_unused=True)
         ln1, qkv, mlp_c, logits_c, z_c = _split(pm, o, gk, b)
-        del o, gk
         ln_all.append(ln1)
-        qkv_all.append(qkv)
+        fwd_qkv = [tuple(t.detach() for t in t3) for t3 in o["qkv"]] if condense else []
+        del o, gk  # the logits and the rest of the forward's outputs
+        if condense:
+            coefs = []
+            for l in range(pm.n_layers):
+                rg, cf = pm.condense_attn_grads(l, ln1[l], fwd_qkv[l], qkv[l])  # type: ignore[arg-type]
+                fwd_qkv[l] = qkv[l] = ()  # freed layer by layer
+                rg = tuple(reduce(t, "(point b) ... -> b ...", "sum", b=b) for t in rg)
+                if len(rg_sum) <= l:
+                    rg_sum.append(rg)  # type: ignore[arg-type]
+                else:
+                    rg_sum[l] = tuple(x.add_(y) for x, y in zip(rg_sum[l], rg))  # type: ignore[assignment]
+                coefs.append(cf)
+            coef_all.append(coefs)
+        else:
+            qkv_all.append(qkv)
+        del qkv, fwd_qkv
         mlp, logits, z = add_point_grads((mlp, logits, z), (mlp_c, logits_c, z_c))
     assert mlp is not None and logits is not None and z is not None
+    if condense:
+        return CondensedGradPoints(ln_all, [], mlp, logits, z, m, b, rg_sum=rg_sum, coef=coef_all)
     return GradPoints(ln_all, qkv_all, mlp, logits, z, m, b)
 
 
@@ -233,23 +272,40 @@ def layer_same_blocks(delta: Tensor, grads: Tensor, n_send: int, rows: int):
         yield r0, r1, torch.bmm(D[r0:r1], Gf[r0:r1].transpose(1, 2))
 
 
-def _softmax_shift(a: Tensor, delta: Tensor) -> Tensor:
+def _softmax_shift(a: Tensor, delta: Tensor, consume: bool = False) -> Tensor:
     """c = a(e^δ−1)/(1+a(e^δ−1)): the weight moved onto v_{t'} − z_t when one attention score
     moves by δ (re-normalising the softmax row), in the dtype of ``a`` (float64 or float32).
     δ is clamped (±700 in float64, ±80 in float32) so e^δ is
-    finite and c is exactly 0 where a = 0; for δ > 30 the stable form sigmoid(log a + δ +
-    log(1 − e^−δ)) is used. Works in place on its own temporaries (few passes over the
-    ``[.. q k]`` block)."""
+    finite and c is exactly 0 where a = 0; where δ > 30 and a > 0 the stable form
+    sigmoid(log a + δ + log(1 − e^−δ)) is used (on those entries only). ``consume=True``
+    computes in the buffer of ``delta`` (which is overwritten) — one temporary in all."""
     lim = 700.0 if a.dtype == torch.float64 else 80.0
-    d = delta.clamp(-lim, lim)
-    c = torch.expm1(d).mul_(a)  # u = a(e^δ − 1)
-    c = c.div_(c + 1)
+    d = delta.clamp_(-lim, lim) if consume else delta.clamp(-lim, lim)
     big = d > 30
+    fix = None
     if bool(big.any()):
+        big &= a > 0
+        ab, db = a[big], d[big]
         tiny = 1e-300 if a.dtype == torch.float64 else 1e-38
-        logu = torch.log(a.clamp(min=tiny)) + d + torch.log(-torch.expm1(-d))
-        c = torch.where(big & (a > 0), torch.sigmoid(logu), c)
+        fix = torch.sigmoid(torch.log(ab.clamp(min=tiny)) + db + torch.log(-torch.expm1(-db)))
+    c = torch.expm1(d, out=d) if consume else torch.expm1(d)
+    c = c.mul_(a)  # u = a(e^δ − 1)
+    c = c.div_(c + 1)
+    if fix is not None:
+        c[big] = fix
     return c
+
+
+def _first_difference(q: Tensor, k: Tensor, v: Tensor, qa: Tensor, ka: Tensor, va: Tensor) -> int:
+    """The first position at which the clean and ablated q, k or v of one layer differ in any
+    example (``p`` if none does)."""
+    diff = None
+    for c, a in ((q, qa), (k, ka), (v, va)):
+        d = (c != a).flatten(2).any(-1)  # [b p] (an ablation of batch 1 broadcasts)
+        diff = d if diff is None else diff | d
+    assert diff is not None
+    nz = torch.nonzero(diff.any(0))
+    return int(nz[0, 0]) if nz.numel() else q.shape[1]
 
 
 def layer_cross_blocks(pm: PatchableModel, layer: int, q: Tensor, k: Tensor, v: Tensor, z: Tensor,
@@ -258,14 +314,26 @@ def layer_cross_blocks(pm: PatchableModel, layer: int, q: Tensor, k: Tensor, v: 
     """Crossing-edge scores of one layer, ``heads`` query heads at a time: yields
     ``(h0, h1, block [b h 3 qpos kpos])`` (kinds q, k, v; zero where the key is after the query or
     either is padding). Inputs are one layer's ``[b p n e]`` clean/ablated q/k/v, clean z and the
-    gradient at z; the pattern is recomputed (:meth:`PatchableModel.attention_pattern`)."""
+    gradient at z; the pattern is recomputed (:meth:`PatchableModel.attention_pattern`).
+
+    Shared prefix: before the first position p₀ where the clean and ablated q/k/v differ
+    (a counterfactual that shares its first tokens, BOS at least), every kind is exactly 0 in
+    rows t < p₀ (every key is ≤ t < p₀: no score or value moves), and the k and v kinds are
+    exactly 0 at keys t' < p₀ (the full computation gives exact zeros there too); only rows
+    p₀ … and (k, v) keys p₀ … are computed. The yielded block is one buffer reused across head
+    chunks (consume it before the next)."""
     H, G = pm.n_heads, pm.n_kv_heads
     rep = H // G
     b, p = q.shape[:2]
-    A_all = pm.attention_pattern(layer, q, k, mask)  # [b H p p]
+    p0 = _first_difference(q, k, v, qa, ka, va)
+    out_all = torch.zeros(b, min(heads, H), 3, p, p, dtype=dtype, device=q.device)  # kinds q, k, v
+    if p0 >= p:  # clean and ablated agree everywhere in this layer: no crossing edge moves
+        for h0 in range(0, H, heads):
+            yield h0, min(H, h0 + heads), out_all[:, : min(H, h0 + heads) - h0]
+        return
+    A_all = pm.attention_pattern(layer, q[:, p0:], k, mask, q_offset=p0)  # [b H p-p0 p]
     m = mask.bool()
-    ok = torch.ones(p, p, dtype=torch.bool, device=q.device).tril()[None] & m[:, :, None] & m[:, None, :]
-    ok = ok[:, None, None]  # [b 1 1 q k]
+    pad_rows = None if bool(m.all()) else m[:, None, None, p0:, None].to(dtype)  # [b 1 1 q 1]
 
     def kvh(t: Tensor, h0: int, h1: int) -> Tensor:  # [b p G e] -> heads h0..h1 [b p h e]
         idx = torch.arange(h0, h1, device=t.device) // rep
@@ -273,26 +341,32 @@ def layer_cross_blocks(pm: PatchableModel, layer: int, q: Tensor, k: Tensor, v: 
 
     for h0 in range(0, H, heads):
         h1 = min(H, h0 + heads)
-        qh, zh, g = q[:, :, h0:h1].to(dtype), z[:, :, h0:h1].to(dtype), gz[:, :, h0:h1].to(dtype)
-        qah = qa.expand(b, *qa.shape[1:])[:, :, h0:h1].to(dtype)
+        # query rows p0 … only
+        qh, zh, g = (t[:, p0:, h0:h1].to(dtype) for t in (q, z, gz))
+        qah = qa.expand(b, *qa.shape[1:])[:, p0:, h0:h1].to(dtype)
         kh, vh, kah, vah = kvh(k, h0, h1), kvh(v, h0, h1), kvh(ka, h0, h1), kvh(va, h0, h1)
-        A = A_all[:, h0:h1].to(dtype)
+        A = A_all[:, h0:h1].to(dtype)  # [b h r p], r = p − p0 rows
         qk = "b query head d_head, b key head d_head -> b head query key"
-        out = A.new_empty(b, h1 - h0, 3, p, p)  # kinds q, k, v
-        Gv = einsum(g, vh, qk)
-        torch.mul(A, einsum(g, vah, qk).sub_(Gv), out=out[:, :, 2])
+        out = out_all[:, : h1 - h0]
+        Gv = einsum(g, vh, qk)  # [b h r p]
+        torch.mul(A[..., p0:], einsum(g, vah[:, p0:], qk).sub_(Gv[..., p0:]), out=out[:, :, 2, p0:, p0:])
         # the weight moved onto v_t' − z_t: g_t·v_t' − g_t·z_t
         move = Gv.sub_(einsum(g, zh, "b query head d_head, b query head d_head -> b head query")[..., None])
+        dkey = (kah - kh)[:, p0:]
         if getattr(pm, "attn_softcap", None) is None:
-            dk = einsum(qh, kah - kh, qk).mul_(pm.scale)
+            dk = einsum(qh, dkey, qk).mul_(pm.scale)
             dq = einsum(qah - qh, kh, qk).mul_(pm.scale)
         else:  # soft-capped scores (Gemma 2): the move of the capped score, pm.score(q·k)
-            s0 = pm.score(einsum(qh, kh, qk))
-            dk = pm.score(einsum(qh, kah, qk)).sub_(s0)
-            dq = pm.score(einsum(qah, kh, qk)).sub_(s0)
+            s0 = pm.score(einsum(qh, kh, qk), inplace=True)
+            dk = pm.score(einsum(qh, kah[:, p0:], qk), inplace=True).sub_(s0[..., p0:])
+            dq = pm.score(einsum(qah, kh, qk), inplace=True).sub_(s0)
             del s0
-        torch.mul(_softmax_shift(A, dk), move, out=out[:, :, 1])
-        del dk
-        torch.mul(_softmax_shift(A, dq), move, out=out[:, :, 0])
+        torch.mul(_softmax_shift(A[..., p0:], dk, consume=True), move[..., p0:], out=out[:, :, 1, p0:, p0:])
+        del dk, dkey
+        torch.mul(_softmax_shift(A, dq, consume=True), move, out=out[:, :, 0, p0:, :])
         del dq, move, A
-        yield h0, h1, out.masked_fill_(~ok, 0.0)
+        # the pattern is exactly 0 at keys after the query or at padding keys, and so is every
+        # kind there (c = 0 where A = 0); only the rows of padding queries need zeroing
+        if pad_rows is not None:
+            out[:, :, :, p0:].mul_(pad_rows)
+        yield h0, h1, out

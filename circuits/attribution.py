@@ -462,7 +462,7 @@ def attribute(
                     if absw is not None and sink is not None:  # GradDrop: |score| per example
                         blk = blk.abs() * absw
                     if sink is not None:
-                        sink.add_same(rs, ns, c0, blk.sum(0))
+                        sink.add_same(rs, ns, c0, blk[0] if b_ == 1 else blk.sum(0))
                     elif absw is not None:  # per-example group sums, |.| after every chunk
                         assert oh is not None
                         if ex is None:
@@ -485,8 +485,9 @@ def attribute(
                         pm, l, q_all[:, l], k_all[:, l], v_all[:, l], z_all[:, l], qa_all[:, l],
                         ka_all[:, l], va_all[:, l], gp.mean(gp.z[l]), mask, hc, cdt):
                     # the [b h 3 T T] block in the compute dtype, its reductions added in `acc`
-                    if sink is not None:
-                        sink.add_cross(l, h0, (cs if absw is None else cs.abs() * absw).sum(0))
+                    if sink is not None:  # (one example: its own block, no copy)
+                        cb_ = cs if absw is None else cs.abs() * absw
+                        sink.add_cross(l, h0, cb_[0] if b_ == 1 else cb_.sum(0))
                     elif granularity == "none":
                         assert cross is not None
                         cross[l, h0:h1, :, 0, 0] += (cs.sum((0, 3, 4)) if absw is None

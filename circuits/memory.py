@@ -10,8 +10,9 @@ of :func:`circuits.attribute` holds at its peak (beyond the model's weights):
 * ``activations``: the recorded clean run (embedding and MLP outputs ``(1+L)·d`` plus per-layer
   q/k/v/z; head outputs are recomputed from z after the backward) and ``ablation``: the ablation
   source (all sender outputs and q/k/v, no patterns; its sender buffer becomes the deltas);
-* ``gradients``: the compact gradients (per layer and point: the residual and q/k/v
-  gradients; MLP-input and head-result gradients);
+* ``gradients``: the compact gradients (per layer: the residual and q/k/v gradients — EAP-IG:
+  per point the residual and one scalar per attention receiver, the scaled q/k/v gradients
+  summed over the points —; MLP-input and head-result gradients);
 * ``layer_work``: one layer's receiver gradients ``[b T H+2G+1 d]``, its recomputed attention
   pattern and the chunked score blocks;
 * ``output``: the scores (dense ``[P S R]`` + ``[L H 3 P P]`` at position granularity, k
@@ -29,10 +30,9 @@ from typing import Any
 
 from interp.types import Model
 
-__all__ = ["estimate_memory", "estimate_faithfulness_memory", "fit_faithfulness_batch", "plan_attribution", "parse_bytes", "format_bytes", "shapes_from_config"]
+__all__ = ["estimate_memory", "estimate_faithfulness_memory", "fit_faithfulness_batch", "plan_attribution", "default_ig_chunk", "parse_bytes", "format_bytes", "shapes_from_config"]
 
 WORK_BYTES = 256 * 2**20  # chunk budget of the per-layer score blocks
-IG_ROWS = 256  # EAP-IG runs several points per forward/backward only while points · batch · tokens ≤ this
 
 
 def parse_bytes(x: int | float | str | None) -> int | None:
@@ -107,7 +107,9 @@ def estimate_memory(model: Model, n_tokens: int, batch_size: int = 1, *,
     b, T = int(batch_size), int(n_tokens)
     bt = b * T
     if ig_chunk is None:  # the default of plan_attribution
-        ig_chunk = max(1, min(int(ig_steps), IG_ROWS // max(1, bt)))
+        ig_chunk = default_ig_chunk(model, n_tokens, batch_size, granularity=granularity,
+                                    ig_steps=ig_steps, store=store, k=k, n_positions=n_positions,
+                                    attention=attention) if method != "eap" else 1
     pts = 1 if method == "eap" else max(1, min(int(ig_chunk), int(ig_steps)))
     # autograd-saved activations per token and layer (linear) + the attention rows
     lin = 2 * d + 2 * (H + 2 * G) * e + 3 * m  # calibrated on SmolLM2 (fused attention), BENCHMARKS.md
@@ -117,8 +119,10 @@ def estimate_memory(model: Model, n_tokens: int, batch_size: int = 1, *,
     fwd_bwd = pts * (bt * L * (lin * el + rows) + bt * s["vocab"] * el)
     acts = bt * ((1 + L) * d + L * 4 * H * e) * el  # no per-head sender outputs (recomputed from z)
     abl = bt * (S * d + L * 3 * H * e) * el
-    n_pts = 1 if method == "eap" else int(ig_steps)
-    grads = bt * L * (n_pts * (d + (H + 2 * G) * e) + d + H * e) * el
+    if method == "eap":  # the q/k/v gradients and the residual they normalise
+        grads = bt * L * ((d + (H + 2 * G) * e) + d + H * e) * el
+    else:  # EAP-IG condensed (_stream.CondensedGradPoints): per point the residual and one scalar per receiver
+        grads = bt * L * (int(ig_steps) * (d + H + 2 * G) + (H + 2 * G) * e + d + H * e) * el
     n_r = H + 2 * G + 1
     same_chunk = min(WORK_BYTES, bt * S * (n_r + (d if b > 1 else 0)) * el)
     cross_chunk = min(WORK_BYTES, b * H * T * T * max(el, 4) * 8)  # ~8 block temporaries per head
@@ -143,14 +147,30 @@ def estimate_memory(model: Model, n_tokens: int, batch_size: int = 1, *,
             "peak": int(peak), "weights": int(s["weights"])}
 
 
+def default_ig_chunk(model: Model, n_tokens: int, batch_size: int = 1, *, ig_steps: int = 5,
+                     **kw: Any) -> int:
+    """EAP-IG's interpolation points per forward/backward without a budget: as many as run
+    together without raising the peak — while the passes' memory (``c`` points' forward/backward
+    plus the gradients) stays within the scoring phase's (recorded runs, deltas, gradients,
+    one layer's blocks). Short prompts of small models batch their points; long prompts, or
+    models whose logits dominate a pass, run one point per pass."""
+    best = 1
+    for c in range(2, int(ig_steps) + 1):
+        e = estimate_memory(model, n_tokens, batch_size, method="eap-ig", ig_steps=ig_steps,
+                            ig_chunk=c, **kw)
+        if e["forward_backward"] + e["gradients"] > e["activations"] + e["ablation"] + e["gradients"] + e["layer_work"]:
+            break
+        best = c
+    return best
+
+
 def plan_attribution(pm: Any, *, n_tokens: int, n_examples: int, batch_size: int, granularity: str,
                      method: str, ig_steps: int, store: str, k: int | None,
                      max_memory: int | str | None) -> dict[str, Any]:
     """Batch size, store and EAP-IG points per pass for :func:`circuits.attribute`.
 
-    Without a budget: the requested batch size and store (``"auto"`` → dense), EAP-IG runs all
-    m points in one pass while ``points · batch · tokens ≤ IG_ROWS`` (256: short prompts batch their points;
-    longer ones run one point per pass, so the backward's memory is that of one pass), fewer otherwise. With
+    Without a budget: the requested batch size and store (``"auto"`` → dense), EAP-IG runs as
+    many points per pass as do not raise the peak (:func:`default_ig_chunk`). With
     ``max_memory``: the largest batch size ≤ the requested one (and the most IG points per pass)
     whose :func:`estimate_memory` peak fits; ``store="auto"`` becomes ``"disk"`` when a dense
     position graph does not fit. Raises ``MemoryError`` (before any model run) when even one
@@ -158,7 +178,8 @@ def plan_attribution(pm: Any, *, n_tokens: int, n_examples: int, batch_size: int
     budget = parse_bytes(max_memory)
     bs = max(1, min(int(batch_size), int(n_examples)))
     m = int(ig_steps) if method == "eap-ig" else 1
-    chunk = max(1, min(m, IG_ROWS // max(1, bs * n_tokens)))
+    chunk = 1 if m == 1 else default_ig_chunk(pm, n_tokens, bs, granularity=granularity,
+                                              ig_steps=m, store="dense" if store == "auto" else store, k=k)
     st = "dense" if store == "auto" else store
     out = {"batch_size": bs, "store": st, "ig_chunk": chunk, "work_bytes": WORK_BYTES}
     if budget is None:

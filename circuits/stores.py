@@ -512,8 +512,9 @@ class PositionSink:
             # crossing blocks are already 0 outside their examples' valid pairs (which
             # cross_valid is the union of): no masking multiply
             ok = self.cross_valid[None, None]
-            self.head_cross[l, h0:h1] += block.sum((-1, -2)).double()
-            self.head_query[l, h0:h1] += block.sum((1, 3)).double()
+            rows = block.sum(-1)  # [h 3 q]: one pass over the block for both aggregates
+            self.head_cross[l, h0:h1] += rows.sum(-1).double()
+            self.head_query[l, h0:h1] += rows.sum(1).double()
             okf = ok.expand_as(block)
 
             def edge_ids(ix: Tensor) -> Tensor:  # flat edge id of block entries ix [n 4]
@@ -532,14 +533,21 @@ class PositionSink:
         # or (top-k) strictly above the smallest |score| of a full group's current k (an entry
         # at or below it cannot displace any of them); ids are made for the candidates only
         prev = self.best.get(group)
+        mag = self._scratch(block)  # |block| in a buffer kept between pieces of one shape
         sel = okf
         if self.store == "threshold":
-            sel = okf & (block.abs() >= float(self.threshold))  # type: ignore[arg-type]
+            sel = okf & (mag >= float(self.threshold))  # type: ignore[arg-type]
         elif prev is not None and prev[1].numel() >= int(self.k):  # type: ignore[arg-type]
             tau = prev[1].abs().min()
             # an invalid entry is 0 (masked above, or a crossing block's own zeros): with a full
             # group (tau ≥ 0) it never passes |score| > tau, so the valid mask is not needed
-            sel = block.abs() > tau
+            sel = mag > tau
+        elif int(okf.sum()) > int(self.k):  # type: ignore[arg-type]
+            # a group not yet full meeting a block with more valid entries than k: only this
+            # block's own k largest can enter (ids are made for those k, not for every entry)
+            top = torch.topk(mag.masked_fill_(~okf, -1.0).flatten(), int(self.k),  # type: ignore[arg-type]
+                             sorted=False).indices
+            sel = torch.zeros(block.numel(), dtype=torch.bool).index_fill_(0, top, True).view(block.shape)
         sc, ii = block[sel], edge_ids(torch.nonzero(sel))
         if prev is not None:
             ii, sc = torch.cat([prev[0], ii]), torch.cat([prev[1], sc])
@@ -547,6 +555,14 @@ class PositionSink:
             top = torch.topk(sc.abs(), int(self.k), sorted=False).indices  # type: ignore[arg-type]
             ii, sc = ii[top], sc[top]
         self.best[group] = (ii, sc)
+
+    def _scratch(self, block: Tensor) -> Tensor:
+        """``|block|`` written into one flat buffer reused by every piece (grown to the largest
+        piece), not a fresh allocation per piece."""
+        buf = getattr(self, "_mag", None)
+        if buf is None or buf.numel() < block.numel() or buf.dtype != block.dtype:
+            buf = self._mag = torch.empty(block.numel(), dtype=block.dtype)
+        return torch.abs(block, out=buf[: block.numel()].view(block.shape))
 
     # ------------------------------------------------------------------ the result
     def finish(self, n: int, meta: dict[str, Any]) -> Any:

@@ -252,3 +252,32 @@ def test_parallel_block_graph_has_no_head_to_own_mlp_edges(family):
     assert bool(pm.valid[si["L1H0"], ri["M1"]]) != parallel
     assert pm.valid[si["M0"], ri["M1"]] and pm.valid[si["L0H2"], ri["M1"]]
     assert (pm.n_upstream(1, "mlp") == pm.n_upstream(1, "attn")) == parallel
+
+
+@pytest.mark.parametrize("family", list(VARIANTS))
+def test_condensed_ig_receiver_grads_equal_per_point(family):
+    """EAP-IG keeps its attention-receiver gradients condensed (summed scaled q/k/v gradients
+    plus per-point norm inputs and one scalar per receiver): the mean over points of the
+    receivers' input gradients equals the per-point form (each point's q/k/v gradients through
+    its own norm Jacobian, PatchableModel.attn_receiver_grads) on every structural variant —
+    RMSNorm, LayerNorm with biases, Gemma's 1 + w, parallel blocks (float64)."""
+    from circuits._stream import CondensedGradPoints, ig_grads
+    from circuits.metrics import MetricBatch
+
+    pm = patchable(tiny_hf(family).double())
+    g = torch.Generator().manual_seed(1)
+    n, p, m = 2, 7, 3
+    clean = _toks(n, p, 7)
+    corrupt = clean.clone()
+    corrupt[:, 3:] = torch.randint(4, V, (n, p - 3), generator=g)
+    met = logit_diff(torch.randint(4, V, (n,), generator=g), torch.randint(4, V, (n,), generator=g))
+    ones = torch.ones_like(clean)
+    e, ea = (pm.embed(t, pm.position_ids(ones)) for t in (clean, corrupt))
+    mb = lambda mc: MetricBatch.from_mask(ones.repeat(mc, 1), torch.arange(n).repeat(mc), None)  # noqa: E731
+    for chunk in (1, 2):
+        full = ig_grads(pm, met, e, ea, ones, mb, m, chunk, condense=False)
+        cond = ig_grads(pm, met, e, ea, ones, mb, m, chunk)
+        assert isinstance(cond, CondensedGradPoints) == (pm.qk_norm != "proj")
+        for l in range(pm.n_layers):
+            a, b = cond.attn(pm, l), full.attn(pm, l)
+            assert float((a - b).abs().max()) <= 1e-10 * float(b.abs().max()), (family, chunk, l)
