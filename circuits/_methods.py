@@ -105,6 +105,10 @@ class _SummedGradPoints(GradPoints):
     def attn(self, pm: PatchableModel, layer: int) -> Tensor:
         return self.attn_sum[layer] / self.m
 
+    def release(self, layer: int) -> None:
+        super().release(layer)
+        self.attn_sum[layer] = None  # type: ignore[call-overload]
+
 
 def activation_ig_grads(pm: PatchableModel, met: Metric, e_clean: Tensor, e_abl: Tensor,
                         clean_senders: Tensor, abl_senders: Tensor, mask: Tensor, mb_fn: Any,

@@ -34,10 +34,10 @@ __all__ = ["GradPoints", "CondensedGradPoints", "eap_grads", "ig_grads", "align_
            "layer_cross_blocks", "acc_dtype_for", "full_senders", "sender_delta", "add_point_grads"]
 
 
-def acc_dtype_for(device: torch.device) -> torch.dtype:
-    """Accumulation dtype of scores: float64 on CPU (the exactness tests), float32 elsewhere
-    (bf16/fp16 models on accelerators accumulate in float32)."""
-    return torch.float64 if torch.device(device).type == "cpu" else torch.float32
+def acc_dtype_for(device: torch.device, dtype: torch.dtype = torch.float64) -> torch.dtype:
+    """Accumulation dtype of scores: float64 for float64 models on CPU (the exactness tests),
+    float32 otherwise (float32 models; bf16/fp16 models on accelerators accumulate in float32)."""
+    return torch.float64 if torch.device(device).type == "cpu" and dtype == torch.float64 else torch.float32
 
 
 @dataclass
@@ -55,6 +55,7 @@ class GradPoints:
     z: list[Tensor]
     m: int
     b: int
+    first: Activations | None = None  # EAP-IG ``record_first``: the k = 0 point's activations
 
     def attn(self, pm: PatchableModel, layer: int) -> Tensor:
         """Mean over the points of layer ``layer``'s attention-receiver input gradients
@@ -70,6 +71,14 @@ class GradPoints:
     def mean(self, t: Tensor) -> Tensor:
         return t if self.m == 1 else t / self.m
 
+    def release(self, layer: int) -> None:
+        """Drop layer ``layer``'s gradients (scored: the streamed loop frees them as it goes)."""
+        for ln in self.ln1_in:
+            ln[layer] = None  # type: ignore[call-overload]
+        for gq in self.g_qkv:
+            gq[layer] = None  # type: ignore[call-overload]
+        self.mlp[layer] = self.z[layer] = None  # type: ignore[call-overload]
+
 
 @dataclass
 class CondensedGradPoints(GradPoints):
@@ -81,6 +90,12 @@ class CondensedGradPoints(GradPoints):
 
     rg_sum: list[tuple[Tensor, Tensor, Tensor]] = field(default_factory=list)
     coef: list[list[Tensor]] = field(default_factory=list)
+
+    def release(self, layer: int) -> None:
+        super().release(layer)
+        for c in self.coef:
+            c[layer] = None  # type: ignore[call-overload]
+        self.rg_sum[layer] = None  # type: ignore[call-overload]
 
     def attn(self, pm: PatchableModel, layer: int) -> Tensor:
         out = pm.attn_receiver_grads_summed(layer, [ln[layer] for ln in self.ln1_in],
@@ -124,6 +139,7 @@ def eap_grads(pm: PatchableModel, met: Any, e_clean: Tensor, mask: Tensor, idx: 
 
         mb = MetricBatch.from_mask(mask, idx, out["logits"].detach() if met.needs_clean else None)
         mval = met(out["logits"], mb)
+        out["logits"] = None  # not held through the backward (the metric's graph keeps what it needs)
         total = float(mval.detach().sum())
         grads = torch.autograd.grad(mval.sum(), _targets(out), allow_unused=True)
     ln1, qkv, mlp, logits, z = _split(pm, out, grads, b)
@@ -132,11 +148,15 @@ def eap_grads(pm: PatchableModel, met: Any, e_clean: Tensor, mask: Tensor, idx: 
 
 
 def ig_grads(pm: PatchableModel, met: Any, e_clean: Tensor, e_abl: Tensor, mask: Tensor,
-             mb_fn: Any, m: int, chunk: int, condense: bool = True) -> GradPoints:
+             mb_fn: Any, m: int, chunk: int, condense: bool = True,
+             record_first: bool = False) -> GradPoints:
     """EAP-IG: gradients at the m interpolated inputs ``e* + k/m (e − e*)``, k = 0 … m−1,
     ``chunk`` points per forward/backward (stacked along the batch axis). ``condense``: keep
     the attention-receiver gradients as :class:`CondensedGradPoints` (not for a q/k norm over
-    the whole projection, OLMo-2, which keeps the q/k/v gradients)."""
+    the whole projection, OLMo-2, which keeps the q/k/v gradients). ``record_first``: also
+    record the activations of the k = 0 point — the run on ``e*`` itself (``.first``, no
+    per-head sender outputs and no patterns; when ``e*`` is a counterfactual's own embedding,
+    that run *is* the counterfactual run)."""
     b = e_clean.shape[0]
     condense = condense and pm.qk_norm != "proj"
     alphas = torch.arange(m, device=e_clean.device, dtype=e_clean.dtype) / m
@@ -145,16 +165,24 @@ def ig_grads(pm: PatchableModel, met: Any, e_clean: Tensor, e_abl: Tensor, mask:
     coef_all: list[list[Tensor]] = []
     rg_sum: list[tuple[Tensor, Tensor, Tensor]] = []
     mlp = logits = z = None
+    first: Activations | None = None
     for k0 in range(0, m, chunk):
         a = alphas[k0: min(m, k0 + chunk)]
         mc = a.shape[0]
         emb = e_abl + rearrange(a, "point -> point 1 1 1") * (e_clean - e_abl)
         emb = rearrange(emb, "point b p d_model -> (point b) p d_model").detach().requires_grad_(True)
         mask_m = mask.repeat(mc, 1)
+        rec = record_first and k0 == 0
         with torch.enable_grad():
-            o = pm.forward(None, mask_m, embeds=emb, grad_nodes=True)
+            o = pm.forward(None, mask_m, embeds=emb, grad_nodes=True, record=rec,
+                           record_pattern=False, record_heads=False)
             mval = met(o["logits"], mb_fn(mc))
+            o["logits"] = None  # not held through the backward
             gk = torch.autograd.grad(mval.sum(), _targets(o), allow_unused=True)
+        if rec:
+            first = o["activations"].detach()
+            if mc > 1:  # the k = 0 point: the first b rows
+                first = first._map(lambda _n, t: t[:b])
         ln1, qkv, mlp_c, logits_c, z_c = _split(pm, o, gk, b)
         ln_all.append(ln1)
         fwd_qkv = [tuple(t.detach() for t in t3) for t3 in o["qkv"]] if condense else []
@@ -177,8 +205,8 @@ def ig_grads(pm: PatchableModel, met: Any, e_clean: Tensor, e_abl: Tensor, mask:
         mlp, logits, z = add_point_grads((mlp, logits, z), (mlp_c, logits_c, z_c))
     assert mlp is not None and logits is not None and z is not None
     if condense:
-        return CondensedGradPoints(ln_all, [], mlp, logits, z, m, b, rg_sum=rg_sum, coef=coef_all)
-    return GradPoints(ln_all, qkv_all, mlp, logits, z, m, b)
+        return CondensedGradPoints(ln_all, [], mlp, logits, z, m, b, first, rg_sum=rg_sum, coef=coef_all)
+    return GradPoints(ln_all, qkv_all, mlp, logits, z, m, b, first)
 
 
 def add_point_grads(acc: tuple[Any, Any, Any], new: tuple[Any, Any, Any]) -> tuple[Any, Any, Any]:

@@ -258,7 +258,7 @@ def attribute(
     K = len(data.positions)
     S, R, L, H = len(pm.senders), len(pm.receivers), pm.n_layers, pm.n_heads
     dev, dt = pm.device, pm.dtype
-    acc = acc_dtype_for(dev)
+    acc = acc_dtype_for(dev, dt)
     # crossing-edge blocks [b h 3 T T] are computed in the model's precision (at least float32;
     # float64 models stay float64) and only their reductions accumulate in `acc`
     cdt = torch.promote_types(dt, torch.float32)
@@ -404,13 +404,35 @@ def attribute(
                                          ig_steps, min(ig_chunk, ig_steps))
                 del cs
             else:
-                gp = ig_grads(pm, met, e_clean, e_abl, mask, mb_fn, ig_steps, min(ig_chunk, ig_steps))
+                # a counterfactual at the clean positions and mask (identity alignment): the
+                # k = 0 point's run on its embedding is the counterfactual run — recorded there
+                # instead of running it again, where that does not raise the peak (the plan)
+                reuse = False
+                if ablation == "counterfactual" and plan["ig_record_first"]:
+                    xt_, xm_, src_ = counterfactual_batch(idx, w)
+                    reuse = (xm_.shape == mask.shape and torch.equal(xm_, mask)
+                             and torch.equal(src_, torch.arange(w, device=dev).expand_as(src_)))
+                    del xt_, xm_, src_
+                gp = ig_grads(pm, met, e_clean, e_abl, mask, mb_fn, ig_steps, min(ig_chunk, ig_steps),
+                              record_first=reuse)
                 del e_abl
-                abl = ablation_source()
+                # the clean recording first, its logits dropped as soon as the metric is read;
+                # then the ablation source's [b p S d] senders
                 record_clean()
+                tot = float(met(out0["logits"], MetricBatch.from_mask(mask, idx.to(dev), clean_logits)).sum())
+                out0["logits"] = None
+                if reuse:
+                    assert gp.first is not None
+                    first, gp.first = gp.first, None
+                    abl = Activations(full_senders(pm, first), first.q, first.k, first.v, first.z,
+                                      first.pattern, first.attention_mask)
+                    del first
+                else:
+                    abl = ablation_source()
             acts = out0["activations"]
             clean_ln1 = out0["ln1_in"]
-            tot = float(met(out0["logits"], MetricBatch.from_mask(mask, idx.to(dev), clean_logits)).sum())
+            if out0["logits"] is not None:
+                tot = float(met(out0["logits"], MetricBatch.from_mask(mask, idx.to(dev), clean_logits)).sum())
             del out0
         metric_total += tot
         # sender deltas z* − z [b p S d]; ablated q/k/v per layer
@@ -504,6 +526,8 @@ def attribute(
                             cross[l, h0:h1] += einsum(ohc, ck, "b query abs_q, b head kind query abs_k "
                                                                "-> b head kind abs_q abs_k").abs().sum(0).to(acc) * absw
                         del ck
+                if absw is None:  # layer l's gradients are done with (GradDrop's passes reuse them)
+                    gp.release(l)
         del delta, gp
         if sink is not None:
             sink.end_batch()

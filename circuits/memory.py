@@ -28,9 +28,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import torch
+
 from interp.types import Model
 
-__all__ = ["estimate_memory", "estimate_faithfulness_memory", "fit_faithfulness_batch", "plan_attribution", "default_ig_chunk", "parse_bytes", "format_bytes", "shapes_from_config"]
+__all__ = ["estimate_memory", "estimate_faithfulness_memory", "fit_faithfulness_batch", "plan_attribution", "default_ig_chunk", "ig_records_first", "parse_bytes", "format_bytes", "shapes_from_config"]
 
 WORK_BYTES = 256 * 2**20  # chunk budget of the per-layer score blocks
 
@@ -68,7 +70,7 @@ def shapes_from_config(cfg: dict[str, Any], *, dtype_bytes: int = 2, device: str
     e = int(cfg.get("head_dim") or d // H)
     return dict(L=L, H=H, G=G, d=d, e=e, m=int(cfg["intermediate_size"]), S=1 + L * (H + 1),
                 R=L * (H + 2 * G + 1) + 1, elem=dtype_bytes, vocab=int(cfg["vocab_size"]),
-                weights=int(cfg.get("n_params", 0)) * dtype_bytes, acc=8 if device == "cpu" else 4,
+                weights=int(cfg.get("n_params", 0)) * dtype_bytes, acc=8 if device == "cpu" and dtype_bytes == 8 else 4,
                 softcap=cfg.get("attn_logit_softcapping") is not None)
 
 
@@ -85,7 +87,7 @@ def _shapes(model: Any) -> dict[str, Any]:
     return dict(L=pm.n_layers, H=pm.n_heads, G=pm.n_kv_heads, d=pm.d_model, e=pm.d_head,
                 m=d_mlp, S=len(pm.senders), R=len(pm.receivers), elem=elem,
                 vocab=int(pm.W_U.shape[1]), weights=n_params * elem,
-                acc=8 if pm.device.type == "cpu" else 4, softcap=pm.attn_softcap is not None)
+                acc=8 if pm.device.type == "cpu" and pm.dtype == torch.float64 else 4, softcap=pm.attn_softcap is not None)
 
 
 def estimate_memory(model: Model, n_tokens: int, batch_size: int = 1, *,
@@ -138,13 +140,24 @@ def estimate_memory(model: Model, n_tokens: int, batch_size: int = 1, *,
         output = 8 * P * (S + R) + WORK_BYTES
     # the ablation source is made after the backward (EAP-IG interpolates towards the ablated
     # input embedding alone); EAP records the clean activations in its gradient pass, EAP-IG
-    # records them after its passes
-    phase_a = fwd_bwd + grads + (acts if method == "eap" else 0)
+    # records them after its passes — and a same-position counterfactual's run at its k = 0
+    # point (as large as the clean recording) where that does not raise the peak
+    # (ig_records_first)
+    phase_a = fwd_bwd + grads + (acts if method == "eap" or fwd_bwd <= abl + layer_work else 0)
     phase_b = acts + abl + grads + layer_work  # the deltas are made in the ablated senders' buffer
     peak = max(phase_a, phase_b) + output
     return {"forward_backward": int(fwd_bwd), "activations": int(acts), "ablation": int(abl),
             "gradients": int(grads), "layer_work": int(layer_work), "output": int(output),
             "peak": int(peak), "weights": int(s["weights"])}
+
+
+def ig_records_first(model: Model, n_tokens: int, batch_size: int = 1, **kw: Any) -> bool:
+    """Whether EAP-IG records a same-position counterfactual's run at its k = 0 point (saving
+    the ablation source's own forward): only where holding that recording through the passes
+    does not raise the peak — the passes' memory plus it stays within the scoring phase's
+    (:func:`estimate_memory`'s parts: ``forward_backward ≤ ablation + layer_work``)."""
+    e = estimate_memory(model, n_tokens, batch_size, method="eap-ig", **kw)
+    return e["forward_backward"] <= e["ablation"] + e["layer_work"]
 
 
 def default_ig_chunk(model: Model, n_tokens: int, batch_size: int = 1, *, ig_steps: int = 5,
@@ -182,6 +195,8 @@ def plan_attribution(pm: Any, *, n_tokens: int, n_examples: int, batch_size: int
                                               ig_steps=m, store="dense" if store == "auto" else store, k=k)
     st = "dense" if store == "auto" else store
     out = {"batch_size": bs, "store": st, "ig_chunk": chunk, "work_bytes": WORK_BYTES}
+    out["ig_record_first"] = m > 1 and ig_records_first(pm, n_tokens, bs, granularity=granularity,
+                                                        ig_steps=m, ig_chunk=chunk, store=st, k=k)
     if budget is None:
         return out
 
@@ -194,7 +209,9 @@ def plan_attribution(pm: Any, *, n_tokens: int, n_examples: int, batch_size: int
         for b in range(bs, 0, -1):
             for c in range(m, 0, -1):
                 if est(b, c, s_) <= budget:
-                    return {**out, "batch_size": b, "store": s_, "ig_chunk": c}
+                    rf = m > 1 and ig_records_first(pm, n_tokens, b, granularity=granularity,
+                                                    ig_steps=m, ig_chunk=c, store=s_, k=k)
+                    return {**out, "batch_size": b, "store": s_, "ig_chunk": c, "ig_record_first": rf}
     best = min(est(1, 1, s_) for s_ in stores)
     # what would fit: the longest prompt at batch 1 with these settings
     lo, hi = 1, int(n_tokens)

@@ -446,7 +446,11 @@ class PositionSink:
         self.recv = torch.zeros(P, R, dtype=torch.float64)
         self.head_cross = torch.zeros(L, H, 3, dtype=torch.float64)
         self.head_query = torch.zeros(L, H, P, dtype=torch.float64)
+        # per group: candidate ids and scores (top-k: compacted to the k largest |score| only
+        # when they exceed 2k — fewer top-k passes) and the admission bar tau (a top-k group's
+        # k-th largest |score| at its last compaction; −1 before the group first held k)
         self.best: dict[Any, tuple[Tensor, Tensor]] = {}
+        self.tau: dict[Any, float] = {}
         self.pieces: list[dict[str, Any]] = []
         self.tmp: Path | None = None
         self.mm: dict[tuple, np.memmap] = {}
@@ -535,12 +539,13 @@ class PositionSink:
         prev = self.best.get(group)
         mag = self._scratch(block)  # |block| in a buffer kept between pieces of one shape
         sel = okf
+        tau = self.tau.get(group, -1.0)
         if self.store == "threshold":
             sel = okf & (mag >= float(self.threshold))  # type: ignore[arg-type]
-        elif prev is not None and prev[1].numel() >= int(self.k):  # type: ignore[arg-type]
-            tau = prev[1].abs().min()
-            # an invalid entry is 0 (masked above, or a crossing block's own zeros): with a full
-            # group (tau ≥ 0) it never passes |score| > tau, so the valid mask is not needed
+        elif tau >= 0:
+            # an entry at or below the k-th largest |score| so far cannot enter; an invalid
+            # entry is 0 (masked above, or a crossing block's own zeros) and never passes
+            # |score| > tau ≥ 0, so the valid mask is not needed
             sel = mag > tau
         elif int(okf.sum()) > int(self.k):  # type: ignore[arg-type]
             # a group not yet full meeting a block with more valid entries than k: only this
@@ -551,10 +556,21 @@ class PositionSink:
         sc, ii = block[sel], edge_ids(torch.nonzero(sel))
         if prev is not None:
             ii, sc = torch.cat([prev[0], ii]), torch.cat([prev[1], sc])
-        if self.store == "topk" and sc.numel() > int(self.k):  # type: ignore[arg-type]
-            top = torch.topk(sc.abs(), int(self.k), sorted=False).indices  # type: ignore[arg-type]
+        self.best[group] = (ii, sc)
+        if self.store == "topk" and (sc.numel() > 2 * int(self.k)  # type: ignore[arg-type]
+                                     or (tau < 0 and sc.numel() >= int(self.k))):  # type: ignore[arg-type]
+            self._compact(group)
+
+    def _compact(self, group: Any) -> None:
+        """Keep a top-k group's k largest |score| and raise its bar to the k-th of them."""
+        ii, sc = self.best[group]
+        k = int(self.k)  # type: ignore[arg-type]
+        if sc.numel() > k:
+            top = torch.topk(sc.abs(), k, sorted=False).indices
             ii, sc = ii[top], sc[top]
         self.best[group] = (ii, sc)
+        if sc.numel() >= k:
+            self.tau[group] = float(sc.abs().min())
 
     def _scratch(self, block: Tensor) -> Tensor:
         """``|block|`` written into one flat buffer reused by every piece (grown to the largest
@@ -599,6 +615,9 @@ class PositionSink:
                 "receivers": self.receivers, "positions": self.positions,
                 "meta": to_jsonable(self.meta), "pieces": self.pieces}))
             return ShardedAttributionGraph(self.path)
+        if self.store == "topk":
+            for group in list(self.best):
+                self._compact(group)
         ids = [v[0] for v in self.best.values()]
         scs = [v[1] for v in self.best.values()]
         ids_t = torch.cat(ids) if ids else torch.zeros(0, dtype=torch.long)

@@ -236,3 +236,20 @@ def test_faithfulness_max_memory(random_toy):
     assert small(c).f == pytest.approx(full(c).f, rel=1e-5, abs=1e-6)
     with pytest.raises(MemoryError, match="max_memory"):
         FaithfulnessEvaluator(m, clean, corrupt, met, max_memory=one // 2)
+
+
+@pytest.mark.parametrize("method", ["eap-ig", "atp*-ig"])
+def test_ig_counterfactual_recorded_at_its_first_point(random_toy, monkeypatch, method):
+    """EAP-IG's k = 0 point runs the model on the counterfactual's own embedding: with a
+    same-length counterfactual that run is recorded as the ablation source (when the memory plan
+    allows) instead of a second counterfactual forward — the scores are the same either way."""
+    import circuits.memory as mem
+
+    m, (clean, corrupt, met) = _toy(random_toy, "toy-induction")
+    graphs = {}
+    for first in (False, True):
+        monkeypatch.setattr(mem, "ig_records_first", lambda *a, _f=first, **k: _f)
+        graphs[first] = attribute(m, clean, corrupt, met, method=method, ig_steps=3, batch_size=2)
+    a, b = graphs[True], graphs[False]
+    assert _rel(a.same_pos, b.same_pos) < 1e-6 and _rel(a.cross, b.cross) < 1e-6
+    assert float(a.same_pos.abs().max()) > 0
