@@ -451,6 +451,7 @@ class PositionSink:
         # k-th largest |score| at its last compaction; −1 before the group first held k)
         self.best: dict[Any, tuple[Tensor, Tensor]] = {}
         self.tau: dict[Any, float] = {}
+        self._mag: Tensor | None = None  # the |block| buffer (_scratch)
         self.pieces: list[dict[str, Any]] = []
         self.tmp: Path | None = None
         self.mm: dict[tuple, np.memmap] = {}
@@ -537,7 +538,7 @@ class PositionSink:
         # or (top-k) strictly above the smallest |score| of a full group's current k (an entry
         # at or below it cannot displace any of them); ids are made for the candidates only
         prev = self.best.get(group)
-        mag = self._scratch(block)  # |block| in a buffer kept between pieces of one shape
+        mag = self._scratch(block)  # |block| in the one buffer all pieces reuse
         sel = okf
         tau = self.tau.get(group, -1.0)
         if self.store == "threshold":
@@ -575,7 +576,7 @@ class PositionSink:
     def _scratch(self, block: Tensor) -> Tensor:
         """``|block|`` written into one flat buffer reused by every piece (grown to the largest
         piece), not a fresh allocation per piece."""
-        buf = getattr(self, "_mag", None)
+        buf = self._mag
         if buf is None or buf.numel() < block.numel() or buf.dtype != block.dtype:
             buf = self._mag = torch.empty(block.numel(), dtype=block.dtype)
         return torch.abs(block, out=buf[: block.numel()].view(block.shape))
