@@ -6,14 +6,16 @@ Usage::
         [--ig-steps 5] [--k 100000] [--repeats 2] [--out results/attribution_scaling.json]
 
 SmolLM2-135M, batch 1, random-token prompts with BOS, counterfactual = the second half of the
-prompt resampled, metric = one logit at the last position. For each length T, in one process:
+prompt resampled (``--counterfactual all``: every token after BOS), metric = one logit at the last
+position. For each length T, in one process:
 
 * baseline: one forward + backward of the bridge's HF model (eager attention) on the clean batch
   (gradient w.r.t. the input embeddings only), time and peak extra RSS;
 * EAP and EAP-IG (m steps) at granularity ``none``, ``span`` (8 equal spans over the prompt)
   and ``position`` with a top-k store (k edges);
-* each run's time as a ratio to the baseline (min over ``--repeats``; other processes share the
-  CPUs, so times are noisy) and its peak extra RSS (sampled every 10 ms above the RSS before
+* each run's time as a ratio to the baseline (min over ``--repeats``; the baseline is measured
+  before and again after the runs of each length and the faster is used; other processes share
+  the CPUs, so times are noisy) and its peak extra RSS (sampled every 10 ms above the RSS before
   the run) as a ratio to the baseline's, next to :func:`circuits.estimate_memory`'s prediction.
   The script re-executes itself with ``MALLOC_MMAP_THRESHOLD_=65536`` (unless set) so that RSS
   tracks live tensors rather than glibc's cached heap from earlier runs in the process.
@@ -114,8 +116,8 @@ def paper_table(measured: list[dict], tflops: float = 400.0, gpu_gib: float = 80
 
     lines = ["| model | tokens | fwd+bwd (pred.) | EAP time (pred.) | EAP-IG m=5 (pred.) | peak EAP none/span | "
              "peak EAP-IG | attention in the attributed forward | position graph dense | "
-             "store needed on one 80 GB GPU |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "store needed on one 80 GB GPU | 80 GB GPUs with device_map (EAP none / EAP-IG; not supported yet) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, cfg in PAPER_MODELS.items():
         sh = shapes_from_config(cfg)
         for T in (128, 1024, 8192):
@@ -134,10 +136,14 @@ def paper_table(measured: list[dict], tflops: float = 400.0, gpu_gib: float = 80
             else:
                 store = "does not fit at batch 1 (device_map over GPUs not supported yet)"
             gib = lambda x: f"{x / 2**30:.1f} GiB"  # noqa: E731
+            # layer-split (device_map): weights, activations, gradients and deltas all divide by
+            # layer; ~5 % headroom per GPU for the per-layer work that cannot be split
+            n_gpu = lambda need: -(-int(need) // int(0.95 * gpu_gib * 2**30))  # noqa: E731
             lines.append(f"| {name} | {T} | {fb:.2f} s | {fb * ratio('eap none', T):.2f} s | "
                          f"{fb * ratio('eap-ig none', T):.2f} s | {gib(e_none['peak'])} | {gib(e_ig['peak'])} | "
                          f"{attn} | "
-                         f"{gib(dense)} | {store} |")
+                         f"{gib(dense)} | {store} | {n_gpu(e_none['peak'] + sh['weights'])} / "
+                         f"{n_gpu(e_ig['peak'] + sh['weights'])} |")
     return "\n".join(lines)
 
 
@@ -150,6 +156,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--methods", nargs="+", default=["eap", "eap-ig"])
     ap.add_argument("--granularities", nargs="+", default=["none", "span", "position"])
+    ap.add_argument("--counterfactual", choices=["half", "all"], default="half",
+                    help="resample the second half of the prompt (the issue's setting: clean and "
+                         "counterfactual share their first half) or every token after BOS (no "
+                         "shared prefix: crossing blocks cannot skip any rows)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "attribution_scaling.json"))
     ap.add_argument("--paper", default=None,
                     help="print the predicted table for Llama-3-8B / Gemma-2-9B from this results JSON and exit")
@@ -183,7 +193,8 @@ def main() -> None:
         clean = torch.randint(100, V, (1, T), generator=g)
         clean[:, 0] = bos
         corrupt = clean.clone()
-        corrupt[:, T // 2:] = torch.randint(100, V, (1, T - T // 2), generator=g)
+        c0 = T // 2 if args.counterfactual == "half" else 1
+        corrupt[:, c0:] = torch.randint(100, V, (1, T - c0), generator=g)
         target = int(torch.randint(100, V, (1,), generator=g))
 
         def one_logit(logits: torch.Tensor, batch) -> torch.Tensor:
@@ -201,15 +212,21 @@ def main() -> None:
                 logits = hf(inputs_embeds=emb).logits
                 logits[0, -1, target].backward()
 
-        times, peaks = [], []
-        for _ in range(args.repeats):
-            with Peak() as pk:
-                baseline()
-            times.append(pk.seconds)
-            peaks.append(pk.extra)
-        base_t, base_m = min(times), min(peaks)
+        def measure_baseline() -> tuple[float, int]:
+            times, peaks = [], []
+            for _ in range(args.repeats):
+                with Peak() as pk:
+                    baseline()
+                times.append(pk.seconds)
+                peaks.append(pk.extra)
+            return min(times), min(peaks)
+
+        base_t, base_m = measure_baseline()
         print(f"T={T}: fwd+bwd {base_t:.3f}s, +{base_m / 2**20:.0f} MiB", flush=True)
-        rows.append({"T": T, "run": "baseline fwd+bwd", "seconds": base_t, "extra_bytes": base_m})
+        base_row = {"T": T, "run": "baseline fwd+bwd", "seconds": base_t, "extra_bytes": base_m,
+                    "seconds_before": base_t}
+        rows.append(base_row)
+        first_row = len(rows)
         for method in args.methods:
             for gran in args.granularities:
                 kw = dict(method=method, ig_steps=args.ig_steps, granularity=gran, batch_size=1)
@@ -239,8 +256,17 @@ def main() -> None:
                 print(f"  {row['run']:<32} {t:8.2f}s {row['ratio_time']:5.2f}x  +{mem / 2**20:7.0f} MiB "
                       f"({row['ratio_memory']:.2f}x)  estimate {est['peak'] / 2**20:7.0f} MiB "
                       f"({row['estimate_over_measured']:.2f} of measured)", flush=True)
+        # the baseline again after the runs: the ratios use the faster of the two measurements
+        # (a baseline slowed by the machine would flatter every ratio)
+        after_t, after_m = measure_baseline()
+        base_row.update(seconds_after=after_t, seconds=min(base_t, after_t), extra_bytes=min(base_m, after_m))
+        print(f"T={T}: fwd+bwd again {after_t:.3f}s (ratios use {base_row['seconds']:.3f}s)", flush=True)
+        for r in rows[first_row:]:
+            r["ratio_time"] = r["seconds"] / base_row["seconds"]
+            r["ratio_memory"] = r["extra_bytes"] / max(base_row["extra_bytes"], 1)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"model": args.model, "threads": torch.get_num_threads(),
+                                              "counterfactual": args.counterfactual,
                                               "rows": rows}, indent=1))
 
 
