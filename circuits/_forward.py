@@ -302,19 +302,24 @@ class PatchableModel:
         LayerNorm adds ``− mean(u)``; Gemma uses ``1 + w``, in float32; no norm: ``g``."""
         if w is None:
             return g
-        xf = _up(x)[:, :, None]  # [b p 1 d]
+        xh, r = self._norm_stats(x)
+        xh, r = xh[:, :, None], r[:, :, None]  # [b p 1 d], [b p 1 1]
         if self.norm_kind == "layer":
-            xc = xf - xf.mean(-1, keepdim=True)
-            r = torch.rsqrt(xc.pow(2).mean(-1, keepdim=True) + self.eps)
-            xh = xc * r
             u = _up(g) * _up(w)
             out = r * (u - u.mean(-1, keepdim=True) - xh * (u * xh).mean(-1, keepdim=True))
         else:
-            r = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-            xh = xf * r
             u = _up(g) * ((self.norm_offset + _up(w)) if self.norm_offset else _up(w))
             out = r * (u - xh * (u * xh).mean(-1, keepdim=True))
         return out.to(g.dtype)
+
+    def _norm_stats(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The input norm's normalised input ``x̂`` (centred first for LayerNorm) and scale
+        ``r = (mean x² + ε)^-½`` ``[.. 1]``, in float32 or wider."""
+        xf = _up(x)
+        if self.norm_kind == "layer":
+            xf = xf - xf.mean(-1, keepdim=True)
+        r = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return xf * r, r
 
     def _proj_norm_vjp(self, u: Tensor, g: Tensor, w: Tensor, W: Tensor) -> Tensor:
         """Receiver-wise gradient through an RMSNorm over the whole projection (OLMo-2).
@@ -380,10 +385,7 @@ class PatchableModel:
         gs = [_up(g) for g in g_qkv]
         if W.ln1_w is None:
             return (gs[0], gs[1], gs[2]), gs[0].new_zeros(*gs[0].shape[:2], sum(g.shape[2] for g in gs))
-        xf = _up(resid)
-        if self.norm_kind == "layer":
-            xf = xf - xf.mean(-1, keepdim=True)
-        r = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)  # [b p 1]
+        r = self._norm_stats(resid)[1]  # [b p 1]
         dots = []
         for g, t, Wm in zip(gs, qkv, (W.W_Q, W.W_K, W.W_V)):
             dt = einsum(g, _up(t), "b p n e, b p n e -> b p n")
@@ -416,11 +418,7 @@ class PatchableModel:
         if self.norm_kind == "layer":
             a.sub_(a.mean(-1, keepdim=True))
         for x, s_ in zip(resid, coef):
-            xf = _up(x)
-            if self.norm_kind == "layer":
-                xf = xf - xf.mean(-1, keepdim=True)
-            xh = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)  # [(point b) p d]
-            xh = rearrange(xh, "(point b) p d_model -> b p point d_model", b=batch)
+            xh = rearrange(self._norm_stats(x)[0], "(point b) p d_model -> b p point d_model", b=batch)
             sk = rearrange(s_, "(point b) p n -> b p point n", b=batch)
             a.sub_(einsum(sk, xh, "b p point n, b p point d_model -> b p n d_model"))
         return a.to(resid[0].dtype)

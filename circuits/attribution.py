@@ -379,13 +379,16 @@ def attribute(
                     clean_logits = pm.forward(toks, mask)["logits"]
             out0: dict[str, Any] = {}
 
-            def record_clean() -> None:
+            def record_clean() -> float:
+                """The clean recording (into ``out0``) and its summed metric."""
                 with torch.no_grad():
                     out0.update(pm.forward(toks, mask, record=True, record_pattern=False,
                                            grad_nodes=method == "atp*-ig", record_heads=False))
+                cl = out0["logits"] if clean_logits is None and met.needs_clean else clean_logits
+                return float(met(out0["logits"], MetricBatch.from_mask(mask, idx.to(dev), cl)).sum())
 
             if not late:
-                record_clean()
+                tot = record_clean()
                 clean_logits = out0["logits"] if met.needs_clean else None
             e_abl = (ablation_embedding() if late else
                      abl.senders[:, :, 0] if abl is not None else torch.zeros_like(e_clean)).expand_as(e_clean)
@@ -418,8 +421,7 @@ def attribute(
                 del e_abl
                 # the clean recording first, its logits dropped as soon as the metric is read;
                 # then the ablation source's [b p S d] senders
-                record_clean()
-                tot = float(met(out0["logits"], MetricBatch.from_mask(mask, idx.to(dev), clean_logits)).sum())
+                tot = record_clean()
                 out0["logits"] = None
                 if reuse:
                     assert gp.first is not None
@@ -431,8 +433,6 @@ def attribute(
                     abl = ablation_source()
             acts = out0["activations"]
             clean_ln1 = out0["ln1_in"]
-            if out0["logits"] is not None:
-                tot = float(met(out0["logits"], MetricBatch.from_mask(mask, idx.to(dev), clean_logits)).sum())
             del out0
         metric_total += tot
         # sender deltas z* − z [b p S d]; ablated q/k/v per layer

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from circuits._stream import acc_dtype_for
 from interp.types import Model
 
 __all__ = ["estimate_memory", "estimate_faithfulness_memory", "fit_faithfulness_batch", "plan_attribution", "default_ig_chunk", "ig_records_first", "parse_bytes", "format_bytes", "shapes_from_config"]
@@ -70,7 +71,8 @@ def shapes_from_config(cfg: dict[str, Any], *, dtype_bytes: int = 2, device: str
     e = int(cfg.get("head_dim") or d // H)
     return dict(L=L, H=H, G=G, d=d, e=e, m=int(cfg["intermediate_size"]), S=1 + L * (H + 1),
                 R=L * (H + 2 * G + 1) + 1, elem=dtype_bytes, vocab=int(cfg["vocab_size"]),
-                weights=int(cfg.get("n_params", 0)) * dtype_bytes, acc=8 if device == "cpu" and dtype_bytes == 8 else 4,
+                weights=int(cfg.get("n_params", 0)) * dtype_bytes,
+                acc=acc_dtype_for(torch.device(device), torch.float64 if dtype_bytes == 8 else torch.float32).itemsize,
                 softcap=cfg.get("attn_logit_softcapping") is not None)
 
 
@@ -87,7 +89,7 @@ def _shapes(model: Any) -> dict[str, Any]:
     return dict(L=pm.n_layers, H=pm.n_heads, G=pm.n_kv_heads, d=pm.d_model, e=pm.d_head,
                 m=d_mlp, S=len(pm.senders), R=len(pm.receivers), elem=elem,
                 vocab=int(pm.W_U.shape[1]), weights=n_params * elem,
-                acc=8 if pm.device.type == "cpu" and pm.dtype == torch.float64 else 4, softcap=pm.attn_softcap is not None)
+                acc=acc_dtype_for(pm.device, pm.dtype).itemsize, softcap=pm.attn_softcap is not None)
 
 
 def estimate_memory(model: Model, n_tokens: int, batch_size: int = 1, *,
@@ -143,7 +145,7 @@ def estimate_memory(model: Model, n_tokens: int, batch_size: int = 1, *,
     # records them after its passes — and a same-position counterfactual's run at its k = 0
     # point (as large as the clean recording) where that does not raise the peak
     # (ig_records_first)
-    phase_a = fwd_bwd + grads + (acts if method == "eap" or fwd_bwd <= abl + layer_work else 0)
+    phase_a = fwd_bwd + grads + (acts if method == "eap" or _first_fits(fwd_bwd, abl, layer_work) else 0)
     phase_b = acts + abl + grads + layer_work  # the deltas are made in the ablated senders' buffer
     peak = max(phase_a, phase_b) + output
     return {"forward_backward": int(fwd_bwd), "activations": int(acts), "ablation": int(abl),
@@ -157,7 +159,13 @@ def ig_records_first(model: Model, n_tokens: int, batch_size: int = 1, **kw: Any
     does not raise the peak — the passes' memory plus it stays within the scoring phase's
     (:func:`estimate_memory`'s parts: ``forward_backward ≤ ablation + layer_work``)."""
     e = estimate_memory(model, n_tokens, batch_size, method="eap-ig", **kw)
-    return e["forward_backward"] <= e["ablation"] + e["layer_work"]
+    return _first_fits(e["forward_backward"], e["ablation"], e["layer_work"])
+
+
+def _first_fits(fwd_bwd: int, ablation: int, layer_work: int) -> bool:
+    """The k = 0 recording (as large as the clean one) held through the passes stays within the
+    scoring phase, which holds the clean recording too: passes + it ≤ ablation + layer work."""
+    return fwd_bwd <= ablation + layer_work
 
 
 def default_ig_chunk(model: Model, n_tokens: int, batch_size: int = 1, *, ig_steps: int = 5,
