@@ -212,7 +212,10 @@ class PatchableModel:
         self.lnf_w, self.lnf_b = _w(lnf), _b(lnf)
         head = get(root, fam.paths.lm_head)
         self.W_U = _w(head).T  # [d vocab]
-        self.b_U = _b(head)
+        b_U = _b(head)
+        # an all-zero unembedding bias (the bridge adds one where HF has none) is left out: adding
+        # it changes nothing but costs a [b p vocab] copy
+        self.b_U = None if b_U is None or not bool(b_U.any()) else b_U
         mlp0 = get(get(root, fam.paths.layers)[0], fam.paths.mlp)
         self.act = next((getattr(mlp0, n) for n in ("act_fn", "act", "activation_fn") if hasattr(mlp0, n)), None)
         if self.act is None:  # the activation as HF applies it; else the config's name
@@ -860,10 +863,12 @@ class PatchableModel:
             return out
         xf = xf[:, :, 0]
         logits = self._norm(xf, self.lnf_w, self.lnf_b) @ self.W_U
+        # in place on the fresh product (neither the bias add nor the division needs it for its
+        # gradient): no second [b p vocab] block
         if self.b_U is not None:
-            logits = logits + self.b_U
+            logits += self.b_U
         if self.logits_scaling is not None:  # Granite
-            logits = logits / self.logits_scaling
+            logits /= self.logits_scaling
         if self.final_softcap is not None:
             logits = torch.tanh(logits / self.final_softcap) * self.final_softcap
         out["logits"] = logits

@@ -145,6 +145,8 @@ def prepare(
         raise ValueError(f"ablation must be 'counterfactual', 'mean' or 'zero', got {ablation!r}")
     cb = _as_batch(pm, clean, "clean")
     n, P = cb.tokens.shape
+    if n == 0:
+        raise ValueError("no clean examples were given: attribution needs at least one prompt")
     xb = None
     if ablation == "counterfactual":
         if corrupt is None:

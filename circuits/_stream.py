@@ -26,12 +26,14 @@ from typing import Any
 
 import torch
 from einops import einsum, rearrange, reduce
+from jaxtyping import Float
 from torch import Tensor
 
 from circuits._forward import Activations, PatchableModel
+from interp.heap import release_freed_memory
 
-__all__ = ["GradPoints", "CondensedGradPoints", "eap_grads", "ig_grads", "align_lite", "layer_same_blocks",
-           "layer_cross_blocks", "acc_dtype_for", "full_senders", "sender_delta", "add_point_grads"]
+__all__ = ["GradPoints", "CondensedGradPoints", "eap_grads", "ig_grads", "align_lite",
+           "layer_cross_blocks", "acc_dtype_for", "full_senders", "SenderDeltas", "add_point_grads"]
 
 
 def acc_dtype_for(device: torch.device, dtype: torch.dtype = torch.float64) -> torch.dtype:
@@ -203,6 +205,10 @@ def ig_grads(pm: PatchableModel, met: Any, e_clean: Tensor, e_abl: Tensor, mask:
             qkv_all.append(qkv)
         del qkv, fwd_qkv
         mlp, logits, z = add_point_grads((mlp, logits, z), (mlp_c, logits_c, z_c))
+        if e_clean.device.type == "cpu":
+            # the pass's small temporaries are freed below the points' kept gradients: hand the
+            # pages back before the next pass, or the heap grows by a pass's worth per point
+            release_freed_memory()
     assert mlp is not None and logits is not None and z is not None
     if condense:
         return CondensedGradPoints(ln_all, [], mlp, logits, z, m, b, first, rg_sum=rg_sum, coef=coef_all)
@@ -246,26 +252,75 @@ def full_senders(pm: PatchableModel, acts: Activations) -> Tensor:
     return out
 
 
-def sender_delta(pm: PatchableModel, clean: Activations, abl: Activations | None, in_place: bool) -> Tensor:
-    """Sender deltas ``z* − z`` ``[b p S d]`` (``abl`` None: zero ablation, ``−z``). ``clean`` may
-    lack head outputs (``record_heads=False``): they are recomputed one layer at a time and
-    subtracted into ``abl.senders`` itself when ``in_place`` (its own per-example buffer), so
-    no second ``[b p S d]`` buffer is made."""
-    S = len(pm.senders)
-    lite = clean.senders.shape[2] != S
-    if abl is None:
-        return full_senders(pm, clean).neg_() if lite else clean.senders.neg_()
-    if not lite:
-        return abl.senders.sub_(clean.senders) if in_place else clean.senders.neg_().add_(abl.senders)
-    if not in_place:
-        return full_senders(pm, clean).neg_().add_(abl.senders)
-    delta = abl.senders
-    delta[:, :, 0] -= clean.senders[:, :, 0]
-    for l in range(pm.n_layers):
-        ss = pm.sender_slice(l)
-        delta[:, :, ss.start: ss.stop - 1] -= _head_outputs(pm, l, clean.z[:, l])
-        delta[:, :, ss.stop - 1] -= clean.senders[:, :, 1 + l]
-    return delta
+class SenderDeltas:
+    """Sender deltas ``z*_s − z_s`` (``[b p S d]`` in all; ``abl`` None: zero ablation, ``−z``),
+    made one sender layer at a time when the streamed scoring first reads them.
+
+    Receiver layer l reads the senders upstream of it: the embedding, layers < l and (unless
+    the block is parallel) layer l's heads. Scoring bottom-up, the deltas of layers ≤ l exist
+    while the gradients of layers ≥ l are still held (each layer's are freed once scored), so
+    the two are never all live together — at the logits receiver, the last, every delta is
+    held but only the final residual's gradient. Head outputs come from ``z`` where a run
+    recorded none (``record_heads=False``, :func:`_head_outputs`), exactly as the forward makes
+    them; chunk 0 is the embedding ``[b p 1 d]``, chunk 1 + l layer l's heads and MLP
+    ``[b p H+1 d]`` (the order of ``pm.senders``)."""
+
+    def __init__(self, pm: PatchableModel, clean: Activations, abl: Activations | None) -> None:
+        self.pm, self.clean, self.abl = pm, clean, abl
+        self.chunks: list[Tensor] = []
+        self.dtype = clean.senders.dtype
+
+    def _parts(self, acts: Activations, layer: int) -> tuple[Tensor, Tensor]:
+        """(head outputs ``[b p H d]``, MLP output ``[b p d]``) of one layer of a recording."""
+        ss = self.pm.sender_slice(layer)
+        if acts.senders.shape[2] == len(self.pm.senders):  # recorded with head outputs
+            return acts.senders[:, :, ss.start: ss.stop - 1], acts.senders[:, :, ss.stop - 1]
+        return _head_outputs(self.pm, layer, acts.z[:, layer]), acts.senders[:, :, 1 + layer]
+
+    def _make(self, j: int) -> Tensor:
+        c, a = self.clean, self.abl
+        if j == 0:
+            e = c.senders[:, :, :1]
+            return e.neg() if a is None else torch.sub(a.senders[:, :, :1], e)
+        l = j - 1
+        hc, mc = self._parts(c, l)
+        b, p, H, d = hc.shape
+        out = hc.new_empty(b, p, H + 1, d)
+        if a is None:
+            torch.neg(hc, out=out[:, :, :H])
+            torch.neg(mc, out=out[:, :, H])
+        else:
+            ha, ma = self._parts(a, l)
+            out[:, :, :H] = ha - hc  # an ablation of batch 1 (mean) broadcasts
+            out[:, :, H] = ma - mc
+        return out
+
+    def pieces(self, n_send: int):
+        """``(chunk, s0, s1)``: the chunks covering senders ``0 … n_send`` (made as needed), each
+        with the sender range it supplies."""
+        for j in range(self.pm.n_layers + 1):
+            s0 = 0 if j == 0 else self.pm.sender_slice(j - 1).start
+            if s0 >= n_send:
+                return
+            if j == len(self.chunks):
+                self.chunks.append(self._make(j))
+            yield self.chunks[j], s0, min(n_send, s0 + self.chunks[j].shape[2])
+
+    def dot(self, grads: Float[Tensor, "batch pos receiver d_model"], c0: int, c1: int,
+            n_send: int) -> Float[Tensor, "batch chunk sender receiver"]:
+        """``block[b, t, s, r] = delta[b, c0 + t, s] · grads[b, c0 + t, r]`` for senders ``< n_send``
+        (one batched product per sender chunk)."""
+        b = grads.shape[0]
+        Gr = rearrange(grads[:, c0:c1], "b pos receiver d_model -> (b pos) d_model receiver")
+        out = Gr.new_empty(Gr.shape[0], n_send, Gr.shape[2])
+        for ch, s0, s1 in self.pieces(n_send):
+            Dr = rearrange(ch[:, c0:c1, : s1 - s0], "b pos sender d_model -> (b pos) sender d_model")
+            out[:, s0:s1] = torch.bmm(Dr, Gr)
+        return rearrange(out, "(b pos) sender receiver -> b pos sender receiver", b=b)
+
+    def dense(self, c0: int, c1: int, n_send: int) -> Float[Tensor, "batch chunk sender d_model"]:
+        """The deltas of senders ``< n_send`` at positions ``c0 … c1`` as one tensor (a copy)."""
+        return torch.cat([ch[:, c0:c1, : s1 - s0] for ch, s0, s1 in self.pieces(n_send)], dim=2)
 
 
 def align_lite(a: Activations, position_map: Tensor) -> Activations:
@@ -286,18 +341,6 @@ def align_lite(a: Activations, position_map: Tensor) -> Activations:
         return torch.gather(t, 2, pmap[:, None, :, None, None].expand(b, t.shape[1], p, *t.shape[3:]))
 
     return src._map(g)
-
-
-def layer_same_blocks(delta: Tensor, grads: Tensor, n_send: int, rows: int):
-    """Per-position same-position scores of one receiver group, in chunks of flattened
-    (example, position) rows: yields ``(r0, r1, block [rows n_send n_recv])`` with
-    ``block[x, s, r] = delta[x, s] · grads[x, r]``."""
-    b, p, S, d = delta.shape
-    D = rearrange(delta, "b p sender d_model -> (b p) sender d_model")[:, :n_send]
-    Gf = rearrange(grads, "b p receiver d_model -> (b p) receiver d_model")
-    for r0 in range(0, b * p, rows):
-        r1 = min(b * p, r0 + rows)
-        yield r0, r1, torch.bmm(D[r0:r1], Gf[r0:r1].transpose(1, 2))
 
 
 def _softmax_shift(a: Tensor, delta: Tensor, consume: bool = False) -> Tensor:

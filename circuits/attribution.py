@@ -59,8 +59,8 @@ from circuits._inputs import (  # re-exported: the inputs live below attribution
     patchable,
     prepare,
 )
-from circuits._stream import (_softmax_shift, acc_dtype_for, align_lite, eap_grads, full_senders,
-                              ig_grads, layer_cross_blocks, sender_delta)
+from circuits._stream import (SenderDeltas, _softmax_shift, acc_dtype_for, align_lite, eap_grads,
+                              full_senders, ig_grads, layer_cross_blocks)
 from circuits.graph import GRAPH_VERSION, AttributionGraph
 from circuits.metrics import Metric, MetricBatch, as_metric
 from interp.types import Model
@@ -303,8 +303,10 @@ def attribute(
                             span_sizes=sizes.to(out_dt), cross_pairs=pairs.to(out_dt),
                             n_batches=len(batches), n_examples=n, store=store, k=k, per=per,
                             threshold=threshold, path=path, device=dev if store == "dense" else "cpu")
-    same = torch.zeros(K, S, R, dtype=acc, device=dev) if not positional else None
-    cross = torch.zeros(L, H, 3, K, K, dtype=acc, device=dev) if not positional else None
+    # the none/span accumulators are made when the first batch is scored (not live during its
+    # backward passes)
+    same: Tensor | None = None
+    cross: Tensor | None = None
     mean_acts = None
     if ablation == "mean":
         mean_acts = _mean_activations(pm, data.corrupt if data.corrupt is not None else cb, batch_size)
@@ -333,11 +335,13 @@ def attribute(
         grp = data.group[idx, :w].to(dev)
         b_ = toks.shape[0]
         def ablation_source(idx: Tensor = idx, w: int = w) -> Activations | None:
-            """Ablated activations in clean coordinates (no attention patterns recorded)."""
+            """Ablated activations in clean coordinates (no attention patterns; a counterfactual's
+            head outputs are not recorded either — made from z with its deltas, SenderDeltas)."""
             if ablation == "counterfactual":
                 xt, xm, src = counterfactual_batch(idx, w)
                 with torch.no_grad():
-                    ax = pm.forward(xt, xm, record=True, record_pattern=False, need_logits=False)["activations"]
+                    ax = pm.forward(xt, xm, record=True, record_pattern=False, need_logits=False,
+                                    record_heads=False)["activations"]
                 return _realign_rope(pm, align_lite(ax, src), src)
             if ablation == "mean":
                 assert mean_acts is not None
@@ -402,7 +406,7 @@ def attribute(
 
                 # the clean run recorded no head outputs (record_heads=False): recompute them here
                 cs = full_senders(pm, out0["activations"])
-                abl_s = abl.senders if abl is not None else torch.zeros_like(cs[:1])
+                abl_s = full_senders(pm, abl) if abl is not None else torch.zeros_like(cs[:1])
                 gp = activation_ig_grads(pm, met, e_clean, e_abl, cs, abl_s, mask, mb_fn,
                                          ig_steps, min(ig_chunk, ig_steps))
                 del cs
@@ -425,19 +429,16 @@ def attribute(
                 out0["logits"] = None
                 if reuse:
                     assert gp.first is not None
-                    first, gp.first = gp.first, None
-                    abl = Activations(full_senders(pm, first), first.q, first.k, first.v, first.z,
-                                      first.pattern, first.attention_mask)
-                    del first
+                    abl, gp.first = gp.first, None
                 else:
                     abl = ablation_source()
             acts = out0["activations"]
             clean_ln1 = out0["ln1_in"]
             del out0
         metric_total += tot
-        # sender deltas z* − z [b p S d]; ablated q/k/v per layer
-        # (head outputs recomputed from z: the clean runs record none, _stream.sender_delta)
-        delta = sender_delta(pm, acts, abl, in_place=ablation == "counterfactual")
+        # sender deltas z* − z, made a sender layer at a time as the scoring below reaches them
+        # (head outputs from z where a run recorded none); ablated q/k/v per layer
+        deltas = SenderDeltas(pm, acts, abl)
         if abl is None:
             za = torch.zeros_like(acts.q[:1])
             qa_all, ka_all, va_all = za, torch.zeros_like(acts.k[:1]), torch.zeros_like(acts.v[:1])
@@ -445,13 +446,16 @@ def attribute(
             qa_all, ka_all, va_all = abl.q, abl.k, abl.v
         q_all, k_all, v_all, z_all = acts.q, acts.k, acts.v, acts.z
         del acts, abl
-        realf = (grp >= 0).to(delta.dtype)
+        realf = (grp >= 0).to(deltas.dtype)
+        if not positional and same is None:
+            same = torch.zeros(K, S, R, dtype=acc, device=dev)
+            cross = torch.zeros(L, H, 3, K, K, dtype=acc, device=dev)
         oh = None
         if not positional:
             oh = torch.zeros(b_, w, K, dtype=acc, device=dev)
             r_ = grp >= 0
             oh[r_] = torch.nn.functional.one_hot(grp[r_], K).to(acc)
-        d = delta.shape[-1]
+        d = pm.d_model
         absw = 1.0 / (L - 1) if graddrop else None
         ex = None
         for drop in (range(L) if graddrop else [None]):
@@ -470,14 +474,12 @@ def attribute(
                 pc = max(1, min(w, work // max(1, 4 * b_ * ns * (nr + (d if b_ > 1 else 0)))))
                 for c0 in range(0, w, pc):
                     c1 = min(w, c0 + pc)
-                    Dr = rearrange(delta[:, c0:c1, :ns], "b pos sender d_model -> (b pos) sender d_model")
-                    Gr = rearrange(G_l[:, c0:c1], "b pos receiver d_model -> (b pos) d_model receiver")
-                    blk = rearrange(torch.bmm(Dr, Gr), "(b pos) sender receiver -> b pos sender receiver", b=b_)
+                    blk = deltas.dot(G_l, c0, c1, ns)  # [b pos sender receiver]
                     if method in ("atp*", "atp*-ig") and l < L:  # QK fix: exact softmax for q/k receivers
                         from circuits._atp import qk_fix_block
 
                         blk[..., :H + pm.n_kv_heads] = qk_fix_block(
-                            pm, l, clean_ln1[l], delta[:, c0:c1, :ns], c0, q_all[:, l], k_all[:, l],
+                            pm, l, clean_ln1[l], deltas.dense(c0, c1, ns), c0, q_all[:, l], k_all[:, l],
                             v_all[:, l], z_all[:, l], gp.mean(gp.z[l]), mask,
                             torch.promote_types(dt, torch.float32)).to(blk.dtype)
                     blk = blk * realf[:, c0:c1, None, None]
@@ -528,7 +530,7 @@ def attribute(
                         del ck
                 if absw is None:  # layer l's gradients are done with (GradDrop's passes reuse them)
                     gp.release(l)
-        del delta, gp
+        del deltas, gp
         if sink is not None:
             sink.end_batch()
     meta = {

@@ -8,17 +8,20 @@ of :func:`circuits.attribute` holds at its peak (beyond the model's weights):
   attention row ``H·T`` where the attention runs eagerly; EAP-IG: times the interpolation points
   run together);
 * ``activations``: the recorded clean run (embedding and MLP outputs ``(1+L)·d`` plus per-layer
-  q/k/v/z; head outputs are recomputed from z after the backward) and ``ablation``: the ablation
-  source (all sender outputs and q/k/v, no patterns; its sender buffer becomes the deltas);
+  q/k/v/z; head outputs are recomputed from z) and ``ablation``: the counterfactual ablation
+  source, recorded the same way (no patterns);
 * ``gradients``: the compact gradients (per layer: the residual and q/k/v gradients — EAP-IG:
   per point the residual and one scalar per attention receiver, the scaled q/k/v gradients
   summed over the points —; MLP-input and head-result gradients);
 * ``layer_work``: one layer's receiver gradients ``[b T H+2G+1 d]``, its recomputed attention
   pattern and the chunked score blocks;
 * ``output``: the scores (dense ``[P S R]`` + ``[L H 3 P P]`` at position granularity, k
-  edges for top-k, ...).
+  edges for top-k, ...);
+* ``passes``: the phase with the forward/backward live (plus the gradients kept so far and
+  what is recorded during it); ``scoring``: the phase scoring layer by layer (both recordings,
+  the sender deltas made so far and the gradients not yet freed, one layer's work).
 
-``peak`` = max(phase with the forward/backward live, phase scoring layer by layer) + output.
+``peak`` = max(passes, scoring) + output.
 Constants were calibrated against measured peak RSS on SmolLM2-135M (BENCHMARKS.md,
 ``benchmarks/bench_attribution_scaling.py``).
 """
@@ -122,11 +125,18 @@ def estimate_memory(model: Model, n_tokens: int, batch_size: int = 1, *,
     rows = H * T * el if attention == "eager" else 0
     fwd_bwd = pts * (bt * L * (lin * el + rows) + bt * s["vocab"] * el)
     acts = bt * ((1 + L) * d + L * 4 * H * e) * el  # no per-head sender outputs (recomputed from z)
-    abl = bt * (S * d + L * 3 * H * e) * el
-    if method == "eap":  # the q/k/v gradients and the residual they normalise
-        grads = bt * L * ((d + (H + 2 * G) * e) + d + H * e) * el
+    # the ablation source likewise (a counterfactual's; a mean ablation's has head outputs)
+    abl = acts
+    if method == "eap":  # per layer: the q/k/v gradients and the residual they normalise
+        g_layer = bt * ((d + (H + 2 * G) * e) + d + H * e) * el
     else:  # EAP-IG condensed (_stream.CondensedGradPoints): per point the residual and one scalar per receiver
-        grads = bt * L * (int(ig_steps) * (d + H + 2 * G) + (H + 2 * G) * e + d + H * e) * el
+        g_layer = bt * (int(ig_steps) * (d + H + 2 * G) + (H + 2 * G) * e + d + H * e) * el
+    grads = L * g_layer
+    # sender deltas are made a layer at a time as the bottom-up scoring reaches them, while each
+    # layer's gradients are freed once scored (_stream.SenderDeltas): at receiver layer l the
+    # deltas of layers ≤ l and the gradients of layers ≥ l are live — linear in l, so the most
+    # is at the first layer or at the logits receiver (every delta, the final gradient only)
+    deltas_grads = max(bt * (1 + (H + 1)) * d * el + grads, bt * (S + 1) * d * el)
     n_r = H + 2 * G + 1
     same_chunk = min(WORK_BYTES, bt * S * (n_r + (d if b > 1 else 0)) * el)
     cross_chunk = min(WORK_BYTES, b * H * T * T * max(el, 4) * 8)  # ~8 block temporaries per head
@@ -145,27 +155,29 @@ def estimate_memory(model: Model, n_tokens: int, batch_size: int = 1, *,
     # records them after its passes — and a same-position counterfactual's run at its k = 0
     # point (as large as the clean recording) where that does not raise the peak
     # (ig_records_first)
-    phase_a = fwd_bwd + grads + (acts if method == "eap" or _first_fits(fwd_bwd, abl, layer_work) else 0)
-    phase_b = acts + abl + grads + layer_work  # the deltas are made in the ablated senders' buffer
-    peak = max(phase_a, phase_b) + output
+    scoring = acts + abl + deltas_grads + layer_work
+    passes = fwd_bwd + grads + (acts if method == "eap" else 0)
+    if method != "eap" and _first_fits(passes, acts, scoring):
+        passes += acts
+    peak = max(passes, scoring) + output
     return {"forward_backward": int(fwd_bwd), "activations": int(acts), "ablation": int(abl),
             "gradients": int(grads), "layer_work": int(layer_work), "output": int(output),
-            "peak": int(peak), "weights": int(s["weights"])}
+            "passes": int(passes), "scoring": int(scoring), "peak": int(peak), "weights": int(s["weights"])}
 
 
 def ig_records_first(model: Model, n_tokens: int, batch_size: int = 1, **kw: Any) -> bool:
     """Whether EAP-IG records a same-position counterfactual's run at its k = 0 point (saving
     the ablation source's own forward): only where holding that recording through the passes
-    does not raise the peak — the passes' memory plus it stays within the scoring phase's
-    (:func:`estimate_memory`'s parts: ``forward_backward ≤ ablation + layer_work``)."""
+    does not raise the peak (:func:`estimate_memory`'s ``passes`` plus it within ``scoring``)."""
     e = estimate_memory(model, n_tokens, batch_size, method="eap-ig", **kw)
-    return _first_fits(e["forward_backward"], e["ablation"], e["layer_work"])
+    passes = e["forward_backward"] + e["gradients"]
+    return _first_fits(passes, e["activations"], e["scoring"])
 
 
-def _first_fits(fwd_bwd: int, ablation: int, layer_work: int) -> bool:
+def _first_fits(passes: int, recording: int, scoring: int) -> bool:
     """The k = 0 recording (as large as the clean one) held through the passes stays within the
-    scoring phase, which holds the clean recording too: passes + it ≤ ablation + layer work."""
-    return fwd_bwd <= ablation + layer_work
+    scoring phase: passes + it ≤ scoring."""
+    return passes + recording <= scoring
 
 
 def default_ig_chunk(model: Model, n_tokens: int, batch_size: int = 1, *, ig_steps: int = 5,
@@ -179,7 +191,7 @@ def default_ig_chunk(model: Model, n_tokens: int, batch_size: int = 1, *, ig_ste
     for c in range(2, int(ig_steps) + 1):
         e = estimate_memory(model, n_tokens, batch_size, method="eap-ig", ig_steps=ig_steps,
                             ig_chunk=c, **kw)
-        if e["forward_backward"] + e["gradients"] > e["activations"] + e["ablation"] + e["gradients"] + e["layer_work"]:
+        if e["forward_backward"] + e["gradients"] > e["scoring"]:
             break
         best = c
     return best

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -14,6 +12,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
+from interp.heap import release_freed_memory
 from interp.provenance import model_name, package_versions, prompt_hash
 from interp.results import atomic_write_text
 from interp.schema import Schema, SchemaSpans
@@ -233,7 +232,7 @@ def capture(
         if shard_file is not None:
             _write_shard(shard_file, tensors, s, e)
             del tensors
-            _release_memory()
+            release_freed_memory()  # shards of different widths leave freed blocks of many sizes
         if bar is not None:
             bar.update(e - s)
     if bar is not None:
@@ -323,26 +322,6 @@ def _prepare_out_dir(path: Path, meta: dict[str, Any], overwrite: bool) -> str:
 def _short(v: Any) -> str:
     s = json.dumps(v) if not isinstance(v, str) else repr(v)
     return s if len(s) <= 60 else s[:57] + "..."
-
-
-_LIBC: Any = None
-
-
-def _release_memory() -> None:
-    """Hand freed heap pages back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
-
-    Batches of different padded widths leave freed blocks of many sizes; without trimming, RSS
-    creeps up with the number of shards although no tensor outlives its shard.
-    """
-    global _LIBC
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        if _LIBC is None:
-            _LIBC = ctypes.CDLL("libc.so.6")
-        _LIBC.malloc_trim(0)
-    except (OSError, AttributeError):
-        _LIBC = False
 
 
 def _write_shard(file: Path, tensors: dict[str, Tensor], start: int, end: int) -> None:
