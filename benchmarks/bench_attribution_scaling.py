@@ -3,7 +3,8 @@
 Usage::
 
     .venv/bin/python benchmarks/bench_attribution_scaling.py [--tokens 32 128 512 2048]
-        [--ig-steps 5] [--k 100000] [--repeats 2] [--out results/attribution_scaling.json]
+        [--ig-steps 5] [--k 100000] [--repeats 2] [--counterfactual half|all] [--deltas keep|recompute]
+        [--out results/attribution_scaling.json]
 
 SmolLM2-135M, batch 1, random-token prompts with BOS, counterfactual = the second half of the
 prompt resampled (``--counterfactual all``: every token after BOS), metric = one logit at the last
@@ -114,9 +115,10 @@ def paper_table(measured: list[dict], tflops: float = 400.0, gpu_gib: float = 80
             return float("nan")
         return min(rows, key=lambda r: abs(r["T"] - T))["ratio_time"]
 
-    lines = ["| model | tokens | fwd+bwd (pred.) | EAP time (pred.) | EAP-IG m=5 (pred.) | peak EAP none/span | "
-             "peak EAP-IG | attention in the attributed forward | position graph dense | "
-             "store needed on one 80 GB GPU | 80 GB GPUs with device_map (EAP none / EAP-IG; not supported yet) |",
+    lines = ["| model | tokens | fwd+bwd (pred.) | EAP time (pred.) | EAP-IG m=5 (pred.) | peak EAP none/span "
+             "(deltas kept / recomputed) | peak EAP-IG (kept / recomputed) | attention in the attributed forward | "
+             "position graph dense | store needed on one 80 GB GPU | 80 GB GPUs with device_map (EAP none / EAP-IG; "
+             "not supported yet) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, cfg in PAPER_MODELS.items():
         sh = shapes_from_config(cfg)
@@ -124,15 +126,22 @@ def paper_table(measured: list[dict], tflops: float = 400.0, gpu_gib: float = 80
             flops = 6 * cfg["n_params"] * T + 12 * sh["L"] * sh["H"] * sh["e"] * T * T
             fb = flops / (tflops * 1e12)
             e_none = estimate_memory(sh, T, 1, granularity="none")
+            e_none_r = estimate_memory(sh, T, 1, granularity="none", deltas="recompute")
             e_ig = estimate_memory(sh, T, 1, granularity="none", method="eap-ig")
+            # EAP-IG under a budget: one point per pass, deltas recomputed (what plan_attribution picks last)
+            e_ig_r = estimate_memory(sh, T, 1, granularity="none", method="eap-ig", ig_chunk=1, deltas="recompute")
             attn = "eager (soft-capped scores)" if sh.get("softcap") else "fused (SDPA)"
             dense = estimate_memory(sh, T, 1, granularity="position", store="dense")["output"] / 2
             e_top = estimate_memory(sh, T, 1, granularity="position", store="topk", k=100_000)
+            e_top_r = estimate_memory(sh, T, 1, granularity="position", store="topk", k=100_000,
+                                      deltas="recompute")
             free = gpu_gib * 2**30 - sh["weights"]
             if e_none["peak"] - e_none["output"] + dense <= free:
                 store = "dense"
             elif e_top["peak"] <= free:
                 store = f"top-k (dense graph {dense / 2**30:.0f} GiB: disk shards or top-k)"
+            elif e_top_r["peak"] <= free:
+                store = "top-k, deltas recomputed (`max_memory=` picks it)"
             else:
                 store = "does not fit at batch 1 (device_map over GPUs not supported yet)"
             gib = lambda x: f"{x / 2**30:.1f} GiB"  # noqa: E731
@@ -140,8 +149,8 @@ def paper_table(measured: list[dict], tflops: float = 400.0, gpu_gib: float = 80
             # layer; ~5 % headroom per GPU for the per-layer work that cannot be split
             n_gpu = lambda need: -(-int(need) // int(0.95 * gpu_gib * 2**30))  # noqa: E731
             lines.append(f"| {name} | {T} | {fb:.2f} s | {fb * ratio('eap none', T):.2f} s | "
-                         f"{fb * ratio('eap-ig none', T):.2f} s | {gib(e_none['peak'])} | {gib(e_ig['peak'])} | "
-                         f"{attn} | "
+                         f"{fb * ratio('eap-ig none', T):.2f} s | {gib(e_none['peak'])} / {gib(e_none_r['peak'])} | "
+                         f"{gib(e_ig['peak'])} / {gib(e_ig_r['peak'])} | {attn} | "
                          f"{gib(dense)} | {store} | {n_gpu(e_none['peak'] + sh['weights'])} / "
                          f"{n_gpu(e_ig['peak'] + sh['weights'])} |")
     return "\n".join(lines)
@@ -160,6 +169,10 @@ def main() -> None:
                     help="resample the second half of the prompt (the issue's setting: clean and "
                          "counterfactual share their first half) or every token after BOS (no "
                          "shared prefix: crossing blocks cannot skip any rows)")
+    ap.add_argument("--deltas", choices=["keep", "recompute"], default="keep",
+                    help="recompute: run with max_memory = the estimate with sender deltas remade per "
+                         "receiver layer, below the kept-deltas estimate (what the plan picks where "
+                         "keeping them does not fit)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "attribution_scaling.json"))
     ap.add_argument("--paper", default=None,
                     help="print the predicted table for Llama-3-8B / Gemma-2-9B from this results JSON and exit")
@@ -236,7 +249,11 @@ def main() -> None:
                     kw.update(store="topk", k=args.k)
                 est = estimate_memory(model, T, 1, granularity=gran, method=method,
                                       ig_steps=args.ig_steps, store=kw.get("store", "dense"),
-                                      k=args.k, n_positions=8 if gran == "span" else None)
+                                      k=args.k, n_positions=8 if gran == "span" else None,
+                                      **({"ig_chunk": 1} if args.deltas == "recompute" else {}),
+                                      deltas=args.deltas)
+                if args.deltas == "recompute":
+                    kw["max_memory"] = est["peak"]
                 reps = args.repeats if T <= 512 else 1
                 times, peaks = [], []
                 for _ in range(reps):
@@ -247,7 +264,8 @@ def main() -> None:
                     del graph
                     gc.collect()
                 t, mem = min(times), min(peaks)
-                row = {"T": T, "run": f"{method} {gran}" + (f" top-k {args.k}" if gran == "position" else ""),
+                row = {"T": T, "run": f"{method} {gran}" + (f" top-k {args.k}" if gran == "position" else "")
+                       + (" deltas recomputed" if args.deltas == "recompute" else ""),
                        "seconds": t, "ratio_time": t / base_t, "extra_bytes": mem,
                        "ratio_memory": mem / max(base_m, 1), "estimate_bytes": est["peak"],
                        "estimate_over_measured": est["peak"] / max(mem, 1)}

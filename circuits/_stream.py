@@ -260,51 +260,62 @@ class SenderDeltas:
     the block is parallel) layer l's heads. Scoring bottom-up, the deltas of layers ≤ l exist
     while the gradients of layers ≥ l are still held (each layer's are freed once scored), so
     the two are never all live together — at the logits receiver, the last, every delta is
-    held but only the final residual's gradient. Head outputs come from ``z`` where a run
-    recorded none (``record_heads=False``, :func:`_head_outputs`), exactly as the forward makes
-    them; chunk 0 is the embedding ``[b p 1 d]``, chunk 1 + l layer l's heads and MLP
-    ``[b p H+1 d]`` (the order of ``pm.senders``)."""
+    held but only the final residual's gradient. ``keep=False`` holds none: each receiver
+    layer remakes its senders' deltas, one sender layer and position chunk at a time
+    (``L²/2`` head-output projections instead of ``L``; for models and lengths whose
+    ``[T S d]`` deltas do not fit, :func:`circuits.memory.plan_attribution`). Head outputs come
+    from ``z`` where a run recorded none (``record_heads=False``, :func:`_head_outputs`),
+    exactly as the forward makes them; chunk 0 is the embedding ``[b p 1 d]``, chunk 1 + l
+    layer l's heads and MLP ``[b p H+1 d]`` (the order of ``pm.senders``)."""
 
-    def __init__(self, pm: PatchableModel, clean: Activations, abl: Activations | None) -> None:
-        self.pm, self.clean, self.abl = pm, clean, abl
+    def __init__(self, pm: PatchableModel, clean: Activations, abl: Activations | None,
+                 keep: bool = True) -> None:
+        self.pm, self.clean, self.abl, self.keep = pm, clean, abl, keep
         self.chunks: list[Tensor] = []
         self.dtype = clean.senders.dtype
 
-    def _parts(self, acts: Activations, layer: int) -> tuple[Tensor, Tensor]:
-        """(head outputs ``[b p H d]``, MLP output ``[b p d]``) of one layer of a recording."""
+    def _parts(self, acts: Activations, layer: int, rows: slice) -> tuple[Tensor, Tensor]:
+        """(head outputs ``[b r H d]``, MLP output ``[b r d]``) of one layer of a recording at
+        positions ``rows``."""
         ss = self.pm.sender_slice(layer)
         if acts.senders.shape[2] == len(self.pm.senders):  # recorded with head outputs
-            return acts.senders[:, :, ss.start: ss.stop - 1], acts.senders[:, :, ss.stop - 1]
-        return _head_outputs(self.pm, layer, acts.z[:, layer]), acts.senders[:, :, 1 + layer]
+            return acts.senders[:, rows, ss.start: ss.stop - 1], acts.senders[:, rows, ss.stop - 1]
+        return _head_outputs(self.pm, layer, acts.z[:, layer, rows]), acts.senders[:, rows, 1 + layer]
 
-    def _make(self, j: int) -> Tensor:
+    def _make(self, j: int, rows: slice) -> Tensor:
         c, a = self.clean, self.abl
         if j == 0:
-            e = c.senders[:, :, :1]
-            return e.neg() if a is None else torch.sub(a.senders[:, :, :1], e)
+            e = c.senders[:, rows, :1]
+            return e.neg() if a is None else torch.sub(a.senders[:, rows, :1], e)
         l = j - 1
-        hc, mc = self._parts(c, l)
+        hc, mc = self._parts(c, l, rows)
         b, p, H, d = hc.shape
         out = hc.new_empty(b, p, H + 1, d)
         if a is None:
             torch.neg(hc, out=out[:, :, :H])
             torch.neg(mc, out=out[:, :, H])
         else:
-            ha, ma = self._parts(a, l)
+            ha, ma = self._parts(a, l, rows)
             out[:, :, :H] = ha - hc  # an ablation of batch 1 (mean) broadcasts
             out[:, :, H] = ma - mc
         return out
 
-    def pieces(self, n_send: int):
-        """``(chunk, s0, s1)``: the chunks covering senders ``0 … n_send`` (made as needed), each
-        with the sender range it supplies."""
+    def pieces(self, n_send: int, c0: int, c1: int):
+        """``(chunk [b c1−c0 n d], s0, s1)``: the deltas at positions ``c0 … c1`` of the sender
+        chunks covering senders ``0 … n_send`` (made as needed), each with the sender range
+        it supplies."""
         for j in range(self.pm.n_layers + 1):
             s0 = 0 if j == 0 else self.pm.sender_slice(j - 1).start
             if s0 >= n_send:
                 return
-            if j == len(self.chunks):
-                self.chunks.append(self._make(j))
-            yield self.chunks[j], s0, min(n_send, s0 + self.chunks[j].shape[2])
+            if not self.keep:
+                ch = self._make(j, slice(c0, c1))
+            else:
+                if j == len(self.chunks):
+                    self.chunks.append(self._make(j, slice(None)))
+                ch = self.chunks[j][:, c0:c1]
+            yield ch, s0, min(n_send, s0 + ch.shape[2])
+            del ch
 
     def dot(self, grads: Float[Tensor, "batch pos receiver d_model"], c0: int, c1: int,
             n_send: int) -> Float[Tensor, "batch chunk sender receiver"]:
@@ -313,14 +324,14 @@ class SenderDeltas:
         b = grads.shape[0]
         Gr = rearrange(grads[:, c0:c1], "b pos receiver d_model -> (b pos) d_model receiver")
         out = Gr.new_empty(Gr.shape[0], n_send, Gr.shape[2])
-        for ch, s0, s1 in self.pieces(n_send):
-            Dr = rearrange(ch[:, c0:c1, : s1 - s0], "b pos sender d_model -> (b pos) sender d_model")
+        for ch, s0, s1 in self.pieces(n_send, c0, c1):
+            Dr = rearrange(ch[:, :, : s1 - s0], "b pos sender d_model -> (b pos) sender d_model")
             out[:, s0:s1] = torch.bmm(Dr, Gr)
         return rearrange(out, "(b pos) sender receiver -> b pos sender receiver", b=b)
 
     def dense(self, c0: int, c1: int, n_send: int) -> Float[Tensor, "batch chunk sender d_model"]:
         """The deltas of senders ``< n_send`` at positions ``c0 … c1`` as one tensor (a copy)."""
-        return torch.cat([ch[:, c0:c1, : s1 - s0] for ch, s0, s1 in self.pieces(n_send)], dim=2)
+        return torch.cat([ch[:, :, : s1 - s0] for ch, s0, s1 in self.pieces(n_send, c0, c1)], dim=2)
 
 
 def align_lite(a: Activations, position_map: Tensor) -> Activations:

@@ -437,8 +437,9 @@ def attribute(
             del out0
         metric_total += tot
         # sender deltas z* − z, made a sender layer at a time as the scoring below reaches them
-        # (head outputs from z where a run recorded none); ablated q/k/v per layer
-        deltas = SenderDeltas(pm, acts, abl)
+        # (head outputs from z where a run recorded none; remade per receiver layer where the plan
+        # cannot hold them); ablated q/k/v per layer
+        deltas = SenderDeltas(pm, acts, abl, keep=plan["deltas"] == "keep")
         if abl is None:
             za = torch.zeros_like(acts.q[:1])
             qa_all, ka_all, va_all = za, torch.zeros_like(acts.k[:1]), torch.zeros_like(acts.v[:1])

@@ -98,7 +98,8 @@ def _shapes(model: Any) -> dict[str, Any]:
 def estimate_memory(model: Model, n_tokens: int, batch_size: int = 1, *,
                     granularity: str = "position", method: str = "eap", ig_steps: int = 5,
                     ig_chunk: int | None = None, store: str = "dense", k: int | None = None,
-                    n_positions: int | None = None, attention: str = "auto") -> dict[str, int]:
+                    n_positions: int | None = None, attention: str = "auto",
+                    deltas: str = "keep") -> dict[str, int]:
     """Bytes per part of one attribution batch (see the module docstring); ``"peak"`` is the
     predicted peak beyond the weights, ``"weights"`` the model's own. ``model``: a bridge, a
     PatchableModel, or a shape dict (:func:`shapes_from_config`).
@@ -107,7 +108,10 @@ def estimate_memory(model: Model, n_tokens: int, batch_size: int = 1, *,
     granularity, 8 spans at span granularity, 1 for none). ``attention``: ``"sdpa"`` — the
     attributed forward runs fused attention whose backward keeps no ``[H T T]`` patterns (what
     :meth:`PatchableModel.forward` does when no pattern is recorded), ``"eager"`` — it keeps
-    them (soft-capped scores, Gemma 2), ``"auto"`` (default) — whichever the model gets."""
+    them (soft-capped scores, Gemma 2), ``"auto"`` (default) — whichever the model gets.
+    ``deltas``: ``"keep"`` (default) — the sender deltas, once made, are kept for the later
+    receiver layers; ``"recompute"`` — each receiver layer remakes them one sender layer at a
+    time (:class:`circuits._stream.SenderDeltas`, ``keep=False``)."""
     s = _shapes(model)
     L, H, G, d, e, m, S, R = (s[x] for x in ("L", "H", "G", "d", "e", "m", "S", "R"))
     el, acc = s["elem"], s["acc"]
@@ -136,7 +140,13 @@ def estimate_memory(model: Model, n_tokens: int, batch_size: int = 1, *,
     # layer's gradients are freed once scored (_stream.SenderDeltas): at receiver layer l the
     # deltas of layers ≤ l and the gradients of layers ≥ l are live — linear in l, so the most
     # is at the first layer or at the logits receiver (every delta, the final gradient only)
-    deltas_grads = max(bt * (1 + (H + 1)) * d * el + grads, bt * (S + 1) * d * el)
+    # (recomputed: one sender layer's deltas at a time beside the gradients)
+    if deltas == "recompute":
+        deltas_grads = bt * (H + 1) * d * el + grads
+    elif deltas == "keep":
+        deltas_grads = max(bt * (1 + (H + 1)) * d * el + grads, bt * (S + 1) * d * el)
+    else:
+        raise ValueError(f"deltas must be 'keep' or 'recompute', got {deltas!r}")
     n_r = H + 2 * G + 1
     same_chunk = min(WORK_BYTES, bt * S * (n_r + (d if b > 1 else 0)) * el)
     cross_chunk = min(WORK_BYTES, b * H * T * T * max(el, 4) * 8)  # ~8 block temporaries per head
@@ -206,42 +216,46 @@ def plan_attribution(pm: Any, *, n_tokens: int, n_examples: int, batch_size: int
     many points per pass as do not raise the peak (:func:`default_ig_chunk`). With
     ``max_memory``: the largest batch size ≤ the requested one (and the most IG points per pass)
     whose :func:`estimate_memory` peak fits; ``store="auto"`` becomes ``"disk"`` when a dense
-    position graph does not fit. Raises ``MemoryError`` (before any model run) when even one
-    example does not fit, saying what would."""
+    position graph does not fit; where nothing fits with the sender deltas kept, they are
+    recomputed per receiver layer (``"deltas": "recompute"``; slower, see
+    :class:`circuits._stream.SenderDeltas`). Raises ``MemoryError`` (before any model run) when
+    even one example does not fit, saying what would."""
     budget = parse_bytes(max_memory)
     bs = max(1, min(int(batch_size), int(n_examples)))
     m = int(ig_steps) if method == "eap-ig" else 1
     chunk = 1 if m == 1 else default_ig_chunk(pm, n_tokens, bs, granularity=granularity,
                                               ig_steps=m, store="dense" if store == "auto" else store, k=k)
     st = "dense" if store == "auto" else store
-    out = {"batch_size": bs, "store": st, "ig_chunk": chunk, "work_bytes": WORK_BYTES}
+    out = {"batch_size": bs, "store": st, "ig_chunk": chunk, "work_bytes": WORK_BYTES, "deltas": "keep"}
     out["ig_record_first"] = m > 1 and ig_records_first(pm, n_tokens, bs, granularity=granularity,
                                                         ig_steps=m, ig_chunk=chunk, store=st, k=k)
     if budget is None:
         return out
 
-    def est(b: int, c: int, s_: str) -> int:
+    def est(b: int, c: int, s_: str, dl: str) -> int:
         return estimate_memory(pm, n_tokens, b, granularity=granularity, method=method,
-                               ig_steps=ig_steps, ig_chunk=c, store=s_, k=k)["peak"]
+                               ig_steps=ig_steps, ig_chunk=c, store=s_, k=k, deltas=dl)["peak"]
 
     stores = [st] if store != "auto" else ["dense", "disk"]
-    for s_ in stores:
-        for b in range(bs, 0, -1):
-            for c in range(m, 0, -1):
-                if est(b, c, s_) <= budget:
-                    rf = m > 1 and ig_records_first(pm, n_tokens, b, granularity=granularity,
-                                                    ig_steps=m, ig_chunk=c, store=s_, k=k)
-                    return {**out, "batch_size": b, "store": s_, "ig_chunk": c, "ig_record_first": rf}
-    best = min(est(1, 1, s_) for s_ in stores)
+    for dl in ("keep", "recompute"):  # recomputing costs time: only where keeping cannot fit
+        for s_ in stores:
+            for b in range(bs, 0, -1):
+                for c in range(m, 0, -1):
+                    if est(b, c, s_, dl) <= budget:
+                        rf = m > 1 and ig_records_first(pm, n_tokens, b, granularity=granularity,
+                                                        ig_steps=m, ig_chunk=c, store=s_, k=k, deltas=dl)
+                        return {**out, "batch_size": b, "store": s_, "ig_chunk": c, "ig_record_first": rf,
+                                "deltas": dl}
+    best = min(est(1, 1, s_, "recompute") for s_ in stores)
     # what would fit: the longest prompt at batch 1 with these settings
     lo, hi = 1, int(n_tokens)
     while lo < hi:
         mid = (lo + hi + 1) // 2
         ok = estimate_memory(pm, mid, 1, granularity=granularity, method=method, ig_steps=ig_steps,
-                             ig_chunk=1, store=stores[-1], k=k)["peak"] <= budget
+                             ig_chunk=1, store=stores[-1], k=k, deltas="recompute")["peak"] <= budget
         lo, hi = (mid, hi) if ok else (lo, mid - 1)
     ok1 = estimate_memory(pm, 1, 1, granularity=granularity, method=method, ig_steps=ig_steps,
-                          ig_chunk=1, store=stores[-1], k=k)["peak"] <= budget
+                          ig_chunk=1, store=stores[-1], k=k, deltas="recompute")["peak"] <= budget
     hint = (f" At batch 1 with these settings up to ~{lo} tokens fit" if ok1
             else " Not even a 1-token prompt fits")
     alt = "" if granularity != "position" or stores[-1] != "dense" else \

@@ -253,3 +253,60 @@ def test_ig_counterfactual_recorded_at_its_first_point(random_toy, monkeypatch, 
     a, b = graphs[True], graphs[False]
     assert _rel(a.same_pos, b.same_pos) < 1e-6 and _rel(a.cross, b.cross) < 1e-6
     assert float(a.same_pos.abs().max()) > 0
+
+
+@pytest.mark.parametrize("method", ["eap", "eap-ig", "atp*"])
+def test_recomputed_deltas_equal_kept(random_toy, monkeypatch, method):
+    """Sender deltas remade per receiver layer (the plan's choice where keeping them does not
+    fit; here forced, with position chunks of 2 rows) give the scores of kept deltas, for every
+    ablation and granularity."""
+    import circuits.memory as mem
+    from circuits._stream import SenderDeltas
+
+    m, (clean, corrupt, met) = _toy(random_toy, "toy-induction")
+    plan = mem.plan_attribution
+
+    made = []
+    make = SenderDeltas._make
+
+    def spy(self, j, rows):
+        made.append((self.keep, rows.start))
+        return make(self, j, rows)
+
+    monkeypatch.setattr(SenderDeltas, "_make", spy)
+
+    def recompute(*a, **k):  # ~2-row position chunks of the 5 receivers × 7 senders blocks
+        return {**plan(*a, **k), "deltas": "recompute", "work_bytes": 8000}
+
+    for ablation in ("counterfactual", "mean", "zero"):
+        if ablation == "zero" and method != "eap":
+            continue  # EAP-IG from an all-zero embedding is singular (warned); AtP*: counterfactual-style
+        x = None if ablation == "zero" else corrupt
+        for gran in ("position", "none"):
+            kw = dict(method=method, ablation=ablation, granularity=gran, batch_size=2, ig_steps=3)
+            monkeypatch.setattr(mem, "plan_attribution", plan)
+            kept = attribute(m, clean, x, met, **kw)
+            monkeypatch.setattr(mem, "plan_attribution", recompute)
+            remade = attribute(m, clean, x, met, **kw)
+            assert _rel(remade.same_pos, kept.same_pos) < 1e-6, (ablation, gran)
+            assert _rel(remade.cross, kept.cross) < 1e-6, (ablation, gran)
+            assert float(kept.same_pos.abs().max()) > 0
+    remade_rows = {start for keep, start in made if not keep}
+    assert None not in remade_rows and len(remade_rows) > 1  # remade per position chunk
+    assert {start for keep, start in made if keep} == {None}  # made once, all positions
+
+
+def test_plan_recomputes_deltas_only_where_keeping_does_not_fit(random_toy):
+    from circuits.memory import plan_attribution
+
+    m, _ = _toy(random_toy, "toy-induction")
+    kw = dict(n_tokens=2048, n_examples=1, granularity="none", method="eap", ig_steps=1,
+              store="dense", k=None)
+    keep = estimate_memory(m, 2048, 1, granularity="none")["peak"]
+    remade = estimate_memory(m, 2048, 1, granularity="none", deltas="recompute")["peak"]
+    assert remade < keep
+    assert plan_attribution(m, batch_size=1, max_memory=None, **kw)["deltas"] == "keep"
+    assert plan_attribution(m, batch_size=1, max_memory=keep, **kw)["deltas"] == "keep"
+    assert plan_attribution(m, batch_size=1, max_memory=(keep + remade) // 2, **kw)["deltas"] == "recompute"
+    with pytest.raises(ValueError, match="deltas must be"):
+        estimate_memory(m, 9, 1, deltas="drop")
