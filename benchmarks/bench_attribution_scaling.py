@@ -131,12 +131,13 @@ def paper_table(measured: list[dict], tflops: float = 400.0, gpu_gib: float = 80
             # EAP-IG under a budget: one point per pass, deltas recomputed (what plan_attribution picks last)
             e_ig_r = estimate_memory(sh, T, 1, granularity="none", method="eap-ig", ig_chunk=1, deltas="recompute")
             attn = "eager (soft-capped scores)" if sh.get("softcap") else "fused (SDPA)"
-            dense = estimate_memory(sh, T, 1, granularity="position", store="dense")["output"] / 2
+            e_dense = estimate_memory(sh, T, 1, granularity="position", store="dense")
+            dense = e_dense["graph"]
             e_top = estimate_memory(sh, T, 1, granularity="position", store="topk", k=100_000)
             e_top_r = estimate_memory(sh, T, 1, granularity="position", store="topk", k=100_000,
                                       deltas="recompute")
             free = gpu_gib * 2**30 - sh["weights"]
-            if e_none["peak"] - e_none["output"] + dense <= free:
+            if e_dense["peak"] <= free:
                 store = "dense"
             elif e_top["peak"] <= free:
                 store = f"top-k (dense graph {dense / 2**30:.0f} GiB: disk shards or top-k)"

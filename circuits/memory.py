@@ -16,7 +16,7 @@ of :func:`circuits.attribute` holds at its peak (beyond the model's weights):
 * ``layer_work``: one layer's receiver gradients ``[b T H+2G+1 d]``, its recomputed attention
   pattern and the chunked score blocks;
 * ``output``: the scores (dense ``[P S R]`` + ``[L H 3 P P]`` at position granularity, k
-  edges for top-k, ...);
+  edges for top-k, ...); ``graph``: a dense position graph's own float32 tensors (0 otherwise);
 * ``passes``: the phase with the forward/backward live (plus the gradients kept so far and
   what is recorded during it); ``scoring``: the phase scoring layer by layer (both recordings,
   the sender deltas made so far and the gradients not yet freed, one layer's work).
@@ -128,7 +128,7 @@ def estimate_memory(model: Model, n_tokens: int, batch_size: int = 1, *,
         attention = "eager" if s.get("softcap") else "sdpa"
     rows = H * T * el if attention == "eager" else 0
     fwd_bwd = pts * (bt * L * (lin * el + rows) + bt * s["vocab"] * el)
-    acts = bt * ((1 + L) * d + L * 4 * H * e) * el  # no per-head sender outputs (recomputed from z)
+    acts = bt * ((1 + L) * d + L * (2 * H + 2 * G) * e) * el  # q, k, v, z; no per-head sender outputs (made from z)
     # the ablation source likewise (a counterfactual's; a mean ablation's has head outputs)
     abl = acts
     if method == "eap":  # per layer: the q/k/v gradients and the residual they normalise
@@ -152,10 +152,11 @@ def estimate_memory(model: Model, n_tokens: int, batch_size: int = 1, *,
     cross_chunk = min(WORK_BYTES, b * H * T * T * max(el, 4) * 8)  # ~8 block temporaries per head
     layer_work = bt * n_r * d * el * 4 + b * H * T * T * el + same_chunk + cross_chunk
     P = n_positions if n_positions is not None else (T if granularity == "position" else 8 if granularity == "span" else 1)
+    graph = 4 * (P * S * R + L * H * 3 * P * P) if granularity == "position" and store == "dense" else 0
     if granularity != "position":
         output = P * S * R * acc + L * H * 3 * P * P * acc
     elif store == "dense":
-        output = 2 * 4 * (P * S * R + L * H * 3 * P * P)
+        output = graph + graph // 2  # the graph and the temporaries of its final conversion
     elif store == "topk":
         output = 3 * 12 * int(k or 0) + 8 * P * (S + R)
     else:  # threshold: unknown count; disk: one piece at a time
@@ -166,13 +167,17 @@ def estimate_memory(model: Model, n_tokens: int, batch_size: int = 1, *,
     # point (as large as the clean recording) where that does not raise the peak
     # (ig_records_first)
     scoring = acts + abl + deltas_grads + layer_work
-    passes = fwd_bwd + grads + (acts if method == "eap" else 0)
+    # EAP's one pass peaks at the end of its forward: the saved activations and the clean
+    # recording, its gradients made only as the backward frees the saved activations; EAP-IG's
+    # later passes run beside the gradients of the points before
+    passes = fwd_bwd + (acts if method == "eap" else grads)
     if method != "eap" and _first_fits(passes, acts, scoring):
         passes += acts
     peak = max(passes, scoring) + output
     return {"forward_backward": int(fwd_bwd), "activations": int(acts), "ablation": int(abl),
             "gradients": int(grads), "layer_work": int(layer_work), "output": int(output),
-            "passes": int(passes), "scoring": int(scoring), "peak": int(peak), "weights": int(s["weights"])}
+            "passes": int(passes), "scoring": int(scoring), "peak": int(peak), "weights": int(s["weights"]),
+            "graph": int(graph)}
 
 
 def ig_records_first(model: Model, n_tokens: int, batch_size: int = 1, **kw: Any) -> bool:
