@@ -310,3 +310,9 @@ def test_plan_recomputes_deltas_only_where_keeping_does_not_fit(random_toy):
     assert plan_attribution(m, batch_size=1, max_memory=(keep + remade) // 2, **kw)["deltas"] == "recompute"
     with pytest.raises(ValueError, match="deltas must be"):
         estimate_memory(m, 9, 1, deltas="drop")
+
+
+def test_empty_clean_batch_is_a_clear_error(random_toy):
+    m, (clean, corrupt, met) = _toy(random_toy, "toy-induction")
+    with pytest.raises(ValueError, match="no clean examples"):
+        attribute(m, clean[:0], corrupt[:0], met)
