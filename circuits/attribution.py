@@ -552,6 +552,7 @@ def attribute(
         "batch_size": batch_size,
         "position_alignment": "schema spans (offset clipped to span)" if data.span_names and ablation == "counterfactual" else "identity",
         "store": store,
+        "sender_deltas": plan["deltas"],  # kept, or remade per receiver layer (memory plan)
         "seconds": round(time.perf_counter() - t0, 3),
     }
     if sink is not None:

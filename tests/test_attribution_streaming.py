@@ -290,6 +290,7 @@ def test_recomputed_deltas_equal_kept(random_toy, monkeypatch, method):
             remade = attribute(m, clean, x, met, **kw)
             assert _rel(remade.same_pos, kept.same_pos) < 1e-6, (ablation, gran)
             assert _rel(remade.cross, kept.cross) < 1e-6, (ablation, gran)
+            assert (kept.meta["sender_deltas"], remade.meta["sender_deltas"]) == ("keep", "recompute")
             assert float(kept.same_pos.abs().max()) > 0
     remade_rows = {start for keep, start in made if not keep}
     assert None not in remade_rows and len(remade_rows) > 1  # remade per position chunk
