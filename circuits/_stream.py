@@ -33,7 +33,8 @@ from circuits._forward import Activations, PatchableModel
 from interp.heap import release_freed_memory
 
 __all__ = ["GradPoints", "CondensedGradPoints", "eap_grads", "ig_grads", "align_lite",
-           "layer_cross_blocks", "acc_dtype_for", "full_senders", "SenderDeltas", "add_point_grads"]
+           "layer_cross_blocks", "acc_dtype_for", "layer_senders", "full_senders", "SenderDeltas",
+           "add_point_grads"]
 
 
 def acc_dtype_for(device: torch.device, dtype: torch.dtype = torch.float64) -> torch.dtype:
@@ -236,6 +237,17 @@ def _head_outputs(pm: PatchableModel, layer: int, z: Tensor) -> Tensor:
     return out
 
 
+def layer_senders(pm: PatchableModel, acts: Activations, layer: int,
+                  rows: slice = slice(None)) -> tuple[Tensor, Tensor]:
+    """(head outputs ``[b r H d]``, MLP output ``[b r d]``) of one layer of a recording at
+    positions ``rows``: read off ``senders`` where the run recorded head outputs, else the head
+    outputs made from ``z`` (``record_heads=False``: ``senders`` = embed and MLP outputs)."""
+    ss = pm.sender_slice(layer)
+    if acts.senders.shape[2] == len(pm.senders):
+        return acts.senders[:, rows, ss.start: ss.stop - 1], acts.senders[:, rows, ss.stop - 1]
+    return _head_outputs(pm, layer, acts.z[:, layer, rows]), acts.senders[:, rows, 1 + layer]
+
+
 def full_senders(pm: PatchableModel, acts: Activations) -> Tensor:
     """Sender outputs ``[b p S d]`` of activations recorded with ``record_heads=False``
     (``senders`` = embed and MLP outputs): head outputs recomputed from ``z`` layer by layer."""
@@ -247,8 +259,7 @@ def full_senders(pm: PatchableModel, acts: Activations) -> Tensor:
     out[:, :, 0] = acts.senders[:, :, 0]
     for l in range(pm.n_layers):
         ss = pm.sender_slice(l)
-        out[:, :, ss.start: ss.stop - 1] = _head_outputs(pm, l, acts.z[:, l])
-        out[:, :, ss.stop - 1] = acts.senders[:, :, 1 + l]
+        out[:, :, ss.start: ss.stop - 1], out[:, :, ss.stop - 1] = layer_senders(pm, acts, l)
     return out
 
 
@@ -274,28 +285,20 @@ class SenderDeltas:
         self.chunks: list[Tensor] = []
         self.dtype = clean.senders.dtype
 
-    def _parts(self, acts: Activations, layer: int, rows: slice) -> tuple[Tensor, Tensor]:
-        """(head outputs ``[b r H d]``, MLP output ``[b r d]``) of one layer of a recording at
-        positions ``rows``."""
-        ss = self.pm.sender_slice(layer)
-        if acts.senders.shape[2] == len(self.pm.senders):  # recorded with head outputs
-            return acts.senders[:, rows, ss.start: ss.stop - 1], acts.senders[:, rows, ss.stop - 1]
-        return _head_outputs(self.pm, layer, acts.z[:, layer, rows]), acts.senders[:, rows, 1 + layer]
-
     def _make(self, j: int, rows: slice) -> Tensor:
         c, a = self.clean, self.abl
         if j == 0:
             e = c.senders[:, rows, :1]
             return e.neg() if a is None else torch.sub(a.senders[:, rows, :1], e)
         l = j - 1
-        hc, mc = self._parts(c, l, rows)
+        hc, mc = layer_senders(self.pm, c, l, rows)
         b, p, H, d = hc.shape
         out = hc.new_empty(b, p, H + 1, d)
         if a is None:
             torch.neg(hc, out=out[:, :, :H])
             torch.neg(mc, out=out[:, :, H])
         else:
-            ha, ma = self._parts(a, l, rows)
+            ha, ma = layer_senders(self.pm, a, l, rows)
             out[:, :, :H] = ha - hc  # an ablation of batch 1 (mean) broadcasts
             out[:, :, H] = ma - mc
         return out

@@ -424,7 +424,7 @@ def attribute(
                               record_first=reuse)
                 del e_abl
                 # the clean recording first, its logits dropped as soon as the metric is read;
-                # then the ablation source's [b p S d] senders
+                # then the ablation source (or the k = 0 point's recording)
                 tot = record_clean()
                 out0["logits"] = None
                 if reuse:
